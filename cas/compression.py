@@ -1,0 +1,93 @@
+"""Per-chunk compression: zstd where it pays, raw where it does not.
+
+The decision is recorded per stored object as a codec byte (see ``docs/format.md``). Decompression
+is always capped at the recorded raw length, so a crafted frame cannot expand into a memory bomb,
+and every decompressed chunk is then checked against its BLAKE3 id by the caller.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import zstandard
+
+from cas.errors import VerifyError
+
+CODEC_RAW = 0
+CODEC_ZSTD = 1
+CODECS = {CODEC_RAW: "raw", CODEC_ZSTD: "zstd"}
+
+#: zstd level chosen for ingest; level 3 is zstd's default trade of speed for ratio.
+DEFAULT_LEVEL = 3
+
+
+class Compressor:
+    """Compress chunks, choosing raw storage when zstd saves too little.
+
+    One instance may be shared by threads: each thread gets its own zstd context, because a
+    ``ZstdCompressor`` must not be used by two threads at once.
+    """
+
+    def __init__(self, level: int = DEFAULT_LEVEL, min_saving: float = 1 / 64) -> None:
+        self.level = level
+        self.min_saving = min_saving
+        self._local = threading.local()
+
+    def _ctx(self) -> zstandard.ZstdCompressor:
+        ctx = getattr(self._local, "ctx", None)
+        if ctx is None:
+            ctx = zstandard.ZstdCompressor(level=self.level, write_content_size=True)
+            self._local.ctx = ctx
+        return ctx
+
+    def compress(self, data: bytes) -> tuple[int, bytes]:
+        """Return ``(codec, stored_bytes)`` for one chunk."""
+        if not data:
+            return CODEC_RAW, data
+        packed = self._ctx().compress(data)
+        if len(packed) <= len(data) * (1 - self.min_saving):
+            return CODEC_ZSTD, packed
+        return CODEC_RAW, data
+
+
+_dlocal = threading.local()
+
+
+def decompress(codec: int, stored: bytes, raw_len: int, *, object_id: str = "?") -> bytes:
+    """Undo :meth:`Compressor.compress`, refusing output that is not exactly ``raw_len`` bytes.
+
+    Raises:
+        VerifyError: unknown codec, corrupt frame, or a length other than ``raw_len``.
+    """
+    if codec == CODEC_RAW:
+        out = stored
+    elif codec == CODEC_ZSTD:
+        ctx = getattr(_dlocal, "ctx", None)
+        if ctx is None:
+            ctx = _dlocal.ctx = zstandard.ZstdDecompressor()
+        try:
+            # A frame header may declare any content size; refuse one that disagrees with the
+            # record before zstd allocates for it (the zstd-bomb case).
+            declared = zstandard.frame_content_size(stored)
+            if declared not in (-1, raw_len):
+                raise VerifyError(
+                    f"object {object_id}: zstd frame declares {declared} bytes, record says {raw_len}",
+                    object_id=object_id,
+                    expected=str(raw_len),
+                    actual=str(declared),
+                )
+            out = ctx.decompress(stored, max_output_size=raw_len)
+        except zstandard.ZstdError as exc:
+            raise VerifyError(
+                f"object {object_id}: zstd frame is corrupt ({exc})", object_id=object_id
+            ) from None
+    else:
+        raise VerifyError(f"object {object_id}: unknown codec {codec}", object_id=object_id)
+    if len(out) != raw_len:
+        raise VerifyError(
+            f"object {object_id}: decoded to {len(out)} bytes, record says {raw_len}",
+            object_id=object_id,
+            expected=str(raw_len),
+            actual=str(len(out)),
+        )
+    return out

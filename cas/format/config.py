@@ -1,0 +1,60 @@
+"""The store config: format version and the parameters that are part of the format.
+
+``config.json`` at the top of a store is written once by ``init``. A store whose format name or
+version this build does not know is refused with ``E_FORMAT`` before anything else is read.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from cas.chunking import ChunkerParams
+from cas.errors import FormatError, SchemaError
+
+FORMAT_NAME = "cas-store"
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = frozenset({1})
+
+
+class CompressionParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    codec: str = "zstd"
+    level: int = 3
+
+
+class StoreConfig(msgspec.Struct, frozen=True):
+    format: str = FORMAT_NAME
+    version: int = FORMAT_VERSION
+    hash: str = "blake3-256"
+    chunker: ChunkerParams = ChunkerParams()
+    compression: CompressionParams = CompressionParams()
+    #: Pack files are closed once they reach this many bytes.
+    pack_target_bytes: int = 256 * 1024 * 1024
+    created_at: str = ""
+
+    def encode(self) -> bytes:
+        return msgspec.json.format(msgspec.json.encode(self), indent=2) + b"\n"
+
+    @classmethod
+    def decode(cls, data: bytes) -> StoreConfig:
+        """Parse config.json; refuse unknown formats and versions."""
+        try:
+            raw = msgspec.json.decode(data)
+        except msgspec.DecodeError as exc:
+            raise SchemaError(f"store config is not valid JSON: {exc}") from None
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
+            raise FormatError("not a cas store config (format field missing or wrong)")
+        if raw.get("version") not in SUPPORTED_VERSIONS:
+            raise FormatError(
+                f"store format version {raw.get('version')!r} is not supported by this cas "
+                f"(supports {sorted(SUPPORTED_VERSIONS)}); upgrade cas"
+            )
+        try:
+            cfg = msgspec.convert(raw, cls)
+        except msgspec.ValidationError as exc:
+            raise SchemaError(f"store config: {exc}") from None
+        cfg.chunker.validate()
+        if cfg.hash != "blake3-256":
+            raise FormatError(f"store hash {cfg.hash!r} is not supported")
+        if cfg.compression.codec != "zstd":
+            raise FormatError(f"store compression {cfg.compression.codec!r} is not supported")
+        return cfg

@@ -1,0 +1,130 @@
+"""The manifest: one registered version of a model, as JSON in the registry.
+
+A manifest lists files (relative POSIX path, size, executable bit, SHA-256, BLAKE3 and the id of
+the file's chunk list) and metadata. It never lists chunks, so it stays small whatever the file
+sizes. Decoding validates everything a later step trusts: schema name and version, model name,
+every path (see :mod:`cas.names`), every hash's length and alphabet, and the total size.
+
+Fields added in later versions carry defaults, so an older manifest decodes in a newer build;
+a manifest of an unknown (newer) version is refused with ``E_SCHEMA``.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from cas.errors import SchemaError
+from cas.ids import is_hex
+from cas.names import check_unique_paths, validate_model_name, validate_rel_path
+
+SCHEMA = "cas.manifest"
+VERSION = 1
+SUPPORTED_VERSIONS = frozenset({1})
+FORMATS = ("safetensors", "gguf", "pytorch", "onnx", "other")
+
+
+class FileEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One file of a model version."""
+
+    path: str
+    size: int
+    sha256: str
+    blake3: str
+    chunks: str
+    executable: bool = False
+
+
+class Metadata(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """What is known about a model version. Detected fields come from file headers."""
+
+    format: str = "other"
+    architecture: str | None = None
+    parameter_count: int | None = None
+    dtypes: list[str] = []
+    quantization: str | None = None
+    role: str | None = None
+    base_model: str | None = None
+    #: Lineage: versions this one was derived from, as ``NAME@<commit>``.
+    parents: list[str] = []
+    metrics: dict[str, float] = {}
+    license: str | None = None
+    source: str | None = None
+    created_at: str = ""
+    created_on: str = ""
+    #: Free ``--meta key=value`` pairs.
+    extra: dict[str, str] = {}
+
+
+class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A registered version: the unit stored in each registry commit."""
+
+    name: str
+    seq: int
+    files: list[FileEntry]
+    total_size: int
+    metadata: Metadata = Metadata()
+    schema: str = SCHEMA
+    version: int = VERSION
+
+    def encode(self) -> bytes:
+        """Canonical JSON: fixed key order, two-space indent, trailing newline."""
+        return msgspec.json.format(msgspec.json.encode(self), indent=2) + b"\n"
+
+    @classmethod
+    def decode(cls, data: bytes) -> Manifest:
+        """Parse and validate manifest JSON.
+
+        Raises:
+            SchemaError: invalid JSON, unknown schema or version, or any invalid field.
+        """
+        try:
+            head = msgspec.json.decode(data)
+        except msgspec.DecodeError as exc:
+            raise SchemaError(f"manifest is not valid JSON: {exc}") from None
+        if not isinstance(head, dict) or head.get("schema") != SCHEMA:
+            raise SchemaError("not a cas manifest (schema field missing or wrong)")
+        if head.get("version") not in SUPPORTED_VERSIONS:
+            raise SchemaError(
+                f"manifest version {head.get('version')!r} is not supported by this cas "
+                f"(supports {sorted(SUPPORTED_VERSIONS)})"
+            )
+        try:
+            manifest = msgspec.convert(head, cls)
+        except msgspec.ValidationError as exc:
+            raise SchemaError(f"manifest: {exc}") from None
+        manifest.validate()
+        return manifest
+
+    def validate(self) -> None:
+        """Raise SchemaError unless every field is consistent."""
+        try:
+            validate_model_name(self.name)
+        except Exception as exc:
+            raise SchemaError(f"manifest: {exc}") from None
+        if self.seq < 1:
+            raise SchemaError(f"manifest: sequence number {self.seq} < 1")
+        for f in self.files:
+            validate_rel_path(f.path)
+            if f.size < 0:
+                raise SchemaError(f"manifest: {f.path}: negative size")
+            for field, value in (("sha256", f.sha256), ("blake3", f.blake3), ("chunks", f.chunks)):
+                if not is_hex(value):
+                    raise SchemaError(f"manifest: {f.path}: {field} is not 64 lowercase hex")
+        check_unique_paths(f.path for f in self.files)
+        if [f.path for f in self.files] != sorted(f.path for f in self.files):
+            raise SchemaError("manifest: files are not sorted by path")
+        total = sum(f.size for f in self.files)
+        if total != self.total_size:
+            raise SchemaError(f"manifest: total_size {self.total_size} != sum of sizes {total}")
+        if self.metadata.format not in FORMATS:
+            raise SchemaError(f"manifest: unknown format {self.metadata.format!r}")
+
+    def same_content(self, other: Manifest) -> bool:
+        """True if both versions hold the same files with the same bytes and modes."""
+        key = lambda m: [(f.path, f.blake3, f.size, f.executable) for f in m.files]  # noqa: E731
+        return key(self) == key(other)
+
+
+def json_schema() -> dict[str, object]:
+    """The published JSON Schema of the manifest."""
+    return msgspec.json.schema(Manifest)

@@ -1,0 +1,359 @@
+"""Ingest: files -> chunks -> packs -> manifest -> registry commit.
+
+One pass over each input file. The calling thread reads and cuts chunks (FastCDC); a small pool
+hashes each chunk with BLAKE3, checks whether the store already has it, and compresses the new
+ones; a single ordered thread feeds the whole-file SHA-256 and BLAKE3. zstd, BLAKE3 and hashlib
+release the GIL, so the work spreads over the cores. At most ``MAX_IN_FLIGHT`` chunks are held at
+once, so memory stays bounded whatever the file size.
+
+Order of effects (see ``docs/format.md``, "Write ordering"): chunks and chunk lists go into packs;
+all packs are finished (durable, then visible); only then is the manifest committed and the model
+ref moved. A crash before the ref moves leaves only unreferenced packs, which dedupe the next
+attempt and which gc may remove later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import stat as stat_mod
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import blake3
+import msgspec
+
+from cas.chunking import Chunker
+from cas.compression import Compressor
+from cas.errors import ArgsError, ConflictError, NotFoundError, from_os_error
+from cas.format.chunklist import ChunkList
+from cas.format.manifest import FileEntry, Manifest, Metadata
+from cas.format.pack import KIND_CHUNK, KIND_CHUNK_LIST
+from cas.ids import blake3_id
+from cas.metadata import describe
+from cas.names import check_unique_paths, parse_version_spec, validate_model_name
+from cas.names import validate_rel_path, validate_tag
+from cas.packs import PackWriter
+from cas.statcache import FileDigest, StatCache
+
+if TYPE_CHECKING:
+    from cas.store import Progress, Store
+
+MAX_IN_FLIGHT = 32
+WORKERS = 2
+_SKIP_DIRS = frozenset({".git", ".cas"})
+
+
+@dataclass
+class AddOptions:
+    """Everything ``add`` takes besides the name and the path."""
+
+    message: str = ""
+    tags: list[str] = field(default_factory=list)
+    role: str | None = None
+    base_model: str | None = None
+    license: str | None = None
+    parents: list[str] = field(default_factory=list)  # version specs, resolved at add time
+    metrics: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, str] = field(default_factory=dict)
+    source: str | None = None  # default: the absolute path added
+    rehash: bool = False
+
+
+class AddResult(msgspec.Struct):
+    name: str
+    seq: int
+    commit: str
+    created: bool
+    files: int
+    total_size: int
+    bytes_hashed: int
+    stat_cache_hits: int
+    new_chunks: int
+    reused_chunks: int
+    new_stored_bytes: int
+    tags: list[str]
+    stale_cache: list[str] = []
+
+
+@dataclass
+class _Counters:
+    new_chunks: int = 0
+    reused_chunks: int = 0
+    bytes_hashed: int = 0
+
+
+def scan_input(path: Path) -> tuple[Path, list[tuple[str, Path, os.stat_result]]]:
+    """List the regular files to register under ``path``, sorted by relative path.
+
+    Symlinks to files are followed (their content is registered); ``.git`` folders are skipped.
+    Every relative path is validated before anything is read.
+
+    Raises:
+        NotFoundError: ``path`` does not exist.
+        ArgsError: a special file, an unsafe or colliding name, or an empty directory.
+    """
+    try:
+        top = os.stat(path)
+    except FileNotFoundError:
+        raise NotFoundError(f"{path}: no such file or directory") from None
+    except OSError as exc:
+        raise from_os_error(exc, f"reading {path}") from None
+    if stat_mod.S_ISREG(top.st_mode):
+        rel = path.name
+        validate_rel_path(rel, user_input=True)
+        return path.parent, [(rel, path, top)]
+    if not stat_mod.S_ISDIR(top.st_mode):
+        raise ArgsError(f"{path}: not a regular file or directory")
+    found: list[tuple[str, Path, os.stat_result]] = []
+    seen_dirs: set[tuple[int, int]] = set()
+
+    def walk(d: Path, prefix: str) -> None:
+        st = os.stat(d)
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            raise ArgsError(f"{d}: symlink loop")
+        seen_dirs.add((st.st_dev, st.st_ino))
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as exc:
+            raise from_os_error(exc, f"listing {d}") from None
+        for e in entries:
+            rel = f"{prefix}{e.name}"
+            if e.name in _SKIP_DIRS and e.is_dir():
+                continue
+            validate_rel_path(rel, user_input=True)
+            try:
+                st = os.stat(e.path)  # follows symlinks
+            except FileNotFoundError:
+                raise ArgsError(f"{e.path}: dangling symlink") from None
+            if stat_mod.S_ISDIR(st.st_mode):
+                walk(Path(e.path), rel + "/")
+            elif stat_mod.S_ISREG(st.st_mode):
+                found.append((rel, Path(e.path), st))
+            else:
+                raise ArgsError(f"{e.path}: not a regular file")
+
+    walk(path, "")
+    if not found:
+        raise ArgsError(f"{path}: directory holds no files")
+    found.sort(key=lambda t: t[0])
+    check_unique_paths((rel for rel, _, _ in found), user_input=True)
+    return path, found
+
+
+class _Ingester:
+    """Cuts, hashes, dedupes, compresses and packs files for one ``add``."""
+
+    def __init__(self, store: Store, writer: PackWriter, progress: Progress | None,
+                 total: int) -> None:
+        self.store = store
+        self.writer = writer
+        self.chunker = Chunker(store.config.chunker)
+        self.compressor = Compressor(store.config.compression.level)
+        self.progress = progress
+        self.total = total
+        self.done = 0
+        self.counters = _Counters()
+        self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="cas-chunk")
+        self.hasher = ThreadPoolExecutor(1, thread_name_prefix="cas-hash")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.hasher.shutdown(wait=True, cancel_futures=True)
+
+    def _known(self, oid: bytes) -> bool:
+        return oid in self.writer or self.store.packs.has(oid)
+
+    def _chunk_work(self, data: bytes) -> tuple[bytes, int, int | None, bytes | None]:
+        oid = blake3_id(data)
+        if self._known(oid):
+            return oid, len(data), None, None
+        codec, stored = self.compressor.compress(data)
+        return oid, len(data), codec, stored
+
+    def put_object(self, data: bytes, kind: int) -> bytes:
+        oid = blake3_id(data)
+        if not self._known(oid):
+            codec, stored = self.compressor.compress(data)
+            self.writer.add(oid, kind, codec, len(data), stored)
+        return oid
+
+    def ingest(self, path: Path, label: str) -> FileDigest:
+        sha = hashlib.sha256()
+        whole = blake3.blake3()
+
+        def feed(data: bytes) -> None:
+            sha.update(data)
+            whole.update(data)
+
+        chunks: list[tuple[bytes, int]] = []
+        window: deque[tuple[Future[None], Future[tuple[bytes, int, int | None, bytes | None]]]]
+        window = deque()
+
+        def drain_one() -> None:
+            hashed, work = window.popleft()
+            oid, n, codec, stored = work.result()
+            hashed.result()
+            if codec is None:
+                self.counters.reused_chunks += 1
+            elif oid not in self.writer:
+                self.writer.add(oid, KIND_CHUNK, codec, n, stored)  # type: ignore[arg-type]
+                self.counters.new_chunks += 1
+            else:
+                self.counters.reused_chunks += 1
+            chunks.append((oid, n))
+            self.done += n
+            self.counters.bytes_hashed += n
+            if self.progress is not None:
+                self.progress(self.done, self.total, label)
+
+        try:
+            with open(path, "rb", buffering=0) as f:
+                for view in self.chunker.cut_stream(f):
+                    data = bytes(view)
+                    window.append((self.hasher.submit(feed, data),
+                                   self.pool.submit(self._chunk_work, data)))
+                    if len(window) >= MAX_IN_FLIGHT:
+                        drain_one()
+            while window:
+                drain_one()
+        except OSError as exc:
+            raise from_os_error(exc, f"reading {path}") from None
+        size = sum(n for _, n in chunks)
+        clist = ChunkList(size, tuple(chunks))
+        clist_id = self.put_object(clist.encode(), KIND_CHUNK_LIST)
+        return FileDigest(size, sha.hexdigest(), whole.hexdigest(), clist_id.hex(), False)
+
+
+def _parse_parents(store: Store, specs: list[str]) -> list[str]:
+    out = []
+    for spec in specs:
+        v = store.registry.resolve(parse_version_spec(spec))
+        out.append(f"{v.name}@{v.commit}")
+    return out
+
+
+def add(store: Store, name: str, path: Path, options: AddOptions,
+        progress: Progress | None = None) -> AddResult:
+    """Register ``path`` as a new version of ``name``; see :meth:`cas.store.Store.add`.
+
+    Creates no version when the content equals the latest version's (tags given are then put
+    on the latest version). Holds the store write lock throughout.
+
+    Raises:
+        ArgsError | NotFoundError: bad name, tag, parent or path, before anything is written.
+        ConflictError: a file changed while it was read; nothing is committed.
+        DiskError | LockError: the disk or the lock failed; the store stays consistent.
+    """
+    validate_model_name(name)
+    for t in options.tags:
+        validate_tag(t)
+    root, files = scan_input(path.expanduser())
+    with store.writing():
+        parents = _parse_parents(store, options.parents)
+        taken = store.registry.tags(name)
+        for t in options.tags:
+            if (name, t) in taken:
+                raise ConflictError(f"tag {name}@{t} exists (move it with 'cas tag --force')")
+        cache = StatCache(store.cache_dir / "stat.msgpack", store.tmp_dir)
+        writer = PackWriter(store.packs_dir, store.tmp_dir, store.config.pack_target_bytes)
+        entries: list[FileEntry] = []
+        hits = 0
+        stale: list[str] = []
+        todo = []
+        for rel, fpath, st in files:
+            key = str(fpath.absolute())
+            cached = cache.get(key, st)
+            if cached is not None and store.has_object(bytes.fromhex(cached.chunks)):
+                if not options.rehash:
+                    entries.append(_entry(rel, cached, st))
+                    hits += 1
+                    continue
+            todo.append((rel, fpath, st, key, cached))
+        ing = _Ingester(store, writer, progress, sum(st.st_size for _, _, st, _, _ in todo))
+        try:
+            for rel, fpath, st, key, cached in todo:
+                started = time.time_ns()
+                digest = ing.ingest(fpath, rel)
+                after = os.stat(fpath)
+                if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or \
+                        digest.size != st.st_size:
+                    raise ConflictError(f"{fpath}: file changed while it was being read")
+                if cached is not None and (cached.sha256, cached.size) != (digest.sha256, digest.size):
+                    stale.append(rel)
+                cache.put(key, st, digest, started)
+                entries.append(_entry(rel, digest, st))
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            ing.close()
+        entries.sort(key=lambda e: e.path)
+        detected = describe(root if path.is_dir() else path, [e.path for e in entries])
+        result = _commit(store, name, path, options, entries, detected, parents)
+        new_stored = sum(writer.written.values())
+        cache.save()
+    return AddResult(
+        name=name,
+        seq=result[0],
+        commit=result[1],
+        created=result[2],
+        files=len(entries),
+        total_size=sum(e.size for e in entries),
+        bytes_hashed=ing.counters.bytes_hashed,
+        stat_cache_hits=hits,
+        new_chunks=ing.counters.new_chunks,
+        reused_chunks=ing.counters.reused_chunks,
+        new_stored_bytes=new_stored,
+        tags=list(options.tags),
+        stale_cache=stale,
+    )
+
+
+def _entry(rel: str, d: FileDigest, st: os.stat_result) -> FileEntry:
+    return FileEntry(path=rel, size=d.size, sha256=d.sha256, blake3=d.blake3, chunks=d.chunks,
+                     executable=bool(st.st_mode & stat_mod.S_IXUSR))
+
+
+def _commit(store: Store, name: str, path: Path, options: AddOptions, entries: list[FileEntry],
+            detected: dict[str, object], parents: list[str]) -> tuple[int, str, bool]:
+    registry = store.registry
+    latest = None
+    if registry.head(name) is not None:
+        live = registry.versions(name)
+        latest = live[-1] if live else None
+    seq = registry.next_seq(name) if registry.head(name) is not None else 1
+    meta = Metadata(
+        format=str(detected.get("format") or "other"),
+        architecture=detected.get("architecture"),  # type: ignore[arg-type]
+        parameter_count=detected.get("parameter_count"),  # type: ignore[arg-type]
+        dtypes=list(detected.get("dtypes") or []),  # type: ignore[call-overload]
+        quantization=detected.get("quantization"),  # type: ignore[arg-type]
+        role=options.role,
+        base_model=options.base_model,
+        parents=parents,
+        metrics=dict(options.metrics),
+        license=options.license,
+        source=options.source or str(path.expanduser().absolute()),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_on=socket.gethostname(),
+        extra=dict(options.extra),
+    )
+    manifest = Manifest(name=name, seq=seq, files=entries,
+                        total_size=sum(e.size for e in entries), metadata=meta)
+    manifest.validate()
+    if latest is not None and store.manifest(latest).same_content(manifest):
+        for t in options.tags:
+            registry.set_tag(latest, t)
+        return latest.seq, latest.commit, False
+    version = registry.add_version(name, seq, manifest.encode(), options.message)
+    for t in options.tags:
+        registry.set_tag(version, t)
+    return version.seq, version.commit, True

