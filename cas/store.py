@@ -146,6 +146,12 @@ class Store:
     def recover(self) -> dict[str, int]:
         """Clean up after a killed writer. Call only while holding the write lock."""
         removed = clean_tmp(self.tmp_dir)
+        # git lock files of a killed writer would block every later ref update; only writers
+        # create them and we hold the store lock, so any that exist are stale.
+        reg = self.path / "registry"
+        for lock in [*reg.glob("*.lock"), *(reg / "refs").rglob("*.lock")]:
+            lock.unlink(missing_ok=True)
+            removed += 1
         rebuilt = 0
         for name in os.listdir(self.packs_dir):
             if name.endswith(".pack") and not (self.packs_dir / (name[:-5] + ".idx")).exists():
