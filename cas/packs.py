@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cas.compression import decompress
-from cas.errors import NotFoundError, SchemaError, VerifyError, from_os_error
+from cas.errors import DiskError, NotFoundError, PermError, SchemaError, VerifyError, from_os_error
 from cas.format import pack as fmt
 from cas.fsutil import fsync_dir, tmp_name
 from cas.ids import blake3_id
@@ -272,7 +272,8 @@ class PackSet:
                 continue
             try:
                 self.packs[pack_id] = Pack(self.packs_dir, pack_id)
-            except (VerifyError, SchemaError, NotFoundError) as exc:
+            except (VerifyError, SchemaError, NotFoundError, DiskError, PermError) as exc:
+                # One unreadable index must not hide every other pack.
                 self.broken[pack_id] = exc.message
 
     def close(self) -> None:

@@ -50,7 +50,7 @@ PACK_TRAILER_SIZE = _PACK_TRAILER.size  # 48
 _IDX_HEADER = struct.Struct("<8sII")  # magic, version, count
 _IDX_FANOUT = struct.Struct("<256I")
 _IDX_RECORD = struct.Struct("<32sIIIBBH")  # id, offset, stored_len, raw_len, kind, codec, reserved
-_IDX_TRAILER = struct.Struct("<32s32s")  # pack id, blake3 of everything before
+_IDX_TRAILER = struct.Struct("<32s32s")  # pack id, blake3 of everything before (pack id included)
 
 IDX_HEADER_SIZE = _IDX_HEADER.size  # 16
 IDX_FANOUT_SIZE = _IDX_FANOUT.size  # 1024
@@ -153,7 +153,7 @@ def encode_index(entries: Iterable[Entry], pack_id: bytes) -> bytes:
         for e in ordered
     )
     body = b"".join(parts)
-    return body + _IDX_TRAILER.pack(pack_id, blake3.blake3(body).digest())
+    return body + _IDX_TRAILER.pack(pack_id, blake3.blake3(body + pack_id).digest())
 
 
 def index_size(count: int) -> int:
@@ -207,7 +207,7 @@ def verify_index(buf: bytes | memoryview, name: str) -> None:
     count = check_index_header(buf, name, len(buf))
     body_end = IDX_RECORDS_START + count * IDX_RECORD_SIZE + 32
     want = bytes(buf[body_end : body_end + 32])
-    if blake3.blake3(buf[: body_end - 32]).digest() != want:
+    if blake3.blake3(buf[:body_end]).digest() != want:
         raise VerifyError(f"index {name}: checksum mismatch")
     prev = b""
     for i in range(count):
