@@ -14,8 +14,9 @@ from datetime import datetime, timezone
 
 import msgspec
 
-from cas.errors import ArgsError, NotFoundError
+from cas.errors import ArgsError, NotFoundError, SchemaError
 from cas.format.manifest import FORMATS, Manifest
+from cas.names import validate_model_name
 from cas.registry import Version
 from cas.store import Store
 
@@ -29,6 +30,7 @@ class ModelRow(msgspec.Struct):
     role: str | None
     tags: list[str]
     updated_at: str
+    error: str | None = None
 
 
 class VersionDetail(msgspec.Struct):
@@ -87,8 +89,15 @@ def list_models(store: Store, pattern: str | None = None, *, format: str | None 
         if not versions:
             continue
         latest = versions[-1]
-        m = store.manifest(latest)
         tags = sorted(t for (n, t) in all_tags if n == name)
+        try:
+            m = store.manifest(latest)
+        except SchemaError as exc:
+            # One unreadable manifest must not hide the rest of the catalog.
+            if not (format or role):
+                rows.append(ModelRow(name, latest.seq, len(versions), 0, "other", None, tags,
+                                     _iso(latest.timestamp), error=exc.message))
+            continue
         if format and m.metadata.format != format:
             continue
         if role and m.metadata.role != role:
@@ -107,6 +116,7 @@ def show(store: Store, version: Version) -> VersionDetail:
 
 
 def history(store: Store, name: str) -> list[HistoryRow]:
+    validate_model_name(name)
     reg = store.registry
     if reg.head(name) is None:
         raise NotFoundError(f"model {name!r} is not registered")
@@ -138,11 +148,16 @@ def _objects_of(store: Store, manifest: Manifest, sizes: dict[bytes, int]) -> li
 
 
 def disk_usage(store: Store, name: str | None = None) -> DiskUsage:
+    if name is not None:
+        validate_model_name(name)
     sizes: dict[bytes, int] = {}
     users: dict[bytes, set[str]] = {}
     per_version: dict[str, list[tuple[str, int, list[bytes]]]] = {}
     for model, seq, blob in store.registry.all_manifest_blobs():
-        m = Manifest.decode(blob)
+        try:
+            m = Manifest.decode(blob)
+        except SchemaError:
+            continue  # counted by nobody; `cas verify --all` names the unreadable manifest
         ids = _objects_of(store, m, sizes)
         for oid in ids:
             users.setdefault(oid, set()).add(model)

@@ -149,7 +149,8 @@ class Store:
         # git lock files of a killed writer would block every later ref update; only writers
         # create them and we hold the store lock, so any that exist are stale.
         reg = self.path / "registry"
-        for lock in [*reg.glob("*.lock"), *(reg / "refs").rglob("*.lock")]:
+        for lock in [*reg.glob("*.lock"), *(reg / "refs").rglob("*.lock"),
+                     *(reg / "objects").rglob("*.lock")]:
             lock.unlink(missing_ok=True)
             removed += 1
         rebuilt = 0

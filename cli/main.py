@@ -148,6 +148,10 @@ def ls_cmd(ctx: Ctx, pattern: str | None, format_: str | None, role: str | None,
         rows = store.ls(pattern, format=format_, role=role, tag=tag)
     lines = [f"{'NAME':<48} {'LATEST':>6} {'VERS':>4} {'SIZE':>10}  {'FORMAT':<11} TAGS"]
     for r in rows:
+        if r.error:
+            lines.append(f"{r.name:<48} {'@' + str(r.latest):>6} {r.versions:>4}  "
+                         f"unreadable manifest: {r.error}")
+            continue
         lines.append(f"{r.name:<48} {'@' + str(r.latest):>6} {r.versions:>4} "
                      f"{human_bytes(r.size):>10}  {r.format:<11} {','.join(r.tags)}")
     ctx.out.result({"models": rows}, lines if rows else "no models")

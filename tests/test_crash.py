@@ -1,0 +1,260 @@
+"""Crash and concurrency safety: writers killed with SIGKILL, concurrent writers, the lock.
+
+Everything runs the real CLI in subprocesses on real files under ``tmp_path``. Random kill
+delays come from a seeded RNG; they only decide where a kill lands, never whether a test passes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+MB = 1 << 20
+
+_SCRIPT = Path(sys.executable).parent / "cas"
+CAS = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "cas.cli.main"]
+
+
+def argv(store: Path, *args: str) -> list[str]:
+    return [*CAS, "--store", str(store), "--json", *args]
+
+
+def run(store: Path, *args: str) -> tuple[int, dict, str]:
+    p = subprocess.run(argv(store, *args), capture_output=True, text=True, timeout=180)
+    lines = [ln for ln in p.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1, (p.returncode, p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr, p.stderr
+    return p.returncode, json.loads(lines[0]), p.stderr
+
+
+def ok(store: Path, *args: str) -> dict:
+    rc, doc, err = run(store, *args)
+    assert rc == 0 and doc["ok"] is True, (rc, doc, err)
+    return doc
+
+
+def model_bytes(seed: int, size: int) -> bytes:
+    """Half random bytes, half low-entropy (compressible) bytes."""
+    rng = np.random.default_rng(seed)
+    half = size // 2
+    return rng.bytes(half) + rng.integers(0, 4, size - half, dtype=np.uint8).tobytes()
+
+
+def make_input(d: Path, seed: int, size: int) -> dict[str, str]:
+    """Two files under ``d``; returns rel path -> sha256."""
+    d.mkdir(parents=True)
+    data = model_bytes(seed, size)
+    cut = size * 3 // 4
+    files = {"model.bin": data[:cut], "extra/head.bin": data[cut:]}
+    out = {}
+    for rel, b in files.items():
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).write_bytes(b)
+        out[rel] = hashlib.sha256(b).hexdigest()
+    return out
+
+
+def pack_files(store: Path) -> set[str]:
+    return set(os.listdir(store / "packs"))
+
+
+def live_versions(store: Path, name: str) -> list[int]:
+    hist = ok(store, "log", name)["history"]
+    return sorted(h["seq"] for h in hist if h["action"] == "add")
+
+
+# -- kill -9 -----------------------------------------------------------------------------------
+
+
+def test_sigkill_during_add_never_breaks_the_store(tmp_path: Path) -> None:
+    store = tmp_path / "S"
+    ok(store, "init")
+    expected: dict[str, dict[str, str]] = {}  # input dir -> files
+    first = tmp_path / "in-first"
+    expected[str(first)] = make_input(first, 1000, 8 * MB)
+    assert ok(store, "add", "m", str(first), "-m", "v1")["seq"] == 1
+
+    # One uncontended add of the same size as the loop's, to scale the kill delays.
+    timing = tmp_path / "in-timing"
+    expected[str(timing)] = make_input(timing, 1001, 12 * MB)
+    started = time.monotonic()
+    ok(store, "add", "m", str(timing))
+    typical = time.monotonic() - started
+
+    rng = random.Random(20240601)
+    outcomes = {"killed": 0, "finished": 0}
+    for i in range(22):
+        src = tmp_path / f"in-{i:02d}"
+        expected[str(src)] = make_input(src, 2000 + i, rng.randint(8, 16) * MB)
+        delay = rng.uniform(0.0, typical)
+        proc = subprocess.Popen(argv(store, "add", "m", str(src), "-m", f"iteration {i}"),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=delay)
+            outcomes["finished"] += 1
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            outcomes["killed"] += 1
+    print(f"typical add {typical:.2f}s; {outcomes}")
+
+    # Readers see a consistent store without any writer having cleaned up.
+    report = ok(store, "verify", "--all")
+    assert report["bad_objects"] == [] and report["broken_versions"] == []
+    models = ok(store, "ls")["models"]
+    assert [r["name"] for r in models] == ["m"]
+    seqs = live_versions(store, "m")
+    assert seqs[:2] == [1, 2] and seqs == sorted(set(seqs))
+    assert models[0]["latest"] == seqs[-1] and models[0]["versions"] == len(seqs)
+    # Every registered version holds exactly the bytes of one of the inputs.
+    known = {tuple(sorted(files.items())) for files in expected.values()}
+    for seq in seqs:
+        shown = ok(store, "show", f"m@{seq}")
+        files = tuple(sorted((f["path"], f["sha256"]) for f in shown["manifest"]["files"]))
+        assert files in known, f"m@{seq} holds bytes that were never added"
+
+    # The next writer recovers and succeeds; it leaves no temp files behind.
+    final = tmp_path / "in-final"
+    expected[str(final)] = make_input(final, 3000, 8 * MB)
+    res = ok(store, "add", "m", str(final), "-m", "after the crashes")
+    assert res["created"] and res["seq"] > seqs[-1]
+    assert os.listdir(store / "tmp") == []
+    names = pack_files(store)
+    assert {n[:-5] for n in names if n.endswith(".pack")} == \
+        {n[:-4] for n in names if n.endswith(".idx")}
+    ok(store, "verify", "--all")
+    ok(store, "verify", "m")
+    dest = tmp_path / "out"
+    ok(store, "checkout", "m", str(dest))
+    for rel, sha in expected[str(final)].items():
+        assert hashlib.sha256((dest / rel).read_bytes()).hexdigest() == sha
+
+
+# -- concurrency and the lock ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("same_model", [True, False], ids=["same-model", "two-models"])
+def test_concurrent_adds_both_succeed(tmp_path: Path, same_model: bool) -> None:
+    store = tmp_path / "S"
+    ok(store, "init")
+    base = tmp_path / "base"
+    make_input(base, 50, 2 * MB)
+    ok(store, "add", "m", str(base))
+    names = ["m", "m"] if same_model else ["m", "other"]
+    srcs = []
+    for i in range(2):
+        src = tmp_path / f"in-{i}"
+        make_input(src, 60 + i, 8 * MB)
+        srcs.append(src)
+    procs = [subprocess.Popen(argv(store, "add", n, str(s)), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for n, s in zip(names, srcs)]
+    docs = []
+    for p in procs:
+        out, err = p.communicate(timeout=180)
+        assert p.returncode == 0, (out, err)
+        docs.append(json.loads(out))
+    assert all(d["created"] for d in docs)
+    if same_model:
+        assert sorted(d["seq"] for d in docs) == [2, 3]
+        assert live_versions(store, "m") == [1, 2, 3]
+    else:
+        assert [d["seq"] for d in docs] == [2, 1]
+        assert live_versions(store, "other") == [1]
+    ok(store, "verify", "--all")
+    for d in docs:
+        ok(store, "verify", f"{d['name']}@{d['seq']}")
+
+
+def test_lock_timeout_zero_fails_with_e_lock(tmp_path: Path) -> None:
+    from cas.locking import WriteLock
+
+    store = tmp_path / "S"
+    ok(store, "init")
+    src = tmp_path / "in"
+    make_input(src, 70, 2 * MB)
+    before = pack_files(store)
+    with WriteLock(store / "lock", 0):
+        rc, doc, err = run(store, "--lock-timeout", "0", "add", "m", str(src))
+    assert rc == 9, (doc, err)
+    assert doc["ok"] is False and doc["error"]["code"] == "E_LOCK"
+    msg = doc["error"]["message"]
+    assert "locked" in msg and f"pid {os.getpid()}" in msg and "--lock-timeout" in msg
+    assert pack_files(store) == before
+    assert not (store / "registry" / "refs" / "models" / "m").exists()
+    # Once the holder is gone the same command succeeds at once.
+    assert ok(store, "--lock-timeout", "0", "add", "m", str(src))["seq"] == 1
+
+
+# -- killed between packs and ref --------------------------------------------------------------
+
+_KILL_BEFORE_REF = """
+import os, signal, sys
+from cas.registry import Registry
+
+def _die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+Registry.add_version = _die  # packs are finished and visible; the ref has not moved
+from cas.cli.main import main
+main(sys.argv[1:])
+"""
+
+
+def test_orphan_pack_from_killed_add_dedupes_the_retry(tmp_path: Path) -> None:
+    store = tmp_path / "S"
+    ok(store, "init")
+    first = tmp_path / "first"
+    make_input(first, 80, 2 * MB)
+    ok(store, "add", "m", str(first))
+    src = tmp_path / "in"
+    make_input(src, 81, 8 * MB)
+    packs_before = pack_files(store)
+
+    p = subprocess.run([sys.executable, "-c", _KILL_BEFORE_REF, "--store", str(store),
+                        "add", "m", str(src)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == -signal.SIGKILL, (p.returncode, p.stdout, p.stderr)
+    orphans = pack_files(store) - packs_before
+    assert orphans and any(n.endswith(".pack") for n in orphans)
+    assert live_versions(store, "m") == [1]
+    ok(store, "verify", "--all")  # an orphan pack is sound, just unreferenced
+
+    res = ok(store, "add", "m", str(src))
+    assert res["created"] and res["seq"] == 2
+    assert res["new_chunks"] == 0 and res["reused_chunks"] > 0
+    assert res["new_stored_bytes"] == 0
+    assert pack_files(store) == packs_before | orphans
+    ok(store, "verify", "--all")
+    ok(store, "verify", "m@2")
+
+
+# -- killed while the registry held a ref lock ---------------------------------------------------
+
+
+@pytest.mark.parametrize("lock_file, command", [
+    ("refs/models/m.lock", ["add", "m", "{src}"]),
+    ("refs/tags/m@t.lock", ["tag", "m@1", "t"]),
+], ids=["model-ref", "tag-ref"])
+def test_stale_registry_ref_lock_is_recovered(tmp_path: Path, lock_file: str,
+                                              command: list[str]) -> None:
+    store = tmp_path / "S"
+    ok(store, "init")
+    first = tmp_path / "first"
+    make_input(first, 90, MB)
+    ok(store, "add", "m", str(first))
+    # What a SIGKILL between dulwich creating a ref's lock file and renaming it leaves behind.
+    (store / "registry" / lock_file).write_bytes(b"0" * 20)
+    src = tmp_path / "in"
+    make_input(src, 91, MB)
+    ok(store, *[c.format(src=src) for c in command])
+    assert not (store / "registry" / lock_file).exists()
+    ok(store, "verify", "--all")
