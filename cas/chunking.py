@@ -67,15 +67,83 @@ class Chunker:
         )
 
     def cut_stream(self, stream: BinaryIO) -> Iterator[memoryview]:
-        """Yield the chunks of ``stream`` in order.
+        """Yield the chunks of ``stream`` in order (a convenience over :meth:`cut_blocks`)."""
+        for _region, chunks in self.cut_blocks(stream):
+            yield from chunks
 
-        Each memoryview is valid only until the next one is produced; copy it to keep it. Memory
-        stays bounded by the chunker's internal buffer whatever the stream's length.
+    def cut_blocks(
+        self,
+        stream: BinaryIO,
+        block_size: int = 8 << 20,
+        buffers: BufferPool | None = None,
+    ) -> Iterator[tuple[memoryview, list[memoryview]]]:
+        """Yield ``(region, chunks)`` per block read from ``stream``, in order.
+
+        ``chunks`` are consecutive memoryviews over one buffer and ``region`` is the contiguous
+        span they cover, so a caller can hash the region in one call: nothing is copied. The
+        buffer comes from ``buffers`` when given (the caller hands ``region.obj`` back with
+        :meth:`BufferPool.release` once done with the views; reusing buffers avoids faulting in
+        fresh pages for every block), else a fresh one per block.
+
+        Boundaries are exactly those of cutting the whole stream at once: a chunk is accepted
+        only when at least ``max_size`` bytes follow its start in the buffer (FastCDC's cut
+        depends on at most that many bytes), or at end of stream; the tail is carried over to
+        the next block.
         """
-        for chunk in self._cdc.cut_stream(stream):
-            yield chunk.data
+        max_size = self.params.max_size
+        block_size = max(block_size, 2 * max_size)
+        capacity = block_size + max_size
+        carry = b""
+        eof = False
+        while not eof:
+            buf = buffers.get() if buffers is not None else bytearray(capacity)
+            view = memoryview(buf)
+            view[: len(carry)] = carry
+            filled = len(carry)
+            while filled < capacity:
+                n = stream.readinto(view[filled:])  # type: ignore[attr-defined]
+                if not n:
+                    eof = True
+                    break
+                filled += n
+            data = view[:filled]
+            chunks: list[memoryview] = []
+            end = 0
+            for chunk in self._cdc.cut_buf(data):
+                if not eof and chunk.offset + max_size > filled:
+                    break
+                chunks.append(data[chunk.offset : chunk.offset + chunk.length])
+                end = chunk.offset + chunk.length
+            carry = bytes(data[end:]) if not eof else b""
+            if chunks:
+                yield data[:end], chunks
+            elif buffers is not None:
+                buffers.release(buf)
+
 
     def cut_bytes(self, data: bytes | bytearray | memoryview) -> Iterator[tuple[int, int]]:
         """Yield ``(offset, length)`` of each chunk of an in-memory buffer."""
         for chunk in self._cdc.cut_buf(data):
             yield chunk.offset, chunk.length
+
+
+class BufferPool:
+    """A few reusable block buffers for :meth:`Chunker.cut_blocks`, shared by one ingest.
+
+    ``get`` blocks when all buffers are out, which is what bounds memory: at most ``count``
+    blocks are alive at once.
+    """
+
+    def __init__(self, chunker: Chunker, count: int, block_size: int = 8 << 20) -> None:
+        import queue
+
+        capacity = max(block_size, 2 * chunker.params.max_size) + chunker.params.max_size
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        for _ in range(count):
+            self._free.put(bytearray(capacity))
+
+    def get(self) -> bytearray:
+        return self._free.get()
+
+    def release(self, buf: bytearray) -> None:
+        self._free.put(buf)

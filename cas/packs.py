@@ -14,7 +14,8 @@ from __future__ import annotations
 import mmap
 import os
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,11 +32,43 @@ def pack_path(packs_dir: Path, pack_id: str, ext: str) -> Path:
     return packs_dir / f"{PACK_PREFIX}{pack_id}.{ext}"
 
 
+class _OpenPack:
+    """The pack being appended to: its temp file, entries so far, and running pack id."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.entries: list[fmt.Entry] = []
+        self.hasher = fmt.PackIdHasher()
+        self.offset = 0
+
+    def write(self, *parts: bytes | memoryview) -> None:
+        """Append ``parts`` with one writev (no copy into a user-space buffer)."""
+        views = [memoryview(p).cast("B") for p in parts]
+        while views:
+            n = os.writev(self.fd, views)
+            self.offset += n
+            while views and n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            if views and n:
+                views[0] = views[0][n:]
+
+    def discard(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+        self.tmp.unlink(missing_ok=True)
+
+
 class PackWriter:
     """Appends objects to packs, closing a pack once it reaches ``target_bytes``.
 
-    Not thread-safe: one writer thread feeds it. Objects become visible to readers only after
-    :meth:`finish` (or an automatic roll-over) returns. :meth:`abort` throws away the open pack.
+    Not thread-safe: one thread feeds it. A full pack is closed (trailer, fsync, index, renames)
+    on a background thread while the next one fills, so fsyncs overlap with ingest. Objects
+    become visible to readers only after :meth:`finish` returns. :meth:`abort` throws away the
+    pack being filled; packs already closed stay (complete and harmless).
     """
 
     def __init__(self, packs_dir: Path, tmp_dir: Path, target_bytes: int) -> None:
@@ -44,97 +77,103 @@ class PackWriter:
         self.target_bytes = min(target_bytes, fmt.MAX_PACK_BYTES - (64 << 20))
         self.written: dict[bytes, int] = {}  # oid -> stored length, for this writer's lifetime
         self.finished: list[str] = []
-        self._file = None
-        self._tmp: Path | None = None
-        self._entries: list[fmt.Entry] = []
-        self._hasher = fmt.PackIdHasher()
-        self._offset = 0
         self.bytes_written = 0
+        self._open: _OpenPack | None = None
+        self._closing: list[Future[str]] = []
+        self._closer: ThreadPoolExecutor | None = None
 
     def __contains__(self, oid: bytes) -> bool:
         return oid in self.written
 
-    def _open(self) -> None:
-        self._tmp = tmp_name(self.tmp_dir, "pack")
-        try:
-            self._file = open(self._tmp, "xb", buffering=1 << 20)
-            self._file.write(fmt.pack_header())
-        except OSError as exc:
-            self.abort()
-            raise from_os_error(exc, "creating a pack") from None
-        self._entries = []
-        self._hasher = fmt.PackIdHasher()
-        self._offset = fmt.PACK_HEADER_SIZE
-
-    def add(self, oid: bytes, kind: int, codec: int, raw_len: int, stored: bytes) -> None:
+    def add(self, oid: bytes, kind: int, codec: int, raw_len: int,
+            stored: bytes | memoryview) -> None:
         """Append one object. Adding an id already written by this writer is a no-op."""
         if oid in self.written:
             return
         if len(stored) > fmt.MAX_OBJECT_BYTES or raw_len > fmt.MAX_OBJECT_BYTES:
             raise SchemaError("object larger than 4 GiB cannot be packed")
-        if self._file is None:
-            self._open()
-        header = fmt.encode_entry_header(oid, kind, codec, raw_len, len(stored))
         try:
-            self._file.write(header)
-            self._file.write(stored)
+            if self._open is None:
+                self._open = _OpenPack(tmp_name(self.tmp_dir, "pack"))
+                self._open.write(fmt.pack_header())
+            pack = self._open
+            offset = pack.offset
+            header = fmt.encode_entry_header(oid, kind, codec, raw_len, len(stored))
+            pack.write(header, stored)
         except OSError as exc:
             self.abort()
             raise from_os_error(exc, "writing a pack") from None
-        self._entries.append(fmt.Entry(oid, self._offset, len(stored), raw_len, kind, codec))
-        self._hasher.add(oid)
-        self._offset += len(header) + len(stored)
+        pack.entries.append(fmt.Entry(oid, offset, len(stored), raw_len, kind, codec))
+        pack.hasher.add(oid)
         self.written[oid] = len(stored)
         self.bytes_written += len(header) + len(stored)
-        if self._offset >= self.target_bytes:
-            self._close_pack()
+        if pack.offset >= self.target_bytes:
+            self._open = None
+            if self._closer is None:
+                self._closer = ThreadPoolExecutor(1, thread_name_prefix="cas-pack-close")
+            self._closing.append(self._closer.submit(self._close_pack, pack))
 
     def finish(self) -> list[str]:
         """Make every object added so far durable and visible; return all pack ids written."""
-        if self._file is not None:
-            self._close_pack()
+        if self._open is not None:
+            pack, self._open = self._open, None
+            self._closing.append(_done(self._close_pack, pack))
+        self._wait_closing()
         return list(self.finished)
 
-    def abort(self) -> None:
-        """Throw away the open pack (closed packs stay: they are complete and harmless)."""
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError:
-                pass
-            self._file = None
-        if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
-            self._tmp = None
-        for e in self._entries:
-            self.written.pop(e.oid, None)
-        self._entries = []
+    def _wait_closing(self) -> None:
+        try:
+            for fut in self._closing:
+                self.finished.append(fut.result())
+        finally:
+            self._closing = []
+            if self._closer is not None:
+                self._closer.shutdown(wait=True)
+                self._closer = None
 
-    def _close_pack(self) -> None:
-        assert self._file is not None and self._tmp is not None
-        pack_id = self._hasher.digest()
+    def abort(self) -> None:
+        """Throw away the open pack; wait for packs being closed (they complete normally)."""
+        if self._open is not None:
+            for e in self._open.entries:
+                self.written.pop(e.oid, None)
+            self._open.discard()
+            self._open = None
+        try:
+            self._wait_closing()
+        except Exception:  # noqa: BLE001 - abort runs while another error propagates
+            pass
+
+    def _close_pack(self, pack: _OpenPack) -> str:
+        """Trailer, fsync, index (temp, fsync), rename pack, rename index, fsync the folder."""
+        pack_id = pack.hasher.digest()
         hex_id = pack_id.hex()
         idx_tmp = tmp_name(self.tmp_dir, "idx")
         try:
-            self._file.write(fmt.pack_trailer(len(self._entries), pack_id))
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
+            pack.write(fmt.pack_trailer(len(pack.entries), pack_id))
+            os.fsync(pack.fd)
+            os.close(pack.fd)
             with open(idx_tmp, "xb") as f:
-                f.write(fmt.encode_index(self._entries, pack_id))
+                f.write(fmt.encode_index(pack.entries, pack_id))
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(self._tmp, pack_path(self.packs_dir, hex_id, "pack"))
-            self._tmp = None
+            os.replace(pack.tmp, pack_path(self.packs_dir, hex_id, "pack"))
             os.replace(idx_tmp, pack_path(self.packs_dir, hex_id, "idx"))
             fsync_dir(self.packs_dir)
         except OSError as exc:
             idx_tmp.unlink(missing_ok=True)
-            self.abort()
+            pack.discard()
             raise from_os_error(exc, "finishing a pack") from None
-        self.finished.append(hex_id)
-        self._entries = []
+        return hex_id
+
+
+def _done(fn: Callable[[_OpenPack], str], pack: _OpenPack) -> Future[str]:
+    """Run ``fn`` now and wrap its outcome in a Future (the last pack closes inline)."""
+    fut: Future[str] = Future()
+    try:
+        fut.set_result(fn(pack))
+    except BaseException as exc:  # noqa: BLE001 - re-raised by the caller through result()
+        fut.set_exception(exc)
+    return fut
 
 
 class _IdView:

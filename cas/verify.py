@@ -19,7 +19,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import blake3
 import msgspec
 
-from cas.checkout import READ_AHEAD, WORKERS
+from cas.checkout import WORKERS
+
+READ_AHEAD = 32
 from cas.errors import CasError, SchemaError
 from cas.format.manifest import FileEntry, Manifest
 from cas.format.pack import KIND_CHUNK_LIST

@@ -272,3 +272,21 @@ def test_edge_params_accepted(kwargs):
 def test_seed_changes_boundaries(random_data):
     seeded = list(Chunker(ChunkerParams(seed=1)).cut_bytes(random_data))
     assert seeded != GOLDEN_RANDOM_BOUNDARIES
+
+
+@settings(max_examples=25, deadline=None)
+@given(block=st.integers(min_value=1, max_value=2_000_000), seed=st.integers(0, 3))
+def test_cut_blocks_equals_cutting_the_whole_input(block, seed):
+    """Reading in blocks of any size never moves a boundary (block_size is raised to at least
+    2 x max_size internally; small values exercise the carry-over on every block)."""
+    data = blake3.blake3(bytes([seed])).digest(length=1_500_000)
+    chunker = Chunker(DEFAULT_PARAMS)
+    whole = [(o, n) for o, n in chunker.cut_bytes(data)]
+    got = []
+    pos = 0
+    for region, chunks in chunker.cut_blocks(io.BytesIO(data), block_size=block):
+        assert bytes(region) == b"".join(bytes(c) for c in chunks)
+        for c in chunks:
+            got.append((pos, len(c)))
+            pos += len(c)
+    assert got == whole

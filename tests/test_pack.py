@@ -557,9 +557,9 @@ def test_abort_after_roll_over_keeps_closed_packs(dirs):
     writer = PackWriter(packs, tmp, 65000)
     for data in objects:
         writer.add(blake3_id(data), fmt.KIND_CHUNK, CODEC_RAW, len(data), data)
+    writer.abort()  # waits for the packs closed in the background at each roll-over
     closed = list(writer.finished)
     assert closed
-    writer.abort()
     assert os.listdir(tmp) == []
     ps = PackSet(packs)
     try:

@@ -18,7 +18,7 @@ SUPPORTED_VERSIONS = frozenset({1})
 
 class CompressionParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     codec: str = "zstd"
-    level: int = 3
+    level: int = 1
 
 
 class StoreConfig(msgspec.Struct, frozen=True):
