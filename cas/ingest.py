@@ -37,7 +37,8 @@ from cas.format.chunklist import ChunkList
 from cas.format.manifest import FileEntry, Manifest, Metadata
 from cas.format.pack import KIND_CHUNK, KIND_CHUNK_LIST
 from cas.ids import blake3_id
-from cas.metadata import describe
+from cas.bytegroup import FloatRanges
+from cas.metadata import describe, float_ranges
 from cas.names import check_unique_paths, parse_version_spec, validate_model_name
 from cas.names import validate_rel_path, validate_tag
 from cas.packs import PackWriter
@@ -170,8 +171,15 @@ class _Ingester:
         self.counters = _Counters()
         self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="cas-chunk")
         self.hasher = ThreadPoolExecutor(1, thread_name_prefix="cas-hash")
+        self._buffers: BufferPool | None = None
+
+    @property
+    def buffers(self) -> BufferPool:
+        # Allocated on first use: an add where every file is unchanged never needs them.
         # One more buffer than blocks in flight, so reading the next block overlaps the rest.
-        self.buffers = BufferPool(self.chunker, MAX_BLOCKS_IN_FLIGHT + 1, BLOCK_SIZE)
+        if self._buffers is None:
+            self._buffers = BufferPool(self.chunker, MAX_BLOCKS_IN_FLIGHT + 1, BLOCK_SIZE)
+        return self._buffers
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -180,16 +188,27 @@ class _Ingester:
     def _known(self, oid: bytes) -> bool:
         return oid in self.writer or self.store.packs.has(oid)
 
-    def _work_group(self, chunks: list[memoryview]) -> list[_ChunkResult]:
-        """Hash a run of chunks, and compress the ones the store does not have yet."""
+    def _work_group(self, chunks: list[tuple[int, memoryview]],
+                    floats: FloatRanges | None) -> list[_ChunkResult]:
+        """Hash a run of ``(file offset, chunk)``, and compress the ones the store lacks."""
         out: list[_ChunkResult] = []
-        for view in chunks:
+        for offset, view in chunks:
             oid = blake3_id(view)
             if self._known(oid):
                 out.append((oid, len(view), None, None))
-            else:
+                continue
+            where = floats.locate(offset, len(view)) if floats is not None else None
+            if where is None:
                 codec, stored = self.compressor.compress(view)
-                out.append((oid, len(view), codec, stored))
+            else:
+                index, elem, phase = where
+                won = floats.decided.get(index)  # type: ignore[union-attr]
+                if won is None:
+                    won, (codec, stored) = self.compressor.best(view, (elem, phase))
+                    floats.decided[index] = won  # type: ignore[union-attr]
+                else:
+                    codec, stored = self.compressor.compress(view, (elem, phase) if won else None)
+            out.append((oid, len(view), codec, stored))
         return out
 
     def put_object(self, data: bytes, kind: int) -> bytes:
@@ -229,11 +248,18 @@ class _Ingester:
             if self.progress is not None:
                 self.progress(self.done, self.total, label)
 
+        ranges = float_ranges(path)
+        floats = FloatRanges(ranges) if ranges else None
+        offset = 0
         try:
             with open(path, "rb", buffering=0) as f:
                 for region, views in self.chunker.cut_blocks(f, BLOCK_SIZE, self.buffers):
-                    groups = [self.pool.submit(self._work_group, views[i : i + GROUP])
-                              for i in range(0, len(views), GROUP)]
+                    placed = []
+                    for view in views:
+                        placed.append((offset, view))
+                        offset += len(view)
+                    groups = [self.pool.submit(self._work_group, placed[i : i + GROUP], floats)
+                              for i in range(0, len(placed), GROUP)]
                     window.append((region, self.hasher.submit(feed, region), groups))
                     if len(window) >= MAX_BLOCKS_IN_FLIGHT:
                         drain_one()

@@ -492,3 +492,42 @@ def _config_fields(config: dict[str, object] | None) -> tuple[str | None, str | 
             bits = qconfig.get("bits")
             quantization = f"{method}-{bits}bit" if _is_uint(bits) else method
     return architecture, quantization
+
+
+#: Element sizes of the float dtypes whose bytes are worth grouping (see cas.bytegroup).
+_FLOAT_SIZES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
+
+
+def float_ranges(path: pathlib.Path) -> list[tuple[int, int, int]]:
+    """Absolute byte ranges ``(start, end, element size)`` of a safetensors file's float tensors.
+
+    Reads only the header. Returns an empty list for any other format or a malformed header
+    (grouping is an optimisation: without ranges chunks are simply compressed whole).
+    """
+    if detect_format(path) != "safetensors":
+        return []
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            raw = f.read(8)
+            if len(raw) != 8:
+                return []
+            (length,) = _U64.unpack(raw)
+            if length < 2 or length > MAX_SAFETENSORS_HEADER or length > size - 8:
+                return []
+            header = json.loads(f.read(length))
+    except (OSError, ValueError, RecursionError):
+        return []
+    if not isinstance(header, dict):
+        return []
+    base = 8 + length
+    out = []
+    for name, info in header.items():
+        if name == "__metadata__" or not isinstance(info, dict):
+            continue
+        elem = _FLOAT_SIZES.get(info.get("dtype"))  # type: ignore[arg-type]
+        offsets = info.get("data_offsets")
+        if elem and isinstance(offsets, list) and len(offsets) == 2 and \
+                all(_is_uint(o) for o in offsets) and offsets[0] <= offsets[1]:
+            out.append((base + offsets[0], base + offsets[1], elem))
+    return out

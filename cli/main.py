@@ -12,8 +12,8 @@ from typing import Any
 import click
 
 from cas.cli.render import Output, ProgressBar, fail, human_bytes
+from cas import __version__
 from cas.errors import ArgsError, CasError, Interrupted, VerifyError
-from cas.ingest import AddOptions
 from cas.store import Store, default_store_path
 
 
@@ -58,7 +58,7 @@ pass_ctx = click.make_pass_decorator(Ctx)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--lock-timeout", type=float, default=60.0, show_default=True,
               help="Seconds to wait for another writer.")
-@click.version_option(package_name="cas-models", prog_name="cas")
+@click.version_option(version=__version__, prog_name="cas")
 @click.pass_context
 def cli(click_ctx: click.Context, store: str | None, json_mode: bool, quiet: bool,
         lock_timeout: float) -> None:
@@ -108,6 +108,8 @@ def add(ctx: Ctx, name: str, path: Path, message: str, tags: tuple[str, ...],
         base_model: str | None, parents: tuple[str, ...], license_: str | None,
         source: str | None, rehash: bool) -> None:
     """Register PATH (a file or a directory) as a new version of model NAME."""
+    from cas.ingest import AddOptions
+
     metrics: dict[str, float] = {}
     for k, v in _pairs(metric, "--metric").items():
         try:

@@ -26,7 +26,7 @@ def compressible_bytes(n: int) -> bytes:
 
 
 def test_codec_table():
-    assert CODECS == {0: "raw", 1: "zstd"}
+    assert CODECS == {0: "raw", 1: "zstd", 2: "grouped"}
     assert (CODEC_RAW, CODEC_ZSTD) == (0, 1)
 
 
@@ -96,7 +96,7 @@ def test_compressor_shared_by_threads():
 
 def test_unknown_codec_refused():
     with pytest.raises(VerifyError) as info:
-        decompress(2, b"abc", 3, object_id="deadbeef")
+        decompress(7, b"abc", 3, object_id="deadbeef")
     assert info.value.object_id == "deadbeef"
     assert "unknown codec" in info.value.message
     assert info.value.code == "E_VERIFY"

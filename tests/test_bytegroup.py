@@ -1,0 +1,114 @@
+"""Byte grouping of float chunks: exact round trips at every element size and phase, the
+store-raw and grouped-vs-whole decisions, and refusal of malformed grouped objects."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cas import bytegroup
+from cas.compression import CODEC_GROUPED, CODEC_RAW, CODEC_ZSTD, Compressor, decompress
+from cas.errors import VerifyError
+
+
+def bf16_bytes(n_elems: int, seed: int = 0) -> bytes:
+    values = np.random.default_rng(seed).normal(0, 0.02, n_elems).astype(np.float32)
+    return (values.view(np.uint32) >> 16).astype("<u2").tobytes()
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=3000), elem=st.sampled_from([2, 4, 8]), phase=st.integers(0, 7))
+def test_split_join_round_trip(data, elem, phase):
+    phase %= elem
+    streams = bytegroup.split(data, elem, phase)
+    assert [len(s) for s in streams] == bytegroup.stream_lengths(len(data), elem, phase)
+    assert bytegroup.join(streams, elem, phase, len(data)) == data
+    encoded = bytegroup.encode(data, elem, phase, min_saving=0.0)
+    if encoded is not None:
+        assert bytegroup.decode(encoded, len(data), "t") == data
+
+
+def test_streams_follow_the_element_phase():
+    data = bytes(range(10))  # chunk starts at byte 1 of a 4-byte element
+    assert bytegroup.split(data, 4, 1) == [bytes([3, 7]), bytes([0, 4, 8]), bytes([1, 5, 9]),
+                                           bytes([2, 6])]
+
+
+def test_grouping_shrinks_bf16_well_beyond_plain_zstd():
+    chunk = bf16_bytes(40_000)
+    comp = Compressor()
+    codec_whole, whole = comp.compress(chunk)
+    codec_grouped, grouped = comp.compress(chunk, (2, 0))
+    assert codec_whole == CODEC_ZSTD and codec_grouped == CODEC_GROUPED
+    assert len(grouped) < 0.9 * len(whole)
+    assert decompress(CODEC_GROUPED, bytes(grouped), len(chunk)) == chunk
+    # float32 grouped by 4 beats whole-chunk zstd, also for a chunk that starts mid-element.
+    f32 = np.random.default_rng(1).normal(0, 0.02, 20_000).astype("<f4").tobytes()[1:]
+    codec, stored = comp.compress(f32, (4, 1))
+    assert len(stored) < 0.95 * len(comp.compress(f32)[1])
+    assert decompress(codec, bytes(stored), len(f32)) == f32
+    won, (codec, _) = comp.best(chunk, (2, 0))
+    assert won and codec == CODEC_GROUPED
+
+
+def test_grouping_keeps_whole_compression_where_that_wins():
+    text = b"the same few words again and again " * 2000  # no float structure at all
+    won, (codec, stored) = Compressor().best(text, (4, 0))
+    assert not won and codec == CODEC_ZSTD
+    assert decompress(codec, bytes(stored), len(text)) == text
+
+
+def test_random_bytes_are_stored_raw():
+    noise = np.random.default_rng(3).bytes(50_000)
+    assert Compressor().compress(noise, (2, 0))[0] == CODEC_RAW
+
+
+def _grouped(chunk: bytes) -> bytes:
+    out = bytegroup.encode(chunk, 2, 0, 0.0)
+    assert out is not None
+    return out
+
+
+@pytest.mark.parametrize("mutate, why", [
+    (lambda b: b[:1], "truncated"),
+    (lambda b: bytes([3]) + b[1:], "element size"),
+    (lambda b: b[:1] + bytes([2]) + b[2:], "phase"),
+    (lambda b: b + b"x", "trailing"),
+    (lambda b: b[:-1], "truncated"),
+    (lambda b: b[:2] + bytes([9]) + b[3:], "unknown codec"),
+])
+def test_malformed_grouped_objects_are_refused(mutate, why):
+    chunk = bf16_bytes(5000)
+    with pytest.raises(VerifyError, match=why):
+        bytegroup.decode(mutate(_grouped(chunk)), len(chunk), "t")
+
+
+def test_grouped_stream_bomb_is_refused_before_allocation():
+    n = 1000
+    bomb = zstandard.ZstdCompressor().compress(bytes(100_000_000))
+    heads = struct.pack("<BB", 2, 0) + struct.pack("<BI", 1, len(bomb)) + struct.pack("<BI", 0, 500)
+    stored = heads + bomb + bytes(500)
+    with pytest.raises(VerifyError, match="declares"):
+        bytegroup.decode(stored, n, "t")
+
+
+def test_float_ranges_locate_phase(tmp_path):
+    from safetensors.numpy import save_file
+
+    from cas.metadata import float_ranges
+
+    path = tmp_path / "m.safetensors"
+    save_file({"a": np.zeros(1000, np.float32), "b": np.zeros(10, np.int64),
+               "c": np.zeros(3000, np.float16)}, str(path))
+    ranges = float_ranges(path)
+    assert sorted(e for _, _, e in ranges) == [2, 4]
+    fr = bytegroup.FloatRanges(ranges)
+    start_f32 = next(s for s, _, e in ranges if e == 4)
+    assert fr.locate(start_f32 + 6, 100)[1:] == (4, 2)
+    assert fr.locate(0, 8) is None  # the header is not a tensor
+    assert float_ranges(tmp_path / "missing.safetensors") == []
