@@ -42,33 +42,42 @@ class Compressor:
             self._local.ctx = ctx
         return ctx
 
-    def compress(self, data: bytes | memoryview,
-                 grouping: tuple[int, int] | None = None) -> tuple[int, bytes | memoryview]:
+    def compress(self, data: bytes | memoryview, grouping: tuple[int, int] | None = None,
+                 streams: int = 0xFF) -> tuple[int, bytes | memoryview]:
         """Return ``(codec, stored_bytes)`` for one chunk.
 
         ``grouping`` is ``(element size, phase)`` when the chunk lies in a float tensor: the
-        chunk is then byte-grouped (see :mod:`cas.bytegroup`) instead of compressed whole.
+        chunk is then byte-grouped (see :mod:`cas.bytegroup`) instead of compressed whole, and
+        only the streams set in ``streams`` are offered to zstd.
         """
+        return self._compress(data, grouping, streams)[:2]
+
+    def _compress(self, data: bytes | memoryview, grouping: tuple[int, int] | None,
+                  streams: int) -> tuple[int, bytes | memoryview, int]:
         if not data:
-            return CODEC_RAW, data
+            return CODEC_RAW, data, 0
         if grouping is not None:
             from cas import bytegroup
 
-            grouped = bytegroup.encode(data, grouping[0], grouping[1], self.min_saving)
-            return (CODEC_GROUPED, grouped) if grouped is not None else (CODEC_RAW, data)
+            grouped, shrunk = bytegroup.encode(data, grouping[0], grouping[1], self.min_saving,
+                                               streams)
+            if grouped is not None:
+                return CODEC_GROUPED, grouped, shrunk
+            return CODEC_RAW, data, shrunk
         packed = self._ctx().compress(data)
         if len(packed) <= len(data) * (1 - self.min_saving):
-            return CODEC_ZSTD, packed
-        return CODEC_RAW, data
+            return CODEC_ZSTD, packed, 0
+        return CODEC_RAW, data, 0
 
     def best(self, data: bytes | memoryview,
-             grouping: tuple[int, int]) -> tuple[bool, tuple[int, bytes | memoryview]]:
-        """Compress both ways; return ``(grouping won, the smaller result)``."""
-        whole = self.compress(data)
-        grouped = self.compress(data, grouping)
+             grouping: tuple[int, int]) -> tuple[tuple[bool, int], tuple[int, bytes | memoryview]]:
+        """Compress both ways; return ``((grouping won, streams zstd shrank), the smaller
+        result)``. The first element is what to reuse for the rest of the tensor."""
+        whole = self._compress(data, None, 0)
+        grouped = self._compress(data, grouping, 0xFF)
         if len(grouped[1]) < len(whole[1]):
-            return True, grouped
-        return False, whole
+            return (True, grouped[2]), grouped[:2]
+        return (False, 0), whole[:2]
 
 
 _dlocal = threading.local()

@@ -52,7 +52,7 @@ BLOCK_SIZE = 8 << 20
 #: Blocks being hashed, compressed or written at once: bounds memory to about 4 x 8 MiB.
 MAX_BLOCKS_IN_FLIGHT = 4
 #: Chunks per worker task: large enough that task overhead is small, small enough to spread.
-GROUP = 16
+GROUP = 32
 WORKERS = 2
 
 _ChunkResult = tuple[bytes, int, "int | None", "bytes | memoryview | None"]
@@ -202,12 +202,14 @@ class _Ingester:
                 codec, stored = self.compressor.compress(view)
             else:
                 index, elem, phase = where
-                won = floats.decided.get(index)  # type: ignore[union-attr]
-                if won is None:
-                    won, (codec, stored) = self.compressor.best(view, (elem, phase))
-                    floats.decided[index] = won  # type: ignore[union-attr]
+                decision = floats.decided.get(index)  # type: ignore[union-attr]
+                if decision is None:
+                    decision, (codec, stored) = self.compressor.best(view, (elem, phase))
+                    floats.decided[index] = decision  # type: ignore[union-attr]
+                elif decision[0]:
+                    codec, stored = self.compressor.compress(view, (elem, phase), decision[1])
                 else:
-                    codec, stored = self.compressor.compress(view, (elem, phase) if won else None)
+                    codec, stored = self.compressor.compress(view)
             out.append((oid, len(view), codec, stored))
         return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,7 +49,27 @@ def progress_for(ctx: Ctx) -> Iterator[ProgressBar | None]:
             bar.close()
 
 
-pass_ctx = click.make_pass_decorator(Ctx)
+def pass_ctx(f: Callable[..., None]) -> Callable[..., None]:
+    """Pass the Ctx, and accept the global flags after the command name too
+    (``cas ls --json`` as well as ``cas --json ls``)."""
+
+    @click.option("--store", "store_", metavar="PATH", default=None,
+                  help="Store to use (same as the global option).")
+    @click.option("--json", "json_", is_flag=True, help="Print one JSON document.")
+    @click.option("-q", "--quiet", "quiet_", is_flag=True, help="Print nothing but errors.")
+    @click.pass_obj
+    @functools.wraps(f)
+    def wrapper(obj: Ctx, *args: Any, store_: str | None, json_: bool, quiet_: bool,
+                **kwargs: Any) -> None:
+        if store_:
+            obj.store_arg = store_
+        if json_:
+            obj.out.json = True
+        if quiet_:
+            obj.out.quiet = True
+        f(obj, *args, **kwargs)
+
+    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

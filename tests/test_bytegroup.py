@@ -28,7 +28,7 @@ def test_split_join_round_trip(data, elem, phase):
     streams = bytegroup.split(data, elem, phase)
     assert [len(s) for s in streams] == bytegroup.stream_lengths(len(data), elem, phase)
     assert bytegroup.join(streams, elem, phase, len(data)) == data
-    encoded = bytegroup.encode(data, elem, phase, min_saving=0.0)
+    encoded, _ = bytegroup.encode(data, elem, phase, min_saving=0.0)
     if encoded is not None:
         assert bytegroup.decode(encoded, len(data), "t") == data
 
@@ -52,13 +52,16 @@ def test_grouping_shrinks_bf16_well_beyond_plain_zstd():
     codec, stored = comp.compress(f32, (4, 1))
     assert len(stored) < 0.95 * len(comp.compress(f32)[1])
     assert decompress(codec, bytes(stored), len(f32)) == f32
-    won, (codec, _) = comp.best(chunk, (2, 0))
+    (won, shrunk), (codec, _) = comp.best(chunk, (2, 0))
     assert won and codec == CODEC_GROUPED
+    assert shrunk == 0b10  # the exponent stream shrinks, the mantissa stream does not
+    # Offering only the exponent stream gives the same encoding.
+    assert comp.compress(chunk, (2, 0), shrunk) == (codec, grouped)
 
 
 def test_grouping_keeps_whole_compression_where_that_wins():
     text = b"the same few words again and again " * 2000  # no float structure at all
-    won, (codec, stored) = Compressor().best(text, (4, 0))
+    (won, _), (codec, stored) = Compressor().best(text, (4, 0))
     assert not won and codec == CODEC_ZSTD
     assert decompress(codec, bytes(stored), len(text)) == text
 
@@ -69,7 +72,7 @@ def test_random_bytes_are_stored_raw():
 
 
 def _grouped(chunk: bytes) -> bytes:
-    out = bytegroup.encode(chunk, 2, 0, 0.0)
+    out, _ = bytegroup.encode(chunk, 2, 0, 0.0)
     assert out is not None
     return out
 

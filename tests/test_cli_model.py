@@ -191,3 +191,21 @@ def test_progress_bar_on_a_terminal(cas, real_model, tmp_path):
         drawn = b"".join(chunks).decode(errors="replace")
         assert proc.returncode == 0
         assert "\r" in drawn and "ETA" in drawn and "MiB/s" in drawn, drawn[-300:]
+
+
+def test_global_flags_after_the_command(cas, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"\x01" * 50_000)
+    run = subprocess.run([sys.executable, "-m", "cas.cli.main", "add", "late/flags", str(f),
+                          "--store", str(cas.store), "--json"], capture_output=True, text=True)
+    assert run.returncode == 0 and json.loads(run.stdout)["seq"] == 1
+    run = subprocess.run([sys.executable, "-m", "cas.cli.main", "show", "late/nope",
+                          "--store", str(cas.store), "--json"], capture_output=True, text=True)
+    assert run.returncode == 3 and json.loads(run.stdout)["error"]["code"] == "E_NOT_FOUND"
+    run = subprocess.run([sys.executable, "-m", "cas.cli.main", "ls", "-q", "--store",
+                          str(cas.store)], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout == ""
