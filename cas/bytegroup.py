@@ -89,25 +89,38 @@ def split(data: bytes | memoryview, elem: int, phase: int) -> list[bytes]:
     """Group the bytes of ``data`` into ``elem`` streams (see the module docstring)."""
     np = _numpy()
     n = len(data)
-    padded = _padded(np, data, elem, phase)
     if elem == 2:
-        # Two-byte elements (F16, BF16, the common case): shifts on a u16 view run several
-        # times faster than strided byte copies.
-        words = padded.view("<u2")
-        columns = [words.astype(np.uint8), (words >> 8).astype(np.uint8)]
-    else:
-        rows = padded.reshape(-1, elem)
-        columns = [rows[:, k] for k in range(elem)]
+        return _split2(np, np.frombuffer(data, dtype=np.uint8), phase)
+    padded = _padded(np, data, elem, phase)
+    rows = padded.reshape(-1, elem)
     out = []
     for k, length in enumerate(stream_lengths(n, elem, phase)):
         first = 0 if k >= phase else 1
-        out.append(columns[k][first : first + length].tobytes())
+        out.append(rows[first : first + length, k].tobytes())
     return out
+
+
+def _split2(np, raw, phase: int) -> list[bytes]:  # type: ignore[no-untyped-def]
+    """Two-byte elements (F16, BF16: the common case) by shifts on a u16 view of the aligned
+    middle, several times faster than strided byte copies. A lone leading high byte (phase 1)
+    and a lone trailing low byte are handled apart."""
+    head = raw[:phase]  # 0 or 1 high byte
+    body = raw[phase:]
+    pairs = len(body) // 2
+    tail = body[2 * pairs :]  # 0 or 1 low byte
+    words = body[: 2 * pairs].view("<u2")
+    low = np.concatenate((words.astype(np.uint8), tail)) if len(tail) else words.astype(np.uint8)
+    high = (words >> 8).astype(np.uint8)
+    if len(head):
+        high = np.concatenate((head, high))
+    return [low.tobytes(), high.tobytes()]
 
 
 def join(streams: list[bytes], elem: int, phase: int, n: int) -> bytes:
     """Inverse of :func:`split`."""
     np = _numpy()
+    if elem == 2:
+        return _join2(np, streams, phase, n)
     count = -(-(phase + n) // elem)
     columns = []
     for k, s in enumerate(streams):
@@ -115,12 +128,27 @@ def join(streams: list[bytes], elem: int, phase: int, n: int) -> bytes:
         col = np.zeros(count, dtype=np.uint8)
         col[first : first + len(s)] = np.frombuffer(s, dtype=np.uint8)
         columns.append(col)
-    if elem == 2:
-        words = columns[0].astype("<u2") | (columns[1].astype("<u2") << 8)
-        padded = words.view(np.uint8)
-    else:
-        padded = np.stack(columns, axis=1).reshape(-1)
+    padded = np.stack(columns, axis=1).reshape(-1)
     return padded[phase : phase + n].tobytes()
+
+
+def _join2(np, streams: list[bytes], phase: int, n: int) -> bytes:  # type: ignore[no-untyped-def]
+    if n == 0:
+        return b""
+    low = np.frombuffer(streams[0], dtype=np.uint8)
+    high = np.frombuffer(streams[1], dtype=np.uint8)
+    out = np.empty(n, dtype=np.uint8)
+    if phase:
+        out[0] = high[0]
+        high = high[1:]
+    pairs = (n - phase) // 2
+    words = high[:pairs].astype("<u2")
+    words <<= 8
+    words |= low[:pairs]
+    out[phase : phase + 2 * pairs] = words.view(np.uint8)
+    if (n - phase) % 2:
+        out[n - 1] = low[pairs]
+    return out.tobytes()
 
 
 ALL_STREAMS = 0xFF

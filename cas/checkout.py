@@ -82,6 +82,11 @@ def iter_file_chunks(store: Store, entry: FileEntry,
         yield ahead.popleft().result()
 
 
+def _hash_group(sha: "hashlib._Hash", group: list[bytes]) -> None:
+    for data in group:
+        sha.update(data)
+
+
 def _write_all(fd: int, parts: list[bytes]) -> None:
     views = [memoryview(p) for p in parts if p]
     while views:
@@ -116,7 +121,8 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
                                 + (f" and {len(clash) - 1} more" if len(clash) > 1 else ""))
     total = manifest.total_size
     done = 0
-    with ThreadPoolExecutor(WORKERS, thread_name_prefix="cas-read") as pool:
+    with ThreadPoolExecutor(WORKERS, thread_name_prefix="cas-read") as pool, \
+            ThreadPoolExecutor(1, thread_name_prefix="cas-sha") as hasher:
         for entry in manifest.files:
             parent = _safe_parent(dest, entry.path)
             final = parent / entry.path.rsplit("/", 1)[-1]
@@ -124,13 +130,18 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
             sha = hashlib.sha256()
             try:
                 with open(tmp, "xb", buffering=0) as out:
+                    # SHA-256 runs on its own thread, in order, while this one writes.
+                    hashing: deque[Future[None]] = deque()
                     for group in iter_file_chunks(store, entry, pool):
-                        for data in group:
-                            sha.update(data)
+                        hashing.append(hasher.submit(_hash_group, sha, group))
                         _write_all(out.fileno(), group)
                         done += sum(map(len, group))
+                        if len(hashing) > READ_AHEAD:
+                            hashing.popleft().result()
                         if progress is not None:
                             progress(done, total, entry.path)
+                    while hashing:
+                        hashing.popleft().result()
                     if sha.hexdigest() != entry.sha256:
                         raise VerifyError(
                             f"{entry.path}: SHA-256 {sha.hexdigest()} != manifest {entry.sha256}",

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import socket
 import stat as stat_mod
 import time
-from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -56,6 +56,7 @@ GROUP = 32
 WORKERS = 2
 
 _ChunkResult = tuple[bytes, int, "int | None", "bytes | memoryview | None"]
+_Block = tuple[memoryview, "Future[None]", "list[Future[list[_ChunkResult]]]"]
 _SKIP_DIRS = frozenset({".git", ".cas"})
 
 
@@ -171,6 +172,7 @@ class _Ingester:
         self.counters = _Counters()
         self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="cas-chunk")
         self.hasher = ThreadPoolExecutor(1, thread_name_prefix="cas-hash")
+        self.drainer = ThreadPoolExecutor(1, thread_name_prefix="cas-write")
         self._buffers: BufferPool | None = None
 
     @property
@@ -184,6 +186,7 @@ class _Ingester:
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.hasher.shutdown(wait=True, cancel_futures=True)
+        self.drainer.shutdown(wait=True, cancel_futures=True)
 
     def _known(self, oid: bytes) -> bool:
         return oid in self.writer or self.store.packs.has(oid)
@@ -213,6 +216,22 @@ class _Ingester:
             out.append((oid, len(view), codec, stored))
         return out
 
+    def _write_block(self, groups: list[Future[list[_ChunkResult]]],
+                     chunks: list[tuple[bytes, int]]) -> None:
+        """Append one block's new chunks to the pack, in order (writer thread)."""
+        for group in groups:
+            batch = []
+            for oid, n, codec, stored in group.result():
+                if codec is None or oid in self.writer:
+                    self.counters.reused_chunks += 1
+                else:
+                    batch.append((oid, KIND_CHUNK, codec, n, stored))
+                    self.counters.new_chunks += 1
+                chunks.append((oid, n))
+                self.done += n
+                self.counters.bytes_hashed += n
+            self.writer.add_many(batch)  # type: ignore[arg-type]
+
     def put_object(self, data: bytes, kind: int) -> bytes:
         oid = blake3_id(data)
         if not self._known(oid):
@@ -230,29 +249,31 @@ class _Ingester:
             whole.update(region)
 
         chunks: list[tuple[bytes, int]] = []
-        window: deque[tuple[memoryview, Future[None], list[Future[list[_ChunkResult]]]]]
-        window = deque()
+        # Blocks travel from this thread (read, cut, submit) to a writer thread (collect
+        # results in order, append to the pack, recycle the buffer), so that reading and
+        # writing overlap. The bounded queue and the buffer pool bound memory.
+        blocks: queue.Queue[_Block | None] = queue.Queue(MAX_BLOCKS_IN_FLIGHT)
+        failed: list[BaseException] = []
 
-        def drain_one() -> None:
-            region, hashed, groups = window.popleft()
-            for group in groups:
-                for oid, n, codec, stored in group.result():
-                    if codec is None or oid in self.writer:
-                        self.counters.reused_chunks += 1
-                    else:
-                        self.writer.add(oid, KIND_CHUNK, codec, n, stored)  # type: ignore[arg-type]
-                        self.counters.new_chunks += 1
-                    chunks.append((oid, n))
-                    self.done += n
-                    self.counters.bytes_hashed += n
-            hashed.result()
-            self.buffers.release(region.obj)  # type: ignore[arg-type]
-            if self.progress is not None:
-                self.progress(self.done, self.total, label)
+        def write_blocks() -> None:
+            while (block := blocks.get()) is not None:
+                region, hashed, groups = block
+                if not failed:
+                    try:
+                        self._write_block(groups, chunks)
+                        hashed.result()
+                    except BaseException as exc:  # noqa: BLE001 - re-raised by ingest()
+                        failed.append(exc)
+                for fut in (hashed, *groups):  # never recycle a buffer still being read
+                    fut.exception()
+                self.buffers.release(region.obj)  # type: ignore[arg-type]
+                if self.progress is not None and not failed:
+                    self.progress(self.done, self.total, label)
 
         ranges = float_ranges(path)
         floats = FloatRanges(ranges) if ranges else None
         offset = 0
+        drain = self.drainer.submit(write_blocks)
         try:
             with open(path, "rb", buffering=0) as f:
                 for region, views in self.chunker.cut_blocks(f, BLOCK_SIZE, self.buffers):
@@ -262,13 +283,16 @@ class _Ingester:
                         offset += len(view)
                     groups = [self.pool.submit(self._work_group, placed[i : i + GROUP], floats)
                               for i in range(0, len(placed), GROUP)]
-                    window.append((region, self.hasher.submit(feed, region), groups))
-                    if len(window) >= MAX_BLOCKS_IN_FLIGHT:
-                        drain_one()
-            while window:
-                drain_one()
+                    blocks.put((region, self.hasher.submit(feed, region), groups))
+                    if failed:
+                        break
         except OSError as exc:
-            raise from_os_error(exc, f"reading {path}") from None
+            failed.append(from_os_error(exc, f"reading {path}"))
+        finally:
+            blocks.put(None)
+            drain.result()
+        if failed:
+            raise failed[0]
         size = sum(n for _, n in chunks)
         clist = ChunkList(size, tuple(chunks))
         clist_id = self.put_object(clist.encode(), KIND_CHUNK_LIST)

@@ -88,25 +88,46 @@ class PackWriter:
     def add(self, oid: bytes, kind: int, codec: int, raw_len: int,
             stored: bytes | memoryview) -> None:
         """Append one object. Adding an id already written by this writer is a no-op."""
-        if oid in self.written:
+        self.add_many([(oid, kind, codec, raw_len, stored)])
+
+    def add_many(self, items: list[tuple[bytes, int, int, int, bytes | memoryview]]) -> None:
+        """Append ``(oid, kind, codec, raw_len, stored)`` objects with one write.
+
+        Ids already written by this writer (or repeated in ``items``) are skipped. The pack is
+        closed once it passes ``target_bytes`` (it may exceed it by one batch).
+        """
+        fresh = []
+        for item in items:
+            oid, _, _, raw_len, stored = item
+            if oid in self.written:
+                continue
+            if len(stored) > fmt.MAX_OBJECT_BYTES or raw_len > fmt.MAX_OBJECT_BYTES:
+                raise SchemaError("object larger than 4 GiB cannot be packed")
+            self.written[oid] = len(stored)
+            fresh.append(item)
+        if not fresh:
             return
-        if len(stored) > fmt.MAX_OBJECT_BYTES or raw_len > fmt.MAX_OBJECT_BYTES:
-            raise SchemaError("object larger than 4 GiB cannot be packed")
         try:
             if self._open is None:
                 self._open = _OpenPack(tmp_name(self.tmp_dir, "pack"))
                 self._open.write(fmt.pack_header())
             pack = self._open
             offset = pack.offset
-            header = fmt.encode_entry_header(oid, kind, codec, raw_len, len(stored))
-            pack.write(header, stored)
+            parts: list[bytes | memoryview] = []
+            for oid, kind, codec, raw_len, stored in fresh:
+                parts.append(fmt.encode_entry_header(oid, kind, codec, raw_len, len(stored)))
+                parts.append(stored)
+                pack.entries.append(fmt.Entry(oid, offset, len(stored), raw_len, kind, codec))
+                pack.hasher.add(oid)
+                offset += fmt.ENTRY_HEADER_SIZE + len(stored)
+            for i in range(0, len(parts), 512):  # stay well under IOV_MAX (1024)
+                pack.write(*parts[i : i + 512])
         except OSError as exc:
+            for oid, *_ in fresh:
+                self.written.pop(oid, None)
             self.abort()
             raise from_os_error(exc, "writing a pack") from None
-        pack.entries.append(fmt.Entry(oid, offset, len(stored), raw_len, kind, codec))
-        pack.hasher.add(oid)
-        self.written[oid] = len(stored)
-        self.bytes_written += len(header) + len(stored)
+        self.bytes_written += sum(fmt.ENTRY_HEADER_SIZE + len(it[4]) for it in fresh)
         if pack.offset >= self.target_bytes:
             self._open = None
             if self._closer is None:
