@@ -16,6 +16,7 @@ import msgspec
 
 from cas.errors import ArgsError, NotFoundError, SchemaError
 from cas.format.manifest import FORMATS, Manifest
+from cas.ids import parse_hex
 from cas.names import validate_model_name
 from cas.registry import Version
 from cas.store import Store
@@ -132,7 +133,7 @@ def _objects_of(store: Store, manifest: Manifest, sizes: dict[bytes, int]) -> li
     stored lengths. Missing objects count 0 (verify reports them)."""
     out: list[bytes] = []
     for f in manifest.files:
-        cl = bytes.fromhex(f.chunks)
+        cl = parse_hex(f.chunks, what="chunk list id")
         out.append(cl)
         ids = [cl]
         try:

@@ -14,15 +14,16 @@ import os
 import secrets
 import stat as stat_mod
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
 
-from cas.errors import ConflictError, ArgsError, VerifyError, from_os_error
+from cas.errors import ArgsError, ConflictError, VerifyError, from_os_error
 from cas.format.manifest import FileEntry
+from cas.ids import parse_hex
 from cas.names import validate_rel_path
 from cas.registry import Version
 
@@ -69,7 +70,7 @@ def iter_file_chunks(store: Store, entry: FileEntry,
                      pool: ThreadPoolExecutor) -> Iterator[list[bytes]]:
     """Yield the verified chunks of one file in order, in runs of up to ``GROUP`` chunks,
     reading ahead in ``pool`` (pread, decompress and BLAKE3 all release the GIL)."""
-    clist = store.read_chunk_list(bytes.fromhex(entry.chunks))
+    clist = store.read_chunk_list(parse_hex(entry.chunks, what="chunk list id"))
     if clist.size != entry.size:
         raise VerifyError(f"{entry.path}: chunk list size {clist.size} != manifest size {entry.size}")
     ids = [oid for oid, _n in clist.chunks]

@@ -16,7 +16,6 @@ import argparse
 import filecmp
 import importlib.util
 import json
-import os
 import shutil
 import struct
 import subprocess

@@ -7,26 +7,18 @@ id, so a wrong length or a stray character is refused in one way everywhere.
 
 from __future__ import annotations
 
-import hashlib
-
 import blake3
 
 from cas.errors import ArgsError, SchemaError
 
 ID_LEN = 32
 HEX_LEN = 2 * ID_LEN
-SHA256_HEX_LEN = 64
 _HEX = frozenset("0123456789abcdef")
 
 
 def blake3_id(data: bytes | bytearray | memoryview) -> bytes:
     """Return the 32-byte BLAKE3 digest of ``data``."""
     return blake3.blake3(data).digest()
-
-
-def to_hex(oid: bytes) -> str:
-    """Spell a raw id as lowercase hex."""
-    return oid.hex()
 
 
 def is_hex(text: str, length: int = HEX_LEN) -> bool:
@@ -54,11 +46,3 @@ def parse_hex(text: str, *, what: str = "object id", user_input: bool = False) -
         raise err(f"{what} must be {HEX_LEN} lowercase hex characters, got {text[:80]!r}")
     return bytes.fromhex(candidate)
 
-
-def sha256_hex_ok(text: str) -> bool:
-    """True if ``text`` looks like a SHA-256 hex digest."""
-    return is_hex(text, SHA256_HEX_LEN)
-
-
-def new_sha256() -> "hashlib._Hash":
-    return hashlib.sha256()

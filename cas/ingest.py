@@ -30,17 +30,22 @@ from typing import TYPE_CHECKING
 import blake3
 import msgspec
 
+from cas.bytegroup import FloatRanges
 from cas.chunking import BufferPool, Chunker
 from cas.compression import Compressor
 from cas.errors import ArgsError, ConflictError, NotFoundError, from_os_error
 from cas.format.chunklist import ChunkList
 from cas.format.manifest import FileEntry, Manifest, Metadata
 from cas.format.pack import KIND_CHUNK, KIND_CHUNK_LIST
-from cas.ids import blake3_id
-from cas.bytegroup import FloatRanges
+from cas.ids import blake3_id, parse_hex
 from cas.metadata import describe, float_ranges
-from cas.names import check_unique_paths, parse_version_spec, validate_model_name
-from cas.names import validate_rel_path, validate_tag
+from cas.names import (
+    check_unique_paths,
+    parse_version_spec,
+    validate_model_name,
+    validate_rel_path,
+    validate_tag,
+)
 from cas.packs import PackWriter
 from cas.statcache import FileDigest, StatCache
 
@@ -338,7 +343,7 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
         for rel, fpath, st in files:
             key = str(fpath.absolute())
             cached = cache.get(key, st)
-            if cached is not None and store.has_object(bytes.fromhex(cached.chunks)):
+            if cached is not None and store.has_object(parse_hex(cached.chunks, what="chunk list id")):
                 if not options.rehash:
                     entries.append(_entry(rel, cached, st))
                     hits += 1

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cas.errors import FormatError, NotFoundError, VerifyError, from_os_error
+from cas.errors import NotFoundError, VerifyError, from_os_error
 from cas.format.chunklist import ChunkList
 from cas.format.config import StoreConfig
 from cas.format.manifest import Manifest

@@ -20,6 +20,7 @@ import blake3
 import msgspec
 
 from cas.checkout import WORKERS
+from cas.ids import parse_hex
 
 READ_AHEAD = 32
 from cas.errors import CasError, SchemaError
@@ -125,7 +126,7 @@ def _scan_broken_pack(store: Store, pack_id: str, report: VerifyReport) -> None:
 
 
 def _check_file(store: Store, clist_hex: str, size: int, bad: set[bytes]) -> str | None:
-    oid = bytes.fromhex(clist_hex)
+    oid = parse_hex(clist_hex, what="chunk list id")
     if oid in bad:
         return f"chunk list {clist_hex} is damaged"
     loc = store.packs.locate(oid)
@@ -181,7 +182,7 @@ def _verify_file(store: Store, f: FileEntry, pool: ThreadPoolExecutor,
     """Check every chunk of one file (all of them, not just up to the first bad one) and, if
     all are sound, the whole file's SHA-256 and BLAKE3. Returns the problems found."""
     try:
-        clist = store.read_chunk_list(bytes.fromhex(f.chunks))
+        clist = store.read_chunk_list(parse_hex(f.chunks, what="chunk list id"))
     except CasError as exc:
         return [exc.message]
     if clist.size != f.size:

@@ -6,13 +6,12 @@ import functools
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
-
 from cas.cli.render import Output, ProgressBar, fail, human_bytes
+
 from cas import __version__
 from cas.errors import ArgsError, CasError, Interrupted, VerifyError
 from cas.store import Store, default_store_path
