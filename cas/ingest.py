@@ -104,11 +104,14 @@ class _Counters:
     bytes_hashed: int = 0
 
 
-def scan_input(path: Path) -> tuple[Path, list[tuple[str, Path, os.stat_result]]]:
+def scan_input(path: Path, exclude: Path | None = None
+               ) -> tuple[Path, list[tuple[str, Path, os.stat_result]]]:
     """List the regular files to register under ``path``, sorted by relative path.
 
-    Symlinks to files are followed (their content is registered); ``.git`` folders are skipped.
-    Every relative path is validated before anything is read.
+    Symlinks to files are followed (their content is registered); ``.git`` folders and the
+    folder ``exclude`` (the store itself, which changes while it is written) are skipped.
+    A ``path`` inside ``exclude`` is refused. Every relative path is validated before anything
+    is read.
 
     Raises:
         NotFoundError: ``path`` does not exist.
@@ -120,6 +123,11 @@ def scan_input(path: Path) -> tuple[Path, list[tuple[str, Path, os.stat_result]]
         raise NotFoundError(f"{path}: no such file or directory") from None
     except OSError as exc:
         raise from_os_error(exc, f"reading {path}") from None
+    excluded = os.stat(exclude) if exclude is not None and exclude.exists() else None
+    if excluded is not None:
+        real = path.resolve()
+        if real == exclude.resolve() or exclude.resolve() in real.parents:  # type: ignore[union-attr]
+            raise ArgsError(f"{path}: is inside the store; register files from elsewhere")
     if stat_mod.S_ISREG(top.st_mode):
         rel = path.name
         validate_rel_path(rel, user_input=True)
@@ -148,6 +156,9 @@ def scan_input(path: Path) -> tuple[Path, list[tuple[str, Path, os.stat_result]]
             except FileNotFoundError:
                 raise ArgsError(f"{e.path}: dangling symlink") from None
             if stat_mod.S_ISDIR(st.st_mode):
+                if excluded is not None and (st.st_dev, st.st_ino) == (excluded.st_dev,
+                                                                       excluded.st_ino):
+                    continue
                 walk(Path(e.path), rel + "/")
             elif stat_mod.S_ISREG(st.st_mode):
                 found.append((rel, Path(e.path), st))
@@ -327,7 +338,7 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
     validate_model_name(name)
     for t in options.tags:
         validate_tag(t)
-    root, files = scan_input(path.expanduser())
+    root, files = scan_input(path.expanduser(), exclude=store.path)
     with store.writing():
         parents = _parse_parents(store, options.parents)
         taken = store.registry.tags(name)

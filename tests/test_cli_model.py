@@ -209,3 +209,26 @@ def test_global_flags_after_the_command(cas, tmp_path):
     run = subprocess.run([sys.executable, "-m", "cas.cli.main", "ls", "-q", "--store",
                           str(cas.store)], capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout == ""
+
+
+def test_store_inside_the_added_folder_is_skipped_and_the_reverse_refused(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    top = tmp_path / "home"
+    (top / "model").mkdir(parents=True)
+    (top / "model" / "w.bin").write_bytes(b"\x02" * 100_000)
+    store = top / "store"
+
+    def cas(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cas.cli.main", "--store", str(store),
+                               "--json", *args], capture_output=True, text=True)
+
+    assert cas("init").returncode == 0
+    added = cas("add", "everything", str(top))
+    assert added.returncode == 0, added.stdout + added.stderr
+    files = [f["path"] for f in json.loads(cas("show", "everything").stdout)["manifest"]["files"]]
+    assert files == ["model/w.bin"]
+    inside = cas("add", "x", str(store / "config.json"))
+    assert inside.returncode == 2 and json.loads(inside.stdout)["error"]["code"] == "E_ARGS"
