@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cas.errors import NotFoundError, VerifyError, from_os_error
+from cas.errors import CasError, NotFoundError, VerifyError, from_os_error
 from cas.format.chunklist import ChunkList
 from cas.format.config import StoreConfig
 from cas.format.manifest import Manifest
@@ -158,7 +158,31 @@ class Store:
             if name.endswith(".pack") and not (self.packs_dir / (name[:-5] + ".idx")).exists():
                 self.rebuild_index(name[len("pack-") : -5])
                 rebuilt += 1
+        # Indexes whose header is unusable are rebuilt too; a pack too damaged to scan keeps
+        # its index as it is, for verify to report.
+        for pack_id in list(self.packs.broken):
+            try:
+                self.rebuild_index(pack_id)
+                rebuilt += 1
+            except (CasError, OSError):
+                pass
         return {"temp_files_removed": removed, "indexes_rebuilt": rebuilt}
+
+    def repair_indexes(self, pack_ids: list[str]) -> list[str]:
+        """Rebuild the given packs' indexes from the packs (write lock taken here).
+
+        Returns the pack ids whose index was rebuilt; packs too damaged to scan are left for
+        ``verify`` to report.
+        """
+        done = []
+        with self.writing():
+            for pack_id in dict.fromkeys(pack_ids):
+                try:
+                    self.rebuild_index(pack_id)
+                    done.append(pack_id)
+                except (CasError, OSError):
+                    continue
+        return done
 
     def rebuild_index(self, pack_id: str) -> None:
         """Write the index of a pack from the pack itself (write lock held).
@@ -221,12 +245,26 @@ class Store:
 
         return checkout(self, self.resolve(spec), Path(dest), force=force, progress=progress)
 
-    def verify(self, spec: str | None = None, progress: Progress | None = None) -> VerifyReport:
-        """Verify one version (``spec``) or, with ``spec=None``, every object and manifest."""
+    def verify(self, spec: str | None = None, progress: Progress | None = None, *,
+               repair: bool = False) -> VerifyReport:
+        """Verify one version (``spec``) or, with ``spec=None``, every object and manifest.
+
+        With ``repair`` (whole-store only), indexes found missing or damaged are rebuilt from
+        their packs and the store is verified again; the report lists what was rebuilt.
+        """
         from cas.verify import verify_all, verify_version
 
         if spec is None:
-            return verify_all(self, progress)
+            report = verify_all(self, progress)
+            if repair and report.bad_indexes:
+                repaired = self.repair_indexes(report.bad_indexes)
+                report = verify_all(self, progress)
+                report.repaired_indexes = repaired
+            return report
+        if repair:
+            from cas.errors import ArgsError
+
+            raise ArgsError("--repair works on the whole store: use verify --all --repair")
         return verify_version(self, self.resolve(spec), progress)
 
     def ls(self, pattern: str | None = None, *, format: str | None = None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import blake3
@@ -26,6 +27,7 @@ READ_AHEAD = 32
 from cas.errors import CasError, SchemaError
 from cas.format.manifest import FileEntry, Manifest
 from cas.format.pack import KIND_CHUNK_LIST
+from cas.format.pack import Entry
 from cas.packs import scan_pack
 from cas.registry import Version
 from cas.store import Progress, Store
@@ -52,6 +54,10 @@ class VerifyReport(msgspec.Struct):
     bad_objects: list[BadObject] = []
     broken_versions: list[BrokenVersion] = []
     problems: list[str] = []
+    #: Packs whose index is missing, unreadable or fails its checksum (rebuildable from the pack).
+    bad_indexes: list[str] = []
+    #: Indexes rebuilt by ``verify --all --repair`` before this report was made.
+    repaired_indexes: list[str] = []
 
     def summary(self) -> str:
         if self.ok:
@@ -73,19 +79,31 @@ def verify_all(store: Store, progress: Progress | None = None) -> VerifyReport:
     bad: dict[bytes, BadObject] = {}
     for pack_id, why in store.packs.broken.items():
         report.problems.append(f"pack {pack_id}: index unusable: {why}")
+        report.bad_indexes.append(pack_id)
         _scan_broken_pack(store, pack_id, report)
     for name in sorted(os.listdir(store.packs_dir)):
         if name.endswith(".pack") and not (store.packs_dir / (name[:-5] + ".idx")).exists():
             report.problems.append(f"{name}: pack has no index (run a write command to rebuild)")
+            report.bad_indexes.append(name[len("pack-") : -len(".pack")])
     packs = list(store.packs.packs.values())
     total = sum(e.raw_len for p in packs for e in p.entries())
     done = 0
     for pack in packs:
+        entries: Iterable[Entry]
         try:
             pack.verify_index()
+            entries = pack.entries()
         except CasError as exc:
-            report.problems.append(exc.message)
-        for entry in pack.entries():
+            # Check the objects as the pack itself lays them out, not as the damaged index
+            # says, so a bad index does not make sound chunks look bad.
+            report.problems.append(f"{exc.message} (repair with 'cas verify --all --repair')")
+            report.bad_indexes.append(pack.id)
+            try:
+                entries, _ = scan_pack(pack.pack_path)
+            except (CasError, OSError) as scan_exc:
+                report.problems.append(f"pack {pack.id}: {scan_exc}")
+                continue
+        for entry in entries:
             report.objects_checked += 1
             try:
                 pack.read(entry)

@@ -261,13 +261,17 @@ def checkout(ctx: Ctx, spec: str, dest: Path, force: bool) -> None:
 @cli.command()
 @click.argument("spec", metavar="[NAME[@V]]", required=False)
 @click.option("--all", "all_", is_flag=True, help="Verify every object and every version.")
+@click.option("--repair", is_flag=True,
+              help="With --all: rebuild missing or damaged pack indexes from their packs.")
 @pass_ctx
-def verify(ctx: Ctx, spec: str | None, all_: bool) -> None:
+def verify(ctx: Ctx, spec: str | None, all_: bool, repair: bool) -> None:
     """Verify one version, or with --all the whole store; name every bad chunk."""
     if bool(spec) == all_:
         raise ArgsError("give either NAME[@V] or --all")
     with ctx.open() as store, progress_for(ctx) as bar:
-        report = store.verify(spec, bar)
+        report = store.verify(spec, bar, repair=repair)
+    for pack_id in report.repaired_indexes:
+        ctx.out.note(f"rebuilt the index of pack {pack_id}")
     if not report.ok:
         if not ctx.out.json:
             for b in report.bad_objects:

@@ -1,0 +1,65 @@
+"""Damaged and missing pack indexes: verify tells them apart from damaged data, and
+``verify --all --repair`` (or any writer, for unreadable ones) rebuilds them from the packs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cas.format import pack as fmt
+
+CAS = [sys.executable, "-m", "cas.cli.main"]
+
+
+def cas(store: Path, *args: str) -> tuple[int, dict]:
+    proc = subprocess.run([*CAS, "--store", str(store), "--json", *args], capture_output=True,
+                          text=True, timeout=120)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def populated(tmp_path: Path) -> tuple[Path, Path, bytes]:
+    store = tmp_path / "store"
+    data = np.random.default_rng(5).bytes(3 << 20) + bytes(1 << 20)
+    src = tmp_path / "w.bin"
+    src.write_bytes(data)
+    assert cas(store, "init")[0] == 0
+    assert cas(store, "add", "m", str(src))[0] == 0
+    (idx,) = (store / "packs").glob("*.idx")
+    return store, idx, data
+
+
+def test_damaged_index_records_are_found_and_repaired(tmp_path):
+    store, idx, data = populated(tmp_path)
+    raw = bytearray(idx.read_bytes())
+    raw[fmt.IDX_RECORDS_START + 40] ^= 0xFF  # raw_len of the first record
+    idx.write_bytes(bytes(raw))
+    code, doc = cas(store, "verify", "--all")
+    assert code == 4
+    report = doc["report"]
+    assert report["bad_indexes"] == [idx.name[5:-4]]
+    assert report["bad_objects"] == []  # the chunks themselves are sound
+    code, doc = cas(store, "verify", "--all", "--repair")
+    assert code == 0 and doc["repaired_indexes"] == [idx.name[5:-4]]
+    assert cas(store, "checkout", "m", str(tmp_path / "out"))[0] == 0
+    assert (tmp_path / "out" / "w.bin").read_bytes() == data
+
+
+def test_unreadable_index_is_rebuilt_by_the_next_writer(tmp_path):
+    store, idx, data = populated(tmp_path)
+    idx.write_bytes(b"garbage")
+    code, doc = cas(store, "verify", "--all")
+    assert code == 4 and doc["report"]["bad_indexes"] == [idx.name[5:-4]]
+    assert cas(store, "tag", "m@1", "fixed")[0] == 0  # any write command recovers first
+    assert cas(store, "verify", "--all")[0] == 0
+    assert fmt.check_index_header(idx.read_bytes(), "t", idx.stat().st_size) > 0
+
+
+def test_repair_only_on_the_whole_store(tmp_path):
+    store, _, _ = populated(tmp_path)
+    code, doc = cas(store, "verify", "m", "--repair")
+    assert code == 2 and doc["error"]["code"] == "E_ARGS"
