@@ -1,0 +1,44 @@
+"""The library API, driven from Python exactly as the README shows: no CLI involved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import cas
+from cas import AddOptions, Store
+from cas.errors import CasError, NotFoundError
+
+
+def test_readme_library_example(tmp_path: Path) -> None:
+    run = tmp_path / "checkpoints" / "run-7"
+    run.mkdir(parents=True)
+    (run / "weights.bin").write_bytes(bytes(range(256)) * 2000)
+    (run / "config.json").write_text('{"architectures": ["TinyNet"]}')
+
+    store = Store.init(tmp_path / "cas")
+    r = store.add("org/model", run, AddOptions(message="run 7", tags=["candidate"]))
+    assert (r.seq, r.created, r.reused_chunks) == (1, True, 0) and r.new_chunks > 0
+    out = tmp_path / "serve"
+    store.checkout("org/model@candidate", out)
+    assert (out / "weights.bin").read_bytes() == (run / "weights.bin").read_bytes()
+    report = store.verify("org/model")
+    assert report.ok, report.summary()
+    assert store.du("org/model").dedupe_ratio > 0
+    assert store.show("org/model").manifest.metadata.architecture == "TinyNet"
+    assert [row.name for row in store.ls()] == ["org/model"]
+    store.close()
+
+
+def test_errors_are_typed_with_codes(tmp_path: Path) -> None:
+    with pytest.raises(NotFoundError) as info:
+        Store.open(tmp_path / "nowhere")
+    assert isinstance(info.value, CasError) and isinstance(info.value, LookupError)
+    assert info.value.code == "E_NOT_FOUND" and info.value.exit_code == 3
+
+
+def test_lazy_public_names() -> None:
+    assert cas.Store is Store and cas.AddOptions is AddOptions
+    with pytest.raises(AttributeError):
+        cas.no_such_name  # noqa: B018
