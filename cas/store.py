@@ -141,7 +141,10 @@ class Store:
         with WriteLock(self.path / "lock", self.lock_timeout):
             self.recover()
             self.packs.refresh()
-            yield
+            try:
+                yield
+            finally:
+                self.packs.refresh()  # packs this writer finished are visible to its own reads
 
     def recover(self) -> dict[str, int]:
         """Clean up after a killed writer. Call only while holding the write lock."""
