@@ -16,6 +16,7 @@ import argparse
 import filecmp
 import importlib.util
 import json
+import shlex
 import shutil
 import struct
 import subprocess
@@ -100,7 +101,7 @@ def add_tensor_copy(src: Path, dst: Path, name: str = "extra.bias", count: int =
 
 
 def _run(cas: list[str], *args: str) -> None:
-    print("$ cas " + " ".join(args), flush=True)
+    print("$ cas " + shlex.join(args), flush=True)
     proc = subprocess.run([*cas, *args])
     if proc.returncode != 0:
         raise SystemExit(f"demo step failed: cas {' '.join(args)} (exit {proc.returncode})")

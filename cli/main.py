@@ -313,7 +313,7 @@ def du(ctx: Ctx, name: str | None) -> None:
              f"dedupe {u.dedupe_ratio:.2f}x"]
     for v in u.versions:
         lines.append(f"  {v.version:<40} logical {human_bytes(v.logical):>10}  "
-                     f"new stored {human_bytes(v.new_stored):>10}")
+                     f"stored, new to this model {human_bytes(v.new_stored):>10}")
     if name is None:
         lines.append(f"  pack files on disk: {human_bytes(u.pack_bytes)}")
     ctx.out.result(u, lines)
