@@ -16,6 +16,7 @@ Layout (``docs/format.md`` has the details)::
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 Progress = Callable[[int, int, str], None]
 
 CONFIG = "config.json"
+_INIT_PARTS = frozenset({"packs", "tmp", "cache", "registry", "lock"})
 
 
 def default_store_path() -> Path:
@@ -91,11 +93,15 @@ class Store:
         if (path / CONFIG).exists():
             return cls.open(path)
         try:
-            if path.exists() and any(path.iterdir()):
+            # A folder holding only the parts init creates is an init that was interrupted
+            # before config.json (written last) existed: finish it.
+            if path.exists() and not {p.name for p in path.iterdir()} <= _INIT_PARTS:
                 raise ConflictError(f"{path} is not empty and is not a cas store")
             for sub in ("packs", "tmp", "cache"):
                 (path / sub).mkdir(parents=True, exist_ok=True)
-            Registry.init(path / "registry").close()
+            if not (path / "registry" / "HEAD").exists():
+                shutil.rmtree(path / "registry", ignore_errors=True)
+                Registry.init(path / "registry").close()
             cfg = StoreConfig(created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
             # config.json is written last: a directory without it is not yet a store.
             atomic_write(path / CONFIG, cfg.encode(), path / "tmp")

@@ -42,3 +42,19 @@ def test_lazy_public_names() -> None:
     assert cas.Store is Store and cas.AddOptions is AddOptions
     with pytest.raises(AttributeError):
         cas.no_such_name  # noqa: B018
+
+
+def test_init_finishes_an_interrupted_init_but_refuses_foreign_folders(tmp_path: Path) -> None:
+    from cas.errors import ConflictError
+
+    half = tmp_path / "half"
+    (half / "packs").mkdir(parents=True)
+    (half / "tmp").mkdir()  # killed before the registry and config.json were written
+    Store.init(half).close()
+    assert Store.open(half).config.version == 1
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ConflictError):
+        Store.init(foreign)
+    assert (foreign / "notes.txt").read_text() == "mine"
