@@ -166,7 +166,14 @@ def encode(data: bytes | memoryview, elem: int, phase: int, min_saving: float,
     parts = []
     heads = [_HEAD.pack(elem, phase)]
     shrunk = 0
-    for k, stream in enumerate(split(data, elem, phase)):
+    streams_raw = split(data, elem, phase)
+    # Round trip before anything is stored: the transform is ours, so prove it on every
+    # chunk (zstd's own round trip is zstd's job). A mismatch would be a bug; the chunk is
+    # then simply not grouped.
+    original = data if isinstance(data, bytes) else data.tobytes()  # bytes compare by memcmp
+    if join(streams_raw, elem, phase, len(data)) != original:
+        return None, 0
+    for k, stream in enumerate(streams_raw):
         packed = _cctx().compress(stream) if stream and streams >> k & 1 else b""
         if packed and len(packed) <= len(stream) * (1 - min_saving):
             heads.append(_STREAM.pack(1, len(packed)))

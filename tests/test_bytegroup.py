@@ -115,3 +115,11 @@ def test_float_ranges_locate_phase(tmp_path):
     assert fr.locate(start_f32 + 6, 100)[1:] == (4, 2)
     assert fr.locate(0, 8) is None  # the header is not a tensor
     assert float_ranges(tmp_path / "missing.safetensors") == []
+
+
+def test_a_transform_that_does_not_round_trip_is_never_stored(monkeypatch):
+    chunk = bf16_bytes(5000)
+    monkeypatch.setattr(bytegroup, "join", lambda streams, elem, phase, n: b"\0" * n)
+    assert bytegroup.encode(chunk, 2, 0, 0.0) == (None, 0)
+    codec, stored = Compressor().compress(chunk, (2, 0))
+    assert codec == CODEC_RAW and bytes(stored) == chunk
