@@ -275,6 +275,27 @@ def main() -> int:
                      child_wall_s=ru["wall"], child_maxrss=ru["maxrss"])
             results.append(r)
             log(f"  {json.dumps(r)}")
+            if packs >= 8:
+                # The same store once a writer has covered its packs with a multi-pack index.
+                from cas.multipack import maintain
+                from cas.packs import PackSet
+
+                t0 = time.perf_counter()
+                pset = PackSet(store / "packs")
+                maintain(pset, store / "tmp")
+                pset.close()
+                midx_s = time.perf_counter() - t0
+                log(f"  multi-pack index over {packs} packs written in {midx_s:.1f} s")
+                ru, out, err = spawn([sys.executable, "-c", CHILD_CODE,
+                                      str(store), str(ids_file), str(args.budget)])
+                if ru["rc"] != 0:
+                    raise RuntimeError(f"child failed: {err}")
+                r = json.loads(out.strip().splitlines()[-1])
+                r.update(packs=f"{packs}+midx", entries=args.entries, index_bytes=idx_bytes,
+                         build_s=build_s, midx_build_s=midx_s, child_wall_s=ru["wall"],
+                         child_maxrss=ru["maxrss"])
+                results.append(r)
+                log(f"  {json.dumps(r)}")
             shutil.rmtree(store)
     finally:
         if not args.keep:

@@ -20,10 +20,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cas.compression import decompress
-from cas.errors import DiskError, NotFoundError, PermError, SchemaError, VerifyError, from_os_error
+from cas.errors import (
+    CasError,
+    DiskError,
+    NotFoundError,
+    PermError,
+    SchemaError,
+    VerifyError,
+    from_os_error,
+)
 from cas.format import pack as fmt
 from cas.fsutil import fsync_dir, tmp_name
 from cas.ids import blake3_id
+from cas.multipack import PREFIX as MIDX_PREFIX
+from cas.multipack import SUFFIX as MIDX_SUFFIX
+from cas.multipack import OpenMidx
 
 PACK_PREFIX = "pack-"
 
@@ -310,16 +321,25 @@ class Located:
 
 
 class PackSet:
-    """All visible packs of a store. Opening costs one mmap per index, whatever its size."""
+    """All visible packs of a store. Opening costs one mmap per index, whatever its size.
+
+    Lookups go through the multi-pack indexes first (one bisection each) and then probe only
+    the packs no midx covers. A midx that names a pack which is not here is not used.
+    """
 
     def __init__(self, packs_dir: Path) -> None:
         self.packs_dir = packs_dir
         self.packs: dict[str, Pack] = {}
         self.broken: dict[str, str] = {}  # pack id -> why its index could not be opened
+        self.midxs: list[OpenMidx] = []
+        self.broken_midx: dict[str, str] = {}  # file name -> why it is damaged
+        self.stale_midx: set[str] = set()  # midxs naming packs that are gone (harmless)
+        self._covered: set[str] = set()
+        self._uncovered: list[Pack] = []
         self.refresh()
 
     def refresh(self) -> None:
-        """Open indexes that appeared since the last refresh."""
+        """Open indexes and midxs that appeared since the last refresh."""
         try:
             names = os.listdir(self.packs_dir)
         except OSError as exc:
@@ -335,13 +355,59 @@ class PackSet:
             except (VerifyError, SchemaError, NotFoundError, DiskError, PermError) as exc:
                 # One unreadable index must not hide every other pack.
                 self.broken[pack_id] = exc.message
+        known = {m.path.name for m in self.midxs} | set(self.broken_midx) | self.stale_midx
+        for name in sorted(names):
+            if name.startswith(MIDX_PREFIX) and name.endswith(MIDX_SUFFIX) and name not in known:
+                try:
+                    opened = OpenMidx(self.packs_dir / name)
+                except (CasError, OSError) as exc:
+                    self.broken_midx[name] = str(exc)
+                    continue
+                missing = [h for h in opened.pack_hexes if h not in self.packs]
+                if missing:
+                    opened.close()
+                    self.stale_midx.add(name)
+                    continue
+                self.midxs.append(opened)
+        self._covered = {h for m in self.midxs for h in m.pack_hexes}
+        self._uncovered = [p for h, p in self.packs.items() if h not in self._covered]
+
+    def uncovered(self) -> list[str]:
+        """Ids of the packs no usable midx covers."""
+        return [p.id for p in self._uncovered]
+
+    def drop_midx(self, opened: OpenMidx) -> None:
+        """Stop using a midx (its file is about to be deleted)."""
+        self.midxs.remove(opened)
+        opened.close()
+        self._covered = {h for m in self.midxs for h in m.pack_hexes}
+        self._uncovered = [p for h, p in self.packs.items() if h not in self._covered]
 
     def close(self) -> None:
         for p in self.packs.values():
             p.close()
         self.packs.clear()
+        for m in self.midxs:
+            m.close()
+        self.midxs.clear()
 
     def locate(self, oid: bytes) -> Located | None:
+        """Find ``oid``: in the midxs, then in the packs no midx covers."""
+        for m in self.midxs:
+            pack_id = m.midx.lookup(oid)
+            if pack_id is not None:
+                pack = self.packs.get(pack_id.hex())
+                entry = pack.lookup(oid) if pack is not None else None
+                if entry is not None:
+                    return Located(pack, entry)  # type: ignore[arg-type]
+        for pack in self._uncovered:
+            entry = pack.lookup(oid)
+            if entry is not None:
+                return Located(pack, entry)
+        return None
+
+    def locate_everywhere(self, oid: bytes) -> Located | None:
+        """Probe every pack index, ignoring the midxs (the answer a damaged midx cannot hide)."""
         for pack in self.packs.values():
             entry = pack.lookup(oid)
             if entry is not None:
@@ -358,7 +424,7 @@ class PackSet:
             NotFoundError: no visible pack holds it.
             VerifyError: the stored bytes are damaged.
         """
-        loc = self.locate(oid)
+        loc = self.locate(oid) or self.locate_everywhere(oid)
         if loc is None:
             raise NotFoundError(f"object {oid.hex()} is not in the store")
         return loc.pack.read(loc.entry)

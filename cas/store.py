@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -151,6 +151,17 @@ class Store:
                 yield
             finally:
                 self.packs.refresh()  # packs this writer finished are visible to its own reads
+            self.maintain_midx()
+
+    def maintain_midx(self) -> list[str]:
+        """Cover new packs with multi-pack indexes (write lock held). A midx is an
+        accelerator: failing to write one never fails the command that triggered it."""
+        from cas.multipack import maintain
+
+        try:
+            return maintain(self.packs, self.tmp_dir)
+        except (CasError, OSError):
+            return []
 
     def recover(self) -> dict[str, int]:
         """Clean up after a killed writer. Call only while holding the write lock."""
@@ -177,14 +188,22 @@ class Store:
                 pass
         return {"temp_files_removed": removed, "indexes_rebuilt": rebuilt}
 
-    def repair_indexes(self, pack_ids: list[str]) -> list[str]:
-        """Rebuild the given packs' indexes from the packs (write lock taken here).
+    def repair_indexes(self, pack_ids: list[str],
+                       midx_names: Sequence[str] = ()) -> list[str]:
+        """Rebuild the given packs' indexes from the packs, and replace the given damaged
+        multi-pack indexes (write lock taken here).
 
         Returns the pack ids whose index was rebuilt; packs too damaged to scan are left for
         ``verify`` to report.
         """
         done = []
         with self.writing():
+            for name in midx_names:
+                for opened in list(self.packs.midxs):
+                    if opened.path.name == name:
+                        self.packs.drop_midx(opened)
+                (self.packs_dir / name).unlink(missing_ok=True)
+                self.packs.broken_midx.pop(name, None)
             for pack_id in dict.fromkeys(pack_ids):
                 try:
                     self.rebuild_index(pack_id)
@@ -221,7 +240,7 @@ class Store:
         return self.packs.has(oid)
 
     def read_chunk_list(self, oid: bytes) -> ChunkList:
-        loc = self.packs.locate(oid)
+        loc = self.packs.locate(oid) or self.packs.locate_everywhere(oid)
         if loc is None:
             raise NotFoundError(f"chunk list {oid.hex()} is not in the store")
         if loc.entry.kind != KIND_CHUNK_LIST:
@@ -265,8 +284,8 @@ class Store:
 
         if spec is None:
             report = verify_all(self, progress)
-            if repair and report.bad_indexes:
-                repaired = self.repair_indexes(report.bad_indexes)
+            if repair and (report.bad_indexes or report.bad_midx):
+                repaired = self.repair_indexes(report.bad_indexes, report.bad_midx)
                 report = verify_all(self, progress)
                 report.repaired_indexes = repaired
             return report

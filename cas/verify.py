@@ -58,6 +58,8 @@ class VerifyReport(msgspec.Struct):
     bad_indexes: list[str] = []
     #: Indexes rebuilt by ``verify --all --repair`` before this report was made.
     repaired_indexes: list[str] = []
+    #: Multi-pack indexes that are damaged (derived data: repair deletes and rewrites them).
+    bad_midx: list[str] = []
 
     def summary(self) -> str:
         if self.ok:
@@ -85,6 +87,15 @@ def verify_all(store: Store, progress: Progress | None = None) -> VerifyReport:
         if name.endswith(".pack") and not (store.packs_dir / (name[:-5] + ".idx")).exists():
             report.problems.append(f"{name}: pack has no index (run a write command to rebuild)")
             report.bad_indexes.append(name[len("pack-") : -len(".pack")])
+    for name, why in store.packs.broken_midx.items():
+        report.problems.append(f"{name}: unusable multi-pack index: {why}")
+        report.bad_midx.append(name)
+    for opened in store.packs.midxs:
+        try:
+            opened.midx.verify()
+        except CasError as exc:
+            report.problems.append(f"{exc.message} (repair with 'cas verify --all --repair')")
+            report.bad_midx.append(opened.path.name)
     packs = list(store.packs.packs.values())
     total = sum(e.raw_len for p in packs for e in p.entries())
     done = 0
