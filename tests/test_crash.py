@@ -76,9 +76,15 @@ def live_versions(store: Path, name: str) -> list[int]:
 # -- kill -9 -----------------------------------------------------------------------------------
 
 
-def test_sigkill_during_add_never_breaks_the_store(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pack_target", [None, 1 << 20], ids=["default-packs", "small-packs"])
+def test_sigkill_during_add_never_breaks_the_store(tmp_path: Path, pack_target: int | None) -> None:
+    """With small packs, kills also land in pack roll-overs and multi-pack index upkeep."""
     store = tmp_path / "S"
     ok(store, "init")
+    if pack_target is not None:
+        cfg = json.loads((store / "config.json").read_text())
+        cfg["pack_target_bytes"] = pack_target
+        (store / "config.json").write_text(json.dumps(cfg))
     expected: dict[str, dict[str, str]] = {}  # input dir -> files
     first = tmp_path / "in-first"
     expected[str(first)] = make_input(first, 1000, 8 * MB)
@@ -96,7 +102,7 @@ def test_sigkill_during_add_never_breaks_the_store(tmp_path: Path) -> None:
     for i in range(22):
         src = tmp_path / f"in-{i:02d}"
         expected[str(src)] = make_input(src, 2000 + i, rng.randint(8, 16) * MB)
-        delay = rng.uniform(0.0, typical)
+        delay = rng.uniform(0.0, 1.5 * typical)  # some adds finish, most are cut short
         proc = subprocess.Popen(argv(store, "add", "m", str(src), "-m", f"iteration {i}"),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -134,6 +140,10 @@ def test_sigkill_during_add_never_breaks_the_store(tmp_path: Path) -> None:
         {n[:-4] for n in names if n.endswith(".idx")}
     ok(store, "verify", "--all")
     ok(store, "verify", "m")
+    if pack_target is not None:
+        from cas.multipack import list_midx
+
+        assert list_midx(store / "packs"), "small packs must have been covered by a midx"
     dest = tmp_path / "out"
     ok(store, "checkout", "m", str(dest))
     for rel, sha in expected[str(final)].items():
