@@ -4,7 +4,7 @@ Layout (``docs/format.md`` has the details)::
 
     <store>/config.json        format version and format parameters (chunker, compression)
     <store>/lock               the single-writer lock (flock)
-    <store>/packs/pack-<id>.pack, pack-<id>.idx
+    <store>/packs/pack-<id>.pack, pack-<id>.idx, midx-<hash>.midx
     <store>/registry/          bare git repository of manifests
     <store>/tmp/               temp files of writers; removed by the next writer
     <store>/cache/stat.msgpack stat cache of added paths

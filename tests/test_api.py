@@ -58,3 +58,34 @@ def test_init_finishes_an_interrupted_init_but_refuses_foreign_folders(tmp_path:
     with pytest.raises(ConflictError):
         Store.init(foreign)
     assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_default_store_path_follows_the_environment(monkeypatch, tmp_path: Path) -> None:
+    from cas.store import default_store_path
+
+    monkeypatch.setenv("CAS_HOME", str(tmp_path / "explicit"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_store_path() == tmp_path / "explicit"
+    monkeypatch.delenv("CAS_HOME")
+    assert default_store_path() == tmp_path / "xdg" / "cas"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_store_path() == tmp_path / "home" / ".local" / "share" / "cas"
+
+
+def test_add_auto_creates_only_the_default_store(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"\x07" * 10_000)
+    env = {**os.environ, "CAS_HOME": str(tmp_path / "default")}
+    cmd = [sys.executable, "-m", "cas.cli.main", "--json"]
+    run = subprocess.run([*cmd, "add", "m", str(f)], capture_output=True, text=True, env=env)
+    assert run.returncode == 0 and (tmp_path / "default" / "config.json").exists()
+    typo = subprocess.run([*cmd, "--store", str(tmp_path / "typo"), "add", "m", str(f)],
+                          capture_output=True, text=True, env=env)
+    assert typo.returncode == 3 and json.loads(typo.stdout)["error"]["code"] == "E_NOT_FOUND"
+    assert not (tmp_path / "typo").exists()
