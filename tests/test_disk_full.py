@@ -4,7 +4,6 @@ and the next add succeeds once there is room."""
 from __future__ import annotations
 
 import json
-import os
 import resource
 import signal
 import subprocess
