@@ -72,7 +72,8 @@ def iter_file_chunks(store: Store, entry: FileEntry,
     reading ahead in ``pool`` (pread, decompress and BLAKE3 all release the GIL)."""
     clist = store.read_chunk_list(parse_hex(entry.chunks, what="chunk list id"))
     if clist.size != entry.size:
-        raise VerifyError(f"{entry.path}: chunk list size {clist.size} != manifest size {entry.size}")
+        raise VerifyError(
+            f"{entry.path}: chunk list size {clist.size} != manifest size {entry.size}")
     ids = [oid for oid, _n in clist.chunks]
     ahead: deque[Future[list[bytes]]] = deque()
     for i in range(0, len(ids), GROUP):

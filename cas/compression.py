@@ -101,7 +101,8 @@ def decompress(codec: int, stored: bytes, raw_len: int, *, object_id: str = "?")
             declared = zstandard.frame_content_size(stored)
             if declared not in (-1, raw_len):
                 raise VerifyError(
-                    f"object {object_id}: zstd frame declares {declared} bytes, record says {raw_len}",
+                    f"object {object_id}: zstd frame declares {declared} bytes, "
+                    f"record says {raw_len}",
                     object_id=object_id,
                     expected=str(raw_len),
                     actual=str(declared),

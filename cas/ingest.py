@@ -354,7 +354,8 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
         for rel, fpath, st in files:
             key = str(fpath.absolute())
             cached = cache.get(key, st)
-            if cached is not None and store.has_object(parse_hex(cached.chunks, what="chunk list id")):
+            chunks_id = parse_hex(cached.chunks, what="chunk list id") if cached else None
+            if chunks_id is not None and store.has_object(chunks_id):
                 if not options.rehash:
                     entries.append(_entry(rel, cached, st))
                     hits += 1
@@ -369,7 +370,8 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
                 if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or \
                         digest.size != st.st_size:
                     raise ConflictError(f"{fpath}: file changed while it was being read")
-                if cached is not None and (cached.sha256, cached.size) != (digest.sha256, digest.size):
+                if cached is not None and \
+                        (cached.sha256, cached.size) != (digest.sha256, digest.size):
                     stale.append(rel)
                 cache.put(key, st, digest, started)
                 entries.append(_entry(rel, digest, st))

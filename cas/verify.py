@@ -21,16 +21,16 @@ import blake3
 import msgspec
 
 from cas.checkout import WORKERS
-from cas.ids import parse_hex
-
-READ_AHEAD = 32
 from cas.errors import CasError, SchemaError
 from cas.format.manifest import FileEntry, Manifest
-from cas.format.pack import KIND_CHUNK_LIST
-from cas.format.pack import Entry
+from cas.format.pack import KIND_CHUNK_LIST, Entry
+from cas.ids import parse_hex
 from cas.packs import scan_pack
 from cas.registry import Version
 from cas.store import Progress, Store
+
+#: Chunks read ahead of the hashing of one file.
+READ_AHEAD = 32
 
 
 class BadObject(msgspec.Struct):
@@ -63,7 +63,8 @@ class VerifyReport(msgspec.Struct):
 
     def summary(self) -> str:
         if self.ok:
-            return (f"ok: {self.scope}: {self.objects_checked} objects, {self.bytes_checked} bytes, "
+            return (f"ok: {self.scope}: {self.objects_checked} objects, "
+                    f"{self.bytes_checked} bytes, "
                     f"{self.versions_checked} versions verified")
         parts = []
         if self.bad_objects:
@@ -180,7 +181,8 @@ def _check_file(store: Store, clist_hex: str, size: int, bad: set[bytes]) -> str
     return None
 
 
-def verify_version(store: Store, version: Version, progress: Progress | None = None) -> VerifyReport:
+def verify_version(store: Store, version: Version,
+                   progress: Progress | None = None) -> VerifyReport:
     report = VerifyReport(ok=True, scope=version.ref, versions_checked=1)
     try:
         manifest = store.manifest(version)

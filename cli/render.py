@@ -62,7 +62,8 @@ def fail(exc: BaseException, json_mode: bool, extra: dict[str, Any] | None = Non
         import traceback
 
         traceback.print_exception(exc, file=sys.stderr)
-        code, message, exit_code = "E_BUG", f"internal error: {type(exc).__name__}: {exc}", BUG_EXIT_CODE
+        code, exit_code = "E_BUG", BUG_EXIT_CODE
+        message = f"internal error: {type(exc).__name__}: {exc}"
     if json_mode:
         doc: dict[str, Any] = {"ok": False, "error": {"code": code, "message": message}}
         if extra:

@@ -103,7 +103,9 @@ class Midx:
 
     def _range(self, first: int) -> tuple[int, int]:
         hi = struct.unpack_from("<Q", self.buf, self._fanout_at + 8 * first)[0]
-        lo = 0 if first == 0 else struct.unpack_from("<Q", self.buf, self._fanout_at + 8 * (first - 1))[0]
+        if first == 0:
+            return 0, hi
+        lo = struct.unpack_from("<Q", self.buf, self._fanout_at + 8 * (first - 1))[0]
         return lo, hi
 
     def _id(self, i: int) -> bytes:

@@ -181,7 +181,9 @@ def check_index_header(buf: bytes | memoryview, name: str, file_size: int) -> in
 def index_fanout(buf: bytes | memoryview, first_byte: int) -> tuple[int, int]:
     """Return the record range ``[lo, hi)`` whose ids start with ``first_byte``."""
     hi = struct.unpack_from("<I", buf, IDX_HEADER_SIZE + 4 * first_byte)[0]
-    lo = 0 if first_byte == 0 else struct.unpack_from("<I", buf, IDX_HEADER_SIZE + 4 * (first_byte - 1))[0]
+    if first_byte == 0:
+        return 0, hi
+    lo = struct.unpack_from("<I", buf, IDX_HEADER_SIZE + 4 * (first_byte - 1))[0]
     return lo, hi
 
 
