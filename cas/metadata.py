@@ -64,6 +64,9 @@ _GGUF_SCALARS: Final[dict[int, struct.Struct]] = {
     10: struct.Struct("<Q"), 11: struct.Struct("<q"), 12: struct.Struct("<d"),
 }  # fmt: skip
 _GGUF_INT_TYPES: Final = frozenset({0, 1, 2, 3, 4, 5, 10, 11})
+_GGUF_DEFAULT_ALIGNMENT: Final = 32
+#: ggml types whose bytes are worth grouping: F32, F16, BF16, F64 (quantized blocks are not).
+_GGUF_FLOAT_SIZES: Final[dict[int, int]] = {0: 4, 1: 2, 30: 2, 28: 8}
 _GGUF_STRING: Final = 8
 _GGUF_ARRAY: Final = 9
 _GGUF_MIN_STRING: Final = 8  # u64 length of an empty string
@@ -91,6 +94,8 @@ class _Header:
     dtypes: set[str] = field(default_factory=set)
     architecture: str | None = None
     quantization: str | None = None
+    #: Absolute ``(start, end, element size)`` of float tensors (GGUF; see float_ranges).
+    float_ranges: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 def detect_format(path: pathlib.Path) -> str:
@@ -428,6 +433,7 @@ def _read_gguf(f: BinaryIO, size: int) -> _Header:
     if kv_count * _GGUF_MIN_KV + tensor_count * _GGUF_MIN_TENSOR > r.remaining:
         raise _Malformed("GGUF counts exceed the file")
     out = _Header()
+    alignment = _GGUF_DEFAULT_ALIGNMENT
     for _ in range(kv_count):
         key = r.string()
         vtype = r.u32()
@@ -436,8 +442,12 @@ def _read_gguf(f: BinaryIO, size: int) -> _Header:
         elif key == b"general.file_type" and vtype in _GGUF_INT_TYPES:
             scalar = _GGUF_SCALARS[vtype]
             out.quantization = GGUF_FILE_TYPES.get(int(scalar.unpack(r.read(scalar.size))[0]))
+        elif key == b"general.alignment" and vtype in _GGUF_INT_TYPES:
+            scalar = _GGUF_SCALARS[vtype]
+            alignment = int(scalar.unpack(r.read(scalar.size))[0]) or _GGUF_DEFAULT_ALIGNMENT
         else:
             r.skip_value(vtype)
+    floats: list[tuple[int, int, int]] = []
     for _ in range(tensor_count):
         r.skip_string()
         n_dims = r.u32()
@@ -445,9 +455,17 @@ def _read_gguf(f: BinaryIO, size: int) -> _Header:
             raise _Malformed("too many tensor dimensions")
         dims = struct.unpack(f"<{n_dims}Q", r.read(8 * n_dims))
         ggml_type = r.u32()
-        r.skip(8)  # data offset
-        out.parameter_count += math.prod(dims)
+        offset = r.u64()
+        count = math.prod(dims)
+        out.parameter_count += count
         out.dtypes.add(GGML_TYPES.get(ggml_type, f"GGML_TYPE_{ggml_type}"))
+        elem = _GGUF_FLOAT_SIZES.get(ggml_type)
+        if elem:
+            floats.append((offset, offset + count * elem, elem))
+    # Tensor data starts at the first multiple of the alignment after the tensor infos.
+    data_start = -(-r.pos // alignment) * alignment
+    out.float_ranges = [(data_start + a, data_start + b, e) for a, b, e in floats
+                        if data_start + b <= size]
     return out
 
 
@@ -499,12 +517,20 @@ _FLOAT_SIZES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 
 
 def float_ranges(path: pathlib.Path) -> list[tuple[int, int, int]]:
-    """Absolute byte ranges ``(start, end, element size)`` of a safetensors file's float tensors.
+    """Absolute byte ranges ``(start, end, element size)`` of the float tensors of a
+    safetensors or GGUF file.
 
     Reads only the header. Returns an empty list for any other format or a malformed header
     (grouping is an optimisation: without ranges chunks are simply compressed whole).
     """
-    if detect_format(path) != "safetensors":
+    kind = detect_format(path)
+    if kind == "gguf":
+        try:
+            with open(path, "rb") as f:
+                return _read_gguf(f, os.fstat(f.fileno()).st_size).float_ranges
+        except _PARSE_ERRORS:
+            return []
+    if kind != "safetensors":
         return []
     try:
         with open(path, "rb") as f:

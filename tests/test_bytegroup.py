@@ -131,3 +131,56 @@ def test_a_transform_that_does_not_round_trip_is_never_stored(monkeypatch):
     assert bytegroup.encode(f32, 4, 0, 0.0) == (None, 0)
     codec, stored = Compressor().compress(chunk, (2, 0))
     assert codec == CODEC_RAW and bytes(stored) == chunk
+
+
+def _gguf_with_data(tensors: list[tuple[str, int, bytes, int]], alignment: int = 32) -> tuple[
+        bytes, dict[str, tuple[int, int]]]:
+    """A real GGUF v3 file: header, aligned tensor data. tensors: (name, ggml type, data,
+    element count). Returns the bytes and each tensor's absolute byte range."""
+    def gstr(s: str) -> bytes:
+        return struct.pack("<Q", len(s)) + s.encode()
+
+    kvs = gstr("general.architecture") + struct.pack("<I", 8) + gstr("llama")
+    kvs += gstr("general.alignment") + struct.pack("<II", 4, alignment)
+    infos = b""
+    offset = 0
+    offsets = []
+    for name, gtype, data, count in tensors:
+        offsets.append(offset)
+        infos += gstr(name) + struct.pack("<IQ", 1, count) + struct.pack("<IQ", gtype, offset)
+        offset += -(-len(data) // alignment) * alignment
+    header = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), 2) + kvs + infos
+    start = -(-len(header) // alignment) * alignment
+    body = bytearray(header + bytes(start - len(header)))
+    ranges = {}
+    for (name, _, data, _), off in zip(tensors, offsets):
+        body += bytes(start + off - len(body)) + data
+        ranges[name] = (start + off, start + off + len(data))
+    return bytes(body), ranges
+
+
+def test_gguf_float_tensors_are_located_and_grouped(tmp_path):
+    from cas.format.pack import KIND_CHUNK
+    from cas.metadata import describe, float_ranges
+    from cas.store import Store
+
+    f16 = np.random.default_rng(7).normal(0, 0.02, 300_000).astype("<f2").tobytes()
+    f32 = np.random.default_rng(8).normal(0, 1, 1000).astype("<f4").tobytes()
+    quant = np.random.default_rng(9).bytes(144 * 100)  # Q4_K blocks: not grouped
+    data, where = _gguf_with_data([("tok_embd.weight", 1, f16, 300_000),
+                                   ("blk.0.ffn.weight", 12, quant, 25_600),
+                                   ("output_norm.weight", 0, f32, 1000)])
+    path = tmp_path / "tiny.gguf"
+    path.write_bytes(data)
+    got = sorted(float_ranges(path))
+    assert got == sorted([(*where["tok_embd.weight"], 2), (*where["output_norm.weight"], 4)])
+    assert describe(path, [path.name])["format"] == "gguf"
+    store = Store.init(tmp_path / "s")
+    store.add("tiny", path)
+    codecs = [e.codec for p in store.packs.packs.values() for e in p.entries()
+              if e.kind == KIND_CHUNK]
+    assert CODEC_GROUPED in codecs
+    out = tmp_path / "out"
+    store.checkout("tiny", out)
+    assert (out / "tiny.gguf").read_bytes() == data
+    store.close()
