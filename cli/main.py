@@ -165,7 +165,7 @@ def add(ctx: Ctx, name: str, path: Path, message: str, tags: tuple[str, ...],
 @pass_ctx
 def ls_cmd(ctx: Ctx, pattern: str | None, format_: str | None, role: str | None,
            tag: str | None) -> None:
-    """List models (PATTERN is a glob on names, e.g. 'meta-llama/*')."""
+    """List models; PATTERN is a glob on names such as 'meta-llama/*'."""
     with ctx.open() as store:
         rows = store.ls(pattern, format=format_, role=role, tag=tag)
     lines = [f"{'NAME':<48} {'LATEST':>6} {'VERS':>4} {'SIZE':>10}  {'FORMAT':<11} TAGS"]
