@@ -341,9 +341,13 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
     root, files = scan_input(path.expanduser(), exclude=store.path)
     with store.writing():
         parents = _parse_parents(store, options.parents)
+        # A requested tag that already names another version is refused before any work; one
+        # that names the latest version is fine if the content turns out unchanged.
         taken = store.registry.tags(name)
+        live = store.registry.versions(name) if store.registry.head(name) is not None else []
+        latest_commit = live[-1].commit if live else None
         for t in options.tags:
-            if (name, t) in taken:
+            if (name, t) in taken and taken[(name, t)] != latest_commit:
                 raise ConflictError(f"tag {name}@{t} exists (move it with 'cas tag --force')")
         cache = StatCache(store.cache_dir / "stat.msgpack", store.tmp_dir)
         writer = PackWriter(store.packs_dir, store.tmp_dir, store.config.pack_target_bytes)
@@ -435,10 +439,15 @@ def _commit(store: Store, name: str, path: Path, options: AddOptions, entries: l
     manifest = Manifest(name=name, seq=seq, files=entries,
                         total_size=sum(e.size for e in entries), metadata=meta)
     manifest.validate()
+    taken = registry.tags(name)
     if latest is not None and store.manifest(latest).same_content(manifest):
         for t in options.tags:
-            registry.set_tag(latest, t)
+            if (name, t) not in taken:
+                registry.set_tag(latest, t)
         return latest.seq, latest.commit, False
+    for t in options.tags:
+        if (name, t) in taken:
+            raise ConflictError(f"tag {name}@{t} exists (move it with 'cas tag --force')")
     version = registry.add_version(name, seq, manifest.encode(), options.message)
     for t in options.tags:
         registry.set_tag(version, t)

@@ -249,3 +249,16 @@ def test_stat_cache_sees_a_rewrite_that_restores_the_old_mtime(cas, tmp_path):
     os.utime(f, ns=(old.st_atime_ns, old.st_mtime_ns))
     again = cas("--json", "add", "m", str(f)).json
     assert again["created"] and again["seq"] == first["seq"] + 1 and again["stat_cache_hits"] == 0
+
+
+def test_add_with_a_tag_is_idempotent_but_never_moves_a_tag(cas, tmp_path):
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"\x08" * 100_000)
+    assert cas("--json", "add", "t/m", str(f), "--tag", "prod").json["seq"] == 1
+    again = cas("--json", "add", "t/m", str(f), "--tag", "prod").json  # same content, same tag
+    assert not again["created"] and again["seq"] == 1
+    f.write_bytes(b"\x09" * 100_000)
+    moved = cas("--json", "add", "t/m", str(f), "--tag", "prod", ok=False)
+    assert moved.code == 10 and moved.json["error"]["code"] == "E_CONFLICT"
+    assert cas("--json", "show", "t/m@prod").json["seq"] == 1
+    assert [h["seq"] for h in cas("--json", "log", "t/m").json["history"]] == [1]
