@@ -29,12 +29,32 @@ def stored(cas, name: str) -> int:
 
 @pytest.fixture
 def versions(tmp_path: Path, real_model: Path) -> dict[str, Path]:
-    v2 = tmp_path / "v2"
-    changed = finetune_copy(real_model, v2)
-    assert 7_000_000 < changed < 8_500_000  # last encoder layer + pooler: ~7.7 MB
-    v3 = tmp_path / "v3"
+    """v2: the last encoder layer and the pooler fine-tuned (safetensors + numpy); v3: v2 with
+    one small tensor added, so the header grows and every later byte shifts."""
     import shutil
 
+    import numpy as np
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    v2 = tmp_path / "v2"
+    shutil.copytree(real_model, v2, ignore=shutil.ignore_patterns("model.safetensors"))
+    tensors = load_file(str(real_model / "model.safetensors"))
+    with safe_open(str(real_model / "model.safetensors"), "np") as f:
+        metadata = f.metadata()
+    rng = np.random.default_rng(0)
+    for name, value in tensors.items():
+        if name.startswith(("encoder.layer.5.", "pooler.")):
+            tensors[name] = value + rng.normal(0, 1e-3, value.shape).astype(value.dtype)
+    save_file(tensors, str(v2 / "model.safetensors"), metadata=metadata)
+    a = np.frombuffer((real_model / "model.safetensors").read_bytes(), np.uint8)
+    b = np.frombuffer((v2 / "model.safetensors").read_bytes(), np.uint8)
+    assert len(a) == len(b)  # same layout: only the tuned tensors' bytes differ
+    changed = np.flatnonzero(a != b)
+    assert 7_000_000 < changed[-1] - changed[0] < 8_500_000  # ~7.7 MB at the end of the data
+    # The demo's helper, which rewrites tensor bytes in place, makes the same kind of file.
+    assert 7_000_000 < finetune_copy(real_model, tmp_path / "demo-v2") < 8_500_000
+    v3 = tmp_path / "v3"
     shutil.copytree(v2, v3, ignore=shutil.ignore_patterns("model.safetensors"))
     add_tensor_copy(v2 / "model.safetensors", v3 / "model.safetensors")
     return {"v1": real_model, "v2": v2, "v3": v3}
