@@ -19,7 +19,8 @@ CODEC_GROUPED = 2
 CODECS = {CODEC_RAW: "raw", CODEC_ZSTD: "zstd", CODEC_GROUPED: "grouped"}
 
 #: zstd level for new stores. Measured on model weights cut into ~80 KiB chunks, level 1 gives
-#: the same ratio as level 3 (0.78 on bf16, 0.92 on float32) at 1.5-1.7x the speed.
+#: the same ratio as level 3 (0.78 on bf16, 0.91 on float32) at about 1.2x the speed
+#: (benchmarks/zstd_levels.py).
 DEFAULT_LEVEL = 1
 
 
