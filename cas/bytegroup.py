@@ -33,7 +33,7 @@ _STREAM = struct.Struct("<BI")
 
 #: zstd settings for grouped streams. They hold no long repeats (float bytes), so a minimal
 #: match finder loses nothing while entropy coding does the work: measured on bf16 exponent
-#: streams, ratio 0.68 at ~1.2 GB/s against 0.70 at ~0.36 GB/s for level 1.
+#: streams of 40 KB, ratio 0.34 at ~840 MB/s against 0.38 at ~300 MB/s for level 1.
 _STREAM_PARAMS = zstandard.ZstdCompressionParameters(
     strategy=zstandard.STRATEGY_FAST, window_log=18, hash_log=6, chain_log=6, search_log=1,
     min_match=7, target_length=0, write_content_size=True,
