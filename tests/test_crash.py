@@ -268,3 +268,32 @@ def test_stale_registry_ref_lock_is_recovered(tmp_path: Path, lock_file: str,
     ok(store, *[c.format(src=src) for c in command])
     assert not (store / "registry" / lock_file).exists()
     ok(store, "verify", "--all")
+
+
+def test_ctrl_c_during_add_is_a_clean_e_interrupted(tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C) mid-add: exit 130 with E_INTERRUPTED, nothing half-visible, no temp files.
+    The signal's timing only decides whether the add is cut short; both outcomes are checked."""
+    store = tmp_path / "S"
+    ok(store, "init")
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "w.bin").write_bytes(np.random.default_rng(4242).bytes(256 * MB))  # incompressible
+    proc = subprocess.Popen(argv(store, "add", "m", str(src)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    # Signal once the add is writing its first pack (a file event, not a guess at timing).
+    deadline = time.monotonic() + 60
+    while not os.listdir(store / "tmp") and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    print(f"add exited {proc.returncode}")
+    assert "Traceback" not in err
+    if proc.returncode in (0, -signal.SIGINT) and json.loads(out)["ok"]:
+        assert json.loads(out)["seq"] == 1  # finished before the signal landed
+    else:
+        assert proc.returncode == 130, (out, err)
+        assert json.loads(out)["error"]["code"] == "E_INTERRUPTED"
+        assert os.listdir(store / "tmp") == []
+        assert ok(store, "ls")["models"] == []
+    report = ok(store, "verify", "--all")
+    assert report["bad_objects"] == [] and report["broken_versions"] == []
