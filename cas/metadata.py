@@ -64,6 +64,8 @@ _GGUF_SCALARS: Final[dict[int, struct.Struct]] = {
     10: struct.Struct("<Q"), 11: struct.Struct("<q"), 12: struct.Struct("<d"),
 }  # fmt: skip
 _GGUF_INT_TYPES: Final = frozenset({0, 1, 2, 3, 4, 5, 10, 11})
+#: Element sizes of the float dtypes whose bytes are worth grouping (see cas.bytegroup).
+_FLOAT_SIZES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 _GGUF_DEFAULT_ALIGNMENT: Final = 32
 #: ggml types whose bytes are worth grouping: F32, F16, BF16, F64 (quantized blocks are not).
 _GGUF_FLOAT_SIZES: Final[dict[int, int]] = {0: 4, 1: 2, 30: 2, 28: 8}
@@ -94,7 +96,7 @@ class _Header:
     dtypes: set[str] = field(default_factory=set)
     architecture: str | None = None
     quantization: str | None = None
-    #: Absolute ``(start, end, element size)`` of float tensors (GGUF; see float_ranges).
+    #: Absolute ``(start, end, element size)`` of float tensors (see float_ranges).
     float_ranges: list[tuple[int, int, int]] = field(default_factory=list)
 
 
@@ -309,6 +311,9 @@ def _read_safetensors(f: BinaryIO, size: int) -> _Header:
             raise _Malformed("data_offsets outside the file")
         out.parameter_count += math.prod(shape)
         out.dtypes.add(dtype)
+        elem = _FLOAT_SIZES.get(dtype)
+        if elem:
+            out.float_ranges.append((8 + length + offsets[0], 8 + length + offsets[1], elem))
     return out
 
 
@@ -512,10 +517,6 @@ def _config_fields(config: dict[str, object] | None) -> tuple[str | None, str | 
     return architecture, quantization
 
 
-#: Element sizes of the float dtypes whose bytes are worth grouping (see cas.bytegroup).
-_FLOAT_SIZES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
-
-
 def float_ranges(path: pathlib.Path) -> list[tuple[int, int, int]]:
     """Absolute byte ranges ``(start, end, element size)`` of the float tensors of a
     safetensors or GGUF file.
@@ -524,36 +525,7 @@ def float_ranges(path: pathlib.Path) -> list[tuple[int, int, int]]:
     (grouping is an optimisation: without ranges chunks are simply compressed whole).
     """
     kind = detect_format(path)
-    if kind == "gguf":
-        try:
-            with open(path, "rb") as f:
-                return _read_gguf(f, os.fstat(f.fileno()).st_size).float_ranges
-        except _PARSE_ERRORS:
-            return []
-    if kind != "safetensors":
+    if kind not in ("safetensors", "gguf"):
         return []
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            raw = f.read(8)
-            if len(raw) != 8:
-                return []
-            (length,) = _U64.unpack(raw)
-            if length < 2 or length > MAX_SAFETENSORS_HEADER or length > size - 8:
-                return []
-            header = json.loads(f.read(length))
-    except (OSError, ValueError, RecursionError):
-        return []
-    if not isinstance(header, dict):
-        return []
-    base = 8 + length
-    out = []
-    for name, info in header.items():
-        if name == "__metadata__" or not isinstance(info, dict):
-            continue
-        elem = _FLOAT_SIZES.get(info.get("dtype"))  # type: ignore[arg-type]
-        offsets = info.get("data_offsets")
-        if elem and isinstance(offsets, list) and len(offsets) == 2 and \
-                all(_is_uint(o) for o in offsets) and offsets[0] <= offsets[1]:
-            out.append((base + offsets[0], base + offsets[1], elem))
-    return out
+    header = _parse(kind, path)
+    return header.float_ranges if header is not None else []
