@@ -18,13 +18,16 @@ import mmap
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import blake3
 
 from cas.errors import CasError, from_os_error
 from cas.format import midx as fmt
-from cas.format.pack import IDX_RECORDS_START, IDX_RECORD_SIZE
 from cas.fsutil import fsync_dir, tmp_name
+
+if TYPE_CHECKING:
+    from cas.packs import Pack, PackSet
 
 PREFIX = "midx-"
 SUFFIX = ".midx"
@@ -55,13 +58,11 @@ def list_midx(packs_dir: Path) -> list[Path]:
                   if n.startswith(PREFIX) and n.endswith(SUFFIX))
 
 
-def _pack_pairs(pack: object) -> Iterator[tuple[bytes, bytes]]:
+def _pack_pairs(pack: Pack) -> Iterator[tuple[bytes, bytes]]:
     """``(id, pack id)`` of every record of one pack index, in id order."""
-    buf = pack._idx  # type: ignore[attr-defined]
-    pack_id = bytes.fromhex(pack.id)  # type: ignore[attr-defined]
-    for i in range(pack.count):  # type: ignore[attr-defined]
-        at = IDX_RECORDS_START + i * IDX_RECORD_SIZE
-        yield buf[at : at + 32], pack_id
+    pack_id = bytes.fromhex(pack.id)
+    for oid in pack.ids():
+        yield oid, pack_id
 
 
 def write_midx(packs_dir: Path, tmp_dir: Path, sources: Iterable[Iterator[tuple[bytes, bytes]]],
@@ -102,21 +103,21 @@ def write_midx(packs_dir: Path, tmp_dir: Path, sources: Iterable[Iterator[tuple[
         final_tmp.unlink(missing_ok=True)
 
 
-def maintain(packset: object, tmp_dir: Path) -> list[str]:
+def maintain(packset: PackSet, tmp_dir: Path) -> list[str]:
     """Cover new packs with a midx and merge midxs geometrically (write lock held).
 
     Returns the names of the midx files written.
     """
-    packs = packset.packs  # type: ignore[attr-defined]
-    packs_dir = packset.packs_dir  # type: ignore[attr-defined]
+    packs = packset.packs
+    packs_dir = packset.packs_dir
     written = []
-    uncovered = [packs[h] for h in packset.uncovered()]  # type: ignore[attr-defined]
+    uncovered = [packs[h] for h in packset.uncovered()]
     if len(uncovered) >= BATCH:
         path = write_midx(packs_dir, tmp_dir, [_pack_pairs(p) for p in uncovered],
                           [bytes.fromhex(p.id) for p in uncovered])
         written.append(path.name)
-        packset.refresh()  # type: ignore[attr-defined]
-    midxs = sorted(packset.midxs, key=lambda m: m.midx.count)  # type: ignore[attr-defined]
+        packset.refresh()
+    midxs = sorted(packset.midxs, key=lambda m: m.midx.count)
     total = 0
     take = 0
     for i, m in enumerate(midxs):
@@ -130,8 +131,8 @@ def maintain(packset: object, tmp_dir: Path) -> list[str]:
         path = write_midx(packs_dir, tmp_dir, [m.midx.pairs() for m in group], pack_ids)
         written.append(path.name)
         for m in group:
-            packset.drop_midx(m)  # type: ignore[attr-defined]
+            packset.drop_midx(m)
             m.path.unlink(missing_ok=True)
         fsync_dir(packs_dir)
-        packset.refresh()  # type: ignore[attr-defined]
+        packset.refresh()
     return written

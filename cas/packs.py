@@ -259,6 +259,11 @@ class Pack:
     def entries(self) -> Iterator[fmt.Entry]:
         return fmt.iter_index(self._idx)
 
+    def ids(self) -> Iterator[bytes]:
+        """The object ids of this pack, in id order, read lazily from the index."""
+        for i in range(self.count):
+            yield self._ids[i]
+
     def verify_index(self) -> None:
         fmt.verify_index(self._idx, self.id)
         if fmt.index_pack_id(self._idx, self.count).hex() != self.id:
