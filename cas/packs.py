@@ -14,7 +14,7 @@ from __future__ import annotations
 import mmap
 import os
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,10 +147,10 @@ class PackWriter:
 
     def finish(self) -> list[str]:
         """Make every object added so far durable and visible; return all pack ids written."""
+        self._wait_closing()
         if self._open is not None:
             pack, self._open = self._open, None
-            self._closing.append(_done(self._close_pack, pack))
-        self._wait_closing()
+            self.finished.append(self._close_pack(pack))
         return list(self.finished)
 
     def _wait_closing(self) -> None:
@@ -196,16 +196,6 @@ class PackWriter:
             pack.discard()
             raise from_os_error(exc, "finishing a pack") from None
         return hex_id
-
-
-def _done(fn: Callable[[_OpenPack], str], pack: _OpenPack) -> Future[str]:
-    """Run ``fn`` now and wrap its outcome in a Future (the last pack closes inline)."""
-    fut: Future[str] = Future()
-    try:
-        fut.set_result(fn(pack))
-    except BaseException as exc:  # noqa: BLE001 - re-raised by the caller through result()
-        fut.set_exception(exc)
-    return fut
 
 
 class _IdView:
