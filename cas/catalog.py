@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 
 import msgspec
 
-from cas.errors import ArgsError, NotFoundError, SchemaError
+from cas.errors import ArgsError, CasError, NotFoundError, SchemaError
 from cas.format.manifest import FORMATS, Manifest
 from cas.ids import parse_hex
 from cas.names import validate_model_name
@@ -138,8 +138,8 @@ def _objects_of(store: Store, manifest: Manifest, sizes: dict[bytes, int]) -> li
         ids = [cl]
         try:
             ids += [cid for cid, _ in store.read_chunk_list(cl).chunks]
-        except Exception:  # noqa: BLE001 - du reports what it can; verify names damage
-            pass
+        except CasError:
+            pass  # du reports what it can; verify names the damage
         for oid in ids:
             if oid not in sizes:
                 loc = store.packs.locate(oid)

@@ -23,6 +23,7 @@ import msgspec
 
 from cas.errors import ArgsError, ConflictError, VerifyError, from_os_error
 from cas.format.manifest import FileEntry
+from cas.fsutil import fsync_dir
 from cas.ids import parse_hex
 from cas.names import validate_rel_path
 from cas.registry import Version
@@ -158,8 +159,6 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
                 tmp.unlink(missing_ok=True)
                 raise
     try:
-        from cas.fsutil import fsync_dir
-
         for d in sorted({(dest / f.path).parent for f in manifest.files}):
             fsync_dir(d)
     except OSError as exc:

@@ -172,8 +172,8 @@ class PackWriter:
             self._open = None
         try:
             self._wait_closing()
-        except Exception:  # noqa: BLE001 - abort runs while another error propagates
-            pass
+        except (CasError, OSError):
+            pass  # abort runs while another error propagates
 
     def _close_pack(self, pack: _OpenPack) -> str:
         """Trailer, fsync, index (temp, fsync), rename pack, rename index, fsync the folder."""

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from dulwich.errors import NotTreeError
+from dulwich.errors import NotGitRepository, NotTreeError
 from dulwich.objects import Blob, Commit, Tag, Tree
 from dulwich.repo import Repo
 
@@ -54,7 +54,7 @@ def default_identity() -> tuple[str, str]:
     """``(user, user@host)``: who registers versions from this process."""
     try:
         user = getpass.getuser()
-    except Exception:  # getuser raises various errors when no user name is configured
+    except (KeyError, OSError):  # no user name configured for this uid
         user = "unknown"
     return user, f"{user}@{socket.gethostname()}"
 
@@ -102,7 +102,7 @@ class Registry:
         self.path = path
         try:
             self.repo = Repo(str(path))
-        except Exception as exc:  # dulwich raises NotGitRepository and OSError variants
+        except (NotGitRepository, OSError) as exc:
             raise NotFoundError(f"registry at {path} cannot be opened: {exc}") from None
         # Objects must be durable before a ref names them. Set here rather than in the repo
         # config, where git itself warns that core.fsyncObjectFiles is deprecated.
