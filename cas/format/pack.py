@@ -36,7 +36,6 @@ MAX_OBJECT_BYTES = (1 << 32) - 1
 
 KIND_CHUNK = 1
 KIND_CHUNK_LIST = 2
-KINDS = {KIND_CHUNK: "chunk", KIND_CHUNK_LIST: "chunk-list"}
 
 _PACK_HEADER = struct.Struct("<8sII")  # magic, version, reserved
 _ENTRY_HEADER = struct.Struct("<32sBBHII")  # id, kind, codec, reserved, raw_len, stored_len
