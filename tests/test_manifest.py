@@ -157,11 +157,22 @@ def test_same_content_ignores_metadata_but_not_bytes():
     doc["seq"] = 7
     doc["metadata"] = {"format": "other"}
     assert a.same_content(decode_doc(doc))
-    doc["files"][0]["blake3"] = "f" * 64
+    doc["files"][0]["sha256"] = "f" * 64
     assert not a.same_content(decode_doc(doc))
     doc = base_doc()
     doc["files"][1]["executable"] = True
     assert not a.same_content(decode_doc(doc))
+
+
+def test_whole_file_blake3_is_optional():
+    """Manifests of cas 0.1 carry a whole-file BLAKE3; newer ones leave it out (null)."""
+    doc = base_doc()
+    for f in doc["files"]:
+        f.pop("blake3")
+    m = decode_doc(doc)
+    assert all(f.blake3 is None for f in m.files)
+    assert Manifest.decode(m.encode()) == m
+    assert m.same_content(decode_doc(base_doc()))  # the same bytes, with or without it
 
 
 def test_empty_file_list_is_valid():
@@ -355,6 +366,7 @@ def test_json_schema():
     assert root.get("additionalProperties") is False
     file_props = defs["FileEntry"]["properties"]
     assert set(file_props) == {"path", "size", "sha256", "blake3", "chunks", "executable"}
+    assert set(defs["FileEntry"]["required"]) == {"path", "size", "sha256", "chunks"}
     assert "format" in defs["Metadata"]["properties"]
 
 

@@ -1,7 +1,7 @@
 """The manifest: one registered version of a model, as JSON in the registry.
 
-A manifest lists files (relative POSIX path, size, executable bit, SHA-256, BLAKE3 and the id of
-the file's chunk list) and metadata. It never lists chunks, so it stays small whatever the file
+A manifest lists files (relative POSIX path, size, executable bit, SHA-256 and the id of the
+file's chunk list) and metadata. It never lists chunks, so it stays small whatever the file
 sizes. Decoding validates everything a later step trusts: schema name and version, model name,
 every path (see :mod:`cas.names`), every hash's length and alphabet, and the total size.
 
@@ -29,9 +29,12 @@ class FileEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     path: str
     size: int
     sha256: str
-    blake3: str
     chunks: str
     executable: bool = False
+    #: BLAKE3 of the whole file: written by cas 0.1 only, checked by ``verify`` when present.
+    #: The file's identity inside the store is its chunk list id (a BLAKE3 tree over the
+    #: chunks); outside it, SHA-256 (what Hugging Face and git-lfs publish).
+    blake3: str | None = None
 
 
 class Metadata(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
@@ -108,7 +111,7 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             if f.size < 0:
                 raise SchemaError(f"manifest: {f.path}: negative size")
             for field, value in (("sha256", f.sha256), ("blake3", f.blake3), ("chunks", f.chunks)):
-                if not is_hex(value):
+                if value is not None and not is_hex(value):
                     raise SchemaError(f"manifest: {f.path}: {field} is not 64 lowercase hex")
         check_unique_paths(f.path for f in self.files)
         if [f.path for f in self.files] != sorted(f.path for f in self.files):
@@ -121,7 +124,7 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def same_content(self, other: Manifest) -> bool:
         """True if both versions hold the same files with the same bytes and modes."""
-        key = lambda m: [(f.path, f.blake3, f.size, f.executable) for f in m.files]  # noqa: E731
+        key = lambda m: [(f.path, f.sha256, f.size, f.executable) for f in m.files]  # noqa: E731
         return key(self) == key(other)
 
 
