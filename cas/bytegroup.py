@@ -101,7 +101,7 @@ def join(streams: list[bytes], elem: int, phase: int, n: int) -> bytearray:
     if elem == 2 and n >= 2:
         # Two-byte elements (F16, BF16: the common case): copy the high bytes into place,
         # then OR the low bytes in as u16 words over the aligned middle. Both release the GIL.
-        hi, lo = (1 - phase) % 2, (0 - phase) % 2
+        hi = (1 - phase) % 2  # where the first high byte goes
         dest[hi::2] = np.frombuffer(streams[1], dtype="u1")
         pairs = (n - phase) // 2
         words = np.frombuffer(out, dtype="<u2", count=pairs, offset=phase)

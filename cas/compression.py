@@ -16,7 +16,11 @@ from cas.errors import VerifyError
 CODEC_RAW = 0
 CODEC_ZSTD = 1
 CODEC_GROUPED = 2
-CODECS = {CODEC_RAW: "raw", CODEC_ZSTD: "zstd", CODEC_GROUPED: "grouped"}
+#: A chunk stored as the XOR residual of a prediction from an earlier file (see
+#: :mod:`cas.derive`); decoded by the pack reader, which can read that file.
+CODEC_DERIVED = 3
+CODECS = {CODEC_RAW: "raw", CODEC_ZSTD: "zstd", CODEC_GROUPED: "grouped",
+          CODEC_DERIVED: "derived"}
 
 #: zstd level for new stores. Measured on model weights cut into ~80 KiB chunks, level 1 gives
 #: the same ratio as level 3 (0.78 on bf16, 0.91 on float32) at about 1.2x the speed

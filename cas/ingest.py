@@ -16,6 +16,7 @@ attempt and which gc may remove later.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import queue
 import socket
@@ -29,15 +30,16 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from cas import derive
 from cas.bytegroup import FloatRanges
 from cas.chunking import BufferPool, Chunker
-from cas.compression import Compressor
-from cas.errors import ArgsError, ConflictError, NotFoundError, from_os_error
+from cas.compression import CODEC_DERIVED, Compressor
+from cas.errors import ArgsError, CasError, ConflictError, NotFoundError, from_os_error
 from cas.format.chunklist import ChunkList
 from cas.format.manifest import FileEntry, Manifest, Metadata
 from cas.format.pack import KIND_CHUNK, KIND_CHUNK_LIST
 from cas.ids import blake3_id, parse_hex
-from cas.metadata import describe, float_ranges
+from cas.metadata import MAX_SAFETENSORS_HEADER, describe, detect_format, float_ranges, safetensors_tensors
 from cas.names import (
     check_unique_paths,
     parse_version_spec,
@@ -206,8 +208,8 @@ class _Ingester:
     def _known(self, oid: bytes) -> bool:
         return oid in self.writer or self.store.packs.has(oid)
 
-    def _work_group(self, chunks: list[tuple[int, memoryview]],
-                    floats: FloatRanges | None) -> list[_ChunkResult]:
+    def _work_group(self, chunks: list[tuple[int, memoryview]], floats: FloatRanges | None,
+                    plan: derive.Plan | None) -> list[_ChunkResult]:
         """Hash a run of ``(file offset, chunk)``, and compress the ones the store lacks."""
         out: list[_ChunkResult] = []
         for offset, view in chunks:
@@ -216,6 +218,14 @@ class _Ingester:
                 out.append((oid, len(view), None, None))
                 continue
             where = floats.locate(offset, len(view)) if floats is not None else None
+            tensor = plan.tensor_at(offset, len(view)) if plan is not None else None
+            if tensor is not None and plan.decided.get(tensor, True):  # type: ignore[union-attr]
+                derived = self._derive(view, offset, plan, where)  # type: ignore[arg-type]
+                if derived is not None and plan.decided.get(tensor):  # type: ignore[union-attr]
+                    out.append((oid, len(view), CODEC_DERIVED, derived))
+                    continue
+            else:
+                derived = None
             if where is None:
                 codec, stored = self.compressor.compress(view)
             else:
@@ -228,8 +238,30 @@ class _Ingester:
                     codec, stored = self.compressor.compress(view, (elem, phase), decision[1])
                 else:
                     codec, stored = self.compressor.compress(view)
+            if tensor is not None and tensor not in plan.decided:  # type: ignore[union-attr]
+                # The first new chunk of a tensor decides for the rest of it, as for grouping.
+                won = derived is not None and len(derived) < len(stored)
+                plan.decided[tensor] = won  # type: ignore[union-attr]
+                if won:
+                    codec, stored = CODEC_DERIVED, derived  # type: ignore[assignment]
             out.append((oid, len(view), codec, stored))
         return out
+
+    def _derive(self, view: memoryview, offset: int, plan: derive.Plan,
+                where: tuple[int, int, int] | None) -> bytes | None:
+        """The chunk as a residual against its prediction from the base file, if smaller
+        than the chunk itself."""
+        grouping = where[1:] if where is not None else None
+
+        def compress_residual(residual: bytearray) -> tuple[int, bytes]:
+            return self.compressor.compress(residual, grouping)  # type: ignore[arg-type,return-value]
+
+        try:
+            payload = derive.encode(view, plan.segments(offset, len(view)), plan.base,
+                                    self.store.packs.ranges, compress_residual)
+        except CasError:
+            return None  # an unreadable base: store the chunk the usual way
+        return payload if payload is not None and len(payload) < len(view) else None
 
     def _write_block(self, groups: list[Future[list[_ChunkResult]]],
                      chunks: list[tuple[bytes, int]]) -> None:
@@ -254,7 +286,7 @@ class _Ingester:
             self.writer.add(oid, kind, codec, len(data), stored)
         return oid
 
-    def ingest(self, path: Path, label: str) -> FileDigest:
+    def ingest(self, path: Path, label: str, plan: derive.Plan | None = None) -> FileDigest:
         """Chunk, hash and pack one file in a single pass; return its digest."""
         sha = hashlib.sha256()
 
@@ -291,7 +323,7 @@ class _Ingester:
                     for view in views:
                         placed.append((offset, view))
                         offset += len(view)
-                    groups = [self.pool.submit(self._work_group, placed[i : i + GROUP], floats)
+                    groups = [self.pool.submit(self._work_group, placed[i : i + GROUP], floats, plan)
                               for i in range(0, len(placed), GROUP)]
                     blocks.put((region, self.hasher.submit(sha.update, region), groups))
                     if failed:
@@ -359,11 +391,15 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
                     hits += 1
                     continue
             todo.append((rel, fpath, st, key, cached))
+        # The latest version's files are the bases that fine-tunes and dtype conversions are
+        # predicted from (see cas.derive).
+        base_files = {f.path: f for f in store.manifest(live[-1]).files} if live else {}
         ing = _Ingester(store, writer, progress, sum(st.st_size for _, _, st, _, _ in todo))
         try:
             for rel, fpath, st, key, cached in todo:
                 started = time.time_ns()
-                digest = ing.ingest(fpath, rel)
+                digest = ing.ingest(fpath, rel, _plan(store, fpath, st.st_size,
+                                                      base_files.get(rel)))
                 after = os.stat(fpath)
                 if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or \
                         digest.size != st.st_size:
@@ -399,6 +435,28 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
         tags=list(options.tags),
         stale_cache=stale,
     )
+
+
+def _plan(store: Store, path: Path, size: int, base: FileEntry | None) -> derive.Plan | None:
+    """How to predict ``path``'s tensors from ``base`` (the same file in the latest version),
+    or None when either is not a safetensors file or they share no float tensor."""
+    if base is None or base.size < 8 or detect_format(path) != "safetensors":
+        return None
+    try:
+        with open(path, "rb") as f:
+            new = safetensors_tensors(f, size)
+        if not new:
+            return None
+        clist = parse_hex(base.chunks, what="chunk list id")
+        head = store.packs.ranges.read(clist, 0, 8)[0]
+        length = int.from_bytes(head, "little")
+        if length > min(base.size - 8, MAX_SAFETENSORS_HEADER):
+            return None
+        old = safetensors_tensors(io.BytesIO(head + store.packs.ranges.read(clist, 8, length)[0]),
+                                  base.size)
+    except (CasError, OSError):
+        return None  # prediction is an optimisation: without it chunks are stored as usual
+    return derive.Plan.build(clist, new, old)
 
 
 def _entry(rel: str, d: FileDigest, st: os.stat_result) -> FileEntry:

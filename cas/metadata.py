@@ -78,6 +78,17 @@ _GGUF_MIN_TENSOR: Final = 8 + 4 + 4 + 8  # empty name, n_dims, type, offset
 _GGUF_SKIP_BY_READ: Final = 64 * 1024  # skip shorter spans by reading (stays in the buffer)
 
 
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    """One tensor of a safetensors file."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # absolute byte offsets in the file
+    end: int
+
+
 class _Malformed(Exception):
     """A header is truncated, inconsistent or exceeds a bound."""
 
@@ -98,6 +109,8 @@ class _Header:
     quantization: str | None = None
     #: Absolute ``(start, end, element size)`` of float tensors (see float_ranges).
     float_ranges: list[tuple[int, int, int]] = field(default_factory=list)
+    #: Every tensor, safetensors only (name, dtype, shape, absolute byte range).
+    tensors: list[Tensor] = field(default_factory=list)
 
 
 def detect_format(path: pathlib.Path) -> str:
@@ -314,6 +327,8 @@ def _read_safetensors(f: BinaryIO, size: int) -> _Header:
         elem = _FLOAT_SIZES.get(dtype)
         if elem:
             out.float_ranges.append((8 + length + offsets[0], 8 + length + offsets[1], elem))
+        out.tensors.append(Tensor(name, dtype, tuple(shape), 8 + length + offsets[0],
+                                  8 + length + offsets[1]))
     return out
 
 
@@ -529,3 +544,12 @@ def float_ranges(path: pathlib.Path) -> list[tuple[int, int, int]]:
         return []
     header = _parse(kind, path)
     return header.float_ranges if header is not None else []
+
+
+def safetensors_tensors(f: BinaryIO, size: int) -> list[Tensor]:
+    """The tensors of the safetensors file read by ``f`` (positioned at 0), or an empty list if
+    its header is malformed (predicting tensors is an optimisation)."""
+    try:
+        return _read_safetensors(f, size).tensors
+    except _PARSE_ERRORS:
+        return []

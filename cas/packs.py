@@ -19,7 +19,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from cas.compression import decompress
+from cas import derive
+from cas.compression import CODEC_DERIVED, decompress
+from cas.derive import RangeReader
 from cas.errors import (
     CasError,
     DiskError,
@@ -30,6 +32,7 @@ from cas.errors import (
     from_os_error,
 )
 from cas.format import pack as fmt
+from cas.format.chunklist import ChunkList
 from cas.fsutil import fsync_dir, tmp_name
 from cas.ids import blake3_id
 from cas.multipack import PREFIX as MIDX_PREFIX
@@ -232,6 +235,8 @@ class Pack:
         self.count = fmt.check_index_header(self._idx, pack_id, size)
         self._ids = _IdView(self._idx)
         self._fd: int | None = None
+        #: Reads base files for derived chunks (codec 3); set by the PackSet.
+        self.ranges: RangeReader | None = None
 
     def close(self) -> None:
         self._idx.close()
@@ -317,7 +322,10 @@ class Pack:
 
     def _decode(self, entry: fmt.Entry, stored: bytes | memoryview) -> bytes:
         oid_hex = entry.oid.hex()
-        raw = decompress(entry.codec, stored, entry.raw_len, object_id=oid_hex)
+        if entry.codec == CODEC_DERIVED and self.ranges is not None:
+            raw = derive.decode(stored, entry.raw_len, self.ranges, object_id=oid_hex)
+        else:
+            raw = decompress(entry.codec, stored, entry.raw_len, object_id=oid_hex)
         got = blake3_id(raw)
         if got != entry.oid:
             raise VerifyError(
@@ -351,6 +359,8 @@ class PackSet:
         self.stale_midx: set[str] = set()  # midxs naming packs that are gone (harmless)
         self._covered: set[str] = set()
         self._uncovered: list[Pack] = []
+        #: Shared by every pack: base-file reads for derived chunks, with their caches.
+        self.ranges = RangeReader(self.read, self.read_chunk_list, self.chain_depth)
         self.refresh()
 
     def refresh(self) -> None:
@@ -367,6 +377,7 @@ class PackSet:
                 continue
             try:
                 self.packs[pack_id] = Pack(self.packs_dir, pack_id)
+                self.packs[pack_id].ranges = self.ranges
             except (VerifyError, SchemaError, NotFoundError, DiskError, PermError) as exc:
                 # One unreadable index must not hide every other pack.
                 self.broken[pack_id] = exc.message
@@ -455,6 +466,27 @@ class PackSet:
         if run:
             out.extend(run_pack.read_run(run))  # type: ignore[union-attr]
         return out
+
+    def chain_depth(self, oid: bytes) -> int:
+        """0 for a stored object, or the depth of a derived chunk (see :mod:`cas.derive`)."""
+        loc = self.locate(oid) or self.locate_everywhere(oid)
+        if loc is None or loc.entry.codec != CODEC_DERIVED:
+            return 0
+        return derive.depth_of_payload(loc.pack.read_stored(loc.entry))
+
+    def read_chunk_list(self, oid: bytes) -> ChunkList:
+        """The chunk list ``oid``.
+
+        Raises:
+            NotFoundError: no visible pack holds it.
+            VerifyError | SchemaError: it is damaged or is not a chunk list.
+        """
+        loc = self.locate(oid) or self.locate_everywhere(oid)
+        if loc is None:
+            raise NotFoundError(f"chunk list {oid.hex()} is not in the store")
+        if loc.entry.kind != fmt.KIND_CHUNK_LIST:
+            raise VerifyError(f"object {oid.hex()} is not a chunk list", object_id=oid.hex())
+        return ChunkList.decode(loc.pack.read(loc.entry))
 
     def read(self, oid: bytes) -> bytes:
         """Return the verified bytes of ``oid``.

@@ -27,7 +27,6 @@ from cas.errors import CasError, NotFoundError, VerifyError, from_os_error
 from cas.format.chunklist import ChunkList
 from cas.format.config import StoreConfig
 from cas.format.manifest import Manifest
-from cas.format.pack import KIND_CHUNK_LIST
 from cas.fsutil import atomic_write, clean_tmp, fsync_dir
 from cas.locking import DEFAULT_TIMEOUT, WriteLock
 from cas.names import VersionSpec, parse_version_spec
@@ -240,12 +239,7 @@ class Store:
         return self.packs.has(oid)
 
     def read_chunk_list(self, oid: bytes) -> ChunkList:
-        loc = self.packs.locate(oid) or self.packs.locate_everywhere(oid)
-        if loc is None:
-            raise NotFoundError(f"chunk list {oid.hex()} is not in the store")
-        if loc.entry.kind != KIND_CHUNK_LIST:
-            raise VerifyError(f"object {oid.hex()} is not a chunk list", object_id=oid.hex())
-        return ChunkList.decode(loc.pack.read(loc.entry))
+        return self.packs.read_chunk_list(oid)
 
     # -- registry helpers --------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ def compressible_bytes(n: int) -> bytes:
 
 
 def test_codec_table():
-    assert CODECS == {0: "raw", 1: "zstd", 2: "grouped"}
+    assert CODECS == {0: "raw", 1: "zstd", 2: "grouped", 3: "derived"}
     assert (CODEC_RAW, CODEC_ZSTD) == (0, 1)
 
 
