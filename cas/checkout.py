@@ -24,6 +24,7 @@ import msgspec
 from cas.errors import ArgsError, ConflictError, VerifyError, from_os_error
 from cas.format.manifest import FileEntry
 from cas.fsutil import DurableWriter, fsync_dir
+from cas.gcpause import gc_paused
 from cas.ids import parse_hex
 from cas.names import validate_rel_path
 from cas.registry import Version
@@ -139,7 +140,7 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
                                 + (f" and {len(clash) - 1} more" if len(clash) > 1 else ""))
     total = manifest.total_size
     done = 0
-    with ThreadPoolExecutor(WORKERS, thread_name_prefix="cas-read") as pool, \
+    with gc_paused(), ThreadPoolExecutor(WORKERS, thread_name_prefix="cas-read") as pool, \
             ThreadPoolExecutor(1, thread_name_prefix="cas-sha") as hasher:
         for entry in manifest.files:
             parent = _safe_parent(dest, entry.path)

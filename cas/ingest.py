@@ -38,8 +38,15 @@ from cas.errors import ArgsError, CasError, ConflictError, NotFoundError, from_o
 from cas.format.chunklist import ChunkList
 from cas.format.manifest import FileEntry, Manifest, Metadata
 from cas.format.pack import KIND_CHUNK, KIND_CHUNK_LIST
+from cas.gcpause import gc_paused
 from cas.ids import blake3_id, parse_hex
-from cas.metadata import MAX_SAFETENSORS_HEADER, describe, detect_format, float_ranges, safetensors_tensors
+from cas.metadata import (
+    MAX_SAFETENSORS_HEADER,
+    describe,
+    detect_format,
+    float_ranges,
+    safetensors_tensors,
+)
 from cas.names import (
     check_unique_paths,
     parse_version_spec,
@@ -365,7 +372,7 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
     for t in options.tags:
         validate_tag(t)
     root, files = scan_input(path.expanduser(), exclude=store.path)
-    with store.writing():
+    with store.writing(), gc_paused():
         parents = _parse_parents(store, options.parents)
         # A requested tag that already names another version is refused before any work; one
         # that names the latest version is fine if the content turns out unchanged.

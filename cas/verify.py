@@ -24,6 +24,7 @@ from cas.checkout import WORKERS
 from cas.errors import CasError, SchemaError
 from cas.format.manifest import FileEntry, Manifest
 from cas.format.pack import KIND_CHUNK_LIST, Entry
+from cas.gcpause import gc_paused
 from cas.ids import parse_hex
 from cas.packs import scan_pack
 from cas.registry import Version
@@ -193,7 +194,7 @@ def verify_version(store: Store, version: Version,
     files: list[str] = []
     reasons: list[str] = []
     done = 0
-    with ThreadPoolExecutor(WORKERS, thread_name_prefix="cas-verify") as pool:
+    with gc_paused(), ThreadPoolExecutor(WORKERS, thread_name_prefix="cas-verify") as pool:
         for f in manifest.files:
             problems = _verify_file(store, f, pool, report)
             done += f.size
