@@ -91,9 +91,16 @@ def split(data: bytes | memoryview, elem: int, phase: int) -> list[bytes]:
     return [raw[(k - phase) % elem :: elem].tobytes() for k in range(elem)]
 
 
-def join(streams: list[bytes], elem: int, phase: int, n: int) -> bytearray:
-    """Inverse of :func:`split`: a new buffer of ``n`` bytes."""
+def join(streams: list[bytes], elem: int, phase: int, n: int,
+         into: memoryview | None = None) -> bytearray | memoryview:
+    """Inverse of :func:`split`: a new buffer of ``n`` bytes, or ``into`` filled in place."""
     np = _numpy()
+    if into is not None:
+        if n:
+            dest = np.frombuffer(into, dtype="u1")
+            for k, stream in enumerate(streams):  # every byte is assigned: no zeroing needed
+                dest[(k - phase) % elem :: elem] = np.frombuffer(stream, dtype="u1")
+        return into
     out = bytearray(n)
     if n == 0:
         return out
@@ -155,8 +162,9 @@ def encode(data: bytes | memoryview, elem: int, phase: int, min_saving: float,
     return out, shrunk
 
 
-def decode(stored: bytes, raw_len: int, object_id: str) -> bytes:
-    """Decode a grouped object into exactly ``raw_len`` bytes.
+def decode(stored: bytes, raw_len: int, object_id: str,
+           into: memoryview | None = None) -> bytes | bytearray | memoryview:
+    """Decode a grouped object into exactly ``raw_len`` bytes (into ``into`` when given).
 
     Raises:
         VerifyError: a malformed layout, a stream of the wrong length, or a corrupt frame.
@@ -196,7 +204,7 @@ def decode(stored: bytes, raw_len: int, object_id: str) -> bytes:
         streams.append(s)
     if pos != len(stored):
         raise bad("has trailing bytes")
-    return join(streams, elem, phase, raw_len)
+    return join(streams, elem, phase, raw_len, into)
 
 
 class FloatRanges:

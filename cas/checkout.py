@@ -1,10 +1,11 @@
 """Checkout: write a version's files under a directory, byte-identical and verified.
 
-Each file is streamed chunk by chunk into a temp file next to its final name; every chunk is
-checked against its BLAKE3 as it is read (by the pack reader) and the whole file against the
-manifest's SHA-256 before it is fsynced and renamed into place. A file that fails verification
-never appears under its final name. Chunk reads and decompression run ahead of the writer in a
-small bounded pool; writes are sequential.
+Each file is assembled in 8 MiB windows and written to a temp file next to its final name.
+Two workers decode chunks straight into a window (a chunk is verified against its BLAKE3 in the
+window itself); a thread hashes complete windows in order for the file's SHA-256 and another
+writes them with ``O_DIRECT`` (see :class:`cas.fsutil.DurableWriter`). The file is checked
+against the manifest's SHA-256 before it is fsynced and renamed into place, so a file that fails
+verification never appears under its final name. Three windows are in flight at most.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import hashlib
 import os
 import secrets
 import stat as stat_mod
+from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import accumulate
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +25,7 @@ import msgspec
 
 from cas.errors import ArgsError, ConflictError, VerifyError, from_os_error
 from cas.format.manifest import FileEntry
-from cas.fsutil import DurableWriter, fsync_dir
+from cas.fsutil import DIRECT_ALIGN, DurableWriter, fsync_dir
 from cas.gcpause import gc_paused
 from cas.ids import parse_hex
 from cas.names import validate_rel_path
@@ -32,10 +34,13 @@ from cas.registry import Version
 if TYPE_CHECKING:
     from cas.store import Progress, Store
 
-#: Chunks per read task, and tasks queued ahead of the writer (bounds memory to about
-#: GROUP x READ_AHEAD x 256 KiB).
-GROUP = 16
-READ_AHEAD = 4
+#: A file is assembled in windows of this many bytes (a multiple of the direct-write
+#: alignment): workers decode chunks straight into the window, a thread hashes it, another
+#: writes it. ``BUFFERS`` windows are alive at once, which bounds memory.
+WINDOW = 8 << 20
+BUFFERS = 3
+#: Bytes of chunks per decode task (a window is split into about this many).
+PART = 2 << 20
 WORKERS = 2
 
 
@@ -64,50 +69,114 @@ def _safe_parent(dest: Path, rel: str) -> Path:
     return parent
 
 
-def _read_group(store: Store, ids: list[bytes]) -> list[bytes]:
-    return store.packs.read_many(ids)
+def _decode_part(store: Store, ids: list[bytes], starts: list[int], lengths: list[int],
+                 window: memoryview, lo: int) -> None:
+    """Decode chunks into the window that holds file bytes ``[lo, lo + len(window))``.
+
+    A chunk wholly inside the window is decoded and verified in place; one that crosses an
+    edge is decoded and verified whole, and the part inside is copied.
+    """
+    hi = lo + len(window)
+    outs: list[memoryview | None] = []
+    for start, n in zip(starts, lengths):
+        outs.append(window[start - lo : start - lo + n] if lo <= start and start + n <= hi
+                    else None)
+    for start, n, data, out in zip(starts, lengths, store.packs.read_many(ids, outs), outs):
+        if out is None:
+            a, b = max(start, lo), min(start + n, hi)
+            window[a - lo : b - lo] = memoryview(data)[a - start : b - start]
 
 
-def iter_file_chunks(store: Store, entry: FileEntry,
-                     pool: ThreadPoolExecutor) -> Iterator[list[bytes]]:
-    """Yield the verified chunks of one file in order, in runs of up to ``GROUP`` chunks,
-    reading ahead in ``pool`` (pread, decompress and BLAKE3 all release the GIL)."""
+def _finish_window(parts: list[Future[None]]) -> None:
+    for f in parts:
+        f.result()
+
+
+def _hash_window(parts: Future[None], sha: hashlib._Hash, window: memoryview) -> None:
+    parts.result()
+    sha.update(window)
+
+
+def _write_window(parts: Future[None], writer: DurableWriter, window: memoryview) -> None:
+    parts.result()
+    if len(window) % DIRECT_ALIGN == 0:
+        writer.write_block(window)
+    else:  # the file's last window: the writer takes the unaligned tail
+        writer.write(window)
+
+
+class _Windows:
+    """The window buffers of one checkout (page-aligned anonymous maps, reused per file)."""
+
+    def __init__(self) -> None:
+        import mmap
+
+        # Freed with the object: threads may still hold views of a map after an error.
+        self.maps = [mmap.mmap(-1, WINDOW) for _ in range(BUFFERS)]
+        self.free: deque[int] = deque(range(BUFFERS))
+
+
+def _write_file(store: Store, entry: FileEntry, fd: int, writer: DurableWriter,
+                pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor, ThreadPoolExecutor,
+                             ThreadPoolExecutor],
+                windows: _Windows, done: int, total: int, progress: Progress | None) -> int:
+    """Write one file's verified bytes through ``writer`` and fsync it; return ``done``
+    advanced by its size."""
+    workers, joiner, hasher, io = pools
     clist = store.read_chunk_list(parse_hex(entry.chunks, what="chunk list id"))
     if clist.size != entry.size:
         raise VerifyError(
             f"{entry.path}: chunk list size {clist.size} != manifest size {entry.size}")
     ids = [oid for oid, _n in clist.chunks]
-    ahead: deque[Future[list[bytes]]] = deque()
-    for i in range(0, len(ids), GROUP):
-        ahead.append(pool.submit(_read_group, store, ids[i : i + GROUP]))
-        if len(ahead) >= READ_AHEAD:
-            yield ahead.popleft().result()
-    while ahead:
-        yield ahead.popleft().result()
-
-
-def _hash_group(sha: "hashlib._Hash", group: list[bytes]) -> None:
-    for data in group:
-        sha.update(data)
-
-
-def _write_file(store: Store, entry: FileEntry, fd: int, writer: DurableWriter,
-                pool: ThreadPoolExecutor, hasher: ThreadPoolExecutor, done: int, total: int, progress: Progress | None) -> int:
-    """Write one file's verified chunks through ``writer`` and fsync it; return ``done``
-    advanced by its size. SHA-256 runs on its own thread, in order, while this one writes."""
+    lengths = [n for _oid, n in clist.chunks]
+    starts = [0, *accumulate(lengths)]
     sha = hashlib.sha256()
-    hashing: deque[Future[None]] = deque()
-    for group in iter_file_chunks(store, entry, pool):
-        hashing.append(hasher.submit(_hash_group, sha, group))
-        for data in group:
-            writer.write(data)
-        done += sum(map(len, group))
-        if len(hashing) > READ_AHEAD:
-            hashing.popleft().result()
+    # per window in flight: (buffer index, parts, hashed, written, bytes)
+    flight: deque[tuple[int, Future[None], Future[None], Future[None], int]] = deque()
+
+    def retire() -> None:
+        nonlocal done
+        index, parts, hashed, written, n = flight.popleft()
+        try:
+            hashed.result()
+            written.result()
+        finally:
+            for f in (parts, hashed, written):
+                f.exception()  # never reuse a buffer a thread may still touch
+            windows.free.append(index)
+        done += n
         if progress is not None:
             progress(done, total, entry.path)
-    while hashing:
-        hashing.popleft().result()
+
+    try:
+        for lo in range(0, entry.size, WINDOW):
+            hi = min(lo + WINDOW, entry.size)
+            if not windows.free:
+                retire()
+            index = windows.free.popleft()
+            view = memoryview(windows.maps[index])[: hi - lo]
+            first = bisect_right(starts, lo) - 1
+            last = bisect_left(starts, hi)  # chunks first .. last-1 overlap [lo, hi)
+            tasks = []
+            k = first
+            while k < last:
+                m = k + 1
+                while m < last and starts[m] - starts[k] < PART:
+                    m += 1
+                tasks.append(workers.submit(_decode_part, store, ids[k:m], starts[k:m],
+                                            lengths[k:m], view, lo))
+                k = m
+            parts = joiner.submit(_finish_window, tasks)
+            flight.append((index, parts, hasher.submit(_hash_window, parts, sha, view),
+                           io.submit(_write_window, parts, writer, view), hi - lo))
+        while flight:
+            retire()
+    finally:
+        while flight:  # after an error: let every thread finish with its buffer
+            index, *futs, _n = flight.popleft()
+            for f in futs:
+                f.exception()
+            windows.free.append(index)
     if sha.hexdigest() != entry.sha256:
         raise VerifyError(
             f"{entry.path}: SHA-256 {sha.hexdigest()} != manifest {entry.sha256}",
@@ -140,8 +209,12 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
                                 + (f" and {len(clash) - 1} more" if len(clash) > 1 else ""))
     total = manifest.total_size
     done = 0
-    with gc_paused(), ThreadPoolExecutor(WORKERS, thread_name_prefix="cas-read") as pool, \
-            ThreadPoolExecutor(1, thread_name_prefix="cas-sha") as hasher:
+    windows = _Windows()
+    with gc_paused(), ThreadPoolExecutor(WORKERS, thread_name_prefix="cas-read") as workers, \
+            ThreadPoolExecutor(1, thread_name_prefix="cas-join") as joiner, \
+            ThreadPoolExecutor(1, thread_name_prefix="cas-sha") as hasher, \
+            ThreadPoolExecutor(1, thread_name_prefix="cas-write") as io:
+        pools = (workers, joiner, hasher, io)
         for entry in manifest.files:
             parent = _safe_parent(dest, entry.path)
             final = parent / entry.path.rsplit("/", 1)[-1]
@@ -150,8 +223,8 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
                 with open(tmp, "xb", buffering=0) as out:
                     writer = DurableWriter(out.fileno(), size_hint=entry.size)
                     try:
-                        done = _write_file(store, entry, out.fileno(), writer, pool, hasher,
-                                           done, total, progress)
+                        done = _write_file(store, entry, out.fileno(), writer, pools,
+                                           windows, done, total, progress)
                     finally:
                         writer.close()
                 os.replace(tmp, final)

@@ -88,12 +88,18 @@ class Compressor:
 _dlocal = threading.local()
 
 
-def decompress(codec: int, stored: bytes, raw_len: int, *, object_id: str = "?") -> bytes:
+def decompress(codec: int, stored: bytes, raw_len: int, *, object_id: str = "?",
+               into: memoryview | None = None) -> bytes | memoryview:
     """Undo :meth:`Compressor.compress`, refusing output that is not exactly ``raw_len`` bytes.
+
+    With ``into`` (a writable buffer of ``raw_len`` bytes) the result is written there and
+    ``into`` is returned; grouped objects are then assembled in place, without a copy.
 
     Raises:
         VerifyError: unknown codec, corrupt frame, or a length other than ``raw_len``.
     """
+    if into is not None and len(into) != raw_len:
+        raise ValueError(f"decompress: buffer of {len(into)} bytes for {raw_len}")
     if codec == CODEC_RAW:
         out = stored
     elif codec == CODEC_ZSTD:
@@ -120,7 +126,9 @@ def decompress(codec: int, stored: bytes, raw_len: int, *, object_id: str = "?")
     elif codec == CODEC_GROUPED:
         from cas import bytegroup
 
-        out = bytegroup.decode(stored, raw_len, object_id)
+        out = bytegroup.decode(stored, raw_len, object_id, into=into)
+        if into is not None:
+            return into
     else:
         raise VerifyError(f"object {object_id}: unknown codec {codec}", object_id=object_id)
     if len(out) != raw_len:
@@ -130,4 +138,7 @@ def decompress(codec: int, stored: bytes, raw_len: int, *, object_id: str = "?")
             expected=str(raw_len),
             actual=str(len(out)),
         )
+    if into is not None:
+        into[:] = out
+        return into
     return out

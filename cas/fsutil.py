@@ -123,6 +123,15 @@ class DurableWriter:
             if self._fill == size:
                 self._flush_buffer()
 
+    def write_block(self, view: memoryview) -> None:
+        """Write ``view`` straight from the caller's memory, without copying it: it must be
+        page-aligned (an anonymous mmap) and a multiple of :data:`DIRECT_ALIGN` long, and
+        nothing may be buffered yet (the file so far is whole blocks). Runs in the calling
+        thread; ``write`` and ``finish`` can follow for the unaligned tail."""
+        if self._fill or self._pending is not None or len(view) % DIRECT_ALIGN:
+            raise ValueError("write_block needs whole blocks and an empty buffer")
+        self._write_out(view)
+
     def _flush_buffer(self) -> None:
         if self._pending is not None:
             self._pending.result()

@@ -309,23 +309,33 @@ class Pack:
         """Read, decompress and verify one object."""
         return self._decode(entry, self.read_stored(entry))
 
-    def read_run(self, entries: list[fmt.Entry]) -> list[bytes]:
+    def read_run(self, entries: list[fmt.Entry],
+                 outs: list[memoryview | None] | None = None) -> list[bytes | memoryview]:
         """Read, decompress and verify entries that lie back to back in this pack, in one
-        ``pread`` (the common case when a file is read in the order it was written)."""
+        ``pread`` (the common case when a file is read in the order it was written).
+
+        With ``outs``, entry ``i`` is decoded into ``outs[i]`` (exactly its length) when that
+        is not None, and verified there: the caller's buffer is the one checked.
+        """
         first, last = entries[0], entries[-1]
         data = memoryview(self._pread(last.offset + fmt.ENTRY_HEADER_SIZE + last.stored_len
                                       - first.offset, first.offset))
         out = []
-        for e in entries:
-            out.append(self._decode(e, self._check_stored(e, data[e.offset - first.offset :])))
+        for i, e in enumerate(entries):
+            stored = self._check_stored(e, data[e.offset - first.offset :])
+            out.append(self._decode(e, stored, outs[i] if outs is not None else None))
         return out
 
-    def _decode(self, entry: fmt.Entry, stored: bytes | memoryview) -> bytes:
+    def _decode(self, entry: fmt.Entry, stored: bytes | memoryview,
+                into: memoryview | None = None) -> bytes | memoryview:
         oid_hex = entry.oid.hex()
         if entry.codec == CODEC_DERIVED and self.ranges is not None:
             raw = derive.decode(stored, entry.raw_len, self.ranges, object_id=oid_hex)
+            if into is not None:
+                into[:] = raw
+                raw = into
         else:
-            raw = decompress(entry.codec, stored, entry.raw_len, object_id=oid_hex)
+            raw = decompress(entry.codec, stored, entry.raw_len, object_id=oid_hex, into=into)
         got = blake3_id(raw)
         if got != entry.oid:
             raise VerifyError(
@@ -443,28 +453,34 @@ class PackSet:
     def has(self, oid: bytes) -> bool:
         return self.locate(oid) is not None
 
-    def read_many(self, oids: list[bytes]) -> list[bytes]:
+    def read_many(self, oids: list[bytes], outs: list[memoryview | None] | None = None
+                  ) -> list[bytes | memoryview]:
         """The verified bytes of each of ``oids``, in order; runs of objects stored back to
-        back in one pack are read with a single ``pread``.
+        back in one pack are read with a single ``pread``. ``outs``: as for
+        :meth:`Pack.read_run`.
 
         Raises:
             NotFoundError | VerifyError: as :meth:`read`.
         """
-        out: list[bytes] = []
+        out: list[bytes | memoryview] = []
         run: list[fmt.Entry] = []
         run_pack: Pack | None = None
-        for oid in oids:
+        first = 0
+        for i, oid in enumerate(oids):
             loc = self.locate(oid) or self.locate_everywhere(oid)
             if loc is None:
                 raise NotFoundError(f"object {oid.hex()} is not in the store")
             if run and (loc.pack is not run_pack or loc.entry.offset !=
                         run[-1].offset + fmt.ENTRY_HEADER_SIZE + run[-1].stored_len):
-                out.extend(run_pack.read_run(run))  # type: ignore[union-attr]
+                out.extend(run_pack.read_run(  # type: ignore[union-attr]
+                    run, outs[first:i] if outs is not None else None))
                 run = []
+                first = i
             run.append(loc.entry)
             run_pack = loc.pack
         if run:
-            out.extend(run_pack.read_run(run))  # type: ignore[union-attr]
+            out.extend(run_pack.read_run(  # type: ignore[union-attr]
+                run, outs[first:] if outs is not None else None))
         return out
 
     def chain_depth(self, oid: bytes) -> int:
