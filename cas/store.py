@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from cas.errors import CasError, NotFoundError, VerifyError, from_os_error
 from cas.format.chunklist import ChunkList
-from cas.format.config import StoreConfig
+from cas.format.config import CompressionParams, StoreConfig
 from cas.format.manifest import Manifest
 from cas.fsutil import atomic_write, clean_tmp, fsync_dir
 from cas.locking import DEFAULT_TIMEOUT, WriteLock
@@ -78,8 +78,12 @@ class Store:
     # -- lifecycle ---------------------------------------------------------------------------
 
     @classmethod
-    def init(cls, path: Path | str) -> Store:
+    def init(cls, path: Path | str, *, derive: bool = True) -> Store:
         """Create a store at ``path`` (idempotent for an existing store: it is opened).
+
+        ``derive=False`` keeps the store free of derived chunks (see :mod:`cas.derive`): every
+        version then restores without reading another, at the cost of storing fine-tunes and
+        dtype conversions in full.
 
         Raises:
             FormatError: ``path`` holds a store of an unknown format.
@@ -101,7 +105,8 @@ class Store:
             if not (path / "registry" / "HEAD").exists():
                 shutil.rmtree(path / "registry", ignore_errors=True)
                 Registry.init(path / "registry").close()
-            cfg = StoreConfig(created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            cfg = StoreConfig(compression=CompressionParams(derive=derive),
+                              created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
             # config.json is written last: a directory without it is not yet a store.
             atomic_write(path / CONFIG, cfg.encode(), path / "tmp")
             fsync_dir(path)

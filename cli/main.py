@@ -88,13 +88,17 @@ def cli(click_ctx: click.Context, store: str | None, json_mode: bool, quiet: boo
 
 @cli.command()
 @click.argument("path", required=False)
+@click.option("--no-derive", is_flag=True,
+              help="Never store a tensor as its difference from the previous version: "
+                   "more space for fine-tunes and dtype conversions, faster restores of them.")
 @pass_ctx
-def init(ctx: Ctx, path: str | None) -> None:
+def init(ctx: Ctx, path: str | None, no_derive: bool) -> None:
     """Create a store at PATH (default: --store, $CAS_HOME or the XDG data directory)."""
     target = Path(path) if path else ctx.store_path
-    store = Store.init(target)
+    store = Store.init(target, derive=not no_derive)
     ctx.out.result({"store": str(store.path), "format_version": store.config.version,
-                    "chunker": store.config.chunker},
+                    "chunker": store.config.chunker,
+                    "derive": store.config.compression.derive},
                    f"initialized cas store at {store.path}")
 
 

@@ -220,3 +220,29 @@ def test_crafted_payloads_are_refused(tmp_path: Path, mutate) -> None:  # type: 
         if blake3_id(out) != entry.oid:  # decoded, but to other bytes: the reader's check
             raise VerifyError("content check")
     store.close()
+
+
+def test_a_store_made_without_derive_stores_conversions_whole(tmp_path: Path) -> None:
+    w = _weights(6)
+    store = Store.init(tmp_path / "store", derive=False)
+    store.add("m", _save(tmp_path / "v1", w))
+    store.add("m", _save(tmp_path / "v2", {k: v.astype(np.float16) for k, v in w.items()}))
+    assert not _derived_payloads(store)
+    store.close()
+
+
+def test_stores_made_before_derived_chunks_never_get_them(tmp_path: Path) -> None:
+    """A config without the field (written by cas 0.1) means no derived chunks, so older
+    readers of that store never meet codec 3."""
+    store = Store.init(tmp_path / "store")
+    store.close()
+    cfg = tmp_path / "store" / "config.json"
+    doc = json.loads(cfg.read_text())
+    assert doc["compression"].pop("derive") is True
+    cfg.write_text(json.dumps(doc))
+    store = Store.open(tmp_path / "store")
+    w = _weights(7)
+    store.add("m", _save(tmp_path / "v1", w))
+    store.add("m", _save(tmp_path / "v2", {k: v.astype(np.float16) for k, v in w.items()}))
+    assert not _derived_payloads(store)
+    store.close()

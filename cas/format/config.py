@@ -19,6 +19,11 @@ SUPPORTED_VERSIONS = frozenset({1})
 class CompressionParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     codec: str = "zstd"
     level: int = 1
+    #: Store fine-tuned and dtype-converted tensors as residuals against the previous version
+    #: (codec 3, see cas.derive). Absent in stores made before derived chunks existed, which
+    #: therefore never get any (a reader that predates them would take them for damage);
+    #: ``init`` turns it on.
+    derive: bool = False
 
 
 class StoreConfig(msgspec.Struct, frozen=True):
