@@ -499,3 +499,39 @@ def test_store_config_decodes_into_struct_types():
     cfg = StoreConfig.decode(StoreConfig().encode())
     assert isinstance(cfg.chunker, msgspec.Struct)
     assert cfg.chunker.min_size == 16384
+
+
+# --------------------------------------------------------------------------- old manifests
+
+
+def test_verify_checks_the_whole_file_blake3_of_older_manifests(tmp_path):
+    """Manifests written by cas 0.1 carry a whole-file BLAKE3; verify still checks it."""
+    import blake3
+    import msgspec
+
+    from cas import Store
+
+    src = tmp_path / "src"
+    src.mkdir()
+    data = bytes(range(256)) * 1000
+    (src / "w.bin").write_bytes(data)
+    store = Store.init(tmp_path / "store")
+    store.add("m", src)
+    latest = store.resolve("m")
+    manifest = store.manifest(latest)
+    assert manifest.files[0].blake3 is None  # new manifests leave it out
+
+    def register(whole: str) -> None:
+        f = msgspec.structs.replace(manifest.files[0], blake3=whole)
+        old = msgspec.structs.replace(manifest, files=[f], seq=store.registry.next_seq("m"))
+        with store.writing():
+            store.registry.add_version("m", old.seq, old.encode(), "as written by cas 0.1")
+
+    register(blake3.blake3(data).hexdigest())
+    assert store.verify("m").ok
+    register("0" * 64)
+    report = store.verify("m")
+    assert not report.ok
+    assert not report.bad_objects  # every chunk is fine: only the recorded hash disagrees
+    assert any("whole-file hash" in why for b in report.broken_versions for why in b.reasons)
+    store.close()
