@@ -1,0 +1,112 @@
+"""The comparison suite's arithmetic: medians, best peers, ratios and PASS/FAIL lines.
+
+The suite itself runs for minutes and installs peers, so CI checks only the part that turns
+measurements into verdicts, on measurements made up here.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+compare = pytest.importorskip("compare")
+
+MB = 1_000_000
+
+
+def _op(wall: float, rss_mb: float = 50) -> dict:
+    return {"wall": wall, "maxrss": int(rss_mb * MB)}
+
+
+def _tool(ingest: list[float], stored_mb: float, restore: float, rss_mb: float = 50) -> dict:
+    return {"ingest": [_op(w, rss_mb) for w in ingest], "stored": {"bytes": stored_mb * MB},
+            "restore": _op(restore, rss_mb)}
+
+
+def _baselines(copy: list[float], copy_restore: float, cp: float) -> dict:
+    return {"copy_ingest": copy, "sha256sum": [_op(1.0) for _ in copy],
+            "copy_restore": copy_restore, "cp_restore": _op(cp)}
+
+
+def _series() -> list[dict]:
+    def versions(labels: list[str]) -> list[dict]:
+        return [{"label": v, "size": 1, "files": 1, "changed": [], "removed": []}
+                for v in labels]
+
+    return [
+        {"name": "minilm", "title": "real", "versions": versions(["v1", "v2"]), "info": {}},
+        {"name": "synthetic", "title": "synthetic bf16 1 GiB, v1 + v2",
+         "versions": versions(["v1", "v2"]), "info": {}},
+    ]
+
+
+def _run(cas_v2: float, cas_restore: float) -> dict:
+    return {
+        "minilm": {
+            "tools": {"cas": _tool([0.5, 0.4], 85.0, 0.3, rss_mb=120),
+                      "borg": _tool([0.7, 0.5], 100.0, 0.5),
+                      "restic": _tool([1.0, 0.9], 110.0, 0.8),
+                      "git-lfs": _tool([0.6, 0.6], 400.0, 0.2)},
+            "baselines": _baselines([0.1, 0.1], 0.05, 0.02),
+        },
+        "synthetic": {
+            "tools": {"cas": _tool([2.0, cas_v2], 700.0, cas_restore, rss_mb=140),
+                      "borg": _tool([4.0, 2.0], 900.0, 4.0),
+                      "restic": _tool([6.0, 3.0], 1000.0, 3.0)},
+            "baselines": _baselines([1.0, 1.0], 0.7, 0.3),
+        },
+    }
+
+
+def test_medians_best_peers_and_verdicts() -> None:
+    tools = ["cas", "borg", "restic", "git-lfs"]
+    runs = [_run(1.1, 1.7), _run(1.3, 1.9), _run(1.2, 1.5)]
+    summary = compare.summarize(_series(), runs, tools)
+    cas = summary["synthetic"]["tools"]["cas"]
+    assert cas["ingest"] == [2.0, 1.2]  # medians of each version's runs
+    assert cas["ingest_samples"][1] == [1.1, 1.3, 1.2]
+    assert cas["restore"] == 1.7
+    targets = {t["target"]: t for t in compare.compute_targets(summary, tools[1:])}
+
+    stored = targets["real-model series stored <= 0.85x best of restic/borg"]
+    assert stored["value"] == pytest.approx(0.85) and stored["pass"]  # at the limit passes
+    assert "borg" in stored["detail"]
+
+    v2 = targets["ingest of the 5%-changed v2 <= 0.6x fastest peer"]
+    assert v2["value"] == pytest.approx(1.2 / 2.0) and v2["pass"]
+
+    restore = targets["restore of the last version (synthetic v2) <= 0.6x fastest peer"]
+    assert restore["value"] == pytest.approx(1.7 / 3.0) and restore["pass"]
+    assert "restic" in restore["detail"]  # restic restores faster than borg here
+
+    minilm = targets["restore of the last version (minilm v2) <= 0.6x fastest peer"]
+    assert minilm["value"] == pytest.approx(0.3 / 0.2) and not minilm["pass"]
+
+    cold = targets["cold ingest of the 1 GiB file <= 1.0x copy+fsync"]
+    assert cold["value"] == pytest.approx(2.0) and not cold["pass"]
+
+    rss = targets["peak RSS <= 150 MB in every cas operation"]
+    assert rss["value"] == pytest.approx(140) and rss["pass"]
+
+    lines = compare.target_lines(list(targets.values()))
+    assert sum(line.startswith("FAIL") for line in lines) == sum(
+        not t["pass"] for t in targets.values())
+
+
+def test_a_slower_cas_fails_the_same_target() -> None:
+    tools = ["cas", "borg", "restic"]
+    runs = [_run(1.5, 1.7)]
+    summary = compare.summarize(_series(), runs, tools)
+    targets = {t["target"]: t for t in compare.compute_targets(summary, tools[1:])}
+    assert not targets["ingest of the 5%-changed v2 <= 0.6x fastest peer"]["pass"]
+
+
+def test_spread_lists_every_run() -> None:
+    tools = ["cas", "borg"]
+    runs = [_run(1.1, 1.7), _run(1.3, 1.9)]
+    doc = {"summary": compare.summarize(_series(), runs, tools)}
+    text = "\n".join(compare.spread_lines(doc))
+    assert "1.10, 1.30" in text and "1.70, 1.90" in text
