@@ -196,6 +196,7 @@ class _Ingester:
         self.counters = _Counters()
         self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="cas-chunk")
         self.hasher = ThreadPoolExecutor(1, thread_name_prefix="cas-hash")
+        self.planner = ThreadPoolExecutor(1, thread_name_prefix="cas-plan")
         self.drainer = ThreadPoolExecutor(1, thread_name_prefix="cas-write")
         self._buffers: BufferPool | None = None
 
@@ -210,20 +211,27 @@ class _Ingester:
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.hasher.shutdown(wait=True, cancel_futures=True)
+        self.planner.shutdown(wait=True, cancel_futures=True)
         self.drainer.shutdown(wait=True, cancel_futures=True)
 
     def _known(self, oid: bytes) -> bool:
         return oid in self.writer or self.store.packs.has(oid)
 
     def _work_group(self, chunks: list[tuple[int, memoryview]], floats: FloatRanges | None,
-                    plan: derive.Plan | None) -> list[_ChunkResult]:
-        """Hash a run of ``(file offset, chunk)``, and compress the ones the store lacks."""
+                    planned: Future[derive.Plan | None] | None) -> list[_ChunkResult]:
+        """Hash a run of ``(file offset, chunk)``, and compress the ones the store lacks.
+
+        ``planned`` is worked out on another thread while the file is read; it is waited for
+        only when a chunk turns out to be new."""
         out: list[_ChunkResult] = []
+        plan = None
         for offset, view in chunks:
             oid = blake3_id(view)
             if self._known(oid):
                 out.append((oid, len(view), None, None))
                 continue
+            if planned is not None:
+                plan, planned = planned.result(), None
             where = floats.locate(offset, len(view)) if floats is not None else None
             tensor = plan.tensor_at(offset, len(view)) if plan is not None else None
             if tensor is not None and plan.decided.get(tensor, True):  # type: ignore[union-attr]
@@ -293,7 +301,8 @@ class _Ingester:
             self.writer.add(oid, kind, codec, len(data), stored)
         return oid
 
-    def ingest(self, path: Path, label: str, plan: derive.Plan | None = None) -> FileDigest:
+    def ingest(self, path: Path, label: str,
+               plan: Future[derive.Plan | None] | None = None) -> FileDigest:
         """Chunk, hash and pack one file in a single pass; return its digest."""
         sha = hashlib.sha256()
 
@@ -405,8 +414,11 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
         try:
             for rel, fpath, st, key, cached in todo:
                 started = time.time_ns()
-                digest = ing.ingest(fpath, rel, _plan(store, fpath, st.st_size,
-                                                      base_files.get(rel)))
+                base = base_files.get(rel)
+                # The plan reads the base file's header (and imports numpy): off the path.
+                plan = ing.planner.submit(_plan, store, fpath, st.st_size, base) \
+                    if base is not None else None
+                digest = ing.ingest(fpath, rel, plan)
                 after = os.stat(fpath)
                 if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or \
                         digest.size != st.st_size:
