@@ -2,7 +2,8 @@
 
 A fine-tune changes every weight of a layer a little; a dtype conversion rewrites the whole file.
 Neither leaves a chunk that deduplicates, yet both are almost entirely predictable from the
-previous version of the same file: a fine-tuned tensor from its old values, an F16 tensor from
+previous version of the same file (the add's first ``--parent``, else the model's latest
+version): a fine-tuned tensor from its old values, an F16 tensor from
 its F32 original cast with round-to-nearest-even. For a chunk that lies in such a tensor, the
 ingest builds that prediction, XORs it with the chunk, and stores the residual (mostly zero
 bytes, see :mod:`cas.bytegroup` for how it is then compressed) with a recipe for the prediction.

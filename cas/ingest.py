@@ -407,9 +407,12 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
                     hits += 1
                     continue
             todo.append((rel, fpath, st, key, cached))
-        # The latest version's files are the bases that fine-tunes and dtype conversions are
-        # predicted from (see cas.derive).
-        base_files = {f.path: f for f in store.manifest(live[-1]).files} if live else {}
+        # Fine-tunes and dtype conversions are predicted (see cas.derive) from the same files
+        # in the first --parent if one is given, else in the model's latest version.
+        base_version = (store.registry.resolve(parse_version_spec(options.parents[0]))
+                        if options.parents else live[-1] if live else None)
+        base_files = ({f.path: f for f in store.manifest(base_version).files}
+                      if base_version is not None else {})
         ing = _Ingester(store, writer, progress, sum(st.st_size for _, _, st, _, _ in todo))
         try:
             for rel, fpath, st, key, cached in todo:

@@ -246,3 +246,29 @@ def test_stores_made_before_derived_chunks_never_get_them(tmp_path: Path) -> Non
     store.add("m", _save(tmp_path / "v2", {k: v.astype(np.float16) for k, v in w.items()}))
     assert not _derived_payloads(store)
     store.close()
+
+
+def test_a_new_model_is_predicted_from_its_parent(tmp_path: Path) -> None:
+    """A fine-tune registered under its own name with --parent is derived from the parent."""
+    w = _weights(8)
+    store = Store.init(tmp_path / "store")
+    store.add("org/base", _save(tmp_path / "v1", w))
+    before = _store_bytes(store)
+    from cas import AddOptions
+
+    store.add("org/base-f16", _save(tmp_path / "f16", {k: v.astype(np.float16)
+                                                       for k, v in w.items()}),
+              AddOptions(parents=["org/base@1"]))
+    size = (tmp_path / "f16" / "model.safetensors").stat().st_size
+    assert _store_bytes(store) - before < 0.03 * size
+    derived, before = len(_derived_payloads(store)), _store_bytes(store)
+    _save_bf16(tmp_path / "other", {k: _bf16(v) for k, v in w.items()})
+    store.add("org/other", tmp_path / "other")  # no parent, no earlier version: no base
+    assert len(_derived_payloads(store)) == derived
+    assert _store_bytes(store) - before > 0.5 * size
+    store.close()
+    store = Store.open(tmp_path / "store")
+    store.checkout("org/base-f16", tmp_path / "out")
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == \
+        (tmp_path / "f16" / "model.safetensors").read_bytes()
+    store.close()
