@@ -187,7 +187,7 @@ def _write_file(store: Store, entry: FileEntry, fd: int, writer: DurableWriter,
 
 
 def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
-             progress: Progress | None = None) -> CheckoutResult:
+             progress: Progress | None = None, cached: bool = False) -> CheckoutResult:
     """Write every file of ``version`` under ``dest`` (created if missing).
 
     Raises:
@@ -221,7 +221,8 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
             tmp = parent / f".{final.name}.{secrets.token_hex(4)}.cas-tmp"
             try:
                 with open(tmp, "xb", buffering=0) as out:
-                    writer = DurableWriter(out.fileno(), size_hint=entry.size)
+                    writer = DurableWriter(out.fileno(), size_hint=entry.size,
+                                           direct=not cached)
                     try:
                         done = _write_file(store, entry, out.fileno(), writer, pools,
                                            windows, done, total, progress)

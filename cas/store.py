@@ -266,11 +266,17 @@ class Store:
         return add(self, name, Path(path), options or AddOptions(), progress)
 
     def checkout(self, spec: str, dest: Path | str, *, force: bool = False,
-                 progress: Progress | None = None) -> CheckoutResult:
-        """Write the files of ``spec`` under ``dest``, byte-identical and SHA-256 verified."""
+                 progress: Progress | None = None, cached: bool = False) -> CheckoutResult:
+        """Write the files of ``spec`` under ``dest``, byte-identical and SHA-256 verified.
+
+        Large files are written with ``O_DIRECT`` (fastest, and other programs' cached data
+        stays cached); ``cached=True`` writes through the page cache instead, so that the
+        files are in memory for a program that loads them right away.
+        """
         from cas.checkout import checkout
 
-        return checkout(self, self.resolve(spec), Path(dest), force=force, progress=progress)
+        return checkout(self, self.resolve(spec), Path(dest), force=force, progress=progress,
+                        cached=cached)
 
     def verify(self, spec: str | None = None, progress: Progress | None = None, *,
                repair: bool = False) -> VerifyReport:

@@ -73,3 +73,35 @@ def test_damage_in_the_middle_of_a_file_leaves_nothing_and_next_files_work(
     store.checkout("good", tmp_path / "out2")
     assert (tmp_path / "out2" / "a").read_bytes() == (src / "a").read_bytes()
     store.close()
+
+
+def test_cached_checkout_writes_the_same_bytes_without_direct_io(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--cached: the page cache is used (no O_DIRECT is ever turned on), the bytes are equal."""
+    from cas import fsutil
+
+    want = _files(tmp_path / "src")
+    store = Store.init(tmp_path / "store")
+    store.add("m", tmp_path / "src")
+    turned_on = []
+    real = fsutil._set_direct
+    monkeypatch.setattr(fsutil, "_set_direct",
+                        lambda fd, on: (turned_on.append(on) if on else None) or real(fd, on))
+    store.checkout("m", tmp_path / "cached", cached=True)
+    assert turned_on == []
+    for name, data in want.items():
+        assert (tmp_path / "cached" / name).read_bytes() == data, name
+    store.checkout("m", tmp_path / "direct")
+    assert True in turned_on  # the default does ask for direct writes on big files
+    store.close()
+
+
+def test_cli_cached_flag(cas, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "src"
+    src.mkdir()
+    data = random.Random(11).randbytes(2_500_000)
+    (src / "w.bin").write_bytes(data)
+    cas("add", "m", str(src))
+    r = cas("--json", "checkout", "m", str(tmp_path / "out"), "--cached")
+    assert r.json["ok"] and r.json["files"] == 1
+    assert (tmp_path / "out" / "w.bin").read_bytes() == data
