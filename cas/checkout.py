@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import stat as stat_mod
 from bisect import bisect_left, bisect_right
 from collections import deque
@@ -218,7 +217,7 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
         for entry in manifest.files:
             parent = _safe_parent(dest, entry.path)
             final = parent / entry.path.rsplit("/", 1)[-1]
-            tmp = parent / f".{final.name}.{secrets.token_hex(4)}.cas-tmp"
+            tmp = parent / f".{final.name}.{os.urandom(4).hex()}.cas-tmp"
             try:
                 with open(tmp, "xb", buffering=0) as out:
                     writer = DurableWriter(out.fileno(), size_hint=entry.size,

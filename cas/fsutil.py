@@ -8,7 +8,6 @@ most a temp file that the next writer removes (:func:`clean_tmp`).
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 from cas.errors import from_os_error
@@ -25,7 +24,7 @@ def fsync_dir(path: Path) -> None:
 
 def tmp_name(tmp_dir: Path, stem: str) -> Path:
     """A fresh, unique temp path in ``tmp_dir``; the pid makes stale files easy to attribute."""
-    return tmp_dir / f"{stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    return tmp_dir / f"{stem}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
 
 
 def atomic_write(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:

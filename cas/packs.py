@@ -18,10 +18,9 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cas import derive
 from cas.compression import CODEC_DERIVED, decompress
-from cas.derive import RangeReader
 from cas.errors import (
     CasError,
     DiskError,
@@ -38,6 +37,9 @@ from cas.ids import blake3_id
 from cas.multipack import PREFIX as MIDX_PREFIX
 from cas.multipack import SUFFIX as MIDX_SUFFIX
 from cas.multipack import OpenMidx
+
+if TYPE_CHECKING:
+    from cas.derive import RangeReader
 
 PACK_PREFIX = "pack-"
 
@@ -235,8 +237,9 @@ class Pack:
         self.count = fmt.check_index_header(self._idx, pack_id, size)
         self._ids = _IdView(self._idx)
         self._fd: int | None = None
-        #: Reads base files for derived chunks (codec 3); set by the PackSet.
-        self.ranges: RangeReader | None = None
+        #: The PackSet that opened this pack: derived chunks (codec 3) read their base files
+        #: through its range reader.
+        self.owner: PackSet | None = None
 
     def close(self) -> None:
         self._idx.close()
@@ -329,8 +332,10 @@ class Pack:
     def _decode(self, entry: fmt.Entry, stored: bytes | memoryview,
                 into: memoryview | None = None) -> bytes | memoryview:
         oid_hex = entry.oid.hex()
-        if entry.codec == CODEC_DERIVED and self.ranges is not None:
-            raw = derive.decode(stored, entry.raw_len, self.ranges, object_id=oid_hex)
+        if entry.codec == CODEC_DERIVED and self.owner is not None:
+            from cas import derive
+
+            raw = derive.decode(stored, entry.raw_len, self.owner.ranges, object_id=oid_hex)
             if into is not None:
                 into[:] = raw
                 raw = into
@@ -369,9 +374,18 @@ class PackSet:
         self.stale_midx: set[str] = set()  # midxs naming packs that are gone (harmless)
         self._covered: set[str] = set()
         self._uncovered: list[Pack] = []
-        #: Shared by every pack: base-file reads for derived chunks, with their caches.
-        self.ranges = RangeReader(self.read, self.read_chunk_list, self.chain_depth)
+        self._ranges: RangeReader | None = None
         self.refresh()
+
+    @property
+    def ranges(self) -> RangeReader:
+        """Base-file reads for derived chunks, shared by every pack, with their caches (made
+        on first use: most commands never meet a derived chunk)."""
+        if self._ranges is None:
+            from cas.derive import RangeReader
+
+            self._ranges = RangeReader(self.read, self.read_chunk_list, self.chain_depth)
+        return self._ranges
 
     def refresh(self) -> None:
         """Open indexes and midxs that appeared since the last refresh."""
@@ -387,7 +401,7 @@ class PackSet:
                 continue
             try:
                 self.packs[pack_id] = Pack(self.packs_dir, pack_id)
-                self.packs[pack_id].ranges = self.ranges
+                self.packs[pack_id].owner = self
             except (VerifyError, SchemaError, NotFoundError, DiskError, PermError) as exc:
                 # One unreadable index must not hide every other pack.
                 self.broken[pack_id] = exc.message
@@ -488,7 +502,9 @@ class PackSet:
         loc = self.locate(oid) or self.locate_everywhere(oid)
         if loc is None or loc.entry.codec != CODEC_DERIVED:
             return 0
-        return derive.depth_of_payload(loc.pack.read_stored(loc.entry))
+        from cas.derive import depth_of_payload
+
+        return depth_of_payload(loc.pack.read_stored(loc.entry))
 
     def read_chunk_list(self, oid: bytes) -> ChunkList:
         """The chunk list ``oid``.
