@@ -685,12 +685,12 @@ def write_docs(doc: dict) -> None:
     lines += ["![stored bytes and ingest time per tool](benchmarks.png)", "",
               "## Targets", "", "```", *target_lines(doc["targets"]), "```", "",
               *spread_lines(doc),
-              "The targets against copy + fsync and plain `cp` compare with copies that neither "
-              "hash nor verify: the hashes the format requires (SHA-256, BLAKE3 per chunk, "
-              "FastCDC) cost more CPU time than this machine's disk takes to write the file; "
-              "docs/performance.md has the measurement. A restore of the 46 MB minilm model is "
-              "dominated by interpreter start-up and imports (about 0.12 s) and by rebuilding "
-              "its derived F16 chunks from the F32 version.", "",
+              ("The targets against copy + fsync and plain `cp` compare with copies that neither "
+               "hash nor verify: the hashes the format requires (SHA-256, BLAKE3 per chunk, "
+               "FastCDC) cost more CPU time than this machine's disk takes to write the file; "
+               "docs/performance.md has the measurement. A restore of the 46 MB minilm model is "
+               "dominated by interpreter start-up and imports (about 0.12 s) and by rebuilding "
+               "its derived F16 chunks from the F32 version."), "",
               "## Tool versions", ""]
     lines += [f"* {k}: `{v}`" for k, v in doc["versions"].items()]
     lines += ["", "## Machine", "",
