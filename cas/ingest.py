@@ -462,7 +462,7 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
 def _plan(store: Store, path: Path, size: int, base: FileEntry | None) -> derive.Plan | None:
     """How to predict ``path``'s tensors from ``base`` (the same file in the latest version),
     or None when either is not a safetensors file or they share no float tensor."""
-    if base is None or base.size < 8 or not store.config.compression.derive or \
+    if base is None or base.size < 8 or not store.config.derives or \
             detect_format(path) != "safetensors":
         return None
     try:

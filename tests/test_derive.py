@@ -231,14 +231,20 @@ def test_a_store_made_without_derive_stores_conversions_whole(tmp_path: Path) ->
     store.close()
 
 
-def test_stores_made_before_derived_chunks_never_get_them(tmp_path: Path) -> None:
-    """A config without the field (written by cas 0.1) means no derived chunks, so older
-    readers of that store never meet codec 3."""
+@pytest.mark.parametrize("derive_field", ["absent", "true"])
+def test_stores_made_before_derived_chunks_never_get_them(tmp_path: Path,
+                                                           derive_field: str) -> None:
+    """A format version 1 store (written by cas 0.1) never gets derived chunks, so readers
+    that know only version 1 never meet codec 3 in it."""
     store = Store.init(tmp_path / "store")
     store.close()
     cfg = tmp_path / "store" / "config.json"
     doc = json.loads(cfg.read_text())
+    assert doc["version"] == 2
     assert doc["compression"].pop("derive") is True
+    doc["version"] = 1
+    if derive_field == "true":
+        doc["compression"]["derive"] = True  # meaningless in version 1: ignored
     cfg.write_text(json.dumps(doc))
     store = Store.open(tmp_path / "store")
     w = _weights(7)

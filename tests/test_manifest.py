@@ -54,7 +54,7 @@ def test_base_doc_is_valid():
     m = decode_doc(base_doc())
     assert m.name == "org/model"
     assert m.schema == SCHEMA == "cas.manifest"
-    assert m.version == VERSION == 1
+    assert m.version == VERSION == 2
     assert [f.path for f in m.files] == ["config.json", "model.safetensors"]
 
 
@@ -165,7 +165,7 @@ def test_same_content_ignores_metadata_but_not_bytes():
 
 
 def test_whole_file_blake3_is_optional():
-    """Manifests of cas 0.1 carry a whole-file BLAKE3; newer ones leave it out (null)."""
+    """Manifests of cas 0.1 (version 1) carry a whole-file BLAKE3; version 2 leaves it out."""
     doc = base_doc()
     for f in doc["files"]:
         f.pop("blake3")
@@ -173,6 +173,13 @@ def test_whole_file_blake3_is_optional():
     assert all(f.blake3 is None for f in m.files)
     assert Manifest.decode(m.encode()) == m
     assert m.same_content(decode_doc(base_doc()))  # the same bytes, with or without it
+    old = base_doc()
+    old["version"] = 1
+    assert decode_doc(old).version == 1  # version 1, with the hash: still read
+    for f in doc["files"]:
+        f["blake3"] = None
+    doc["version"] = 1
+    _refuse(doc, "version 1")  # version 1 without it is malformed
 
 
 def test_empty_file_list_is_valid():
@@ -192,7 +199,7 @@ def _refuse(doc, match: str | None = None) -> SchemaError:
     return info.value
 
 
-@pytest.mark.parametrize("version", [0, 2, 99, -1, None, "1", True, 1.0, 1.5])
+@pytest.mark.parametrize("version", [0, 3, 99, -1, None, "1", True, 1.0, 1.5])
 def test_unknown_version_refused(version):
     doc = base_doc()
     doc["version"] = version
@@ -439,11 +446,11 @@ def test_store_config_round_trip():
     cfg = StoreConfig(created_at="2024-01-01T00:00:00Z", pack_target_bytes=1 << 20)
     assert StoreConfig.decode(cfg.encode()) == cfg
     doc = config_doc()
-    assert doc["format"] == "cas-store" and doc["version"] == 1
+    assert doc["format"] == "cas-store" and doc["version"] == 2
     assert doc["chunker"]["avg_size"] == 65536
 
 
-@pytest.mark.parametrize("version", [0, 2, None, "1", -1])
+@pytest.mark.parametrize("version", [0, 3, None, "1", -1])
 def test_store_config_unknown_version_refused(version):
     doc = config_doc()
     doc["version"] = version
@@ -523,7 +530,8 @@ def test_verify_checks_the_whole_file_blake3_of_older_manifests(tmp_path):
 
     def register(whole: str) -> None:
         f = msgspec.structs.replace(manifest.files[0], blake3=whole)
-        old = msgspec.structs.replace(manifest, files=[f], seq=store.registry.next_seq("m"))
+        old = msgspec.structs.replace(manifest, files=[f], seq=store.registry.next_seq("m"),
+                                      version=1)
         with store.writing():
             store.registry.add_version("m", old.seq, old.encode(), "as written by cas 0.1")
 

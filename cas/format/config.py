@@ -2,6 +2,10 @@
 
 ``config.json`` at the top of a store is written once by ``init``. A store whose format name or
 version this build does not know is refused with ``E_FORMAT`` before anything else is read.
+
+Version 2 added derived chunks (pack codec 3, see :mod:`cas.derive`): a version-2 store may hold
+them, so readers that only know version 1 must refuse it. Version-1 stores are still read and
+written, and never get derived chunks.
 """
 
 from __future__ import annotations
@@ -12,17 +16,15 @@ from cas.chunking import ChunkerParams
 from cas.errors import FormatError, SchemaError
 
 FORMAT_NAME = "cas-store"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = frozenset({1})
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = frozenset({1, 2})
 
 
 class CompressionParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     codec: str = "zstd"
     level: int = 1
-    #: Store fine-tuned and dtype-converted tensors as residuals against the previous version
-    #: (codec 3, see cas.derive). Absent in stores made before derived chunks existed, which
-    #: therefore never get any (a reader that predates them would take them for damage);
-    #: ``init`` turns it on.
+    #: Store fine-tuned and dtype-converted tensors as residuals against their base version
+    #: (codec 3, see cas.derive). Only in format version 2; ``init`` sets it.
     derive: bool = False
 
 
@@ -35,6 +37,11 @@ class StoreConfig(msgspec.Struct, frozen=True):
     #: Pack files are closed once they reach this many bytes.
     pack_target_bytes: int = 256 * 1024 * 1024
     created_at: str = ""
+
+    @property
+    def derives(self) -> bool:
+        """True if writers may store derived chunks: a version-1 store never holds one."""
+        return self.version >= 2 and self.compression.derive
 
     def encode(self) -> bytes:
         return msgspec.json.format(msgspec.json.encode(self), indent=2) + b"\n"

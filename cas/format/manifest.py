@@ -6,7 +6,8 @@ sizes. Decoding validates everything a later step trusts: schema name and versio
 every path (see :mod:`cas.names`), every hash's length and alphabet, and the total size.
 
 Fields added in later versions carry defaults, so an older manifest decodes in a newer build;
-a manifest of an unknown (newer) version is refused with ``E_SCHEMA``.
+a manifest of an unknown (newer) version is refused with ``E_SCHEMA``. Version 2 made the
+whole-file BLAKE3 optional (writers leave it out); version 1 requires it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from cas.ids import is_hex
 from cas.names import check_unique_paths, validate_model_name, validate_rel_path
 
 SCHEMA = "cas.manifest"
-VERSION = 1
-SUPPORTED_VERSIONS = frozenset({1})
+VERSION = 2
+SUPPORTED_VERSIONS = frozenset({1, 2})
 FORMATS = ("safetensors", "gguf", "pytorch", "onnx", "other")
 
 
@@ -31,7 +32,8 @@ class FileEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sha256: str
     chunks: str
     executable: bool = False
-    #: BLAKE3 of the whole file: written by cas 0.1 only, checked by ``verify`` when present.
+    #: BLAKE3 of the whole file: required in version 1 manifests, left out from version 2 on;
+    #: checked by ``verify`` when present.
     #: The file's identity inside the store is its chunk list id (a BLAKE3 tree over the
     #: chunks); outside it, SHA-256 (what Hugging Face and git-lfs publish).
     blake3: str | None = None
@@ -113,6 +115,8 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             for field, value in (("sha256", f.sha256), ("blake3", f.blake3), ("chunks", f.chunks)):
                 if value is not None and not is_hex(value):
                     raise SchemaError(f"manifest: {f.path}: {field} is not 64 lowercase hex")
+            if f.blake3 is None and self.version == 1:
+                raise SchemaError(f"manifest: {f.path}: blake3 is required in version 1")
         check_unique_paths(f.path for f in self.files)
         if [f.path for f in self.files] != sorted(f.path for f in self.files):
             raise SchemaError("manifest: files are not sorted by path")
