@@ -54,9 +54,8 @@ MAX_SEGMENTS = 4096
 MAX_DEPTH = 16
 ENCODE_DEPTH = 4
 
-ReadObject = Callable[[bytes], bytes]
-#: object id -> its chain depth (0 unless it is a derived chunk)
-DepthOf = Callable[[bytes], int]
+#: object id -> its verified bytes and its chain depth (0 unless it is a derived chunk)
+ReadObject = Callable[[bytes], tuple[bytes, int]]
 Segment = tuple[int, int, int, int, int]  # chunk offset, elements, base offset, src, dst
 
 
@@ -150,9 +149,8 @@ class RangeReader:
     small LRU caches, since neighbouring chunks read neighbouring ranges. Thread-safe."""
 
     def __init__(self, read_object: ReadObject, read_chunk_list: Callable[[bytes], object],
-                 depth_of: DepthOf, cached_chunks: int = 48) -> None:
+                 cached_chunks: int = 48) -> None:
         self._read_object = read_object
-        self._depth_of = depth_of
         self._read_chunk_list = read_chunk_list
         self._lists: OrderedDict[bytes, tuple[list[int], list[bytes]]] = OrderedDict()
         self._chunks: OrderedDict[bytes, tuple[bytes, int]] = OrderedDict()
@@ -181,7 +179,7 @@ class RangeReader:
             if hit is not None:
                 self._chunks.move_to_end(oid)
                 return hit
-        data = self._read_object(oid), self._depth_of(oid)
+        data = self._read_object(oid)
         with self._lock:
             self._chunks[oid] = data
             while len(self._chunks) > self._cap:

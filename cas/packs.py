@@ -384,7 +384,7 @@ class PackSet:
         if self._ranges is None:
             from cas.derive import RangeReader
 
-            self._ranges = RangeReader(self.read, self.read_chunk_list, self.chain_depth)
+            self._ranges = RangeReader(self.read_with_depth, self.read_chunk_list)
         return self._ranges
 
     def refresh(self) -> None:
@@ -497,14 +497,19 @@ class PackSet:
                 run, outs[first:] if outs is not None else None))
         return out
 
-    def chain_depth(self, oid: bytes) -> int:
-        """0 for a stored object, or the depth of a derived chunk (see :mod:`cas.derive`)."""
+    def read_with_depth(self, oid: bytes) -> tuple[bytes, int]:
+        """:meth:`read`, plus the object's chain depth: 0, or the depth a derived chunk
+        records (see :mod:`cas.derive`), taken from the bytes already read."""
         loc = self.locate(oid) or self.locate_everywhere(oid)
-        if loc is None or loc.entry.codec != CODEC_DERIVED:
-            return 0
-        from cas.derive import depth_of_payload
+        if loc is None:
+            raise NotFoundError(f"object {oid.hex()} is not in the store")
+        stored = loc.pack.read_stored(loc.entry)
+        depth = 0
+        if loc.entry.codec == CODEC_DERIVED:
+            from cas.derive import depth_of_payload
 
-        return depth_of_payload(loc.pack.read_stored(loc.entry))
+            depth = depth_of_payload(stored)
+        return loc.pack._decode(loc.entry, stored), depth  # type: ignore[return-value]
 
     def read_chunk_list(self, oid: bytes) -> ChunkList:
         """The chunk list ``oid``.
@@ -527,10 +532,7 @@ class PackSet:
             NotFoundError: no visible pack holds it.
             VerifyError: the stored bytes are damaged.
         """
-        loc = self.locate(oid) or self.locate_everywhere(oid)
-        if loc is None:
-            raise NotFoundError(f"object {oid.hex()} is not in the store")
-        return loc.pack.read(loc.entry)
+        return self.read_with_depth(oid)[0]
 
 
 def scan_pack(path: Path) -> tuple[list[fmt.Entry], bytes]:
