@@ -248,8 +248,14 @@ def _xor(a: bytes | memoryview | bytearray, b: bytearray) -> bytearray:
 def encode(chunk: bytes | memoryview, segments: list[Segment], base: bytes,
            reader: RangeReader, compress_residual: Callable[[bytearray], tuple[int, bytes]]
            ) -> bytes | None:
-    """The derived form of ``chunk``, or None if it cannot be derived. The result is decoded
-    and compared with ``chunk`` before it is returned."""
+    """The derived form of ``chunk``, or None if it cannot be derived.
+
+    Before it is returned the result is parsed back and its residual decoded and combined with
+    the prediction; that must give ``chunk`` again (the prediction itself is not recomputed:
+    it is deterministic, and recomputing it would read the base a second time).
+    """
+    from cas.compression import decompress
+
     if not segments:
         return None
     n = len(chunk)
@@ -263,7 +269,9 @@ def encode(chunk: bytes | memoryview, segments: list[Segment], base: bytes,
     parts.append(bytes([codec]))
     parts.append(body)
     payload = b"".join(parts)
-    if decode(payload, n, reader, object_id="(new)") != chunk:
+    got = _parse(payload, n, "(new)")
+    if got[:3] != (depth, base, segments) or \
+            _xor(decompress(got[3], got[4], n, object_id="(new)"), pred) != chunk:
         return None  # would be a bug; the chunk is then simply stored the usual way
     return payload
 
@@ -274,7 +282,25 @@ def decode(payload: bytes | memoryview, n: int, reader: RangeReader, *, object_i
     Raises:
         VerifyError: a malformed payload, a base that cannot be read, or a bad residual.
     """
-    from cas.compression import CODEC_GROUPED, decompress
+    from cas.compression import decompress
+
+    depth, base, segments, codec, body = _parse(payload, n, object_id)
+    residual = decompress(codec, body, n, object_id=object_id)
+    pred, actual = predict(segments, n, base, reader)
+    if actual != depth:
+        raise VerifyError(f"object {object_id}: derived encoding says depth {depth}, its base "
+                          f"chunks make it {actual}", object_id=object_id)
+    return bytes(_xor(residual, pred))
+
+
+def _parse(payload: bytes | memoryview, n: int, object_id: str
+           ) -> tuple[int, bytes, list[Segment], int, bytes]:
+    """``(depth, base, segments, residual codec, residual)`` of a derived payload, checked.
+
+    Raises:
+        VerifyError: the payload is malformed.
+    """
+    from cas.compression import CODEC_GROUPED
 
     def bad(why: str) -> VerifyError:
         return VerifyError(f"object {object_id}: derived encoding {why}", object_id=object_id)
@@ -304,11 +330,7 @@ def decode(payload: bytes | memoryview, n: int, reader: RangeReader, *, object_i
     codec = payload[pos]
     if codec > CODEC_GROUPED:
         raise bad(f"has residual codec {codec}")
-    residual = decompress(codec, bytes(payload[pos + 1 :]), n, object_id=object_id)
-    pred, actual = predict(segments, n, base, reader)
-    if actual != depth:
-        raise bad(f"says depth {depth}, its base chunks make it {actual}")
-    return bytes(_xor(residual, pred))
+    return depth, bytes(base), segments, codec, bytes(payload[pos + 1 :])
 
 
 def depth_of_payload(payload: bytes | memoryview) -> int:
