@@ -43,9 +43,9 @@ from cas.ids import blake3_id, parse_hex
 from cas.metadata import (
     MAX_SAFETENSORS_HEADER,
     describe,
-    detect_format,
     float_ranges,
     safetensors_tensors,
+    tensors,
 )
 from cas.names import (
     check_unique_paths,
@@ -419,7 +419,7 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
                 started = time.time_ns()
                 base = base_files.get(rel)
                 # The plan reads the base file's header (and imports numpy): off the path.
-                plan = ing.planner.submit(_plan, store, fpath, st.st_size, base) \
+                plan = ing.planner.submit(_plan, store, fpath, base) \
                     if base is not None else None
                 digest = ing.ingest(fpath, rel, plan)
                 after = os.stat(fpath)
@@ -459,17 +459,15 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
     )
 
 
-def _plan(store: Store, path: Path, size: int, base: FileEntry | None) -> derive.Plan | None:
+def _plan(store: Store, path: Path, base: FileEntry | None) -> derive.Plan | None:
     """How to predict ``path``'s tensors from ``base`` (the same file in the latest version),
     or None when either is not a safetensors file or they share no float tensor."""
-    if base is None or base.size < 8 or not store.config.derives or \
-            detect_format(path) != "safetensors":
+    if base is None or base.size < 8 or not store.config.derives:
+        return None
+    new = tensors(path)
+    if not new:
         return None
     try:
-        with open(path, "rb") as f:
-            new = safetensors_tensors(f, size)
-        if not new:
-            return None
         clist = parse_hex(base.chunks, what="chunk list id")
         head = store.packs.ranges.read(clist, 0, 8)[0]
         length = int.from_bytes(head, "little")

@@ -256,8 +256,15 @@ def _size(path: pathlib.Path) -> int:
         return 0
 
 
+#: Headers parsed in this process, keyed by what identifies the file's content (an add reads
+#: each weight file's header for grouping, for derivation and to describe the model).
+_PARSED: dict[tuple[str, str, int, int, int, int], _Header | None] = {}
+
+
 def _parse(fmt: str, path: pathlib.Path) -> _Header | None:
     """Parse one weight file's header, or return ``None`` if it is malformed or unreadable.
+
+    A header already parsed for the same path, size, mtime, ctime and inode is not read again.
 
     Args:
         fmt: ``"safetensors"`` or ``"gguf"``.
@@ -268,12 +275,20 @@ def _parse(fmt: str, path: pathlib.Path) -> _Header | None:
     """
     try:
         with path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
+            st = os.fstat(f.fileno())
+            key = (fmt, str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+            if key in _PARSED:
+                return _PARSED[key]
             if fmt == "safetensors":
-                return _read_safetensors(f, size)
-            return _read_gguf(f, size)
+                header: _Header | None = _read_safetensors(f, st.st_size)
+            else:
+                header = _read_gguf(f, st.st_size)
     except _PARSE_ERRORS:
         return None
+    if len(_PARSED) >= 256:
+        _PARSED.clear()
+    _PARSED[key] = header
+    return header
 
 
 def _is_uint(value: object) -> bool:
@@ -553,3 +568,10 @@ def safetensors_tensors(f: BinaryIO, size: int) -> list[Tensor]:
         return _read_safetensors(f, size).tensors
     except _PARSE_ERRORS:
         return []
+
+
+def tensors(path: pathlib.Path) -> list[Tensor]:
+    """The tensors of a safetensors file (an empty list for any other file or a malformed
+    header); the header is the one :func:`float_ranges` and :func:`describe` read."""
+    header = _parse("safetensors", path) if detect_format(path) == "safetensors" else None
+    return header.tensors if header is not None else []

@@ -311,3 +311,34 @@ def test_real_minilm_model() -> None:
     assert isinstance(d["parameter_count"], int) and d["parameter_count"] > 20_000_000
     assert d["dtypes"]
     assert detect_format(model / "model.safetensors") == "safetensors"
+
+
+def test_an_add_reads_each_weight_header_once(tmp_path: pathlib.Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Grouping, derivation and the model description share one parse of each header; a
+    file whose content changed is parsed again."""
+    from safetensors.numpy import save_file
+
+    from cas import Store, metadata
+
+    reads: list[str] = []
+    real = metadata._read_safetensors
+
+    def counting(f, size):  # type: ignore[no-untyped-def]
+        if hasattr(f, "name"):  # a file on disk, not a base header read from the store
+            reads.append(pathlib.Path(f.name).name)
+        return real(f, size)
+
+    monkeypatch.setattr(metadata, "_read_safetensors", counting)
+    src = tmp_path / "src"
+    src.mkdir()
+    w = {"a": np.arange(100_000, dtype=np.float32), "b": np.ones(50_000, dtype=np.float32)}
+    save_file(w, str(src / "model.safetensors"))
+    store = Store.init(tmp_path / "store")
+    store.add("m", src)
+    assert reads == ["model.safetensors"]
+    w["a"] = w["a"] + 1
+    save_file(w, str(src / "model.safetensors"))
+    store.add("m", src)  # a base now exists, so derivation reads the header too
+    assert reads == ["model.safetensors", "model.safetensors"]
+    store.close()
