@@ -86,18 +86,19 @@ def _decode_part(store: Store, ids: list[bytes], starts: list[int], lengths: lis
             window[a - lo : b - lo] = memoryview(data)[a - start : b - start]
 
 
-def _finish_window(parts: list[Future[None]]) -> None:
-    for f in parts:
+def _filled(tasks: list[Future[None]]) -> None:
+    """Wait until the decode tasks of one window are done (raising what one raised)."""
+    for f in tasks:
         f.result()
 
 
-def _hash_window(parts: Future[None], sha: hashlib._Hash, window: memoryview) -> None:
-    parts.result()
+def _hash_window(tasks: list[Future[None]], sha: hashlib._Hash, window: memoryview) -> None:
+    _filled(tasks)
     sha.update(window)
 
 
-def _write_window(parts: Future[None], writer: DurableWriter, window: memoryview) -> None:
-    parts.result()
+def _write_window(tasks: list[Future[None]], writer: DurableWriter, window: memoryview) -> None:
+    _filled(tasks)
     if len(window) % DIRECT_ALIGN == 0:
         writer.write_block(window)
     else:  # the file's last window: the writer takes the unaligned tail
@@ -116,12 +117,11 @@ class _Windows:
 
 
 def _write_file(store: Store, entry: FileEntry, fd: int, writer: DurableWriter,
-                pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor, ThreadPoolExecutor,
-                             ThreadPoolExecutor],
+                pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor, ThreadPoolExecutor],
                 windows: _Windows, done: int, total: int, progress: Progress | None) -> int:
     """Write one file's verified bytes through ``writer`` and fsync it; return ``done``
     advanced by its size."""
-    workers, joiner, hasher, io = pools
+    workers, hasher, io = pools
     clist = store.read_chunk_list(parse_hex(entry.chunks, what="chunk list id"))
     if clist.size != entry.size:
         raise VerifyError(
@@ -130,17 +130,17 @@ def _write_file(store: Store, entry: FileEntry, fd: int, writer: DurableWriter,
     lengths = [n for _oid, n in clist.chunks]
     starts = [0, *accumulate(lengths)]
     sha = hashlib.sha256()
-    # per window in flight: (buffer index, parts, hashed, written, bytes)
-    flight: deque[tuple[int, Future[None], Future[None], Future[None], int]] = deque()
+    # per window in flight: (buffer index, decode tasks, hashed, written, bytes)
+    flight: deque[tuple[int, list[Future[None]], Future[None], Future[None], int]] = deque()
 
     def retire() -> None:
         nonlocal done
-        index, parts, hashed, written, n = flight.popleft()
+        index, tasks, hashed, written, n = flight.popleft()
         try:
             hashed.result()
             written.result()
         finally:
-            for f in (parts, hashed, written):
+            for f in (*tasks, hashed, written):
                 f.exception()  # never reuse a buffer a thread may still touch
             windows.free.append(index)
         done += n
@@ -165,15 +165,14 @@ def _write_file(store: Store, entry: FileEntry, fd: int, writer: DurableWriter,
                 tasks.append(workers.submit(_decode_part, store, ids[k:m], starts[k:m],
                                             lengths[k:m], view, lo))
                 k = m
-            parts = joiner.submit(_finish_window, tasks)
-            flight.append((index, parts, hasher.submit(_hash_window, parts, sha, view),
-                           io.submit(_write_window, parts, writer, view), hi - lo))
+            flight.append((index, tasks, hasher.submit(_hash_window, tasks, sha, view),
+                           io.submit(_write_window, tasks, writer, view), hi - lo))
         while flight:
             retire()
     finally:
         while flight:  # after an error: let every thread finish with its buffer
-            index, *futs, _n = flight.popleft()
-            for f in futs:
+            index, tasks, hashed, written, _n = flight.popleft()
+            for f in (*tasks, hashed, written):
                 f.exception()
             windows.free.append(index)
     if sha.hexdigest() != entry.sha256:
@@ -210,10 +209,9 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
     done = 0
     windows = _Windows()
     with gc_paused(), ThreadPoolExecutor(WORKERS, thread_name_prefix="cas-read") as workers, \
-            ThreadPoolExecutor(1, thread_name_prefix="cas-join") as joiner, \
             ThreadPoolExecutor(1, thread_name_prefix="cas-sha") as hasher, \
             ThreadPoolExecutor(1, thread_name_prefix="cas-write") as io:
-        pools = (workers, joiner, hasher, io)
+        pools = (workers, hasher, io)
         for entry in manifest.files:
             parent = _safe_parent(dest, entry.path)
             final = parent / entry.path.rsplit("/", 1)[-1]
