@@ -205,12 +205,6 @@ def _set_direct(fd: int, on: bool) -> bool:
     return on
 
 
-def _is_direct(fd: int) -> bool:
-    import fcntl
-
-    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0))
-
-
 def _write_fully(fd: int, view: memoryview) -> None:
     while view:
         n = os.write(fd, view)
