@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 import msgspec
-import pyfastcdc
 
 from cas.errors import SchemaError
 
@@ -58,6 +57,8 @@ class Chunker:
     def __init__(self, params: ChunkerParams = DEFAULT_PARAMS) -> None:
         params.validate()
         self.params = params
+        import pyfastcdc  # on first use: commands that never cut a file skip loading it
+
         self._cdc = pyfastcdc.FastCDC(
             avg_size=params.avg_size,
             min_size=params.min_size,
