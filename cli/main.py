@@ -98,7 +98,7 @@ def init(ctx: Ctx, path: str | None, no_derive: bool) -> None:
     store = Store.init(target, derive=not no_derive)
     ctx.out.result({"store": str(store.path), "format_version": store.config.version,
                     "chunker": store.config.chunker,
-                    "derive": store.config.compression.derive},
+                    "derive": store.config.derives},
                    f"initialized cas store at {store.path}")
 
 
