@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
 
@@ -73,7 +73,7 @@ class DiskUsage(msgspec.Struct):
 
 
 def _iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 def list_models(store: Store, pattern: str | None = None, *, format: str | None = None,

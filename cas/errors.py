@@ -11,6 +11,8 @@ does), so ``except FileNotFoundError`` keeps working for callers that know nothi
 
 from __future__ import annotations
 
+import msgspec
+
 
 class CasError(Exception):
     """Base of all cas errors.
@@ -129,6 +131,19 @@ class Interrupted(CasError):
 
     code = "E_INTERRUPTED"
     exit_code = 130
+
+
+class CasWarning(msgspec.Struct, frozen=True):
+    """Something the user should know that did not stop the command (an unparseable weight
+    header, a skipped dangling symlink, metadata an unchanged ``add`` did not record).
+
+    Results carry a list of these under ``warnings``; the CLI prints each as one line on stderr
+    (``cas: warning: MESSAGE [W_CODE]``), and ``--json`` keeps them in the document. Codes start
+    with ``W_`` and are stable like error codes.
+    """
+
+    code: str
+    message: str
 
 
 #: Exit code for a bug (an exception that is not a CasError).

@@ -24,7 +24,7 @@ import stat as stat_mod
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,7 +36,7 @@ from cas.chunking import BufferPool, Chunker
 from cas.compression import CODEC_DERIVED, Compressor
 from cas.errors import ArgsError, CasError, ConflictError, NotFoundError, from_os_error
 from cas.format.chunklist import ChunkList
-from cas.format.manifest import FileEntry, Manifest, Metadata
+from cas.format.manifest import FileEntry, Manifest, Metadata, Provenance
 from cas.format.pack import KIND_CHUNK, KIND_CHUNK_LIST
 from cas.gcpause import gc_paused
 from cas.ids import blake3_id, parse_hex
@@ -55,6 +55,7 @@ from cas.names import (
     validate_tag,
 )
 from cas.packs import PackWriter
+from cas.registry import resolve_identity
 from cas.statcache import FileDigest, StatCache
 
 if TYPE_CHECKING:
@@ -87,6 +88,13 @@ class AddOptions:
     extra: dict[str, str] = field(default_factory=dict)
     source: str | None = None  # default: the absolute path added
     rehash: bool = False
+    provenance: Provenance = field(default_factory=Provenance)
+    #: ``Name <email>`` or a bare name; default: $CAS_AUTHOR, the git identity, user@host.
+    author: str | None = None
+    #: Move a requested tag that names another version of the model.
+    force_tag: bool = False
+    #: Globs (gitignore syntax) of paths to leave out, besides those in ``.casignore``.
+    exclude: list[str] = field(default_factory=list)
 
 
 class AddResult(msgspec.Struct):
@@ -505,9 +513,10 @@ def _commit(store: Store, name: str, path: Path, options: AddOptions, entries: l
         metrics=dict(options.metrics),
         license=options.license,
         source=options.source or str(path.expanduser().absolute()),
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         created_on=socket.gethostname(),
         extra=dict(options.extra),
+        provenance=options.provenance,
     )
     manifest = Manifest(name=name, seq=seq, files=entries,
                         total_size=sum(e.size for e in entries), metadata=meta)
@@ -521,7 +530,8 @@ def _commit(store: Store, name: str, path: Path, options: AddOptions, entries: l
     for t in options.tags:
         if (name, t) in taken:
             raise ConflictError(f"tag {name}@{t} exists (move it with 'cas tag --force')")
-    version = registry.add_version(name, seq, manifest.encode(), options.message)
+    version = registry.add_version(name, seq, manifest.encode(), options.message,
+                                   resolve_identity(options.author))
     for t in options.tags:
         registry.set_tag(version, t)
     return version.seq, version.commit, True

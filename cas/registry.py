@@ -35,7 +35,7 @@ from cas.names import VersionSpec, validate_model_name, validate_tag
 MODEL_REF_PREFIX = b"refs/models/"
 TAG_REF_PREFIX = b"refs/tags/"
 VERSIONS_DIR = b"versions"
-_TRAILER = re.compile(rb"^Cas-(Action|Version): (\S+)$", re.M)
+_TRAILER = re.compile(rb"^Cas-(Action|Version): (\S+)$", re.MULTILINE)
 
 
 def version_path(seq: int) -> bytes:
@@ -51,12 +51,56 @@ def tag_ref(name: str, tag: str) -> bytes:
 
 
 def default_identity() -> tuple[str, str]:
-    """``(user, user@host)``: who registers versions from this process."""
+    """``(user, user@host)``: who registers versions from this process when nothing says."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):  # no user name configured for this uid
         user = "unknown"
     return user, f"{user}@{socket.gethostname()}"
+
+
+_IDENTITY = re.compile(r"\s*([^<>\n]*?)\s*<([^<>\n]*)>\s*\Z")
+
+
+def parse_identity(text: str) -> tuple[str, str]:
+    """``Name <email>`` -> ``(Name, email)``; a bare name gets ``name@host`` as its email.
+
+    Raises:
+        ArgsError: empty, a newline, or angle brackets in the wrong places.
+    """
+    m = _IDENTITY.match(text)
+    if m and m.group(1):
+        return m.group(1), m.group(2)
+    if text.strip() and not any(c in text for c in "<>\n"):
+        return text.strip(), f"{text.strip().replace(' ', '.')}@{socket.gethostname()}"
+    raise ArgsError(f"author {text!r} must be 'Name <email>' or a name")
+
+
+def resolve_identity(explicit: str | None = None) -> tuple[str, str]:
+    """Who is registering: ``explicit`` (``--author``), else ``$CAS_AUTHOR``, else the git
+    identity (``user.name`` and ``user.email`` from the user's git config, also read from
+    ``$GIT_AUTHOR_NAME``/``$GIT_AUTHOR_EMAIL``), else ``user@host`` of the process."""
+    import os
+
+    if explicit:
+        return parse_identity(explicit)
+    env = os.environ.get("CAS_AUTHOR")
+    if env:
+        return parse_identity(env)
+    name = os.environ.get("GIT_AUTHOR_NAME")
+    email = os.environ.get("GIT_AUTHOR_EMAIL")
+    if not (name and email):
+        try:
+            from dulwich.config import StackedConfig
+
+            cfg = StackedConfig.default()
+            name = name or cfg.get((b"user",), b"name").decode()
+            email = email or cfg.get((b"user",), b"email").decode()
+        except (KeyError, OSError, UnicodeDecodeError, ValueError):
+            pass
+    if name and email:
+        return parse_identity(f"{name} <{email}>")
+    return default_identity()
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -106,7 +106,7 @@ class Store:
                 shutil.rmtree(path / "registry", ignore_errors=True)
                 Registry.init(path / "registry").close()
             cfg = StoreConfig(compression=CompressionParams(derive=derive),
-                              created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                              created_at=datetime.now(UTC).isoformat(timespec="seconds"))
             # config.json is written last: a directory without it is not yet a store.
             atomic_write(path / CONFIG, cfg.encode(), path / "tmp")
             fsync_dir(path)

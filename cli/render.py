@@ -23,8 +23,12 @@ class Output:
 
     def result(self, doc: Any, text: str | list[str] | None = None) -> None:
         """Print the result: one JSON document, or ``text`` for humans (unless quiet)."""
+        payload = msgspec.to_builtins(doc)
+        warnings = payload.get("warnings") if isinstance(payload, dict) else None
+        if warnings and not self.json and not self.quiet:
+            for w in warnings:
+                sys.stderr.write(f"cas: warning: {w['message']} [{w['code']}]\n")
         if self.json:
-            payload = msgspec.to_builtins(doc)
             if isinstance(payload, dict):
                 payload = {"ok": True, **payload}
             else:

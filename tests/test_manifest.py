@@ -54,7 +54,7 @@ def test_base_doc_is_valid():
     m = decode_doc(base_doc())
     assert m.name == "org/model"
     assert m.schema == SCHEMA == "cas.manifest"
-    assert m.version == VERSION == 2
+    assert m.version == VERSION == 3
     assert [f.path for f in m.files] == ["config.json", "model.safetensors"]
 
 
@@ -69,7 +69,7 @@ def test_encode_is_canonical():
         "format": "safetensors", "architecture": "Llama", "dtypes": ["F16"]
     }
     assert list(json.loads(out)) == [
-        "name", "seq", "files", "total_size", "metadata", "schema", "version"
+        "name", "seq", "files", "total_size", "metadata", "schema", "version", "requires"
     ]
 
 
@@ -199,11 +199,29 @@ def _refuse(doc, match: str | None = None) -> SchemaError:
     return info.value
 
 
-@pytest.mark.parametrize("version", [0, 3, 99, -1, None, "1", True, 1.0, 1.5])
-def test_unknown_version_refused(version):
+@pytest.mark.parametrize("version", [0, -1, None, "1", "4", True, 1.0, 1.5])
+def test_malformed_version_refused(version):
     doc = base_doc()
     doc["version"] = version
     _refuse(doc)
+
+
+@pytest.mark.parametrize("version", [4, 99])
+def test_newer_version_refused_as_format(version):
+    """A manifest of a later version is not damage: the reader is too old (E_FORMAT)."""
+    doc = base_doc()
+    doc["version"] = version
+    with pytest.raises(FormatError, match="upgrade cas") as info:
+        decode_doc(doc)
+    assert info.value.code == "E_FORMAT"
+
+
+def test_unknown_required_feature_refused():
+    doc = base_doc()
+    doc["requires"] = ["tensor-parity"]
+    with pytest.raises(FormatError, match="tensor-parity") as info:
+        decode_doc(doc)
+    assert info.value.code == "E_FORMAT"
 
 
 def test_missing_version_refused():
@@ -231,12 +249,16 @@ def test_not_a_manifest_refused(raw):
         Manifest.decode(raw)
 
 
-@pytest.mark.parametrize("where", ["top", "file", "metadata"])
-def test_unknown_field_refused(where):
+@pytest.mark.parametrize("where", ["top", "file", "metadata", "provenance"])
+def test_unknown_optional_field_accepted(where):
+    """A newer host's optional fields never make this build refuse a manifest."""
     doc = base_doc()
-    target = {"top": doc, "file": doc["files"][0], "metadata": doc["metadata"]}[where]
-    target["surprise"] = 1
-    _refuse(doc, "surprise")
+    doc["metadata"]["provenance"] = {"run_id": "r1"}
+    target = {"top": doc, "file": doc["files"][0], "metadata": doc["metadata"],
+              "provenance": doc["metadata"]["provenance"]}[where]
+    target["surprise"] = {"nested": [1, 2]}
+    m = decode_doc(doc)
+    assert m.name == "org/model" and m.metadata.provenance.run_id == "r1"
 
 
 @pytest.mark.parametrize("field", ["name", "seq", "files", "total_size"])
@@ -367,10 +389,13 @@ def test_json_schema():
     defs = schema["$defs"]
     root = defs[schema["$ref"].rsplit("/", 1)[-1]]
     assert set(root["properties"]) == {
-        "name", "seq", "files", "total_size", "metadata", "schema", "version"
+        "name", "seq", "files", "total_size", "metadata", "schema", "version", "requires"
     }
     assert set(root["required"]) == {"name", "seq", "files", "total_size"}
-    assert root.get("additionalProperties") is False
+    # later versions may add optional fields: readers carry them
+    assert root.get("additionalProperties") is not False
+    assert set(defs["Provenance"]["properties"]) == {
+        "run_id", "datasets", "code_revision", "seed", "environment"}
     file_props = defs["FileEntry"]["properties"]
     assert set(file_props) == {"path", "size", "sha256", "blake3", "chunks", "executable"}
     assert set(defs["FileEntry"]["required"]) == {"path", "size", "sha256", "chunks"}

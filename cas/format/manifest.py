@@ -5,26 +5,33 @@ file's chunk list) and metadata. It never lists chunks, so it stays small whatev
 sizes. Decoding validates everything a later step trusts: schema name and version, model name,
 every path (see :mod:`cas.names`), every hash's length and alphabet, and the total size.
 
-Fields added in later versions carry defaults, so an older manifest decodes in a newer build;
-a manifest of an unknown (newer) version is refused with ``E_SCHEMA``. Version 2 made the
-whole-file BLAKE3 optional (writers leave it out); version 1 requires it.
+Evolution (``docs/format.md``, "Evolution"): fields added later carry defaults, so an older
+manifest decodes in a newer build; fields this build does not know are accepted (and kept by
+:func:`cas.annotate` when it rewrites a manifest), so a newer host's metadata never makes this
+one refuse a manifest. What a reader must understand to use a manifest correctly is listed in
+``requires``; a feature named there that this build does not know is refused with ``E_FORMAT``,
+as is a manifest version it does not know. Version 2 made the whole-file BLAKE3 optional;
+version 3 added ``requires``, provenance and the rule above.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from cas.errors import SchemaError
+from cas.errors import FormatError, SchemaError
 from cas.ids import is_hex
 from cas.names import check_unique_paths, validate_model_name, validate_rel_path
 
 SCHEMA = "cas.manifest"
-VERSION = 2
-SUPPORTED_VERSIONS = frozenset({1, 2})
+VERSION = 3
+SUPPORTED_VERSIONS = frozenset({1, 2, 3})
+#: Features a manifest may list in ``requires`` that this build understands (none yet: the
+#: list exists so that a later feature can make older readers refuse instead of misread).
+KNOWN_FEATURES: frozenset[str] = frozenset()
 FORMATS = ("safetensors", "gguf", "pytorch", "onnx", "other")
 
 
-class FileEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class FileEntry(msgspec.Struct, frozen=True):
     """One file of a model version."""
 
     path: str
@@ -39,7 +46,22 @@ class FileEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     blake3: str | None = None
 
 
-class Metadata(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+class Provenance(msgspec.Struct, frozen=True, omit_defaults=True):
+    """How the weights were made, for reproducing or auditing them. All optional."""
+
+    #: Training run id (an experiment tracker's run, a job id).
+    run_id: str | None = None
+    #: Datasets trained on, each as ``NAME[@REVISION]``.
+    datasets: list[str] = []
+    #: Revision of the training code (a git commit, a tag).
+    code_revision: str | None = None
+    #: Random seed of the run.
+    seed: int | None = None
+    #: Environment of the run: library versions, hardware, container image.
+    environment: dict[str, str] = {}
+
+
+class Metadata(msgspec.Struct, frozen=True, omit_defaults=True):
     """What is known about a model version. Detected fields come from file headers."""
 
     format: str = "other"
@@ -58,9 +80,10 @@ class Metadata(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_f
     created_on: str = ""
     #: Free ``--meta key=value`` pairs.
     extra: dict[str, str] = {}
+    provenance: Provenance = Provenance()
 
 
-class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class Manifest(msgspec.Struct, frozen=True):
     """A registered version: the unit stored in each registry commit."""
 
     name: str
@@ -70,6 +93,8 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     metadata: Metadata = Metadata()
     schema: str = SCHEMA
     version: int = VERSION
+    #: Features a reader must understand to use this manifest (see KNOWN_FEATURES).
+    requires: list[str] = []
 
     def encode(self) -> bytes:
         """Canonical JSON: fixed key order, two-space indent, trailing newline."""
@@ -80,7 +105,8 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         """Parse and validate manifest JSON.
 
         Raises:
-            SchemaError: invalid JSON, unknown schema or version, or any invalid field.
+            SchemaError: invalid JSON, unknown schema, a malformed version, or any invalid field.
+            FormatError: a newer manifest version, or a required feature this build lacks.
         """
         try:
             head = msgspec.json.decode(data)
@@ -88,11 +114,18 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise SchemaError(f"manifest is not valid JSON: {exc}") from None
         if not isinstance(head, dict) or head.get("schema") != SCHEMA:
             raise SchemaError("not a cas manifest (schema field missing or wrong)")
-        if head.get("version") not in SUPPORTED_VERSIONS:
-            raise SchemaError(
+        version = head.get("version")
+        newer = type(version) is int and version > max(SUPPORTED_VERSIONS)
+        if version not in SUPPORTED_VERSIONS or type(version) is not int:
+            raise (FormatError if newer else SchemaError)(
                 f"manifest version {head.get('version')!r} is not supported by this cas "
-                f"(supports {sorted(SUPPORTED_VERSIONS)})"
+                f"(supports {sorted(SUPPORTED_VERSIONS)}); upgrade cas"
             )
+        unknown = sorted(set(head.get("requires") or []) - KNOWN_FEATURES) \
+            if isinstance(head.get("requires"), list) else []
+        if unknown:
+            raise FormatError(f"manifest requires features this cas does not know: "
+                              f"{', '.join(map(str, unknown))}; upgrade cas")
         try:
             manifest = msgspec.convert(head, cls)
         except msgspec.ValidationError as exc:
@@ -128,7 +161,7 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def same_content(self, other: Manifest) -> bool:
         """True if both versions hold the same files with the same bytes and modes."""
-        key = lambda m: [(f.path, f.sha256, f.size, f.executable) for f in m.files]  # noqa: E731
+        key = lambda m: [(f.path, f.sha256, f.size, f.executable) for f in m.files]
         return key(self) == key(other)
 
 
