@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from cas.errors import ArgsError, CasError, NotFoundError, SchemaError
+from cas.errors import ArgsError, CasError, FormatError, NotFoundError, SchemaError
 from cas.format.manifest import FORMATS, Manifest
 from cas.ids import parse_hex
 from cas.names import validate_model_name
@@ -93,7 +93,7 @@ def list_models(store: Store, pattern: str | None = None, *, format: str | None 
         tags = sorted(t for (n, t) in all_tags if n == name)
         try:
             m = store.manifest(latest)
-        except SchemaError as exc:
+        except (SchemaError, FormatError) as exc:
             # One unreadable manifest must not hide the rest of the catalog.
             if not (format or role):
                 rows.append(ModelRow(name, latest.seq, len(versions), 0, "other", None, tags,
@@ -157,7 +157,7 @@ def disk_usage(store: Store, name: str | None = None) -> DiskUsage:
     for model, seq, blob in store.registry.all_manifest_blobs():
         try:
             m = Manifest.decode(blob)
-        except SchemaError:
+        except (SchemaError, FormatError):
             continue  # counted by nobody; `cas verify --all` names the unreadable manifest
         ids = _objects_of(store, m, sizes)
         for oid in ids:

@@ -21,7 +21,7 @@ import blake3
 import msgspec
 
 from cas.checkout import WORKERS
-from cas.errors import CasError, SchemaError
+from cas.errors import CasError, FormatError, SchemaError
 from cas.format.manifest import FileEntry, Manifest
 from cas.format.pack import KIND_CHUNK_LIST, Entry
 from cas.gcpause import gc_paused
@@ -133,7 +133,7 @@ def verify_all(store: Store, progress: Progress | None = None) -> VerifyReport:
         ref = f"{name}@{seq}"
         try:
             manifest = Manifest.decode(data)
-        except SchemaError as exc:
+        except (SchemaError, FormatError) as exc:
             report.broken_versions.append(BrokenVersion(ref, [], [exc.message]))
             continue
         files: list[str] = []
@@ -187,7 +187,7 @@ def verify_version(store: Store, version: Version,
     report = VerifyReport(ok=True, scope=version.ref, versions_checked=1)
     try:
         manifest = store.manifest(version)
-    except SchemaError as exc:
+    except (SchemaError, FormatError) as exc:
         report.broken_versions.append(BrokenVersion(version.ref, [], [exc.message]))
         report.ok = False
         return report

@@ -443,11 +443,11 @@ def test_manifest_of_unknown_version_is_refused(populated: Path, tmp_path: Path)
     with Store.open(populated) as st:
         st.registry.add_version("future", 1, json.dumps(manifest).encode(), "from the future")
     r = cas(populated, "show", "future")
-    expect_error(r, "E_SCHEMA", 5)
+    expect_error(r, "E_FORMAT", 11)
     assert "99" in r.doc["error"]["message"]
-    expect_error(cas(populated, "show", "future@1"), "E_SCHEMA", 5)
+    expect_error(cas(populated, "show", "future@1"), "E_FORMAT", 11)
     dest = tmp_path / "dest"
-    expect_error(cas(populated, "checkout", "future", str(dest)), "E_SCHEMA", 5)
+    expect_error(cas(populated, "checkout", "future", str(dest)), "E_FORMAT", 11)
     # One unreadable manifest does not hide the rest of the catalog.
     rows = {row["name"]: row for row in ok(populated, "ls")["models"]}
     assert "99" in rows["future"]["error"] and rows["m"]["error"] is None
