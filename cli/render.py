@@ -5,9 +5,11 @@ The one place that maps library errors to messages and exit codes is :func:`fail
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import msgspec
 
@@ -87,34 +89,102 @@ def human_bytes(n: float) -> str:
 
 
 class ProgressBar:
-    """A one-line progress bar on stderr: bytes done/total, rate, ETA. Redraws at most 10x/s."""
+    """A one-line progress bar: label, bar, bytes done/total, rate, ETA. Redraws at most 10x/s.
 
-    def __init__(self, width: int = 24) -> None:
-        self.width = width
+    The line always fits the terminal: its width is read from the stream's terminal on every
+    draw (so a resize applies at the next frame), and the line is kept to at most width - 1
+    columns, because a line that reaches the last column wraps on some terminals and every
+    later ``\r`` redraw would then leave a stale copy behind. As the width shrinks, the label
+    is shortened first (keeping its end, the file name), then the bar, then the ETA and the rate
+    are dropped, then the bar; a terminal too narrow even for that gets the line cut.
+    """
+
+    LABEL_WIDTH = 28
+    MIN_LABEL = 12
+    BAR_WIDTH = 24
+    MIN_BAR = 8
+
+    def __init__(self, stream: TextIO | None = None, min_interval: float = 0.1) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.min_interval = min_interval
         self.start = time.monotonic()
-        self.last = 0.0
+        self.last: float | None = None
         self.drawn = False
+
+    def columns(self) -> int:
+        """Columns of the stream's terminal (``$COLUMNS`` or 80 if it has none)."""
+        try:
+            cols = os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            cols = 0
+        return cols if cols > 0 else shutil.get_terminal_size().columns
 
     def __call__(self, done: int, total: int, label: str) -> None:
         now = time.monotonic()
-        if now - self.last < 0.1 and done < total:
+        if self.last is not None and now - self.last < self.min_interval and done < total:
             return
         self.last = now
-        elapsed = max(now - self.start, 1e-6)
-        rate = done / elapsed
-        frac = done / total if total else 1.0
-        filled = int(self.width * frac)
-        eta = (total - done) / rate if rate > 0 else 0.0
-        bar = "#" * filled + "-" * (self.width - filled)
-        name = label if len(label) <= 28 else "..." + label[-25:]
-        sys.stderr.write(
-            f"\r{name:<28} [{bar}] {human_bytes(done)}/{human_bytes(total)} "
-            f"{human_bytes(rate)}/s ETA {int(eta) // 60}:{int(eta) % 60:02d}\x1b[K"
-        )
-        sys.stderr.flush()
+        rate = done / max(now - self.start, 1e-6)
+        eta = int((total - done) / rate) if rate > 0 else 0
+        line = self.render(self.columns() - 1, done, total, label, rate, eta)
+        self.stream.write(f"\r{line}\x1b[K")
+        self.stream.flush()
         self.drawn = True
+
+    @classmethod
+    def render(cls, budget: int, done: int, total: int, label: str, rate: float,
+               eta: int) -> str:
+        """The line for one frame, at most ``budget`` characters long."""
+        frac = min(max(done / total, 0.0), 1.0) if total > 0 else 1.0
+        sizes = f"{human_bytes(done)}/{human_bytes(total)}"
+        speed = f"{human_bytes(rate)}/s"
+        eta_s = f"ETA {eta // 60}:{eta % 60:02d}"
+        for tail in (f"{sizes} {speed} {eta_s}", f"{sizes} {speed}", sizes):
+            room = budget - len(tail) - 1  # for "LABEL [BAR]" and the space before the tail
+            label_w = min(cls.LABEL_WIDTH, room - cls.BAR_WIDTH - 3)
+            bar_w = cls.BAR_WIDTH
+            if label_w < cls.MIN_LABEL:
+                label_w = cls.MIN_LABEL
+                bar_w = room - label_w - 3
+            if bar_w >= cls.MIN_BAR:
+                filled = int(bar_w * frac)
+                bar = "#" * filled + "-" * (bar_w - filled)
+                return f"{_fit(label, label_w)} [{bar}] {tail}"
+        room = budget - len(sizes) - 1
+        if room >= cls.MIN_LABEL // 2:
+            return f"{_fit(label, room)} {sizes}"
+        return sizes[:max(budget, 0)]
 
     def close(self) -> None:
         if self.drawn:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def _fit(text: str, width: int) -> str:
+    """``text`` padded to ``width`` terminal columns, or its end behind "..." when it is wider.
+
+    Control characters (a file name may hold a newline or an escape) are shown as "?", and
+    East Asian wide characters count two columns.
+    """
+    import unicodedata
+
+    def cols(c: str) -> int:
+        if unicodedata.combining(c):
+            return 0
+        return 2 if unicodedata.east_asian_width(c) in "WF" else 1
+
+    text = "".join("?" if not c.isprintable() else c for c in text)
+    used = sum(cols(c) for c in text)
+    if used > width:
+        keep = max(width - 3, 0)
+        tail: list[str] = []
+        used = 0
+        for c in reversed(text):
+            if used + cols(c) > keep:
+                break
+            tail.append(c)
+            used += cols(c)
+        text = "..."[: width - used] + "".join(reversed(tail))
+        used += min(3, width)
+    return text + " " * max(width - used, 0)
