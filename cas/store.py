@@ -36,6 +36,7 @@ from cas.registry import Registry, Version
 if TYPE_CHECKING:
     from cas.catalog import DiskUsage, HistoryRow, ModelRow, VersionDetail
     from cas.checkout import CheckoutResult
+    from cas.diff import DiffResult
     from cas.ingest import AddOptions, AddResult
     from cas.verify import VerifyReport
 
@@ -352,6 +353,13 @@ class Store:
             model_removed = self.registry.remove_version(version)
             return {"removed": [version.ref], "tags_removed": tags,
                     "model_removed": model_removed}
+
+    def diff(self, a: str, b: str) -> DiffResult:
+        """Files and tensors that differ from version ``a`` to version ``b`` (see
+        :mod:`cas.diff`): only chunks whose ids differ are read."""
+        from cas.diff import diff_versions
+
+        return diff_versions(self, self.resolve(a), self.resolve(b))
 
     def du(self, name: str | None = None) -> DiskUsage:
         from cas.catalog import disk_usage
