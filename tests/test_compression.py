@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import zstandard
@@ -129,32 +130,89 @@ def test_truncated_frame_refused():
         decompress(CODEC_ZSTD, stored[: len(stored) // 2], len(data))
 
 
-def test_corrupted_frame_never_returns_wrong_bytes():
-    data = compressible_bytes(50000)
-    _, stored = Compressor().compress(data)
-    bad = bytearray(stored)
-    bad[len(bad) // 2] ^= 0x55
+def _flips(frame: bytes) -> Iterator[tuple[int, bytes]]:
+    """Every single-bit flip of ``frame`` at bits 0 and 7 of each byte."""
+    for pos in range(len(frame)):
+        for mask in (0x01, 0x80):
+            bad = bytearray(frame)
+            bad[pos] ^= mask
+            yield pos, bytes(bad)
+
+
+def test_corrupted_frame_is_refused_or_decodes_to_the_recorded_length():
+    """What ``decompress`` alone promises: a damaged frame raises VerifyError (never another
+    exception) or decodes to exactly the recorded length. zstd frames carry no checksum here,
+    so the content may differ: the BLAKE3 check of the reader (next test) is what catches it."""
+    data = compressible_bytes(4000)
+    codec, stored = Compressor().compress(data)
+    assert codec == CODEC_ZSTD
+    refused = 0
+    for _, bad in _flips(bytes(stored)):
+        try:
+            out = decompress(CODEC_ZSTD, bad, len(data))
+        except VerifyError:
+            refused += 1
+            continue
+        assert len(out) == len(data)
+    assert refused > 0
+
+
+def test_corrupted_frame_never_returns_wrong_bytes(tmp_path: Path):
+    """Every single-bit flip of a stored zstd frame in a real pack: reading the chunk either
+    raises VerifyError or returns the original bytes, never different ones."""
+    from cas.format import pack as fmt
+    from cas.ids import blake3_id
+    from cas.packs import PackSet, PackWriter, scan_pack
+
+    (tmp_path / "packs").mkdir()
+    (tmp_path / "tmp").mkdir()
+    data = compressible_bytes(4000)
+    codec, stored = Compressor().compress(data)
+    assert codec == CODEC_ZSTD
+    oid = blake3_id(data)
+    writer = PackWriter(tmp_path / "packs", tmp_path / "tmp", 1 << 20)
+    writer.add(oid, fmt.KIND_CHUNK, codec, len(data), stored)
+    writer.finish()
+    pack_file = tmp_path / "packs" / f"pack-{writer.finished[0]}.pack"
+    (entry,), _ = scan_pack(pack_file)
+    original = pack_file.read_bytes()
+    start = entry.data_offset
+    assert original[start : start + entry.stored_len] == stored
+
+    outcomes = {"refused by zstd or length": 0, "refused by BLAKE3": 0, "returned": 0}
+    packs = PackSet(tmp_path / "packs")
     try:
-        out = decompress(CODEC_ZSTD, bytes(bad), len(data))
-    except VerifyError:
-        return
-    # zstd has no checksum by default; if it decodes, the length must still be exact
-    # (the caller's BLAKE3 check catches the content).
-    assert len(out) == len(data)
+        assert packs.read(oid) == data
+        for pos, bad in _flips(bytes(stored)):
+            pack_file.write_bytes(original[:start] + bad + original[start + len(bad):])
+            try:
+                out = packs.read(oid)
+            except VerifyError as exc:
+                assert exc.object_id == oid.hex()
+                key = "refused by BLAKE3" if "content hashes to" in exc.message else \
+                    "refused by zstd or length"
+                outcomes[key] += 1
+                continue
+            assert out == data, f"flip at frame byte {pos} returned wrong bytes"
+            outcomes["returned"] += 1
+    finally:
+        packs.close()
+    # Both guards were exercised: flips that zstd decoded to other bytes of the right length
+    # were stopped by the hash, so this test would fail without it.
+    assert outcomes["refused by BLAKE3"] > 0, outcomes
+    assert outcomes["refused by zstd or length"] > 0, outcomes
 
 
-def test_zstd_bomb_declared_size_refused_fast_without_allocating():
+def test_zstd_bomb_declared_size_refused_without_allocating():
     bomb = zstandard.ZstdCompressor(level=1).compress(bytes(10_000_000))
     assert len(bomb) < 10_000
     tracemalloc.start()
-    t0 = time.perf_counter()
     try:
         with pytest.raises(VerifyError) as info:
             decompress(CODEC_ZSTD, bomb, 1000, object_id="bomb")
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert time.perf_counter() - t0 < 0.5
     assert peak < 1_000_000
     assert info.value.object_id == "bomb"
     assert info.value.expected == "1000"
