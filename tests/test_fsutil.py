@@ -52,18 +52,46 @@ def test_bytes_round_trip_across_buffers(tmp_path: Path, size: int, direct: bool
     assert w.written == size
 
 
-def test_direct_writes_are_used_when_the_filesystem_allows(tmp_path: Path) -> None:
+def _fdinfo_direct(fd: int) -> bool:
+    """Whether the kernel holds ``fd`` open with O_DIRECT (its flags in /proc/self/fdinfo)."""
+    for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
+        if line.startswith("flags:"):
+            return bool(int(line.split()[1], 8) & os.O_DIRECT)
+    raise AssertionError(f"no flags line in /proc/self/fdinfo/{fd}")
+
+
+@pytest.mark.skipif(not hasattr(os, "O_DIRECT") or not Path("/proc/self/fdinfo").is_dir(),
+                    reason="needs O_DIRECT and /proc/self/fdinfo (Linux)")
+def test_direct_writes_are_used_when_the_filesystem_allows(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each write to the file is observed as the kernel sees it: the whole blocks go out while
+    the file is open with O_DIRECT, the unaligned tail after it was turned off."""
+    try:  # whether this filesystem takes O_DIRECT, asked of the kernel, not of the writer
+        os.close(os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644))
+    except OSError:
+        pytest.skip("this filesystem refuses O_DIRECT")
+    real_write = os.write
+    seen: list[tuple[int, bool]] = []  # (bytes, O_DIRECT on the fd at the time)
     fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
+    def observed_write(target: int, data) -> int:  # type: ignore[no-untyped-def]
+        if target == fd:
+            seen.append((len(data), _fdinfo_direct(fd)))
+        return real_write(target, data)
+
+    monkeypatch.setattr(fsutil.os, "write", observed_write)
+    data = random.Random(5).randbytes(3 * DIRECT_ALIGN + 5)
     try:
         w = DurableWriter(fd, size_hint=64 << 20)
-        supported = w.direct
-        w.write(b"x" * (3 * DIRECT_ALIGN + 5))
+        assert w.direct
+        w.write(data)
         w.finish()
     finally:
         os.close(fd)
-    if not supported:
-        pytest.skip("this filesystem refuses O_DIRECT")
-    assert (tmp_path / "f").read_bytes() == b"x" * (3 * DIRECT_ALIGN + 5)
+    assert sum(n for n, direct in seen if direct) == 3 * DIRECT_ALIGN, seen
+    assert all(n % DIRECT_ALIGN == 0 for n, direct in seen if direct), seen
+    assert seen[-1] == (5, False), seen  # the tail, written buffered
+    assert (tmp_path / "f").read_bytes() == data
 
 
 def test_small_files_are_written_buffered(tmp_path: Path) -> None:
@@ -78,8 +106,8 @@ def test_small_files_are_written_buffered(tmp_path: Path) -> None:
     assert (tmp_path / "f").read_bytes() == b"small"
 
 
-def test_einval_from_a_direct_write_falls_back_to_buffered(tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_einval_from_a_direct_write_falls_back_to_buffered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A device whose alignment is coarser than ours fails direct writes with EINVAL (after
     possibly writing part): the writer rewrites the block buffered, from its start."""
     real_write = os.write
