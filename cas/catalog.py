@@ -17,7 +17,7 @@ import msgspec
 from cas.errors import ArgsError, CasError, FormatError, NotFoundError, SchemaError
 from cas.format.manifest import FORMATS, Manifest
 from cas.ids import parse_hex
-from cas.names import validate_model_name
+from cas.names import parse_version_spec, validate_model_name
 from cas.registry import Version
 from cas.store import Store
 
@@ -29,8 +29,24 @@ class ModelRow(msgspec.Struct):
     size: int
     format: str
     role: str | None
-    tags: list[str]
+    #: Tags of the model's versions, each as ``TAG`` -> sequence number.
+    tags: dict[str, int]
+    #: When the latest version was registered (UTC, ISO 8601).
     updated_at: str
+    error: str | None = None
+
+
+class VersionRow(msgspec.Struct):
+    """One live version, for ``ls --long``."""
+
+    name: str
+    seq: int
+    registered_at: str
+    author: str
+    size: int
+    format: str
+    tags: list[str]
+    message: str
     error: str | None = None
 
 
@@ -43,9 +59,16 @@ class VersionDetail(msgspec.Struct):
     message: str
     tags: list[str]
     manifest: Manifest
+    #: ``metadata.parents`` as ``NAME@N`` where the parent is known here.
+    parents: list[str] = []
+    #: When the metadata was last annotated (UTC, ISO 8601), if ever.
+    annotated_at: str | None = None
 
 
 class HistoryRow(msgspec.Struct):
+    """One event: ``add``, ``annotate``, ``rm``, ``restore`` (registry commits) or ``tag``
+    (a current tag, dated by its tag object)."""
+
     action: str
     seq: int
     commit: str
@@ -53,6 +76,7 @@ class HistoryRow(msgspec.Struct):
     at: str
     message: str
     tags: list[str]
+    versions: list[int] = []
 
 
 class VersionUsage(msgspec.Struct):
@@ -76,10 +100,18 @@ def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
+SORT_KEYS = ("name", "date", "size", "versions")
+
+
 def list_models(store: Store, pattern: str | None = None, *, format: str | None = None,
-                role: str | None = None, tag: str | None = None) -> list[ModelRow]:
+                role: str | None = None, tag: str | None = None,
+                sort: str = "name") -> list[ModelRow]:
+    """Models with at least one live version, filtered and sorted (``date``, ``size`` and
+    ``versions`` sort newest/largest first)."""
     if format is not None and format not in FORMATS:
         raise ArgsError(f"unknown format {format!r} (one of {', '.join(FORMATS)})")
+    if sort not in SORT_KEYS:
+        raise ArgsError(f"unknown sort key {sort!r} (one of {', '.join(SORT_KEYS)})")
     reg = store.registry
     all_tags = reg.tags()
     rows = []
@@ -90,7 +122,11 @@ def list_models(store: Store, pattern: str | None = None, *, format: str | None 
         if not versions:
             continue
         latest = versions[-1]
-        tags = sorted(t for (n, t) in all_tags if n == name)
+        seq_of = {v.commit: v.seq for v in versions}
+        tags = {t: seq_of[c] for (n, t), c in sorted(all_tags.items())
+                if n == name and c in seq_of}
+        if tag and tag not in tags:
+            continue
         try:
             m = store.manifest(latest)
         except (SchemaError, FormatError) as exc:
@@ -103,29 +139,86 @@ def list_models(store: Store, pattern: str | None = None, *, format: str | None 
             continue
         if role and m.metadata.role != role:
             continue
-        if tag and tag not in tags:
-            continue
         rows.append(ModelRow(name, latest.seq, len(versions), m.total_size, m.metadata.format,
                              m.metadata.role, tags, _iso(latest.timestamp)))
+    key = {"name": lambda r: r.name, "date": lambda r: r.updated_at,
+           "size": lambda r: r.size, "versions": lambda r: r.versions}[sort]
+    rows.sort(key=key, reverse=sort != "name")
     return rows
 
 
+def list_versions(store: Store, models: list[ModelRow]) -> list[VersionRow]:
+    """Every live version of the given models (oldest first within a model)."""
+    out = []
+    for row in models:
+        versions = store.registry.versions(row.name)
+        by_seq: dict[int, list[str]] = {}
+        for t, seq in row.tags.items():
+            by_seq.setdefault(seq, []).append(t)
+        for v in versions:
+            try:
+                m = store.manifest(v)
+                size, fmt, err = m.total_size, m.metadata.format, None
+            except (SchemaError, FormatError) as exc:
+                size, fmt, err = 0, "other", exc.message
+            out.append(VersionRow(v.name, v.seq, _iso(v.timestamp), v.author, size, fmt,
+                                  sorted(by_seq.get(v.seq, [])), v.message, err))
+    return out
+
+
 def show(store: Store, version: Version) -> VersionDetail:
+    manifest = store.manifest(version)
+    parents = [_parent_ref(store, p) for p in manifest.metadata.parents]
+    annotated = None
+    for h in store.registry.history(version.name):
+        if h.action == "annotate" and version.seq in h.versions:
+            annotated = _iso(h.timestamp)
+            break
     return VersionDetail(version.name, version.seq, version.commit, version.author,
                          _iso(version.timestamp), version.message,
-                         store.registry.tags_of(version), store.manifest(version))
+                         store.registry.tags_of(version), manifest, parents, annotated)
 
 
-def history(store: Store, name: str) -> list[HistoryRow]:
-    validate_model_name(name)
+def _parent_ref(store: Store, parent: str) -> str:
+    """``NAME@<commit>`` -> ``NAME@N`` when that commit added version N here."""
+    name, _, commit = parent.rpartition("@")
+    try:
+        return f"{name}@{store.registry.version_of_commit(name, commit).seq}"
+    except (CasError, KeyError, ValueError):
+        return parent
+
+
+def history(store: Store, spec: str) -> list[HistoryRow]:
+    """Events of model ``NAME`` (newest first), or with ``NAME@V`` of that one version:
+    added, annotated, tagged, removed, restored. Removed models keep their history."""
+    parsed = parse_version_spec(spec)
     reg = store.registry
-    if reg.head(name) is None:
-        raise NotFoundError(f"model {name!r} is not registered")
+    if reg.head(parsed.name) is None:
+        reg.state(parsed.name)  # raises NotFoundError, with a did-you-mean
+    only: int | None = None
+    if parsed.selector is not None:
+        only = reg.resolve(parsed, removed_ok=True).seq
+    seq_of_commit = {h.commit: h.seq for h in reg.history(parsed.name) if h.action == "add"}
     by_commit: dict[str, list[str]] = {}
-    for (_, t), c in reg.tags(name).items():
-        by_commit.setdefault(c, []).append(t)
-    return [HistoryRow(h.action, h.seq, h.commit, h.author, _iso(h.timestamp), h.message,
-                       sorted(by_commit.get(h.commit, []))) for h in reg.history(name)]
+    tag_rows = []
+    for tag, commit, tagger, at in reg.tag_events(parsed.name):
+        by_commit.setdefault(commit, []).append(tag)
+        seq = seq_of_commit.get(commit)
+        if seq is not None and (only is None or seq == only):
+            tag_rows.append((at, HistoryRow("tag", seq, commit, tagger, _iso(at),
+                                            f"tag {parsed.name}@{tag} -> v{seq}", [tag], [seq])))
+    tag_rows.sort(key=lambda r: r[0], reverse=True)
+    rows = []
+    for h in reg.history(parsed.name):  # the commit chain's order is kept as it is
+        if only is not None and only not in h.versions:
+            continue
+        while tag_rows and tag_rows[0][0] >= h.timestamp:
+            rows.append(tag_rows.pop(0)[1])
+        tags = sorted(by_commit.get(h.commit, [])) if h.action == "add" else \
+            sorted(t for t, s in h.tags if only is None or s == only)
+        rows.append(HistoryRow(h.action, h.seq, h.commit, h.author, _iso(h.timestamp),
+                               h.message, tags, list(h.versions)))
+    return rows + [r for _, r in tag_rows]
 
 
 def _objects_of(store: Store, manifest: Manifest, sizes: dict[bytes, int]) -> list[bytes]:

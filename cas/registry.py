@@ -5,10 +5,14 @@ This is the only module that imports dulwich. Layout (see ``docs/format.md``):
 - a model ``NAME`` is the ref ``refs/models/NAME``;
 - the tree of that ref's tip holds ``versions/<seq:06d>.json`` for every live version, so the
   tip alone tells which versions exist (gc and retention read only tips);
-- each ``add`` is a commit that adds one manifest file; ``rm NAME@V`` is a commit that deletes
-  one; both carry ``Cas-Action`` and ``Cas-Version`` trailers;
+- every change is one commit on the model's first-parent chain, with trailers saying what it
+  did: ``add`` adds one manifest file, ``rm`` deletes one or more (removing every version
+  leaves the ref with an empty tree, so the history stays reachable and sequence numbers are
+  never reused), ``restore`` puts removed manifests back, ``annotate`` replaces one manifest
+  with the same files and new metadata;
 - a tag ``T`` on ``NAME@V`` is an annotated git tag ``refs/tags/NAME@T`` pointing at the commit
-  that added the version (``@`` cannot occur in names, so tags never collide with models).
+  that added the version (``@`` cannot occur in names, so tags never collide with models); the
+  tags ``rm --force`` deletes are recorded in its commit, and ``restore`` recreates them.
 
 Plain ``git log refs/models/NAME``, ``git show`` and ``git fsck`` work on it. Callers hold the
 store write lock for every mutation; refs are still moved with compare-and-swap so that a
@@ -35,7 +39,8 @@ from cas.names import VersionSpec, validate_model_name, validate_tag
 MODEL_REF_PREFIX = b"refs/models/"
 TAG_REF_PREFIX = b"refs/tags/"
 VERSIONS_DIR = b"versions"
-_TRAILER = re.compile(rb"^Cas-(Action|Version): (\S+)$", re.MULTILINE)
+_TRAILER = re.compile(rb"^Cas-(Action|Version|Tag): ([^\n]+)$", re.MULTILINE)
+ACTIONS = ("add", "rm", "restore", "annotate")
 
 
 def version_path(seq: int) -> bytes:
@@ -105,7 +110,8 @@ def resolve_identity(explicit: str | None = None) -> tuple[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class Version:
-    """One registered version of a model."""
+    """One registered version of a model. ``commit`` is the commit that added it: it names
+    the version for good (tags point at it), whatever later commits annotate or remove."""
 
     name: str
     seq: int
@@ -121,22 +127,89 @@ class Version:
 
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
-    """One commit of a model's history: an add or an rm of one version."""
+    """One commit of a model's history.
+
+    ``versions`` are the sequence numbers it affects; ``tags`` are ``(tag, seq)`` pairs that an
+    ``rm`` deleted or a ``restore`` brought back.
+    """
 
     action: str
-    seq: int
+    versions: tuple[int, ...]
+    tags: tuple[tuple[str, int], ...]
     commit: str
+    parent: str | None
     author: str
     timestamp: int
     message: str
 
+    @property
+    def seq(self) -> int:
+        return self.versions[0]
 
-def _trailers(message: bytes) -> tuple[str, int]:
-    found = dict(_TRAILER.findall(message))
+
+@dataclass(frozen=True, slots=True)
+class RemovedVersion:
+    """A version an ``rm`` took out of the model's tip: what ``restore`` can bring back."""
+
+    version: Version
+    removed_at: int
+    removed_by: str
+    removal_commit: str
+    #: Blob id of the manifest as it was when removed.
+    blob: str
+    #: Tags the removal deleted.
+    tags: tuple[str, ...]
+
+
+@dataclass
+class ModelState:
+    """Everything one walk of a model's history tells: live versions, removed ones, events."""
+
+    name: str
+    head: bytes
+    live: dict[int, bytes]
+    added: dict[int, HistoryEntry]
+    removed: dict[int, RemovedVersion]
+    history: list[HistoryEntry]
+
+    def version(self, seq: int) -> Version:
+        h = self.added[seq]
+        return Version(self.name, seq, h.commit, h.author, h.timestamp, h.message)
+
+    def live_versions(self) -> list[Version]:
+        return [self.version(seq) for seq in sorted(self.live) if seq in self.added]
+
+
+def _trailers(message: bytes) -> tuple[str, tuple[int, ...], tuple[tuple[str, int], ...]]:
+    action = None
+    versions: list[int] = []
+    tags: list[tuple[str, int]] = []
     try:
-        return found[b"Action"].decode(), int(found[b"Version"])
-    except (KeyError, ValueError):
-        raise SchemaError("registry commit lacks Cas-Action/Cas-Version trailers") from None
+        for key, value in _TRAILER.findall(message):
+            value = value.strip()
+            if key == b"Action":
+                action = value.decode()
+            elif key == b"Version":
+                versions.append(int(value))
+            else:
+                tag, seq = value.decode().split(" ")
+                tags.append((tag, int(seq)))
+    except (ValueError, UnicodeDecodeError):
+        raise SchemaError("registry commit has malformed Cas- trailers") from None
+    if action not in ACTIONS or not versions:
+        raise SchemaError("registry commit lacks Cas-Action/Cas-Version trailers")
+    return action, tuple(versions), tuple(tags)
+
+
+def _message(subject: str, action: str, seqs: list[int], tags: list[tuple[str, int]]) -> str:
+    lines = [subject, "", f"Cas-Action: {action}"]
+    lines += [f"Cas-Version: {seq}" for seq in seqs]
+    lines += [f"Cas-Tag: {tag} {seq}" for tag, seq in tags]
+    return "\n".join(lines) + "\n"
+
+
+def _versions_text(seqs: list[int]) -> str:
+    return ", ".join(f"v{s}" for s in seqs)
 
 
 class Registry:
@@ -164,6 +237,8 @@ class Registry:
     # -- reading ---------------------------------------------------------------------------
 
     def model_names(self) -> list[str]:
+        """Every model with a ref, including those whose every version was removed (their ref
+        remains, with an empty tree, so that history and sequence numbers survive)."""
         keys = self.repo.refs.keys(base=MODEL_REF_PREFIX.rstrip(b"/"))
         return sorted(k.decode() for k in keys)
 
@@ -172,6 +247,15 @@ class Registry:
             return self.repo.refs[model_ref(name)]
         except KeyError:
             return None
+
+    def find_case_clash(self, name: str) -> str | None:
+        """An existing model whose name equals ``name`` up to case, or None. Refs are files,
+        and such names collide on case-insensitive filesystems (macOS, Windows, SMB)."""
+        key = name.casefold()
+        for other in self.model_names():
+            if other != name and other.casefold() == key:
+                return other
+        return None
 
     def _commit(self, sha: bytes) -> Commit:
         obj = self.repo[sha]
@@ -199,28 +283,55 @@ class Registry:
         sha = self.head(name)
         while sha is not None:
             c = self._commit(sha)
-            action, seq = _trailers(c.message)
+            action, seqs, tags = _trailers(c.message)
+            parent = c.parents[0] if c.parents else None
             yield HistoryEntry(
-                action,
-                seq,
-                sha.decode(),
-                c.author.decode(errors="replace"),
-                c.author_time,
+                action, seqs, tags, sha.decode(), parent.decode() if parent else None,
+                c.author.decode(errors="replace"), c.author_time,
                 c.message.decode(errors="replace").split("\n", 1)[0],
             )
-            sha = c.parents[0] if c.parents else None
+            sha = parent
 
-    def versions(self, name: str) -> list[Version]:
-        """Live versions of ``name``, oldest first."""
+    def state(self, name: str) -> ModelState:
+        """Walk the model's history once: live, added and removed versions, all events.
+
+        Raises:
+            NotFoundError: no such model.
+        """
         head = self.head(name)
         if head is None:
-            raise NotFoundError(f"model {name!r} is not registered")
+            raise NotFoundError(f"model {name!r} is not registered" + self._did_you_mean(name))
         live = self._tree_versions(self._commit(head).tree)
-        found: list[Version] = []
-        for h in self.history(name):
-            if h.action == "add" and h.seq in live:
-                found.append(Version(name, h.seq, h.commit, h.author, h.timestamp, h.message))
-        return sorted(found, key=lambda v: v.seq)
+        history = list(self.history(name))
+        added: dict[int, HistoryEntry] = {}
+        last_event: dict[int, HistoryEntry] = {}
+        for h in history:  # newest first
+            for seq in h.versions:
+                if h.action in ("add", "rm", "restore"):
+                    last_event.setdefault(seq, h)
+                if h.action == "add":
+                    added.setdefault(seq, h)
+        removed: dict[int, RemovedVersion] = {}
+        for seq, h in last_event.items():
+            if h.action != "rm" or seq in live or seq not in added or h.parent is None:
+                continue
+            blob = self._tree_versions(self._commit(h.parent.encode()).tree).get(seq)
+            if blob is None:
+                continue
+            a = added[seq]
+            removed[seq] = RemovedVersion(
+                Version(name, seq, a.commit, a.author, a.timestamp, a.message),
+                h.timestamp, h.author, h.commit, blob.decode(),
+                tuple(t for t, s in h.tags if s == seq))
+        return ModelState(name, head, live, added, removed, history)
+
+    def _did_you_mean(self, name: str) -> str:
+        other = self.find_case_clash(name)
+        return f" (did you mean {other!r}?)" if other else ""
+
+    def versions(self, name: str) -> list[Version]:
+        """Live versions of ``name``, oldest first (empty for a removed model)."""
+        return self.state(name).live_versions()
 
     def tags(self, name: str | None = None) -> dict[tuple[str, str], str]:
         """Map ``(model, tag)`` to the commit it points at, for one model or all."""
@@ -234,76 +345,121 @@ class Registry:
             out[(model, tag)] = target.decode()
         return out
 
+    def tag_events(self, name: str) -> list[tuple[str, str, str, int]]:
+        """``(tag, commit, tagger, time)`` of every current tag of ``name``."""
+        out = []
+        for key, sha in self.repo.refs.as_dict(base=TAG_REF_PREFIX.rstrip(b"/")).items():
+            model, sep, tag = key.decode().rpartition("@")
+            if not sep or model != name:
+                continue
+            obj = self.repo[sha]
+            if isinstance(obj, Tag):
+                out.append((tag, obj.object[1].decode(), obj.tagger.decode(errors="replace"),
+                            obj.tag_time))
+            else:
+                out.append((tag, sha.decode(), "", 0))
+        return out
+
     def version_of_commit(self, name: str, commit: str) -> Version:
         c = self._commit(commit.encode())
-        action, seq = _trailers(c.message)
+        action, seqs, _tags = _trailers(c.message)
         if action != "add":
             raise NotFoundError(f"{name}: commit {commit[:12]} does not add a version")
         return Version(
             name,
-            seq,
+            seqs[0],
             commit,
             c.author.decode(errors="replace"),
             c.author_time,
             c.message.decode(errors="replace").split("\n", 1)[0],
         )
 
-    def resolve(self, spec: VersionSpec) -> Version:
+    def resolve(self, spec: VersionSpec, *, removed_ok: bool = False) -> Version:
         """Find the version ``spec`` names.
 
-        ``NAME`` is the latest live version; ``NAME@3`` sequence number 3; ``NAME@TAG`` a tag
-        (it keeps naming its version even after ``rm NAME@V``); ``NAME@<hex>`` a commit prefix
-        of at least 4 characters.
+        ``NAME`` is the latest live version; ``NAME@3`` sequence number 3; ``NAME@TAG`` a tag;
+        ``NAME@<hex>`` a commit prefix of at least 4 characters. A removed version is refused
+        (naming ``cas restore``) unless ``removed_ok``.
 
         Raises:
-            NotFoundError: no such model, version, tag or commit.
+            NotFoundError: no such model, version, tag or commit, or the version was removed.
             ArgsError: a commit prefix that matches several versions.
         """
         name, sel = spec.name, spec.selector
-        if self.head(name) is None:
-            raise NotFoundError(f"model {name!r} is not registered")
-        live = self.versions(name)
+        st = self.state(name)
         if sel is None:
-            if not live:
-                raise NotFoundError(f"model {name!r} has no versions")
-            return live[-1]
+            if not st.live:
+                raise NotFoundError(
+                    f"model {name!r} has no versions: all were removed"
+                    + (f" ('cas restore {name}' brings them back)" if st.removed else ""))
+            return st.live_versions()[-1]
+        seq: int | None = None
         if sel.isdigit():
-            for v in live:
-                if v.seq == int(sel):
-                    return v
-            raise NotFoundError(f"{name}@{sel}: no such version")
-        tag = self.tags(name).get((name, sel))
-        if tag is not None:
-            return self.version_of_commit(name, tag)
-        if len(sel) >= 4 and re.fullmatch(r"[0-9a-fA-F]+", sel):
-            hits = [v for v in live if v.commit.startswith(sel.lower())]
-            if len(hits) > 1:
-                raise ArgsError(f"{name}@{sel}: commit prefix is ambiguous")
-            if hits:
-                return hits[0]
-        raise NotFoundError(f"{name}@{sel}: no such version, tag or commit")
+            seq = int(sel)
+        else:
+            tag = self.tags(name).get((name, sel))
+            if tag is not None:
+                seq = self.version_of_commit(name, tag).seq
+            elif len(sel) >= 4 and re.fullmatch(r"[0-9a-fA-F]+", sel):
+                hits = {s for s, h in st.added.items() if h.commit.startswith(sel.lower())}
+                if len(hits) > 1:
+                    raise ArgsError(f"{name}@{sel}: commit prefix is ambiguous")
+                seq = hits.pop() if hits else None
+            if seq is None:
+                raise NotFoundError(f"{name}@{sel}: no such version, tag or commit")
+        if seq in st.live and seq in st.added:
+            return st.version(seq)
+        if seq in st.removed:
+            if removed_ok:
+                return st.removed[seq].version
+            raise NotFoundError(
+                f"{name}@{seq} was removed on {_day(st.removed[seq].removed_at)}; "
+                f"'cas restore {name}@{seq}' brings it back")
+        raise NotFoundError(f"{name}@{sel}: no such version")
 
     def manifest_bytes(self, version: Version) -> bytes:
-        """The manifest JSON of ``version``, read from the commit that added it."""
-        c = self._commit(version.commit.encode())
-        try:
-            _, blob_sha = self.repo.object_store[c.tree].lookup_path(
-                self.repo.object_store.__getitem__, version_path(version.seq)
-            )
-        except (KeyError, NotTreeError):
-            raise NotFoundError(f"{version.ref}: manifest missing from commit") from None
-        blob = self.repo[blob_sha]
-        assert isinstance(blob, Blob)
+        """The manifest JSON of ``version``: from the model's tip while the version is live
+        (annotations included), else as it was when it was removed, else as added."""
+        head = self.head(version.name)
+        blob_sha = None
+        if head is not None:
+            blob_sha = self._tree_versions(self._commit(head).tree).get(version.seq)
+            if blob_sha is None:
+                gone = self.state(version.name).removed.get(version.seq)
+                blob_sha = gone.blob.encode() if gone else None
+        if blob_sha is None:
+            c = self._commit(version.commit.encode())
+            try:
+                _, blob_sha = self.repo.object_store[c.tree].lookup_path(
+                    self.repo.object_store.__getitem__, version_path(version.seq)
+                )
+            except (KeyError, NotTreeError):
+                raise NotFoundError(f"{version.ref}: manifest missing from commit") from None
+        return self.blob(blob_sha)
+
+    def blob(self, sha: bytes) -> bytes:
+        blob = self.repo[sha]
+        if not isinstance(blob, Blob):
+            raise SchemaError(f"registry object {sha.decode()} is not a blob")
         return blob.as_raw_string()
 
     def next_seq(self, name: str) -> int:
-        return 1 + max((h.seq for h in self.history(name)), default=0)
+        return 1 + max((max(h.versions) for h in self.history(name)), default=0)
 
     # -- writing (caller holds the store write lock) -----------------------------------------
 
-    def _check_no_prefix_clash(self, name: str) -> None:
+    def _check_name_free(self, name: str) -> None:
+        """Refuse a new model name that collides with an existing one: equal up to case, or
+        one a folder of the other (refs are files; ``a`` and ``a/b`` cannot both exist)."""
+        other = self.find_case_clash(name)
+        if other is not None:
+            raise ConflictError(
+                f"model name {name!r} differs only in case from existing model {other!r} "
+                "(they would collide on case-insensitive filesystems)")
+        key = name.casefold()
         for other in self.model_names():
-            if other != name and (other.startswith(name + "/") or name.startswith(other + "/")):
+            o = other.casefold()
+            if other != name and (o.startswith(key + "/") or key.startswith(o + "/")):
                 raise ConflictError(
                     f"model name {name!r} clashes with existing model {other!r} "
                     "(one cannot be a folder of the other)"
@@ -347,6 +503,14 @@ class Registry:
         if not self.repo.refs.set_if_equals(ref, old, new):
             raise ConflictError(f"{ref.decode()} moved while this command ran; try again")
 
+    def _commit_change(self, name: str, head: bytes | None, changes: dict[int, bytes | None],
+                       message: str, identity: tuple[str, str] | None) -> bytes:
+        base = self._commit(head).tree if head else None
+        tree = self._tree_with(base, changes)
+        commit = self._make_commit(tree, head, message, identity or resolve_identity())
+        self._move_ref(model_ref(name), head or b"0" * 40, commit)
+        return commit
+
     def add_version(
         self,
         name: str,
@@ -357,50 +521,77 @@ class Registry:
     ) -> Version:
         """Commit ``manifest_json`` as version ``seq`` of ``name`` and move the model ref."""
         validate_model_name(name)
-        self._check_no_prefix_clash(name)
         head = self.head(name)
+        if head is None:
+            self._check_name_free(name)
         blob = Blob.from_string(manifest_json)
         self.repo.object_store.add_object(blob)
-        base = self._commit(head).tree if head else None
-        tree = self._tree_with(base, {seq: blob.id})
-        body = f"add {name} v{seq}"
-        if message:
-            body += f": {message}"
-        full = f"{body}\n\nCas-Action: add\nCas-Version: {seq}\n"
-        identity = identity or default_identity()
-        commit = self._make_commit(tree, head, full, identity)
-        self._move_ref(model_ref(name), head or b"0" * 40, commit)
+        subject = f"add {name} v{seq}" + (f": {message}" if message else "")
+        commit = self._commit_change(name, head, {seq: blob.id},
+                                     _message(subject, "add", [seq], []), identity)
         c = self._commit(commit)
-        return Version(name, seq, commit.decode(), c.author.decode(), c.author_time, body)
+        return Version(name, seq, commit.decode(), c.author.decode(), c.author_time,
+                       subject)
 
-    def remove_version(self, version: Version, identity: tuple[str, str] | None = None) -> bool:
-        """Drop ``version`` from the model's tip. Returns True if the model ref was deleted
-        because no live version remained."""
-        name = version.name
+    def annotate_version(self, version: Version, manifest_json: bytes, message: str = "",
+                         identity: tuple[str, str] | None = None) -> str:
+        """Replace the live manifest of ``version`` (same files, new metadata) in one commit.
+
+        Returns the commit id. Raises NotFoundError if the version is not live.
+        """
+        head = self.head(version.name)
+        if head is None or version.seq not in self._tree_versions(self._commit(head).tree):
+            raise NotFoundError(f"{version.ref} is not a live version")
+        blob = Blob.from_string(manifest_json)
+        self.repo.object_store.add_object(blob)
+        subject = f"annotate {version.name} v{version.seq}" + (f": {message}" if message else "")
+        return self._commit_change(version.name, head, {version.seq: blob.id},
+                                   _message(subject, "annotate", [version.seq], []),
+                                   identity).decode()
+
+    def remove_versions(self, name: str, versions: list[Version],
+                        tags: list[tuple[str, int]], message: str = "",
+                        identity: tuple[str, str] | None = None) -> str:
+        """Take ``versions`` out of the model's tip in one commit that records the ``tags``
+        (``(tag, seq)``) it deletes, then delete those tag refs.
+
+        The commit comes first: a crash before the tags are deleted leaves tags naming removed
+        versions (reported as removed; ``restore`` puts things back), never deleted tags that
+        nothing recorded. Returns the commit id.
+        """
         head = self.head(name)
         if head is None:
             raise NotFoundError(f"model {name!r} is not registered")
-        tree = self._tree_with(self._commit(head).tree, {version.seq: None})
-        if not len(tree):
-            self.remove_model(name)
-            return True
-        msg = f"rm {name} v{version.seq}\n\nCas-Action: rm\nCas-Version: {version.seq}\n"
-        commit = self._make_commit(tree, head, msg, identity or default_identity())
-        self._move_ref(model_ref(name), head, commit)
-        return False
-
-    def remove_model(self, name: str) -> list[str]:
-        """Delete the model ref and its tags; return the tags deleted."""
-        head = self.head(name)
-        if head is None:
-            raise NotFoundError(f"model {name!r} is not registered")
-        removed = []
-        for (_, tag), _sha in self.tags(name).items():
+        seqs = sorted(v.seq for v in versions)
+        subject = f"rm {name} {_versions_text(seqs)}" + (f": {message}" if message else "")
+        commit = self._commit_change(name, head, dict.fromkeys(seqs),
+                                     _message(subject, "rm", seqs, sorted(tags)), identity)
+        for tag, _seq in tags:
             self.repo.refs.remove_if_equals(tag_ref(name, tag), None)
-            removed.append(tag)
-        if not self.repo.refs.remove_if_equals(model_ref(name), head):
-            raise ConflictError(f"model {name!r} moved while removing it; try again")
-        return removed
+        return commit.decode()
+
+    def restore_versions(self, name: str, removed: list[RemovedVersion],
+                         identity: tuple[str, str] | None = None) -> tuple[str, list[str]]:
+        """Put removed manifests back in one commit, then recreate the tags their removal
+        deleted, where no other version has taken the tag since.
+
+        Returns ``(commit id, tags restored)``.
+        """
+        head = self.head(name)
+        if head is None:
+            raise NotFoundError(f"model {name!r} is not registered")
+        taken = self.tags(name)
+        tags = sorted((t, r.version.seq) for r in removed for t in r.tags
+                      if (name, t) not in taken)
+        seqs = sorted(r.version.seq for r in removed)
+        commit = self._commit_change(
+            name, head, {r.version.seq: r.blob.encode() for r in removed},
+            _message(f"restore {name} {_versions_text(seqs)}", "restore", seqs, tags),
+            identity)
+        by_seq = {r.version.seq: r.version for r in removed}
+        for tag, seq in tags:
+            self.set_tag(by_seq[seq], tag, identity=identity)
+        return commit.decode(), [t for t, _ in tags]
 
     def set_tag(
         self,
@@ -417,9 +608,15 @@ class Registry:
             old = self.repo.refs[ref]
         except KeyError:
             old = None
+        if old is None:
+            for (_m, other) in self.tags(version.name):
+                if other != tag and other.casefold() == tag.casefold():
+                    raise ConflictError(
+                        f"tag {version.name}@{tag} differs only in case from existing tag "
+                        f"{version.name}@{other}")
         if old is not None and not force:
             raise ConflictError(f"tag {version.name}@{tag} exists (use --force to move it)")
-        user, email = identity or default_identity()
+        user, email = identity or resolve_identity()
         t = Tag()
         t.tagger = f"{user} <{email}>".encode()
         t.tag_time = int(time.time())
@@ -440,9 +637,11 @@ class Registry:
         return sorted(t for (m, t), c in self.tags(version.name).items() if c == version.commit)
 
     def all_manifest_blobs(self) -> Iterator[tuple[str, int, bytes]]:
-        """Every manifest that keeps data alive: live versions in model tips and tagged versions.
+        """Every manifest that keeps data alive: live versions in model tips, and tagged
+        versions (a tag can name a removed version only after a crash mid-``rm``).
 
         Yields ``(name, seq, manifest_json)``; a version both live and tagged appears once.
+        Versions removed within the restore window are the garbage collector's concern.
         """
         seen: set[tuple[str, int]] = set()
         for name in self.model_names():
@@ -450,9 +649,13 @@ class Registry:
             assert head is not None
             for seq, blob in sorted(self._tree_versions(self._commit(head).tree).items()):
                 seen.add((name, seq))
-                yield name, seq, self.repo[blob].as_raw_string()
+                yield name, seq, self.blob(blob)
         for (name, _tag), commit in sorted(self.tags().items()):
             v = self.version_of_commit(name, commit)
             if (name, v.seq) not in seen:
                 seen.add((name, v.seq))
                 yield name, v.seq, self.manifest_bytes(v)
+
+
+def _day(ts: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))

@@ -2,7 +2,8 @@
 
 Layout (``docs/format.md`` has the details)::
 
-    <store>/config.json        format version and format parameters (chunker, compression)
+    <store>/config.json        format version, store UUID, format parameters (immutable)
+    <store>/settings.json      mutable settings (description, restore window...)
     <store>/lock               the single-writer lock (flock)
     <store>/packs/pack-<id>.pack, pack-<id>.idx, midx-<hash>.midx
     <store>/registry/          bare git repository of manifests
@@ -23,28 +24,39 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cas.errors import CasError, NotFoundError, VerifyError, from_os_error
+from cas.errors import (
+    CasError,
+    FormatError,
+    NotFoundError,
+    SchemaError,
+    VerifyError,
+    from_os_error,
+)
 from cas.format.chunklist import ChunkList
-from cas.format.config import CompressionParams, StoreConfig
+from cas.format.config import FORMAT_NAME, StoreConfig
 from cas.format.manifest import Manifest
 from cas.fsutil import atomic_write, clean_tmp, fsync_dir
 from cas.locking import DEFAULT_TIMEOUT, WriteLock
 from cas.names import VersionSpec, parse_version_spec
 from cas.packs import PackSet, pack_path, scan_pack
 from cas.registry import Registry, Version
+from cas.settings import FILE as SETTINGS_FILE
+from cas.settings import Settings
 
 if TYPE_CHECKING:
-    from cas.catalog import DiskUsage, HistoryRow, ModelRow, VersionDetail
+    from cas.annotate import Annotation, AnnotateResult
+    from cas.catalog import DiskUsage, HistoryRow, ModelRow, VersionDetail, VersionRow
     from cas.checkout import CheckoutResult
     from cas.diff import DiffResult
     from cas.ingest import AddOptions, AddResult
+    from cas.removal import RemovedRow, RemoveResult, RestoreResult
     from cas.verify import VerifyReport
 
 #: Progress callback: ``(bytes_done, bytes_total, label)``.
 Progress = Callable[[int, int, str], None]
 
 CONFIG = "config.json"
-_INIT_PARTS = frozenset({"packs", "tmp", "cache", "registry", "lock"})
+_INIT_PARTS = frozenset({"packs", "tmp", "cache", "registry", "lock", "settings.json"})
 
 
 def default_store_path() -> Path:
@@ -75,27 +87,46 @@ class Store:
         self.packs = PackSet(self.packs_dir)
         self.registry = Registry(path / "registry")
         self.lock_timeout = DEFAULT_TIMEOUT
+        #: True if :meth:`init` created this store just now.
+        self.created = False
+        self._settings: Settings | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     @classmethod
-    def init(cls, path: Path | str, *, derive: bool = True) -> Store:
-        """Create a store at ``path`` (idempotent for an existing store: it is opened).
+    def init(cls, path: Path | str, *, derive: bool | None = None,
+             description: str | None = None) -> Store:
+        """Create a store at ``path``; for an existing store, open it if the options agree.
 
         ``derive=False`` keeps the store free of derived chunks (see :mod:`cas.derive`): every
         version then restores without reading another, at the cost of storing fine-tunes and
-        dtype conversions in full.
+        dtype conversions in full. ``None`` means the default for a new store (derive) and
+        "whatever it has" for an existing one. The returned store's ``created`` says whether
+        this call made it.
 
         Raises:
+            ConflictError: ``path`` is a store whose settings disagree with the options, or a
+                non-empty directory that is not a store.
             FormatError: ``path`` holds a store of an unknown format.
-            ConflictError | DiskError: ``path`` is a non-empty directory that is not a store,
-                or cannot be written.
+            DiskError | PermError: ``path`` cannot be written.
         """
         from cas.errors import ConflictError
 
         path = Path(path).expanduser().absolute()
         if (path / CONFIG).exists():
-            return cls.open(path)
+            store = cls.open(path)
+            if derive is not None and derive != store.config.derives:
+                store.close()
+                have = "stores" if not derive else "does not store"
+                raise ConflictError(
+                    f"store at {path} exists and {have} derived chunks; the option cannot "
+                    "change an existing store")
+            if description is not None and description != store.settings.get("description"):
+                store.close()
+                raise ConflictError(
+                    f"store at {path} exists with another description; change it with "
+                    "'cas config set description ...'")
+            return store
         try:
             # A folder holding only the parts init creates is an init that was interrupted
             # before config.json (written last) existed: finish it.
@@ -106,31 +137,90 @@ class Store:
             if not (path / "registry" / "HEAD").exists():
                 shutil.rmtree(path / "registry", ignore_errors=True)
                 Registry.init(path / "registry").close()
-            cfg = StoreConfig(compression=CompressionParams(derive=derive),
-                              created_at=datetime.now(UTC).isoformat(timespec="seconds"))
+            if description:
+                Settings(path / SETTINGS_FILE, {}).set("description", description,
+                                                       path / "tmp")
+            cfg = StoreConfig.create(
+                derive=True if derive is None else derive,
+                created_at=datetime.now(UTC).isoformat(timespec="seconds"))
             # config.json is written last: a directory without it is not yet a store.
             atomic_write(path / CONFIG, cfg.encode(), path / "tmp")
             fsync_dir(path)
+        except NotADirectoryError:
+            raise ConflictError(f"{path} exists and is not a directory") from None
         except OSError as exc:
             raise from_os_error(exc, f"creating store at {path}") from None
-        return cls.open(path)
+        store = cls.open(path)
+        store.created = True
+        return store
 
     @classmethod
     def open(cls, path: Path | str) -> Store:
         """Open the store at ``path``.
 
         Raises:
-            NotFoundError: no store there.
+            NotFoundError: ``path`` is not a cas store (missing, a file, a folder without a
+                store config, or a folder whose ``config.json`` belongs to something else,
+                such as a Hugging Face model folder).
             FormatError | SchemaError: the store's format is unknown or its config is corrupt.
         """
         path = Path(path).expanduser().absolute()
         try:
             data = (path / CONFIG).read_bytes()
-        except FileNotFoundError:
-            raise NotFoundError(f"no cas store at {path} (run 'cas init')") from None
+        except (FileNotFoundError, NotADirectoryError):
+            hint = " (run 'cas init')" if not path.exists() else ""
+            raise NotFoundError(f"not a cas store: {path}{hint}") from None
         except OSError as exc:
-            raise from_os_error(exc, "reading the store config") from None
-        return cls(path, StoreConfig.decode(data))
+            raise from_os_error(exc, f"reading the store config of {path}") from None
+        try:
+            config = StoreConfig.decode(data)
+        except FormatError as exc:
+            if not _claims_cas(data):
+                raise NotFoundError(
+                    f"not a cas store: {path} (its config.json is not a cas store config)"
+                ) from None
+            raise FormatError(f"{path}: {exc.message}") from None
+        except SchemaError as exc:
+            raise SchemaError(f"{path}: {exc.message}") from None
+        return cls(path, config)
+
+    def upgrade(self) -> tuple[int, int]:
+        """Bring the store's format to the current version (write lock taken here).
+
+        Only ``config.json`` changes (atomically: temp, fsync, rename, directory fsync); see
+        the crash table in ``docs/format.md``. Idempotent. Returns ``(old, new)`` versions.
+        """
+        from cas.format.config import upgraded
+
+        with self.writing():
+            try:
+                data = (self.path / CONFIG).read_bytes()
+            except OSError as exc:
+                raise from_os_error(exc, "reading the store config") from None
+            new_data, cfg = upgraded(data)
+            old = self.config.version
+            if new_data != data:
+                atomic_write(self.path / CONFIG, new_data, self.tmp_dir)
+            self.config = cfg
+            return old, cfg.version
+
+    @property
+    def uuid(self) -> str | None:
+        """The store's identity; None for a store of format 1 or 2 (``cas upgrade``)."""
+        return self.config.uuid or None
+
+    @property
+    def settings(self) -> Settings:
+        """The store's mutable settings, read once per opened store."""
+        if self._settings is None:
+            self._settings = Settings.load(self.path)
+        return self._settings
+
+    def set_setting(self, key: str, value: str | None) -> str | None:
+        """Set (``None``: reset) one setting, validated, written atomically under the lock."""
+        with self.writing():
+            self._settings = Settings.load(self.path)
+            return self._settings.set(key, value, self.tmp_dir)
 
     def close(self) -> None:
         self.packs.close()
@@ -302,20 +392,29 @@ class Store:
         return verify_version(self, self.resolve(spec), progress)
 
     def ls(self, pattern: str | None = None, *, format: str | None = None,
-           role: str | None = None, tag: str | None = None) -> list[ModelRow]:
+           role: str | None = None, tag: str | None = None,
+           sort: str = "name") -> list[ModelRow]:
+        """Models with live versions (``sort``: name, date, size or versions)."""
         from cas.catalog import list_models
 
-        return list_models(self, pattern, format=format, role=role, tag=tag)
+        return list_models(self, pattern, format=format, role=role, tag=tag, sort=sort)
+
+    def ls_versions(self, models: list[ModelRow]) -> list[VersionRow]:
+        """Every live version of the given models, for a per-version listing."""
+        from cas.catalog import list_versions
+
+        return list_versions(self, models)
 
     def show(self, spec: str) -> VersionDetail:
         from cas.catalog import show
 
         return show(self, self.resolve(spec))
 
-    def log(self, name: str) -> list[HistoryRow]:
+    def log(self, spec: str) -> list[HistoryRow]:
+        """Events of a model (``NAME``) or of one version (``NAME@V``), newest first."""
         from cas.catalog import history
 
-        return history(self, name)
+        return history(self, spec)
 
     def tag(self, spec: str, tag: str, *, force: bool = False, delete: bool = False) -> Version:
         """Name version ``spec`` with ``tag`` (or delete the tag ``spec``'s model has)."""
@@ -327,32 +426,35 @@ class Store:
                 self.registry.set_tag(version, tag, force=force)
             return version
 
-    def rm(self, spec: str, *, force: bool = False) -> dict[str, object]:
-        """Unregister a version (``NAME@V``) or a whole model (``NAME``).
+    def rm(self, spec: str, *, force: bool = False, message: str = "",
+           author: str | None = None) -> RemoveResult:
+        """Remove a version (``NAME@V``) or every version of a model (``NAME``).
 
-        Space is returned by garbage collection, not here. A tagged version is kept unless
-        ``force``; removing a whole model removes its tags.
+        Nothing is deleted: the removal is a registry commit, ``restore`` undoes it within the
+        restore window, and garbage collection returns the space after that. A tagged version
+        is kept unless ``force``, which deletes its tags and records them for ``restore``.
         """
-        from cas.errors import ConflictError
+        from cas.removal import remove
 
-        parsed = parse_version_spec(spec)
-        with self.writing():
-            if parsed.selector is None:
-                versions = self.registry.versions(parsed.name)
-                tags = self.registry.remove_model(parsed.name)
-                return {"removed": [v.ref for v in versions], "tags_removed": tags,
-                        "model_removed": True}
-            version = self.registry.resolve(parsed)
-            tags = self.registry.tags_of(version)
-            if tags and not force:
-                raise ConflictError(
-                    f"{version.ref} is tagged {', '.join(tags)}; untag it or use --force"
-                )
-            for t in tags:
-                self.registry.delete_tag(version.name, t)
-            model_removed = self.registry.remove_version(version)
-            return {"removed": [version.ref], "tags_removed": tags,
-                    "model_removed": model_removed}
+        return remove(self, spec, force=force, message=message, author=author)
+
+    def restore(self, spec: str, *, author: str | None = None) -> RestoreResult:
+        """Bring back removed versions (``NAME@V``, or with ``NAME`` the latest removal)."""
+        from cas.removal import restore
+
+        return restore(self, spec, author=author)
+
+    def removed(self, pattern: str | None = None) -> list[RemovedRow]:
+        """Removed versions, newest removal first, with their restore deadline."""
+        from cas.removal import removed_versions
+
+        return removed_versions(self, pattern)
+
+    def annotate(self, spec: str, annotation: Annotation) -> AnnotateResult:
+        """Record metadata on an existing live version as a new registry commit."""
+        from cas.annotate import annotate
+
+        return annotate(self, spec, annotation)
 
     def diff(self, a: str, b: str) -> DiffResult:
         """Files and tensors that differ from version ``a`` to version ``b`` (see
@@ -365,6 +467,17 @@ class Store:
         from cas.catalog import disk_usage
 
         return disk_usage(self, name)
+
+
+def _claims_cas(config: bytes) -> bool:
+    """True if a config file says it is a cas store config (whatever else is wrong with it)."""
+    import msgspec
+
+    try:
+        raw = msgspec.json.decode(config)
+    except msgspec.DecodeError:
+        return False
+    return isinstance(raw, dict) and raw.get("format") == FORMAT_NAME
 
 
 def open_store(path: Path | str | None = None, *, create: bool = False) -> Store:

@@ -1,12 +1,29 @@
-"""Commands about registered models and versions: ls, show, log, tag, rm."""
+"""Commands about registered models and versions: ls, show, log, tag, annotate, rm, restore."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import click
-from cas.cli.app import Ctx, cli, pass_ctx
-from cas.cli.render import human_bytes
+from cas.cli.app import (
+    Ctx,
+    cli,
+    parse_metrics,
+    parse_pairs,
+    parse_provenance,
+    pass_ctx,
+    provenance_options,
+)
+from cas.cli.render import format_table, human_bytes, human_time
+
+
+def _tags_text(tags: dict[str, int]) -> str:
+    return ", ".join(f"{t}=@{seq}" for t, seq in sorted(tags.items(), key=lambda kv: kv[1]))
+
+
+def _who(author: str) -> str:
+    """The name part of ``Name <email>``, for tables (JSON keeps the whole identity)."""
+    return author.split(" <", 1)[0]
 
 
 @cli.command("ls")
@@ -14,50 +31,103 @@ from cas.cli.render import human_bytes
 @click.option("--format", "format_", help="Only models of this format.")
 @click.option("--role", help="Only models with this role.")
 @click.option("--tag", help="Only models that have this tag.")
+@click.option("--sort", "sort", type=click.Choice(["name", "date", "size", "versions"]),
+              default="name", show_default=True,
+              help="Order of models (date, size and versions: newest or largest first).")
+@click.option("-l", "--long", "long_", is_flag=True,
+              help="One line per version, with its own tags and message.")
+@click.option("--names-only", is_flag=True, help="Print model names only, one per line.")
+@click.option("--removed", is_flag=True,
+              help="List removed versions and until when 'cas restore' can bring them back.")
 @pass_ctx
 def ls_cmd(ctx: Ctx, pattern: str | None, format_: str | None, role: str | None,
-           tag: str | None) -> None:
-    """List models; PATTERN is a glob on names such as 'meta-llama/*'."""
+           tag: str | None, sort: str, long_: bool, names_only: bool, removed: bool) -> None:
+    """List models; PATTERN is a glob on names such as 'meta-llama/*'.
+
+    \b
+    Examples:
+      cas ls 'sentence-transformers/*' --sort date
+      cas ls --long --tag prod
+    """
+    if removed:
+        with ctx.open() as store:
+            gone = store.removed(pattern)
+        rows = [[f"{r.name}@{r.seq}", human_time(r.removed_at), _who(r.removed_by),
+                 "expired" if r.expired else human_time(r.restorable_until),
+                 ", ".join(r.tags)] for r in gone]
+        lines = format_table(["VERSION", "REMOVED", "BY", "RESTORABLE UNTIL", "TAGS"], rows)
+        ctx.out.result({"removed": gone}, lines if gone else "no removed versions")
+        return
     with ctx.open() as store:
-        rows = store.ls(pattern, format=format_, role=role, tag=tag)
-    lines = [f"{'NAME':<48} {'LATEST':>6} {'VERS':>4} {'SIZE':>10}  {'FORMAT':<11} TAGS"]
-    for r in rows:
+        models = store.ls(pattern, format=format_, role=role, tag=tag, sort=sort)
+        versions = store.ls_versions(models) if long_ else []
+    if names_only:
+        ctx.out.result({"models": [m.name for m in models]}, [m.name for m in models])
+        return
+    if long_:
+        rows = [[f"{v.name}@{v.seq}", human_time(v.registered_at), human_bytes(v.size),
+                 v.format, ", ".join(v.tags),
+                 f"unreadable manifest: {v.error}" if v.error else v.message]
+                for v in versions]
+        lines = format_table(["VERSION", "REGISTERED", "SIZE", "FORMAT", "TAGS", "MESSAGE"],
+                             rows, right=frozenset({2}))
+        ctx.out.result({"models": models, "versions": versions},
+                       lines if versions else "no models")
+        return
+    rows = []
+    for r in models:
         if r.error:
-            lines.append(f"{r.name:<48} {'@' + str(r.latest):>6} {r.versions:>4}  "
-                         f"unreadable manifest: {r.error}")
+            rows.append([r.name, f"@{r.latest}", str(r.versions), "-", "-", "-",
+                         f"unreadable manifest: {r.error}"])
             continue
-        lines.append(f"{r.name:<48} {'@' + str(r.latest):>6} {r.versions:>4} "
-                     f"{human_bytes(r.size):>10}  {r.format:<11} {','.join(r.tags)}")
-    ctx.out.result({"models": rows}, lines if rows else "no models")
+        rows.append([r.name, f"@{r.latest}", str(r.versions), human_bytes(r.size), r.format,
+                     human_time(r.updated_at), _tags_text(r.tags)])
+    lines = format_table(["NAME", "LATEST", "VERS", "SIZE", "FORMAT", "UPDATED", "TAGS"], rows,
+                         right=frozenset({1, 2, 3}))
+    ctx.out.result({"models": models}, lines if models else "no models")
 
 
 @cli.command()
 @click.argument("spec", metavar="NAME[@V]")
 @pass_ctx
 def show(ctx: Ctx, spec: str) -> None:
-    """Show one version: its metadata and files."""
+    """Show one version: its metadata (annotations merged) and files.
+
+    \b
+    Examples:
+      cas show org/model@prod
+      cas show org/model --json
+    """
     with ctx.open() as store:
         d = store.show(spec)
     m = d.manifest
     md = m.metadata
     lines = [f"{d.name}@{d.seq}  commit {d.commit}",
-             f"  registered  {d.registered_at} by {d.author}",
+             f"  registered  {human_time(d.registered_at)} by {d.author}",
              f"  message     {d.message}"]
+    if d.annotated_at:
+        lines.append(f"  annotated   {human_time(d.annotated_at)} (see cas log {d.name}@{d.seq})")
     if d.tags:
         lines.append(f"  tags        {', '.join(d.tags)}")
+    prov = md.provenance
     fields: list[tuple[str, Any]] = [
         ("format", md.format), ("architecture", md.architecture),
         ("parameters", f"{md.parameter_count:,}" if md.parameter_count else None),
         ("dtypes", ", ".join(md.dtypes) or None), ("quantization", md.quantization),
         ("role", md.role), ("base model", md.base_model),
-        ("parents", ", ".join(md.parents) or None), ("license", md.license),
+        ("parents", ", ".join(d.parents) or None), ("license", md.license),
         ("source", md.source), ("created", f"{md.created_at} on {md.created_on}"),
+        ("run", prov.run_id), ("datasets", ", ".join(prov.datasets) or None),
+        ("code rev", prov.code_revision),
+        ("seed", str(prov.seed) if prov.seed is not None else None),
     ]
     for label, value in fields:
         if value:
             lines.append(f"  {label:<11} {value}")
     for k, v in md.metrics.items():
         lines.append(f"  metric      {k} = {v:g}")
+    for k, v in prov.environment.items():
+        lines.append(f"  env         {k} = {v}")
     for k, v in md.extra.items():
         lines.append(f"  meta        {k} = {v}")
     lines.append(f"  files       {len(m.files)}, {human_bytes(m.total_size)}")
@@ -67,19 +137,38 @@ def show(ctx: Ctx, spec: str) -> None:
     ctx.out.result(d, lines)
 
 
+_EVENT = {"add": "added", "annotate": "annotated", "rm": "removed", "restore": "restored",
+          "tag": "tagged"}
+
+
 @cli.command()
-@click.argument("name")
+@click.argument("spec", metavar="NAME[@V]")
 @pass_ctx
-def log(ctx: Ctx, name: str) -> None:
-    """History of model NAME, newest first."""
+def log(ctx: Ctx, spec: str) -> None:
+    """History of model NAME, or of one version NAME@V, newest first: added, annotated,
+    tagged, removed, restored. Removed models keep their history.
+
+    \b
+    Examples:
+      cas log org/model
+      cas log org/model@3 --json
+    """
     with ctx.open() as store:
-        rows = store.log(name)
-    lines = []
+        rows = store.log(spec)
+    table = []
     for r in rows:
-        tags = f"  [{', '.join(r.tags)}]" if r.tags else ""
-        lines.append(f"{r.commit[:12]}  {r.at}  {r.action:<3} @{r.seq:<4} {r.author}  "
-                     f"{r.message}{tags}")
-    ctx.out.result({"name": name, "history": rows}, lines)
+        what = ", ".join(f"@{s}" for s in r.versions) or f"@{r.seq}"
+        extra = ""
+        if r.tags and r.action == "add":
+            extra = f"  [{', '.join(r.tags)}]"
+        elif r.tags and r.action in ("rm", "restore"):
+            extra = f"  (tags: {', '.join(r.tags)})"
+        table.append([r.commit[:12], human_time(r.at), _EVENT.get(r.action, r.action), what,
+                      _who(r.author), r.message + extra])
+    name = spec.partition("@")[0]
+    ctx.out.result({"name": name, "history": rows},
+                   format_table(["COMMIT", "WHEN", "EVENT", "VERSION", "BY", "MESSAGE"], table)
+                   if rows else "no history")
 
 
 @cli.command()
@@ -89,7 +178,13 @@ def log(ctx: Ctx, name: str) -> None:
 @click.option("-d", "--delete", is_flag=True, help="Delete the tag instead.")
 @pass_ctx
 def tag(ctx: Ctx, spec: str, tag_name: str, force: bool, delete: bool) -> None:
-    """Tag version NAME[@V] as TAG (then NAME@TAG names it)."""
+    """Tag version NAME[@V] as TAG (then NAME@TAG names it).
+
+    \b
+    Examples:
+      cas tag org/model@3 prod --force
+      cas tag org/model candidate --delete
+    """
     with ctx.open() as store:
         v = store.tag(spec, tag_name, force=force, delete=delete)
     what = "deleted tag" if delete else "tagged"
@@ -99,14 +194,90 @@ def tag(ctx: Ctx, spec: str, tag_name: str, force: bool, delete: bool) -> None:
 
 @cli.command()
 @click.argument("spec", metavar="NAME[@V]")
-@click.option("-f", "--force", is_flag=True, help="Remove a version even if it is tagged.")
+@click.option("-m", "--message", default="", help="Why (recorded in the history).")
+@click.option("--metric", multiple=True, metavar="NAME=NUMBER",
+              help="Set a metric (repeatable).")
+@click.option("--unset-metric", multiple=True, metavar="NAME", help="Remove a metric.")
+@click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Set free metadata.")
+@click.option("--unset-meta", multiple=True, metavar="KEY", help="Remove a --meta key.")
+@click.option("--license", "license_", help="License of the weights.")
+@click.option("--role", help="Role of the model, e.g. base, finetune, adapter, draft.")
+@click.option("--base-model", help="Model this one was derived from.")
+@click.option("--author", metavar="'NAME <EMAIL>'", help="Who annotates.")
+@provenance_options
 @pass_ctx
-def rm(ctx: Ctx, spec: str, force: bool) -> None:
-    """Unregister a version (NAME@V) or a whole model (NAME)."""
+def annotate(ctx: Ctx, spec: str, message: str, metric: tuple[str, ...],
+             unset_metric: tuple[str, ...], meta: tuple[str, ...], unset_meta: tuple[str, ...],
+             license_: str | None, role: str | None, base_model: str | None,
+             author: str | None, **prov: Any) -> None:
+    """Record metadata on an existing version (metrics computed after training, a license,
+    provenance) as a new registry commit; files and version number are unchanged.
+
+    \b
+    Examples:
+      cas annotate org/model@3 --metric eval/accuracy=0.912 --metric eval/loss=0.31
+      cas annotate org/model --license apache-2.0 --run-id wandb:abc123 --seed 7
+    """
+    from cas.annotate import Annotation
+
+    ann = Annotation(message=message, metrics=parse_metrics(metric),
+                     unset_metrics=list(unset_metric), extra=parse_pairs(meta, "--meta"),
+                     unset_extra=list(unset_meta), license=license_, role=role,
+                     base_model=base_model, provenance=parse_provenance(**prov), author=author)
     with ctx.open() as store:
-        r = store.rm(spec, force=force)
-    lines = [f"removed {', '.join(r['removed'])}"]  # type: ignore[arg-type]
-    if r["tags_removed"]:
-        lines.append(f"  tags removed: {', '.join(r['tags_removed'])}")  # type: ignore[arg-type]
-    lines.append("  disk space is returned by garbage collection (cas gc), not by rm")
+        r = store.annotate(spec, ann)
+    text = (f"annotated {r.name}@{r.seq} ({r.commit[:12]}): {', '.join(r.changed)}"
+            if r.commit else f"{r.name}@{r.seq} unchanged: it already has this metadata")
+    ctx.out.result(r, text)
+
+
+@cli.command()
+@click.argument("spec", metavar="NAME[@V]")
+@click.option("-f", "--force", is_flag=True,
+              help="Remove tagged versions too (their tags are deleted and recorded).")
+@click.option("-m", "--message", default="", help="Why (recorded in the history).")
+@click.option("--author", metavar="'NAME <EMAIL>'", help="Who removes.")
+@pass_ctx
+def rm(ctx: Ctx, spec: str, force: bool, message: str, author: str | None) -> None:
+    """Remove a version (NAME@V) or every version of a model (NAME).
+
+    Tagged versions are kept unless --force. Removed versions can be brought back with
+    'cas restore' for the store's restore window (default 14 days); 'cas log' keeps showing
+    them. Disk space returns with garbage collection after the window.
+
+    \b
+    Examples:
+      cas rm org/model@2
+      cas rm org/model --force -m "superseded by org/model-v2"
+    """
+    with ctx.open() as store:
+        r = store.rm(spec, force=force, message=message, author=author)
+    lines = [f"removed {', '.join(r.removed)}"]
+    if r.tags_removed:
+        lines.append(f"  tags removed: {', '.join(r.tags_removed)}")
+    lines.append(f"  'cas restore {spec}' brings it back until {human_time(r.restorable_until)};"
+                 " after that, garbage collection returns its disk space")
+    ctx.out.result(r, lines)
+
+
+@cli.command()
+@click.argument("spec", metavar="NAME[@V]")
+@click.option("--author", metavar="'NAME <EMAIL>'", help="Who restores.")
+@pass_ctx
+def restore(ctx: Ctx, spec: str, author: str | None) -> None:
+    """Bring back removed versions with the tags their removal deleted: NAME@V one version,
+    NAME everything the model's latest removal took out. See 'cas ls --removed'.
+
+    \b
+    Examples:
+      cas restore org/model@2
+      cas restore org/model
+    """
+    with ctx.open() as store:
+        r = store.restore(spec, author=author)
+    lines = [f"restored {', '.join(r.restored)}"]
+    if r.tags_restored:
+        lines.append(f"  tags restored: {', '.join(r.tags_restored)}")
+    if r.tags_taken:
+        lines.append(f"  not restored (now naming other versions): {', '.join(r.tags_taken)}")
     ctx.out.result(r, lines)

@@ -18,15 +18,129 @@ from cas.store import Store
 @click.option("--no-derive", is_flag=True,
               help="Never store a tensor as its difference from the previous version: "
                    "more space for fine-tunes and dtype conversions, faster restores of them.")
+@click.option("--description", metavar="TEXT", help="A human description of this store.")
 @pass_ctx
-def init(ctx: Ctx, path: str | None, no_derive: bool) -> None:
-    """Create a store at PATH (default: --store, $CAS_HOME or the XDG data directory)."""
+def init(ctx: Ctx, path: str | None, no_derive: bool, description: str | None) -> None:
+    """Create a store at PATH (default: --store, $CAS_HOME or the XDG data directory).
+
+    On an existing store, succeeds when the options agree with it (and says so), and fails
+    with E_CONFLICT when they do not.
+
+    \b
+    Examples:
+      cas init
+      cas init /data/cas --no-derive --description "inference fleet cache"
+    """
     target = Path(path) if path else ctx.store_path
-    store = Store.init(target, derive=not no_derive)
-    ctx.out.result({"store": str(store.path), "format_version": store.config.version,
-                    "chunker": store.config.chunker,
-                    "derive": store.config.derives},
-                   f"initialized cas store at {store.path}")
+    store = Store.init(target, derive=False if no_derive else None, description=description)
+    with store:
+        doc = {"store": str(store.path), "created": store.created, "uuid": store.uuid,
+               "format_version": store.config.version, "chunker": store.config.chunker,
+               "derive": store.config.derives}
+        if store.created:
+            text = f"initialized cas store at {store.path}"
+        else:
+            text = f"already initialized: {store.path}"
+            if store.uuid is None:
+                text += (f" (format version {store.config.version}; "
+                         "'cas upgrade' brings it to the current one)")
+    ctx.out.result(doc, text)
+
+
+@cli.command()
+@pass_ctx
+def upgrade(ctx: Ctx) -> None:
+    """Bring the store's format to the current version (gives it a store UUID).
+
+    Stores of earlier versions keep working without it; commands that need the store's
+    identity ask for it. Idempotent; only config.json changes, atomically.
+
+    \b
+    Examples:
+      cas upgrade
+      cas --store /data/cas upgrade --json
+    """
+    with ctx.open() as store:
+        old, new = store.upgrade()
+        doc = {"store": str(store.path), "from_version": old, "to_version": new,
+               "uuid": store.uuid, "derive": store.config.derives}
+    text = (f"upgraded {doc['store']} from format version {old} to {new} (uuid {doc['uuid']})"
+            if old != new else f"{doc['store']} is already at format version {new}")
+    ctx.out.result(doc, text)
+
+
+@cli.group("config", invoke_without_command=False)
+def config_group() -> None:
+    """Read and change the store's settings (description, restore window).
+
+    \b
+    Examples:
+      cas config set description "training box 3"
+      cas config list
+    """
+
+
+@config_group.command("get")
+@click.argument("key")
+@pass_ctx
+def config_get(ctx: Ctx, key: str) -> None:
+    """Print the value of setting KEY.
+
+    \b
+    Examples:
+      cas config get restore_window
+    """
+    with ctx.open() as store:
+        value = store.settings.get(key)
+    ctx.out.result({"key": key, "value": value}, value)
+
+
+@config_group.command("set")
+@click.argument("key")
+@click.argument("value", required=False)
+@click.option("--unset", is_flag=True, help="Reset KEY to its default.")
+@pass_ctx
+def config_set(ctx: Ctx, key: str, value: str | None, unset: bool) -> None:
+    """Set setting KEY to VALUE (validated; written atomically).
+
+    \b
+    Examples:
+      cas config set restore_window 30d
+      cas config set description --unset
+    """
+    if unset == (value is not None):
+        raise ArgsError("give either VALUE or --unset")
+    with ctx.open() as store:
+        stored = store.set_setting(key, None if unset else value)
+        shown = store.settings.get(key)
+    ctx.out.result({"key": key, "value": shown, "set": stored is not None},
+                   f"{key} = {shown}" + ("  (default)" if stored is None else ""))
+
+
+@config_group.command("list")
+@pass_ctx
+def config_list(ctx: Ctx) -> None:
+    """List every setting with its value, and the store's identity.
+
+    \b
+    Examples:
+      cas config list
+      cas config list --json
+    """
+    with ctx.open() as store:
+        listing = store.settings.listing()
+        doc = {"store": str(store.path), "uuid": store.uuid,
+               "format_version": store.config.version, "settings": listing}
+    width = max(len(k) for k in listing)
+    lines = [f"{'store':<{width}}  {doc['store']}",
+             f"{'uuid':<{width}}  {doc['uuid'] or '(none: run cas upgrade)'}",
+             f"{'format':<{width}}  version {doc['format_version']}"]
+    for key, info in listing.items():
+        note = "" if info["set"] else "  (default)"
+        if not info["known"]:
+            note = "  (unknown to this cas; kept)"
+        lines.append(f"{key:<{width}}  {info['value']}{note}")
+    ctx.out.result(doc, lines)
 
 
 @cli.command()

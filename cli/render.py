@@ -188,3 +188,27 @@ def _fit(text: str, width: int) -> str:
         text = "..."[: width - used] + "".join(reversed(tail))
         used += min(3, width)
     return text + " " * max(width - used, 0)
+
+
+def format_table(header: list[str], rows: list[list[str]], right: frozenset[int] = frozenset()
+                 ) -> list[str]:
+    """Aligned text columns sized to their longest cell (the last column is not padded);
+    column numbers in ``right`` are right-aligned."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    out = []
+    for r in [header, *rows]:
+        cells = [c.rjust(w) if i in right else c.ljust(w)
+                 for i, (c, w) in enumerate(zip(r, widths, strict=True))]
+        cells[-1] = r[-1] if len(header) - 1 not in right else cells[-1]
+        out.append("  ".join(cells).rstrip())
+    return out
+
+
+def human_time(iso: str) -> str:
+    """An ISO 8601 UTC time as local ``YYYY-MM-DD HH:MM`` for people (JSON keeps ISO)."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return iso

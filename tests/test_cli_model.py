@@ -156,8 +156,9 @@ def test_metadata_show_log_tag_rm(cas, real_model, versions):
     assert cas("--json", "verify", "--all").json["ok"]
     cas("rm", NAME)
     assert [r["name"] for r in cas("--json", "ls").json["models"]] == ["demo/tuned"]
-    gone = cas("--json", "log", NAME, ok=False)
-    assert gone.code == 3 and gone.json["error"]["code"] == "E_NOT_FOUND"
+    # The removed model keeps its history.
+    history = cas("--json", "log", NAME).json["history"]
+    assert [(h["action"], h["versions"]) for h in history][:2] == [("rm", [2]), ("rm", [1])]
 
 
 def test_single_file_and_executable_bit(cas, tmp_path):

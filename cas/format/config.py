@@ -1,14 +1,22 @@
-"""The store config: format version and the parameters that are part of the format.
+"""The store config: format version, store identity, and the parameters that are part of the
+format.
 
-``config.json`` at the top of a store is written once by ``init``. A store whose format name or
-version this build does not know is refused with ``E_FORMAT`` before anything else is read.
+``config.json`` at the top of a store is written by ``init`` and rewritten only by ``upgrade``.
+A store whose format name or version this build does not know is refused with ``E_FORMAT``
+before anything else is read, and so is a store that lists a required feature this build does
+not know (``features``). Keys this build does not know are optional by definition: they are
+accepted, and ``upgrade`` carries them over when it rewrites the file.
 
-Version 2 added derived chunks (pack codec 3, see :mod:`cas.derive`): a version-2 store may hold
-them, so readers that only know version 1 must refuse it. Version-1 stores are still read and
-written, and never get derived chunks.
+Versions: 1 (cas 0.1); 2 added derived chunks (pack codec 3, see :mod:`cas.derive`); 3 added
+the store UUID and the ``features`` list, the evolution rule in ``docs/format.md``. Versions 1
+and 2 are still read and written as they are; ``cas upgrade`` brings them to 3.
+
+Mutable settings (description, restore window...) live apart, in :mod:`cas.settings`.
 """
 
 from __future__ import annotations
+
+import uuid as uuid_mod
 
 import msgspec
 
@@ -16,21 +24,35 @@ from cas.chunking import ChunkerParams
 from cas.errors import FormatError, SchemaError
 
 FORMAT_NAME = "cas-store"
-FORMAT_VERSION = 2
-SUPPORTED_VERSIONS = frozenset({1, 2})
+FORMAT_VERSION = 3
+SUPPORTED_VERSIONS = frozenset({1, 2, 3})
+
+#: Required features a store may list that this build understands. A reader refuses a store
+#: that lists any other (``E_FORMAT``): it could misread data written with it.
+FEATURE_DERIVED = "derived-chunks"
+KNOWN_FEATURES = frozenset({FEATURE_DERIVED})
 
 
-class CompressionParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class CompressionParams(msgspec.Struct, frozen=True):
     codec: str = "zstd"
     level: int = 1
     #: Store fine-tuned and dtype-converted tensors as residuals against their base version
-    #: (codec 3, see cas.derive). Only in format version 2; ``init`` sets it.
+    #: (codec 3, see cas.derive). Only in format version 2 and later; ``init`` sets it.
     derive: bool = False
+
+
+def new_store_id() -> str:
+    """A random store UUID (version 4), as 32 lowercase hex digits with dashes."""
+    return str(uuid_mod.uuid4())
 
 
 class StoreConfig(msgspec.Struct, frozen=True):
     format: str = FORMAT_NAME
     version: int = FORMAT_VERSION
+    #: Random identity of the store, fixed at creation (version 3; empty in older stores).
+    uuid: str = ""
+    #: Required features readers must understand (version 3).
+    features: list[str] = []
     hash: str = "blake3-256"
     chunker: ChunkerParams = ChunkerParams()
     compression: CompressionParams = CompressionParams()
@@ -41,25 +63,42 @@ class StoreConfig(msgspec.Struct, frozen=True):
     @property
     def derives(self) -> bool:
         """True if writers may store derived chunks: a version-1 store never holds one."""
+        if self.version >= 3:
+            return FEATURE_DERIVED in self.features and self.compression.derive
         return self.version >= 2 and self.compression.derive
 
     def encode(self) -> bytes:
         return msgspec.json.format(msgspec.json.encode(self), indent=2) + b"\n"
 
     @classmethod
+    def create(cls, *, derive: bool, created_at: str) -> StoreConfig:
+        """The config of a new store of the current version."""
+        return cls(uuid=new_store_id(), features=[FEATURE_DERIVED] if derive else [],
+                   compression=CompressionParams(derive=derive), created_at=created_at)
+
+    @classmethod
     def decode(cls, data: bytes) -> StoreConfig:
-        """Parse config.json; refuse unknown formats and versions."""
-        try:
-            raw = msgspec.json.decode(data)
-        except msgspec.DecodeError as exc:
-            raise SchemaError(f"store config is not valid JSON: {exc}") from None
+        """Parse config.json; refuse unknown formats, versions and required features.
+
+        Raises:
+            FormatError: not a cas store config, or one this build cannot read.
+            SchemaError: a cas store config with malformed fields.
+        """
+        raw = _raw(data)
         if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
             raise FormatError("not a cas store config (format field missing or wrong)")
-        if raw.get("version") not in SUPPORTED_VERSIONS:
+        version = raw.get("version")
+        if type(version) is not int or version not in SUPPORTED_VERSIONS:
             raise FormatError(
-                f"store format version {raw.get('version')!r} is not supported by this cas "
+                f"store format version {version!r} is not supported by this cas "
                 f"(supports {sorted(SUPPORTED_VERSIONS)}); upgrade cas"
             )
+        features = raw.get("features", [])
+        if isinstance(features, list):
+            unknown = sorted(str(f) for f in features if f not in KNOWN_FEATURES)
+            if unknown:
+                raise FormatError(f"store requires features this cas does not know: "
+                                  f"{', '.join(unknown)}; upgrade cas")
         try:
             cfg = msgspec.convert(raw, cls)
         except msgspec.ValidationError as exc:
@@ -69,4 +108,38 @@ class StoreConfig(msgspec.Struct, frozen=True):
             raise FormatError(f"store hash {cfg.hash!r} is not supported")
         if cfg.compression.codec != "zstd":
             raise FormatError(f"store compression {cfg.compression.codec!r} is not supported")
+        if cfg.version >= 3:
+            try:
+                uuid_mod.UUID(cfg.uuid)
+            except ValueError:
+                raise SchemaError(f"store config: uuid {cfg.uuid!r} is not a UUID") from None
         return cfg
+
+
+def _raw(data: bytes) -> object:
+    try:
+        return msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise SchemaError(f"store config is not valid JSON: {exc}") from None
+
+
+def upgraded(data: bytes) -> tuple[bytes, StoreConfig]:
+    """The config of an older store brought to the current version, as bytes and record.
+
+    Keys this build does not know are carried over unchanged; the store gets a new UUID; a
+    version-2 store that derives gets the ``derived-chunks`` feature; a version-1 store never
+    derives. Raises what :meth:`StoreConfig.decode` raises.
+    """
+    old = StoreConfig.decode(data)
+    raw = _raw(data)
+    assert isinstance(raw, dict)
+    if old.version == FORMAT_VERSION:
+        return data, old
+    derive = old.derives
+    raw["version"] = FORMAT_VERSION
+    raw["uuid"] = new_store_id()
+    raw["features"] = [FEATURE_DERIVED] if derive else []
+    compression = raw.get("compression") if isinstance(raw.get("compression"), dict) else {}
+    raw["compression"] = {**compression, "derive": derive}
+    out = msgspec.json.format(msgspec.json.encode(raw), indent=2) + b"\n"
+    return out, StoreConfig.decode(out)

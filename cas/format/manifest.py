@@ -161,8 +161,11 @@ class Manifest(msgspec.Struct, frozen=True):
 
     def same_content(self, other: Manifest) -> bool:
         """True if both versions hold the same files with the same bytes and modes."""
-        key = lambda m: [(f.path, f.sha256, f.size, f.executable) for f in m.files]
-        return key(self) == key(other)
+        return _content_key(self) == _content_key(other)
+
+
+def _content_key(m: Manifest) -> list[tuple[str, str, int, bool]]:
+    return [(f.path, f.sha256, f.size, f.executable) for f in m.files]
 
 
 def json_schema() -> dict[str, object]:

@@ -1,0 +1,130 @@
+"""Annotate: record metadata on an existing version (metrics computed after training, a
+license found later, provenance) as a new registry commit.
+
+The version keeps its number, its files and its identity (the commit that added it); the
+model's tip holds the annotated manifest, so ``show`` shows the merged metadata and ``log``
+shows the annotation. Fields this build does not know (written by a newer cas) are carried
+over unchanged, so annotating never loses another host's metadata.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from cas.errors import ArgsError
+from cas.format.manifest import FileEntry, Manifest, Metadata, Provenance
+from cas.names import parse_version_spec
+from cas.registry import resolve_identity
+
+if TYPE_CHECKING:
+    from cas.store import Store
+
+@dataclass
+class Annotation:
+    """What to change; fields left at their defaults are left alone."""
+
+    message: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    unset_metrics: list[str] = field(default_factory=list)
+    extra: dict[str, str] = field(default_factory=dict)
+    unset_extra: list[str] = field(default_factory=list)
+    license: str | None = None
+    role: str | None = None
+    base_model: str | None = None
+    provenance: Provenance = field(default_factory=Provenance)
+    author: str | None = None
+
+
+class AnnotateResult(msgspec.Struct):
+    name: str
+    seq: int
+    #: The annotation commit, or None when nothing changed (no commit is made).
+    commit: str | None
+    changed: list[str]
+
+
+def annotate(store: Store, spec: str, ann: Annotation) -> AnnotateResult:
+    """Merge ``ann`` into the metadata of live version ``spec`` in one registry commit.
+
+    Idempotent: an annotation that changes nothing makes no commit.
+
+    Raises:
+        NotFoundError: no such live version.
+        ArgsError: a metric that is not finite, or unsetting a key that is not set.
+    """
+    for k, v in ann.metrics.items():
+        if not math.isfinite(v):
+            raise ArgsError(f"metric {k}={v}: not a finite number")
+    identity = resolve_identity(ann.author)
+    with store.writing():
+        version = store.registry.resolve(parse_version_spec(spec))
+        raw_bytes = store.registry.manifest_bytes(version)
+        old = Manifest.decode(raw_bytes)
+        md = old.metadata
+        changed: list[str] = []
+        metrics = dict(md.metrics)
+        for k in ann.unset_metrics:
+            if k not in metrics:
+                raise ArgsError(f"{version.ref} has no metric {k!r}")
+            del metrics[k]
+        metrics.update(ann.metrics)
+        extra = dict(md.extra)
+        for k in ann.unset_extra:
+            if k not in extra:
+                raise ArgsError(f"{version.ref} has no --meta key {k!r}")
+            del extra[k]
+        extra.update(ann.extra)
+        prov = md.provenance
+        p = ann.provenance
+        prov = msgspec.structs.replace(
+            prov,
+            run_id=p.run_id if p.run_id is not None else prov.run_id,
+            datasets=list(p.datasets) or prov.datasets,
+            code_revision=p.code_revision if p.code_revision is not None else prov.code_revision,
+            seed=p.seed if p.seed is not None else prov.seed,
+            environment={**prov.environment, **p.environment},
+        )
+        new_md = msgspec.structs.replace(
+            md, metrics=metrics, extra=extra, provenance=prov,
+            license=ann.license if ann.license is not None else md.license,
+            role=ann.role if ann.role is not None else md.role,
+            base_model=ann.base_model if ann.base_model is not None else md.base_model,
+        )
+        for f in msgspec.structs.fields(new_md):
+            if getattr(new_md, f.name) != getattr(md, f.name):
+                changed.append(f.name)
+        if not changed:
+            return AnnotateResult(version.name, version.seq, None, [])
+        new = msgspec.structs.replace(old, metadata=new_md)
+        doc = _carry_unknown(msgspec.json.decode(new.encode()), msgspec.json.decode(raw_bytes))
+        data = msgspec.json.format(msgspec.json.encode(doc), indent=2) + b"\n"
+        Manifest.decode(data)  # what is committed must read back
+        commit = store.registry.annotate_version(version, data, ann.message, identity)
+    return AnnotateResult(version.name, version.seq, commit, changed)
+
+
+def _carry_unknown(new: Any, old: Any, struct: type = Manifest) -> Any:
+    """``new`` (the canonical encoding of a ``struct``) plus every key of ``old`` that is not a
+    field of ``struct``, at every level (metadata, provenance, and files matched by position;
+    their paths never change here). A known field absent from ``new`` was omitted as a default
+    or cleared by this annotation, so it never comes back from ``old``."""
+    if not (isinstance(new, dict) and isinstance(old, dict)):
+        return new
+    known = {f.encode_name for f in msgspec.structs.fields(struct)}
+    out = dict(new)
+    for k, v in old.items():
+        if k not in known:
+            out[k] = v
+    nested = {Manifest: {"metadata": Metadata}, Metadata: {"provenance": Provenance}}
+    for k, sub in nested.get(struct, {}).items():
+        if k in out:
+            out[k] = _carry_unknown(out[k], old.get(k), sub)
+    if struct is Manifest and isinstance(old.get("files"), list) \
+            and len(old["files"]) == len(out["files"]):
+        out["files"] = [_carry_unknown(a, b, FileEntry)
+                        for a, b in zip(out["files"], old["files"], strict=True)]
+    return out

@@ -1,0 +1,166 @@
+"""Removing versions and bringing them back: ``rm``, ``restore``, ``ls --removed``.
+
+``rm`` takes versions out of a model's tip in one registry commit; nothing else is deleted
+here. The commit records the tags it deleted, and the model's history stays reachable (a
+model whose every version is removed keeps its ref, with an empty tree), so ``log`` still shows
+it and a re-added name continues its sequence numbers. For the store's restore window (setting
+``restore_window``, default 14 days) ``restore`` puts removed manifests back, with their tags;
+garbage collection keeps the data of versions removed within the window.
+
+A tagged version, and a model with tagged versions, is removed only with ``force``.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from cas.errors import ArgsError, ConflictError, NotFoundError
+from cas.names import parse_version_spec, validate_model_name
+from cas.registry import RemovedVersion, resolve_identity
+
+if TYPE_CHECKING:
+    from cas.store import Store
+
+
+class RemoveResult(msgspec.Struct):
+    name: str
+    removed: list[str]
+    tags_removed: list[str]
+    #: True if no live version of the model remains.
+    model_removed: bool
+    commit: str
+    restorable_until: str
+
+
+class RestoreResult(msgspec.Struct):
+    name: str
+    restored: list[str]
+    tags_restored: list[str]
+    commit: str
+    #: Tags the removal deleted that another version has taken since (not restored).
+    tags_taken: list[str] = []
+
+
+class RemovedRow(msgspec.Struct):
+    name: str
+    seq: int
+    version: str
+    removed_at: str
+    removed_by: str
+    restorable_until: str
+    #: True once the restore window has passed (garbage collection may take the data).
+    expired: bool
+    tags: list[str]
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def remove(store: Store, spec: str, *, force: bool = False, message: str = "",
+           author: str | None = None) -> RemoveResult:
+    """Remove version ``NAME@V``, or every live version of model ``NAME``.
+
+    Raises:
+        NotFoundError: no such model or version, or nothing live to remove.
+        ConflictError: a version to remove is tagged and ``force`` is not given.
+    """
+    parsed = parse_version_spec(spec)
+    identity = resolve_identity(author)
+    with store.writing():
+        reg = store.registry
+        if parsed.selector is None:
+            versions = reg.versions(parsed.name)
+            if not versions:
+                raise NotFoundError(f"model {parsed.name!r} has no live versions to remove")
+        else:
+            versions = [reg.resolve(parsed)]
+        commits = {v.commit: v.seq for v in versions}
+        tags = sorted((t, commits[c]) for (_m, t), c in reg.tags(parsed.name).items()
+                      if c in commits)
+        if tags and not force:
+            named = ", ".join(f"{parsed.name}@{t} (v{s})" for t, s in tags)
+            raise ConflictError(f"{named} tagged: untag first or use --force "
+                                "(the tags are recorded and come back with 'cas restore')")
+        commit = reg.remove_versions(parsed.name, versions, tags, message, identity)
+        left = reg.versions(parsed.name)
+    window = store.settings.restore_window_seconds()
+    return RemoveResult(parsed.name, [v.ref for v in versions], [t for t, _ in tags],
+                        not left, commit, _iso(time.time() + window))
+
+
+def removed_versions(store: Store, pattern: str | None = None) -> list[RemovedRow]:
+    """Every removed version (newest removal first), restorable or expired."""
+    import fnmatch
+
+    window = store.settings.restore_window_seconds()
+    now = time.time()
+    rows = []
+    for name in store.registry.model_names():
+        if pattern and not fnmatch.fnmatchcase(name, pattern):
+            continue
+        for seq, r in sorted(store.registry.state(name).removed.items()):
+            rows.append(RemovedRow(name, seq, r.version.ref, _iso(r.removed_at), r.removed_by,
+                                   _iso(r.removed_at + window), _expired(r, window, now),
+                                   list(r.tags)))
+    rows.sort(key=lambda r: (r.removed_at, r.name, r.seq), reverse=True)
+    return rows
+
+
+def _expired(r: RemovedVersion, window: int, now: float) -> bool:
+    # A removal time in the future (clock skew) counts as recent: never expired early.
+    return now - r.removed_at > window
+
+
+def restore(store: Store, spec: str, *, author: str | None = None) -> RestoreResult:
+    """Bring back ``NAME@V`` (a sequence number or a commit prefix), or with ``NAME`` every
+    version that the model's latest removal took out, with the tags those removals deleted.
+
+    Raises:
+        NotFoundError: nothing removed matches, or its restore window has passed.
+        ArgsError: ``NAME@TAG`` (tags of removed versions are deleted; use the number).
+    """
+    parsed = parse_version_spec(spec)
+    validate_model_name(parsed.name)
+    identity = resolve_identity(author)
+    window = store.settings.restore_window_seconds()
+    with store.writing():
+        reg = store.registry
+        st = reg.state(parsed.name)
+        if parsed.selector is None:
+            if not st.removed:
+                raise NotFoundError(f"model {parsed.name!r} has no removed versions")
+            latest = max(st.removed.values(), key=lambda r: (r.removed_at, r.removal_commit))
+            chosen = [r for r in st.removed.values() if r.removal_commit == latest.removal_commit]
+        else:
+            sel = parsed.selector
+            if sel.isdigit():
+                seq = int(sel)
+            else:
+                hits = [s for s, r in st.removed.items()
+                        if len(sel) >= 4 and r.version.commit.startswith(sel.lower())]
+                if len(hits) != 1:
+                    raise ArgsError(f"{spec}: name a removed version by its number "
+                                    "(see 'cas ls --removed')")
+                seq = hits[0]
+            if seq in st.live:
+                raise ConflictError(f"{parsed.name}@{seq} is not removed")
+            if seq not in st.removed:
+                raise NotFoundError(f"{parsed.name}@{seq}: no such removed version")
+            chosen = [st.removed[seq]]
+        now = time.time()
+        expired = [r for r in chosen if _expired(r, window, now)]
+        if expired:
+            r = expired[0]
+            raise NotFoundError(
+                f"{r.version.ref} was removed on {_iso(r.removed_at)[:10]}, beyond the restore "
+                f"window ({store.settings.get('restore_window')}); its data may be collected")
+        chosen.sort(key=lambda r: r.version.seq)
+        commit, tags = reg.restore_versions(parsed.name, chosen, identity)
+    wanted = [t for r in chosen for t in r.tags]
+    return RestoreResult(parsed.name, [r.version.ref for r in chosen], tags, commit,
+                         [t for t in wanted if t not in tags])

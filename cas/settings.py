@@ -1,0 +1,166 @@
+"""Mutable store settings: ``<store>/settings.json``, apart from the immutable format config.
+
+A setting is a named, typed value with a default; this module is the one table of them.
+``cas config get|set|list`` reads and writes them; ``set`` validates the value, takes the store
+write lock and replaces the file atomically (temp, fsync, rename, directory fsync), so a reader
+sees either the old file or the new one. A missing file means every setting is at its default.
+
+Keys this build does not know (written by a newer cas on the same store) are kept as they are
+when the file is rewritten and listed by ``config list``; ``set`` refuses them, since this build
+cannot validate them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from cas.errors import ArgsError, SchemaError, from_os_error
+from cas.fsutil import atomic_write
+
+FILE = "settings.json"
+_DURATION = re.compile(r"\s*(\d+)\s*([smhdw]?)\s*\Z")
+_UNITS = {"": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> int:
+    """``14d``, ``36h``, ``2w``, ``90m``, ``0`` (a bare number is days) -> seconds.
+
+    Raises:
+        ArgsError: anything else.
+    """
+    m = _DURATION.match(str(text))
+    if not m:
+        raise ArgsError(f"{text!r} is not a duration (e.g. 14d, 36h, 2w, 0)")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def format_duration(seconds: int) -> str:
+    """The shortest exact form: ``1209600`` -> ``14d``."""
+    for unit in ("w", "d", "h", "m"):
+        if seconds and seconds % _UNITS[unit] == 0:
+            return f"{seconds // _UNITS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+def _description(value: str) -> str:
+    value = str(value)
+    if len(value) > 200 or any(ord(c) < 32 for c in value):
+        raise ArgsError("description must be one line of at most 200 characters")
+    return value
+
+
+def _duration(value: str) -> str:
+    return format_duration(parse_duration(value))
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One known setting: its default and the function that validates and normalises a value
+    given as text (raising ArgsError)."""
+
+    key: str
+    default: str
+    normalise: Callable[[str], str]
+    help: str
+
+
+SETTINGS: dict[str, Setting] = {s.key: s for s in (
+    Setting("description", "", _description,
+            "a human description of this store, shown in listings of stores"),
+    Setting("restore_window", "14d", _duration,
+            "how long removed versions can be brought back with 'cas restore' "
+            "(garbage collection keeps their data that long)"),
+)}
+
+
+class Settings:
+    """The settings of one store: known keys with their values, plus unknown keys carried."""
+
+    def __init__(self, path: Path, values: dict[str, object]) -> None:
+        self.path = path
+        self.values = values
+
+    @classmethod
+    def load(cls, store_path: Path) -> Settings:
+        """Read ``settings.json`` (absent: all defaults).
+
+        Raises:
+            SchemaError: the file is not a JSON object of settings (named in the message).
+        """
+        path = store_path / FILE
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return cls(path, {})
+        except OSError as exc:
+            raise from_os_error(exc, f"reading {path}") from None
+        try:
+            raw = msgspec.json.decode(data)
+        except msgspec.DecodeError as exc:
+            raise SchemaError(f"{path}: not valid JSON ({exc}); fix or delete it") from None
+        if not isinstance(raw, dict):
+            raise SchemaError(f"{path}: not a JSON object; fix or delete it")
+        for key, setting in SETTINGS.items():
+            if key in raw:
+                try:
+                    setting.normalise(raw[key])  # type: ignore[arg-type]
+                except ArgsError as exc:
+                    raise SchemaError(f"{path}: {key}: {exc}; fix or delete it") from None
+        return cls(path, raw)
+
+    def get(self, key: str) -> str:
+        """The value of a known setting, or its default.
+
+        Raises:
+            ArgsError: an unknown key.
+        """
+        setting = _known(key)
+        value = self.values.get(key)
+        return setting.default if value is None else setting.normalise(str(value))
+
+    def restore_window_seconds(self) -> int:
+        return parse_duration(self.get("restore_window"))
+
+    def listing(self) -> dict[str, dict[str, object]]:
+        """Every setting: ``{key: {"value", "default", "set", "known"}}``, known keys first."""
+        out: dict[str, dict[str, object]] = {}
+        for key, setting in SETTINGS.items():
+            out[key] = {"value": self.get(key), "default": setting.default,
+                        "set": key in self.values, "known": True}
+        for key, value in sorted(self.values.items()):
+            if key not in SETTINGS:
+                out[key] = {"value": value, "default": None, "set": True, "known": False}
+        return out
+
+    def set(self, key: str, value: str | None, tmp_dir: Path) -> str | None:
+        """Set (or with ``value=None`` reset to its default) a known setting and write the
+        file atomically. The caller holds the store write lock. Returns the stored value.
+
+        Raises:
+            ArgsError: unknown key or invalid value.
+            DiskError | PermError: the file could not be written (it is unchanged).
+        """
+        setting = _known(key)
+        values = dict(self.values)
+        if value is None:
+            values.pop(key, None)
+            stored = None
+        else:
+            stored = setting.normalise(value)
+            values[key] = stored
+        atomic_write(self.path, msgspec.json.format(msgspec.json.encode(values), indent=2)
+                     + b"\n", tmp_dir)
+        self.values = values
+        return stored
+
+
+def _known(key: str) -> Setting:
+    try:
+        return SETTINGS[key]
+    except KeyError:
+        raise ArgsError(f"unknown setting {key!r} (known: {', '.join(SETTINGS)})") from None
