@@ -13,7 +13,15 @@ Invariants:
   pairs, a GGUF string over 64 MiB, or any count that cannot fit in the rest of the file is
   malformed. ``config.json`` is read only when it is under 1 MiB.
 * Total: neither public function raises on bad or unreadable input. Malformed headers leave the
-  affected fields ``None`` (or empty); they never abort the whole description.
+  affected fields ``None`` (or empty) and are reported by :func:`describe` (file and reason);
+  they never abort the whole description.
+* Checked: a header is believed only if it is consistent with the file. A safetensors header
+  must give each tensor exactly ``product(shape) x dtype size`` bytes, and its tensors must tile
+  the data section (no overlap, no hole, nothing past the end), as the safetensors library
+  requires. A GGUF tensor's data (``product(dims)`` elements, in whole blocks for quantized
+  types) must start at a multiple of the alignment, lie inside the file and overlap no other
+  tensor. For a dtype or ggml type this module does not know, only "at least one bit per
+  element" can be checked against the bytes available to the tensor.
 * Quiet: nothing is printed and the process is never exited.
 * Deterministic: the result depends only on the bytes of the files and their relative paths.
 """
@@ -24,11 +32,13 @@ import json
 import math
 import os
 import pathlib
+import stat as stat_mod
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO, Final
 
-__all__ = ["describe", "detect_format"]
+__all__ = ["describe", "detect_format", "format_of"]
 
 MAX_SAFETENSORS_HEADER: Final = 100 * 1024 * 1024
 MAX_GGUF_COUNT: Final = 1_000_000
@@ -41,6 +51,8 @@ MAX_CONFIG_BYTES: Final = 1024 * 1024
 WEIGHT_FORMATS: Final = ("safetensors", "gguf", "pytorch", "onnx")
 _PYTORCH_SUFFIXES: Final = frozenset({".bin", ".pt", ".pth", ".ckpt"})
 
+#: Opening a FIFO for reading would wait for a writer; a regular file ignores the flag.
+_O_NONBLOCK: Final = getattr(os, "O_NONBLOCK", 0)
 _U32: Final = struct.Struct("<I")
 _U64: Final = struct.Struct("<Q")
 
@@ -49,6 +61,26 @@ GGML_TYPES: Final[dict[int, str]] = {
     10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS",
     17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S",
     23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M", 30: "BF16",
+    34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4",
+}  # fmt: skip
+
+#: Bytes of each ggml type: ``(elements per block, bytes per block)`` (gguf-py's
+#: GGML_QUANT_SIZES). A quantized tensor's first dimension is a whole number of blocks.
+GGML_BLOCKS: Final[dict[int, tuple[int, int]]] = {
+    0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34),
+    9: (32, 36), 10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210),
+    15: (256, 292), 16: (256, 66), 17: (256, 74), 18: (256, 98), 19: (256, 50), 20: (32, 18),
+    21: (256, 110), 22: (256, 82), 23: (256, 136), 24: (1, 1), 25: (1, 2), 26: (1, 4),
+    27: (1, 8), 28: (1, 8), 29: (256, 56), 30: (1, 2), 34: (256, 54), 35: (256, 66),
+    39: (32, 17),
+}  # fmt: skip
+
+#: Bits per element of each safetensors dtype (the safetensors library's list).
+SAFETENSORS_BITS: Final[dict[str, int]] = {
+    "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8,
+    "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16,
+    "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64, "I64": 64,
+    "U64": 64,
 }  # fmt: skip
 
 GGUF_FILE_TYPES: Final[dict[int, str]] = {
@@ -113,28 +145,11 @@ class _Header:
     tensors: list[Tensor] = field(default_factory=list)
 
 
-def detect_format(path: pathlib.Path) -> str:
-    """Name the format of one file, by magic bytes first, then by extension.
+def format_of(head: bytes, size: int, name: str) -> str:
+    """Name the format of a file from its first 16 bytes (``head``), its size and its name.
 
-    Args:
-        path: the file to inspect. Only its first 16 bytes are read.
-
-    Returns:
-        ``"gguf"`` for the ``GGUF`` magic; ``"safetensors"`` for a plausible u64 header length
-        followed by ``{`` (or, failing the magic, a ``.safetensors`` extension); ``"pytorch"`` for
-        a ``.bin``/``.pt``/``.pth``/``.ckpt`` file that starts as a zip or a pickle; ``"onnx"``
-        for a ``.onnx`` extension; otherwise ``"other"``. Missing, unreadable, non-regular and
-        empty files are ``"other"``.
+    The rules of :func:`detect_format`, for a caller that already holds the first bytes.
     """
-    path = pathlib.Path(path)
-    try:
-        if not path.is_file():
-            return "other"
-        with path.open("rb") as f:
-            head = f.read(16)
-            size = os.fstat(f.fileno()).st_size
-    except (OSError, ValueError):
-        return "other"
     if not head:
         return "other"
     if head.startswith(b"GGUF"):
@@ -143,43 +158,84 @@ def detect_format(path: pathlib.Path) -> str:
         (length,) = _U64.unpack_from(head)
         if 2 <= length <= size - 8:
             return "safetensors"
-    suffix = path.suffix.lower()
+    suffix = os.path.splitext(name)[1].lower()
     if suffix in _PYTORCH_SUFFIXES and (head.startswith(b"PK\x03\x04") or head[0] == 0x80):
         return "pytorch"
-    if suffix == ".safetensors":
-        return "safetensors"
+    if suffix in (".safetensors", ".gguf"):
+        return suffix[1:]
     if suffix == ".onnx":
         return "onnx"
     return "other"
 
 
-def describe(root: pathlib.Path, files: list[str]) -> dict[str, object]:
+def detect_format(path: pathlib.Path | str) -> str:
+    """Name the format of one file, by magic bytes first, then by extension.
+
+    Args:
+        path: the file to inspect. Only its first 16 bytes are read.
+
+    Returns:
+        ``"gguf"`` for the ``GGUF`` magic; ``"safetensors"`` for a plausible u64 header length
+        followed by ``{``; failing the magic, ``"safetensors"`` or ``"gguf"`` for those
+        extensions (so that a damaged weight file is parsed, and reported, rather than taken for
+        some other file); ``"pytorch"`` for a ``.bin``/``.pt``/``.pth``/``.ckpt`` file that
+        starts as a zip or a pickle; ``"onnx"`` for a ``.onnx`` extension; otherwise
+        ``"other"``. Missing, unreadable, non-regular and empty files are ``"other"``.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | _O_NONBLOCK)
+    except (OSError, ValueError):
+        return "other"
+    try:
+        st = os.fstat(fd)
+        if not stat_mod.S_ISREG(st.st_mode):
+            return "other"
+        head = os.read(fd, 16)
+    except OSError:
+        return "other"
+    finally:
+        os.close(fd)
+    return format_of(head, st.st_size, os.fspath(path))
+
+
+def describe(root: pathlib.Path, files: list[str],
+             formats: Mapping[str, str] | None = None) -> dict[str, object]:
     """Describe the model made of ``files`` under ``root``.
 
     The model's format is the weight format holding the most bytes (ties broken in the order
     safetensors, gguf, pytorch, onnx), else ``"other"``. Parameter count and dtypes come from the
-    headers of the files of that format (safetensors or GGUF only); if any of those headers is
-    malformed the parameter count is ``None`` and the dtypes are those of the readable files.
+    headers of the files of that format (safetensors or GGUF only): the parameter count is the
+    sum, over every tensor of every such file, of the product of the tensor's shape (a GGUF
+    quantized tensor counts its elements, not its blocks or bytes; a tensor stored under two
+    names, or in two files, counts twice, since it is stored twice). If any of those headers is
+    malformed the parameter count is ``None`` and the dtypes are those of the sound files.
 
     Args:
         root: directory holding the files, or a single file (then it is the only file and
             ``files`` is ignored).
         files: relative POSIX paths under ``root``. Absolute paths, paths with ``..`` and
             duplicates are ignored. ``config.json`` is read only at the top level.
+        formats: the format of some of the files (relative path -> :func:`format_of`), known
+            already by a caller that read their first bytes; the others are sniffed.
 
     Returns:
-        A dict with exactly the keys ``format`` (str), ``architecture`` (str | None),
-        ``parameter_count`` (int | None), ``dtypes`` (sorted list[str]) and ``quantization``
-        (str | None).
+        A dict with the keys ``format`` (str), ``architecture`` (str | None),
+        ``parameter_count`` (int | None), ``dtypes`` (sorted list[str]), ``quantization``
+        (str | None) and ``bad_headers``: ``(relative path, reason)`` of every safetensors or
+        GGUF file whose header is unreadable, malformed or inconsistent with the file (such a
+        file contributes nothing to the other fields).
     """
     root = pathlib.Path(root)
     entries = _entries(root, files)
     config: dict[str, object] | None = None
-    by_format: dict[str, list[tuple[int, str, pathlib.Path]]] = {}
+    by_format: dict[str, list[tuple[int, str, str]]] = {}
+    bad: list[tuple[str, str]] = []
     for rel, path in entries:
         if rel == "config.json":
             config = _read_config(path)
-        fmt = detect_format(path)
+        fmt = formats.get(rel) if formats is not None else None
+        if fmt is None:
+            fmt = detect_format(path)
         if fmt in WEIGHT_FORMATS:
             by_format.setdefault(fmt, []).append((_size(path), rel, path))
     for group in by_format.values():
@@ -190,16 +246,24 @@ def describe(root: pathlib.Path, files: list[str]) -> dict[str, object]:
         totals = {f: sum(size for size, _, _ in group) for f, group in by_format.items()}
         fmt = max(totals, key=lambda f: (totals[f], -WEIGHT_FORMATS.index(f)))
 
+    parsed: dict[str, list[_Header]] = {}
+    for kind in ("safetensors", "gguf"):
+        for _, rel, path in sorted(by_format.get(kind, []), key=lambda item: item[1]):
+            header = _parse_checked(kind, path)
+            if isinstance(header, str):
+                bad.append((rel, header))
+            else:
+                parsed.setdefault(kind, []).append(header)
+
     parameter_count: int | None = None
     dtypes: set[str] = set()
     weight_arch: str | None = None
     weight_quant: str | None = None
     if fmt in ("safetensors", "gguf"):
-        headers = [_parse(fmt, path) for _, _, path in by_format[fmt]]
-        known = [h for h in headers if h is not None]
+        known = parsed.get(fmt, [])
         for h in known:
             dtypes |= h.dtypes
-        if len(known) == len(headers):
+        if len(known) == len(by_format[fmt]):
             parameter_count = sum(h.parameter_count for h in known)
         weight_arch = next((h.architecture for h in known if h.architecture), None)
         weight_quant = next((h.quantization for h in known if h.quantization), None)
@@ -207,11 +271,8 @@ def describe(root: pathlib.Path, files: list[str]) -> dict[str, object]:
     config_arch, config_quant = _config_fields(config)
     architecture = config_arch or weight_arch
     if architecture is None and fmt != "gguf":
-        for _, _, path in by_format.get("gguf", []):
-            header = _parse("gguf", path)
-            if header is not None and header.architecture:
-                architecture = header.architecture
-                break
+        architecture = next((h.architecture for h in parsed.get("gguf", []) if h.architecture),
+                            None)
     quantization = weight_quant if fmt == "gguf" and weight_quant else config_quant
     return {
         "format": fmt,
@@ -219,11 +280,12 @@ def describe(root: pathlib.Path, files: list[str]) -> dict[str, object]:
         "parameter_count": parameter_count,
         "dtypes": sorted(dtypes),
         "quantization": quantization,
+        "bad_headers": bad,
     }
 
 
-def _entries(root: pathlib.Path, files: list[str]) -> list[tuple[str, pathlib.Path]]:
-    """Pair each usable relative path with its absolute path, in a stable order.
+def _entries(root: pathlib.Path, files: list[str]) -> list[tuple[str, str]]:
+    """Pair each usable relative path with its path on disk, in a stable order.
 
     Args:
         root: directory or single file.
@@ -234,35 +296,39 @@ def _entries(root: pathlib.Path, files: list[str]) -> list[tuple[str, pathlib.Pa
     """
     try:
         if root.is_file():
-            return [(root.name, root)]
+            return [(root.name, str(root))]
     except (OSError, ValueError):
         return []
-    seen: dict[str, pathlib.Path] = {}
+    base = str(root)
+    seen: dict[str, str] = {}
     for name in files:
         if not isinstance(name, str) or not name:
             continue
-        rel = pathlib.PurePosixPath(name)
-        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        parts = name.split("/")
+        if name.startswith("/") or ".." in parts:
             continue
-        seen.setdefault(rel.as_posix(), root.joinpath(*rel.parts))
+        rel = "/".join(p for p in parts if p and p != ".")
+        if rel:
+            seen.setdefault(rel, os.path.join(base, *rel.split("/")))
     return sorted(seen.items())
 
 
-def _size(path: pathlib.Path) -> int:
+def _size(path: str) -> int:
     """Return the size of ``path`` in bytes, or 0 if it cannot be stat'ed."""
     try:
-        return path.stat().st_size
+        return os.stat(path).st_size
     except (OSError, ValueError):
         return 0
 
 
 #: Headers parsed in this process, keyed by what identifies the file's content (an add reads
-#: each weight file's header for grouping, for derivation and to describe the model).
-_PARSED: dict[tuple[str, str, int, int, int, int], _Header | None] = {}
+#: each weight file's header for grouping, for derivation and to describe the model). A
+#: malformed header is kept as the reason it was refused.
+_PARSED: dict[tuple[str, str, int, int, int, int], _Header | str] = {}
 
 
-def _parse(fmt: str, path: pathlib.Path) -> _Header | None:
-    """Parse one weight file's header, or return ``None`` if it is malformed or unreadable.
+def _parse_checked(fmt: str, path: pathlib.Path | str) -> _Header | str:
+    """Parse one weight file's header; return it, or why it cannot be believed.
 
     A header already parsed for the same path, size, mtime, ctime and inode is not read again.
 
@@ -271,24 +337,47 @@ def _parse(fmt: str, path: pathlib.Path) -> _Header | None:
         path: the weight file.
 
     Returns:
-        The parsed header, or ``None``.
+        The parsed header, or a one-line reason (malformed, inconsistent or unreadable).
     """
     try:
-        with path.open("rb") as f:
+        with open(path, "rb") as f:
             st = os.fstat(f.fileno())
             key = (fmt, str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
             if key in _PARSED:
                 return _PARSED[key]
-            if fmt == "safetensors":
-                header: _Header | None = _read_safetensors(f, st.st_size)
-            else:
-                header = _read_gguf(f, st.st_size)
-    except _PARSE_ERRORS:
-        return None
+            try:
+                if fmt == "safetensors":
+                    header: _Header | str = _read_safetensors(f, st.st_size)
+                else:
+                    header = _read_gguf(f, st.st_size)
+            except _PARSE_ERRORS as exc:
+                header = _reason(exc)
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
     if len(_PARSED) >= 256:
         _PARSED.clear()
     _PARSED[key] = header
     return header
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, _Malformed):
+        return str(exc)
+    if isinstance(exc, UnicodeDecodeError):
+        return "header is not UTF-8"
+    if isinstance(exc, ValueError):
+        return "header is not valid JSON"
+    if isinstance(exc, RecursionError):
+        return "header nests too deeply"
+    if isinstance(exc, OSError):
+        return f"unreadable: {exc.strerror or exc}"
+    return f"malformed header ({type(exc).__name__})"
+
+
+def _parse(fmt: str, path: pathlib.Path | str) -> _Header | None:
+    """The parsed header of one weight file, or ``None`` if it cannot be believed."""
+    header = _parse_checked(fmt, path)
+    return None if isinstance(header, str) else header
 
 
 def _is_uint(value: object) -> bool:
@@ -297,53 +386,77 @@ def _is_uint(value: object) -> bool:
 
 
 def _read_safetensors(f: BinaryIO, size: int) -> _Header:
-    """Read a safetensors header from the start of ``f``.
+    """Read a safetensors header from the start of ``f`` and check it against the file.
 
     Args:
         f: binary file positioned at 0.
         size: total file size in bytes.
 
     Returns:
-        Parameter count and dtypes of all tensors.
+        Parameter count, dtypes and every tensor.
 
     Raises:
-        _Malformed: the header is truncated, too large, not JSON, or inconsistent.
+        _Malformed: the header is truncated, too large, not JSON, or inconsistent: a tensor's
+            byte count is not ``product(shape) x dtype size``, or the tensors do not tile the
+            data section exactly (overlap, hole, or past the end of the file).
     """
     raw = f.read(8)
     if len(raw) != 8:
         raise _Malformed("short safetensors length prefix")
     (length,) = _U64.unpack(raw)
     if length < 2 or length > MAX_SAFETENSORS_HEADER or length > size - 8:
-        raise _Malformed("bad safetensors header length")
+        raise _Malformed(f"header length {length} does not fit the file")
     blob = f.read(length)
     if len(blob) != length:
-        raise _Malformed("truncated safetensors header")
+        raise _Malformed("truncated header")
     header = json.loads(blob)  # ValueError / RecursionError are caught by the caller
     if not isinstance(header, dict):
-        raise _Malformed("safetensors header is not an object")
+        raise _Malformed("header is not a JSON object")
     data_len = size - 8 - length
     out = _Header()
+    spans: list[tuple[int, int, str]] = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
         if not isinstance(info, dict):
-            raise _Malformed("tensor entry is not an object")
+            raise _Malformed(f"tensor {name!r}: entry is not an object")
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         if not isinstance(dtype, str) or not dtype:
-            raise _Malformed("bad dtype")
+            raise _Malformed(f"tensor {name!r}: bad dtype")
         if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
-            raise _Malformed("bad shape")
+            raise _Malformed(f"tensor {name!r}: bad shape")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_uint, offsets))):
-            raise _Malformed("bad data_offsets")
-        if not offsets[0] <= offsets[1] <= data_len:
-            raise _Malformed("data_offsets outside the file")
-        out.parameter_count += math.prod(shape)
+            raise _Malformed(f"tensor {name!r}: bad data_offsets")
+        begin, end = offsets
+        if not begin <= end <= data_len:
+            raise _Malformed(f"tensor {name!r}: data_offsets [{begin}, {end}] outside the "
+                             f"{data_len} data bytes of the file")
+        count = math.prod(shape)
+        bits = SAFETENSORS_BITS.get(dtype)
+        if bits is not None and count * bits != 8 * (end - begin):
+            raise _Malformed(f"tensor {name!r}: shape {shape} of {dtype} needs "
+                             f"{count * bits / 8:g} bytes, data_offsets give {end - begin}")
+        if bits is None and count > 8 * (end - begin):
+            raise _Malformed(f"tensor {name!r}: shape {shape} has more elements than the "
+                             f"{end - begin} bytes given to it have bits")
+        spans.append((begin, end, name))
+        out.parameter_count += count
         out.dtypes.add(dtype)
         elem = _FLOAT_SIZES.get(dtype)
         if elem:
-            out.float_ranges.append((8 + length + offsets[0], 8 + length + offsets[1], elem))
-        out.tensors.append(Tensor(name, dtype, tuple(shape), 8 + length + offsets[0],
-                                  8 + length + offsets[1]))
+            out.float_ranges.append((8 + length + begin, 8 + length + end, elem))
+        out.tensors.append(Tensor(name, dtype, tuple(shape), 8 + length + begin,
+                                  8 + length + end))
+    spans.sort()
+    covered = 0
+    for begin, end, name in spans:
+        if begin != covered:
+            how = "overlapping the tensor before" if begin < covered else "leaving a hole"
+            raise _Malformed(f"tensor {name!r}: data starts at {begin}, {how} "
+                             f"(expected {covered})")
+        covered = end
+    if covered != data_len:
+        raise _Malformed(f"tensors cover {covered} of the {data_len} data bytes")
     return out
 
 
@@ -482,32 +595,54 @@ def _read_gguf(f: BinaryIO, size: int) -> _Header:
             alignment = int(scalar.unpack(r.read(scalar.size))[0]) or _GGUF_DEFAULT_ALIGNMENT
         else:
             r.skip_value(vtype)
-    floats: list[tuple[int, int, int]] = []
+    if alignment & (alignment - 1) or alignment > 1 << 20:
+        raise _Malformed(f"alignment {alignment} is not a power of two up to 1 MiB")
+    # (offset, byte length or None for a type of unknown size, elements, name, ggml type)
+    infos: list[tuple[int, int | None, int, str, int]] = []
     for _ in range(tensor_count):
-        r.skip_string()
+        name = r.string().decode("utf-8", errors="replace")
         n_dims = r.u32()
         if n_dims > MAX_GGUF_DIMS:
-            raise _Malformed("too many tensor dimensions")
+            raise _Malformed(f"tensor {name!r}: {n_dims} dimensions")
         dims = struct.unpack(f"<{n_dims}Q", r.read(8 * n_dims))
         ggml_type = r.u32()
         offset = r.u64()
         count = math.prod(dims)
+        nbytes = None
+        block = GGML_BLOCKS.get(ggml_type)
+        if block is not None:
+            if n_dims and dims[0] % block[0]:
+                raise _Malformed(f"tensor {name!r}: first dimension {dims[0]} is not a whole "
+                                 f"number of {GGML_TYPES[ggml_type]} blocks of {block[0]}")
+            nbytes = count // block[0] * block[1]
+        if offset % alignment:
+            raise _Malformed(f"tensor {name!r}: offset {offset} is not a multiple of the "
+                             f"alignment {alignment}")
+        infos.append((offset, nbytes, count, name, ggml_type))
         out.parameter_count += count
         out.dtypes.add(GGML_TYPES.get(ggml_type, f"GGML_TYPE_{ggml_type}"))
-        elem = _GGUF_FLOAT_SIZES.get(ggml_type)
-        if elem:
-            floats.append((offset, offset + count * elem, elem))
     # Tensor data starts at the first multiple of the alignment after the tensor infos.
     data_start = -(-r.pos // alignment) * alignment
-    out.float_ranges = [(data_start + a, data_start + b, e) for a, b, e in floats
-                        if data_start + b <= size]
+    data_len = size - data_start
+    infos.sort()
+    for i, (offset, nbytes, count, name, ggml_type) in enumerate(infos):
+        # A type of unknown size may use up to the next tensor, at one bit per element at least.
+        room = (infos[i + 1][0] if i + 1 < len(infos) else data_len) - offset
+        need = nbytes if nbytes is not None else -(-count // 8)
+        if need > room:
+            where = "the end of the file" if i + 1 == len(infos) else "the next tensor's data"
+            raise _Malformed(f"tensor {name!r}: {need} bytes at offset {offset} run past {where}")
+        elem = _GGUF_FLOAT_SIZES.get(ggml_type)
+        if elem:
+            out.float_ranges.append((data_start + offset, data_start + offset + count * elem,
+                                     elem))
     return out
 
 
-def _read_config(path: pathlib.Path) -> dict[str, object] | None:
+def _read_config(path: pathlib.Path | str) -> dict[str, object] | None:
     """Read ``config.json`` if it is a JSON object under :data:`MAX_CONFIG_BYTES`, else ``None``."""
     try:
-        with path.open("rb") as f:
+        with open(path, "rb") as f:
             blob = f.read(MAX_CONFIG_BYTES)
         if len(blob) >= MAX_CONFIG_BYTES:
             return None

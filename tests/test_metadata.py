@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import pathlib
 import pickle
 import struct
@@ -17,7 +18,7 @@ from safetensors.numpy import save_file
 
 from cas.metadata import describe, detect_format
 
-KEYS = {"format", "architecture", "parameter_count", "dtypes", "quantization"}
+KEYS = {"format", "architecture", "parameter_count", "dtypes", "quantization", "bad_headers"}
 
 # GGUF value type ids used by the writer below.
 U32, F32, STRING, ARRAY = 4, 6, 8, 9
@@ -43,21 +44,35 @@ def _gguf_value(vtype: int, value: object) -> bytes:
     raise AssertionError(vtype)
 
 
+def _ggml_bytes(dims: list[int], ggml_type: int) -> int:
+    from cas.metadata import GGML_BLOCKS
+
+    elems, size = GGML_BLOCKS[ggml_type]
+    return math.prod(dims) // elems * size
+
+
 def gguf_bytes(
     kvs: list[tuple[str, int, object]],
     tensors: list[tuple[str, list[int], int]],
     version: int = 3,
+    offsets: list[int] | None = None,
+    header_only: bool = False,
 ) -> bytes:
-    """Build a GGUF header (no tensor data) from (key, type, value) and (name, dims, ggml type)."""
+    """Build a GGUF file from (key, type, value) and (name, dims, ggml type): header, padding to
+    the default alignment (32), and zeroed tensor data, each tensor at an aligned offset (or at
+    ``offsets``)."""
     out = [b"GGUF", struct.pack("<IQQ", version, len(tensors), len(kvs))]
     for key, vtype, value in kvs:
         out += [_gguf_str(key), struct.pack("<I", vtype), _gguf_value(vtype, value)]
-    offset = 0
-    for name, dims, ggml_type in tensors:
+    offset, end = 0, 0
+    for i, (name, dims, ggml_type) in enumerate(tensors):
+        at = offsets[i] if offsets is not None else offset
         out += [_gguf_str(name), struct.pack("<I", len(dims)), struct.pack(f"<{len(dims)}Q", *dims)]
-        out += [struct.pack("<IQ", ggml_type, offset)]
-        offset += 32
-    return b"".join(out)
+        out += [struct.pack("<IQ", ggml_type, at)]
+        offset = -(-(at + _ggml_bytes(dims, ggml_type)) // 32) * 32
+        end = max(end, at + _ggml_bytes(dims, ggml_type))
+    header = b"".join(out)
+    return header if header_only else header + bytes(-len(header) % 32) + bytes(end)
 
 
 VOCAB = [f"tok{i}" for i in range(5000)]
@@ -68,7 +83,7 @@ LLAMA_KVS: list[tuple[str, int, object]] = [
     ("tokenizer.ggml.scores", ARRAY, (F32, [0.5] * len(VOCAB))),
     ("general.file_type", U32, 15),
 ]
-LLAMA_TENSORS = [("blk.0.attn_q.weight", [64, 32], 12), ("blk.0.ffn_down.weight", [32, 64], 14),
+LLAMA_TENSORS = [("blk.0.attn_q.weight", [256, 8], 12), ("blk.0.ffn_down.weight", [256, 8], 14),
                  ("output_norm.weight", [64], 0)]  # fmt: skip
 
 
@@ -146,7 +161,7 @@ def test_describe_directory_with_config_and_safetensors(tmp_path: pathlib.Path) 
     d = describe(tmp_path, ["config.json", "model.safetensors", "README.md"])
     assert set(d) == KEYS
     assert d == {"format": "safetensors", "architecture": "BertModel", "parameter_count": 17,
-                 "dtypes": ["F16", "F32"], "quantization": None}  # fmt: skip
+                 "dtypes": ["F16", "F32"], "quantization": None, "bad_headers": []}  # fmt: skip
 
 
 def test_describe_sharded_model_type_and_quantization(tmp_path: pathlib.Path) -> None:
@@ -188,7 +203,7 @@ def test_describe_no_weights(tmp_path: pathlib.Path) -> None:
     _write(tmp_path / "config.json", json.dumps({"architectures": ["GPT2LMHeadModel"]}).encode())
     d = describe(tmp_path, ["config.json", "missing.safetensors", "../escape.safetensors"])
     assert d == {"format": "other", "architecture": "GPT2LMHeadModel", "parameter_count": None,
-                 "dtypes": [], "quantization": None}  # fmt: skip
+                 "dtypes": [], "quantization": None, "bad_headers": []}  # fmt: skip
 
 
 # --- describe: GGUF ----------------------------------------------------------------------------
@@ -199,7 +214,8 @@ def test_describe_gguf(tmp_path: pathlib.Path, version: int) -> None:
     p = _write(tmp_path / "tiny-Q4_K_M.gguf", gguf_bytes(LLAMA_KVS, LLAMA_TENSORS, version))
     d = describe(p, [p.name])
     assert d == {"format": "gguf", "architecture": "llama", "parameter_count": 64 * 32 * 2 + 64,
-                 "dtypes": ["F32", "Q4_K", "Q6_K"], "quantization": "Q4_K_M"}  # fmt: skip
+                 "dtypes": ["F32", "Q4_K", "Q6_K"], "quantization": "Q4_K_M",
+                 "bad_headers": []}  # fmt: skip
     assert describe(tmp_path, [p.name]) == d
 
 
@@ -216,6 +232,14 @@ def test_describe_gguf_unknown_file_type_and_config_architecture(tmp_path: pathl
 
 EMPTY = {"format": "safetensors", "architecture": None, "parameter_count": None, "dtypes": [],
          "quantization": None}  # fmt: skip
+
+
+def _assert_bad(d: dict[str, object], expected: dict[str, object], case: str) -> None:
+    """Nothing recorded from the header, and the file named with a reason."""
+    bad = d.pop("bad_headers")
+    assert d == expected, case
+    assert isinstance(bad, list) and len(bad) == 1 and bad[0][1], (case, bad)
+    assert bad[0][0].startswith(case), (case, bad)
 
 
 def _describe_one(tmp_path: pathlib.Path, name: str, data: bytes) -> dict[str, object]:
@@ -245,7 +269,7 @@ def test_malformed_safetensors(tmp_path: pathlib.Path) -> None:
         "short": b"\x01\x02",
     }
     for name, data in cases.items():
-        assert _describe_one(tmp_path / name, f"{name}.safetensors", data) == EMPTY, name
+        _assert_bad(_describe_one(tmp_path / name, f"{name}.safetensors", data), EMPTY, name)
 
 
 def test_malformed_gguf(tmp_path: pathlib.Path) -> None:
@@ -257,13 +281,15 @@ def test_malformed_gguf(tmp_path: pathlib.Path) -> None:
         "absurd_counts": b"GGUF" + struct.pack("<IQQ", 3, 2**62, 2**62),
         "too_many_kvs": b"GGUF" + struct.pack("<IQQ", 3, 0, 1_000_001) + b"\0" * 64,
         "huge_string": b"GGUF" + struct.pack("<IQQQ", 3, 0, 1, 2**40) + b"k" * 32,
-        "huge_array": gguf_bytes([("a", ARRAY, (STRING, []))], [])[:-8] + struct.pack("<Q", 2**50),
-        "bad_type": gguf_bytes([("a", U32, 1)], [])[:-8] + struct.pack("<I", 77) + b"\0" * 4,
+        "huge_array": gguf_bytes([("a", ARRAY, (STRING, []))], [], header_only=True)[:-8]
+        + struct.pack("<Q", 2**50),
+        "bad_type": gguf_bytes([("a", U32, 1)], [], header_only=True)[:-8]
+        + struct.pack("<I", 77) + b"\0" * 4,
         "just_magic": b"GGUF",
     }
     for name, data in cases.items():
         d = _describe_one(tmp_path / name, f"{name}.gguf", data)
-        assert d == {**EMPTY, "format": "gguf"}, name
+        _assert_bad(d, {**EMPTY, "format": "gguf"}, name)
 
 
 # --- property: random bytes never raise ------------------------------------------------------
