@@ -2,8 +2,10 @@
 relative file paths inside a model.
 
 These checks run before anything is written. A model name maps to the git ref
-``refs/models/<name>``, so names are restricted to a character set that is safe both as a git ref
-and as a directory name on every platform. File paths inside a manifest are relative POSIX paths
+``refs/models/<name>``, so names (and tags) are restricted to an ASCII character set that is
+safe both as a git ref and as a directory name on every platform, which also rules out names
+that differ only by Unicode normalisation; names that differ only in case are refused by the
+registry, which knows the names already taken. File paths inside a manifest are relative POSIX paths
 that cannot escape the checkout directory, reach into ``.git``, or collide with each other on a
 case-insensitive filesystem.
 """
@@ -11,6 +13,7 @@ case-insensitive filesystem.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -122,18 +125,20 @@ def validate_rel_path(path: str, *, user_input: bool = False) -> str:
 
 
 def check_unique_paths(paths: Iterable[str], *, user_input: bool = False) -> None:
-    """Refuse duplicate paths, paths equal up to case, and a path that is also a directory of
-    another path (``a`` and ``a/b``): each would overwrite another file at checkout."""
+    """Refuse duplicate paths, paths equal up to case or Unicode normalisation (NFC/NFD, as
+    macOS writes names), and a path that is also a directory of another path (``a`` and
+    ``a/b``): each would overwrite another file at checkout on some filesystem."""
     err = ArgsError if user_input else SchemaError
     seen: dict[str, str] = {}
     dirs: set[str] = set()
     plist = list(paths)
     for p in plist:
-        key = p.casefold()
+        key = unicodedata.normalize("NFC", p).casefold()
         if key in seen:
             if seen[key] == p:
                 raise err(f"file path {p!r} appears twice")
-            raise err(f"file paths {seen[key]!r} and {p!r} differ only in case")
+            raise err(f"file paths {seen[key]!r} and {p!r} differ only in case or "
+                      "Unicode normalisation")
         seen[key] = p
         parts = key.split("/")
         for i in range(1, len(parts)):
