@@ -286,3 +286,14 @@ def test_path_clashes(paths, match):
     with pytest.raises(ArgsError, match=match) as info:
         check_unique_paths(iter(paths), user_input=True)
     assert info.value.code == "E_ARGS"
+
+
+def test_paths_equal_up_to_unicode_normalisation_refused():
+    """macOS writes NFD names: 'café' (NFC) and 'cafe' + combining accent (NFD) are one file
+    there, so a manifest may not hold both."""
+    nfc, nfd = "caf\u00e9/w.bin", "cafe\u0301/w.bin"
+    with pytest.raises(ArgsError, match="normalisation"):
+        check_unique_paths([nfc, nfd], user_input=True)
+    with pytest.raises(SchemaError):
+        check_unique_paths(["\u00c5.bin", "A\u030a.bin"])
+    check_unique_paths([nfc, "cafe/w.bin"])  # different names stay different
