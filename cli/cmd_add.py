@@ -16,11 +16,12 @@ from cas.cli.app import (
     progress_for,
     provenance_options,
 )
+from cas.cli.complete import complete_model, complete_spec
 from cas.cli.render import human_bytes
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_model)
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("-m", "--message", default="", help="Describe this version.")
 @click.option("--tag", "tags", multiple=True, help="Tag the new version (repeatable).")
@@ -29,6 +30,7 @@ from cas.cli.render import human_bytes
 @click.option("--role", help="Role of the model, e.g. base, finetune, adapter, draft.")
 @click.option("--base-model", help="Model this one was derived from.")
 @click.option("--parent", "parents", multiple=True, metavar="NAME[@V]",
+              shell_complete=complete_spec,
               help="A registered parent version (lineage; repeatable).")
 @click.option("--license", "license_", help="License of the weights.")
 @click.option("--source", help="Where the files came from (default: the path).")

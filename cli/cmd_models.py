@@ -14,6 +14,7 @@ from cas.cli.app import (
     pass_ctx,
     provenance_options,
 )
+from cas.cli.complete import complete_model, complete_spec
 from cas.cli.render import format_table, human_bytes, human_time
 
 
@@ -27,7 +28,7 @@ def _who(author: str) -> str:
 
 
 @cli.command("ls")
-@click.argument("pattern", required=False)
+@click.argument("pattern", required=False, shell_complete=complete_model)
 @click.option("--format", "format_", help="Only models of this format.")
 @click.option("--role", help="Only models with this role.")
 @click.option("--tag", help="Only models that have this tag.")
@@ -88,7 +89,7 @@ def ls_cmd(ctx: Ctx, pattern: str | None, format_: str | None, role: str | None,
 
 
 @cli.command()
-@click.argument("spec", metavar="NAME[@V]")
+@click.argument("spec", metavar="NAME[@V]", shell_complete=complete_spec)
 @pass_ctx
 def show(ctx: Ctx, spec: str) -> None:
     """Show one version: its metadata (annotations merged) and files.
@@ -142,7 +143,7 @@ _EVENT = {"add": "added", "annotate": "annotated", "rm": "removed", "restore": "
 
 
 @cli.command()
-@click.argument("spec", metavar="NAME[@V]")
+@click.argument("spec", metavar="NAME[@V]", shell_complete=complete_spec)
 @pass_ctx
 def log(ctx: Ctx, spec: str) -> None:
     """History of model NAME, or of one version NAME@V, newest first: added, annotated,
@@ -172,7 +173,7 @@ def log(ctx: Ctx, spec: str) -> None:
 
 
 @cli.command()
-@click.argument("spec", metavar="NAME[@V]")
+@click.argument("spec", metavar="NAME[@V]", shell_complete=complete_spec)
 @click.argument("tag_name", metavar="TAG")
 @click.option("-f", "--force", is_flag=True, help="Move the tag if it exists.")
 @click.option("-d", "--delete", is_flag=True, help="Delete the tag instead.")
@@ -193,7 +194,7 @@ def tag(ctx: Ctx, spec: str, tag_name: str, force: bool, delete: bool) -> None:
 
 
 @cli.command()
-@click.argument("spec", metavar="NAME[@V]")
+@click.argument("spec", metavar="NAME[@V]", shell_complete=complete_spec)
 @click.option("-m", "--message", default="", help="Why (recorded in the history).")
 @click.option("--metric", multiple=True, metavar="NAME=NUMBER",
               help="Set a metric (repeatable).")
@@ -232,7 +233,7 @@ def annotate(ctx: Ctx, spec: str, message: str, metric: tuple[str, ...],
 
 
 @cli.command()
-@click.argument("spec", metavar="NAME[@V]")
+@click.argument("spec", metavar="NAME[@V]", shell_complete=complete_spec)
 @click.option("-f", "--force", is_flag=True,
               help="Remove tagged versions too (their tags are deleted and recorded).")
 @click.option("-m", "--message", default="", help="Why (recorded in the history).")
@@ -261,7 +262,7 @@ def rm(ctx: Ctx, spec: str, force: bool, message: str, author: str | None) -> No
 
 
 @cli.command()
-@click.argument("spec", metavar="NAME[@V]")
+@click.argument("spec", metavar="NAME[@V]", shell_complete=complete_spec)
 @click.option("--author", metavar="'NAME <EMAIL>'", help="Who restores.")
 @pass_ctx
 def restore(ctx: Ctx, spec: str, author: str | None) -> None:

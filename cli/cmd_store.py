@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 from cas.cli.app import Ctx, ReportedFailure, cli, pass_ctx, progress_for
+from cas.cli.complete import complete_model, complete_spec
 from cas.cli.render import human_bytes
 
 from cas.errors import ArgsError, VerifyError
@@ -144,7 +145,7 @@ def config_list(ctx: Ctx) -> None:
 
 
 @cli.command()
-@click.argument("spec", metavar="[NAME[@V]]", required=False)
+@click.argument("spec", metavar="[NAME[@V]]", required=False, shell_complete=complete_spec)
 @click.option("--all", "all_", is_flag=True, help="Verify every object and every version.")
 @click.option("--repair", is_flag=True,
               help="With --all: rebuild missing or damaged pack indexes from their packs.")
@@ -172,7 +173,7 @@ def verify(ctx: Ctx, spec: str | None, all_: bool, repair: bool) -> None:
 
 
 @cli.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_model)
 @pass_ctx
 def du(ctx: Ctx, name: str | None) -> None:
     """Disk usage of the store or of model NAME: logical, stored, unique and shared bytes."""
