@@ -64,6 +64,22 @@ def make_input(d: Path, seed: int, size: int) -> dict[str, str]:
     return out
 
 
+def temp_files_of(store: Path, pid: int) -> list[str]:
+    """Temp files in the store's tmp/ made by process ``pid`` (the pid is in their name)."""
+    return [n for n in os.listdir(store / "tmp") if f".{pid}." in n]
+
+
+def start_writing(store: Path, *args: str) -> subprocess.Popen:
+    """Start ``cas ARGS`` and return once it has written its first temp file (or exited)."""
+    proc = subprocess.Popen(argv(store, *args), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not temp_files_of(store, proc.pid) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the writer never started writing"
+        time.sleep(0.002)  # polling for a file event; the timing decides nothing
+    return proc
+
+
 def pack_files(store: Path) -> set[str]:
     return set(os.listdir(store / "packs"))
 
@@ -90,29 +106,43 @@ def test_sigkill_during_add_never_breaks_the_store(tmp_path: Path, pack_target: 
     expected[str(first)] = make_input(first, 1000, 8 * MB)
     assert ok(store, "add", "m", str(first), "-m", "v1")["seq"] == 1
 
-    # One uncontended add of the same size as the loop's, to scale the kill delays.
+    # One uncontended add of the same size as the loop's, timed from its first write to its
+    # exit, to scale the kill delays.
     timing = tmp_path / "in-timing"
     expected[str(timing)] = make_input(timing, 1001, 12 * MB)
+    proc = start_writing(store, "add", "m", str(timing))
     started = time.monotonic()
-    ok(store, "add", "m", str(timing))
+    assert proc.wait(timeout=180) == 0
     typical = time.monotonic() - started
 
     rng = random.Random(20240601)
-    outcomes = {"killed": 0, "finished": 0}
+    outcomes = {"killed": 0, "killed leaving temp files": 0, "finished": 0}
+    left_behind: set[str] = set()  # temp files of killed writers, until a later writer runs
     for i in range(22):
         src = tmp_path / f"in-{i:02d}"
         expected[str(src)] = make_input(src, 2000 + i, rng.randint(8, 16) * MB)
-        delay = rng.uniform(0.0, 1.5 * typical)  # some adds finish, most are cut short
-        proc = subprocess.Popen(argv(store, "add", "m", str(src), "-m", f"iteration {i}"),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = start_writing(store, "add", "m", str(src), "-m", f"iteration {i}")
+        # This writer took the lock and recovered before its first write: what killed writers
+        # left in tmp/ is gone.
+        assert not left_behind & set(os.listdir(store / "tmp")), left_behind
+        left_behind.clear()
+        delay = rng.uniform(0.0, 1.2 * typical)  # most adds are cut short, some finish
         try:
             proc.wait(timeout=delay)
-            outcomes["finished"] += 1
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
+        if proc.returncode == -signal.SIGKILL:
+            # The kill landed on a live process that had started writing.
             outcomes["killed"] += 1
-    print(f"typical add {typical:.2f}s; {outcomes}")
+            left_behind.update(temp_files_of(store, proc.pid))
+            outcomes["killed leaving temp files"] += bool(left_behind)
+        else:
+            assert proc.returncode == 0, f"add {i} exited {proc.returncode}"
+            outcomes["finished"] += 1
+    print(f"typical add {typical:.2f}s from its first write; {outcomes}")
+    assert outcomes["killed"] >= 5, outcomes
+    assert outcomes["killed leaving temp files"] >= 1, outcomes
 
     # Readers see a consistent store without any writer having cleaned up.
     report = ok(store, "verify", "--all")
