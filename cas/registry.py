@@ -614,8 +614,14 @@ class Registry:
                     raise ConflictError(
                         f"tag {version.name}@{tag} differs only in case from existing tag "
                         f"{version.name}@{other}")
-        if old is not None and not force:
-            raise ConflictError(f"tag {version.name}@{tag} exists (use --force to move it)")
+        if old is not None:
+            obj = self.repo[old]
+            target = obj.object[1] if isinstance(obj, Tag) else old
+            if target.decode() == version.commit:
+                return  # already names this version: nothing to do
+            if not force:
+                raise ConflictError(f"tag {version.name}@{tag} names another version "
+                                    "(use --force to move it)")
         user, email = identity or resolve_identity()
         t = Tag()
         t.tagger = f"{user} <{email}>".encode()

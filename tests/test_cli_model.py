@@ -139,10 +139,11 @@ def test_metadata_show_log_tag_rm(cas, real_model, versions):
 
     cas("tag", f"{NAME}@1", "prod")
     assert cas("--json", "ls", "--tag", "prod").json["models"][0]["name"] == NAME
-    dup = cas("--json", "tag", f"{NAME}@1", "prod", ok=False)
-    assert dup.code == 10 and dup.json["error"]["code"] == "E_CONFLICT"
+    cas("tag", f"{NAME}@1", "prod")  # already names that version: a no-op
     # v2 of the base model, then rm of the tagged v1 needs --force; tags keep naming it.
     cas("add", NAME, str(versions["v3"]))
+    dup = cas("--json", "tag", f"{NAME}@2", "prod", ok=False)
+    assert dup.code == 10 and dup.json["error"]["code"] == "E_CONFLICT"
     refused = cas("--json", "rm", f"{NAME}@1", ok=False)
     assert refused.json["error"]["code"] == "E_CONFLICT"
     cas("tag", "-d", f"{NAME}@1", "prod")
@@ -282,4 +283,5 @@ def test_add_with_a_tag_is_idempotent_but_never_moves_a_tag(cas, tmp_path):
     moved = cas("--json", "add", "t/m", str(f), "--tag", "prod", ok=False)
     assert moved.code == 10 and moved.json["error"]["code"] == "E_CONFLICT"
     assert cas("--json", "show", "t/m@prod").json["seq"] == 1
-    assert [h["seq"] for h in cas("--json", "log", "t/m").json["history"]] == [1]
+    history = cas("--json", "log", "t/m").json["history"]
+    assert [(h["action"], h["seq"]) for h in history] == [("tag", 1), ("add", 1)]
