@@ -118,7 +118,13 @@ def list_models(store: Store, pattern: str | None = None, *, format: str | None 
     for name in reg.model_names():
         if pattern and not fnmatch.fnmatchcase(name, pattern):
             continue
-        versions = reg.versions(name)
+        try:
+            versions = reg.versions(name)
+        except CasError as exc:
+            # One model with an unreadable history must not hide the rest of the catalog.
+            if not (format or role or tag):
+                rows.append(ModelRow(name, 0, 0, 0, "other", None, {}, "", error=exc.message))
+            continue
         if not versions:
             continue
         latest = versions[-1]
