@@ -151,7 +151,13 @@ def config_list(ctx: Ctx) -> None:
               help="With --all: rebuild missing or damaged pack indexes from their packs.")
 @pass_ctx
 def verify(ctx: Ctx, spec: str | None, all_: bool, repair: bool) -> None:
-    """Verify one version, or with --all the whole store; name every bad chunk."""
+    """Verify one version, or with --all the whole store; name every bad chunk.
+
+    \b
+    Examples:
+      cas verify org/model@prod
+      cas verify --all --repair
+    """
     if bool(spec) == all_:
         raise ArgsError("give either NAME[@V] or --all")
     with ctx.open() as store, progress_for(ctx) as bar:
@@ -176,7 +182,13 @@ def verify(ctx: Ctx, spec: str | None, all_: bool, repair: bool) -> None:
 @click.argument("name", required=False, shell_complete=complete_model)
 @pass_ctx
 def du(ctx: Ctx, name: str | None) -> None:
-    """Disk usage of the store or of model NAME: logical, stored, unique and shared bytes."""
+    """Disk usage of the store or of model NAME: logical, stored, unique and shared bytes.
+
+    \b
+    Examples:
+      cas du
+      cas du org/model --json
+    """
     with ctx.open() as store:
         u = store.du(name)
     lines = [(f"{u.scope}: logical {human_bytes(u.logical)}, stored {human_bytes(u.stored)} "
