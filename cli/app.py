@@ -74,7 +74,42 @@ def pass_ctx(f: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+_EXAMPLES = "\b\nExamples:"
+
+
+def _examples_last(cmd: click.Command) -> None:
+    """Move a docstring's closing ``Examples:`` block into the epilog, so that ``--help``
+    shows it at the end, after the options (click puts the docstring before them)."""
+    import inspect
+
+    if cmd.help and not cmd.epilog:
+        text = inspect.cleandoc(cmd.help)
+        if _EXAMPLES in text:
+            head, _, examples = text.partition(_EXAMPLES)
+            cmd.help = head.rstrip()
+            cmd.epilog = _EXAMPLES + examples
+
+
+class CasCommand(click.Command):
+    """A cas command: examples at the end of its help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _examples_last(self)
+
+
+class CasGroup(click.Group):
+    """The group of cas commands: subcommands and subgroups get the examples layout too."""
+
+    command_class = CasCommand
+    group_class = type
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _examples_last(self)
+
+
+@click.group(cls=CasGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", "store", metavar="PATH", envvar=None,
               help="Store to use (default: $CAS_HOME, else the XDG data directory).")
 @click.option("--json", "json_mode", is_flag=True, help="Print one JSON document.")
@@ -85,7 +120,13 @@ def pass_ctx(f: Callable[..., None]) -> Callable[..., None]:
 @click.pass_context
 def cli(click_ctx: click.Context, store: str | None, json_mode: bool, quiet: bool,
         lock_timeout: float) -> None:
-    """cas: a content-addressed, git-backed store for ML model files."""
+    """cas: a content-addressed, git-backed store for ML model files.
+
+    \b
+    Examples:
+      cas add org/model ./checkpoint -m "run 7" --tag candidate --metric eval/acc=0.91
+      cas checkout org/model@candidate ./serve
+    """
     click_ctx.obj = Ctx(store, json_mode, quiet, lock_timeout)
 
 

@@ -59,7 +59,7 @@ def upgrade(ctx: Ctx) -> None:
     \b
     Examples:
       cas upgrade
-      cas --store /data/cas upgrade --json
+      cas upgrade --store /data/cas --json
     """
     with ctx.open() as store:
         old, new = store.upgrade()
