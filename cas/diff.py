@@ -16,9 +16,10 @@ Reading is driven by the chunk lists, so that the cost follows what changed, not
   region) that a chunk of A also has covers equal bytes; only what no such pair covers is read
   from both files and compared byte by byte. Content-defined chunking keeps the interior chunks
   of a shifted tensor (same ids, same offset from the tensor), so only its edges are read.
-* Reads go through the store's range reader (:attr:`cas.packs.PackSet.ranges`), whose chunk
-  cache derived chunks share: a chunk of B stored as a residual against A finds the chunk of A
-  it is predicted from already read. Memory is bounded by the comparison window and that cache.
+* Reads go through a range reader whose chunk cache the derived chunks it decodes share: a
+  chunk of B stored as a residual against A finds the chunks of A it is predicted from already
+  read for the comparison. Memory is bounded by the comparison windows and that cache.
+* Tensors whose bytes must be read are compared by two worker threads.
 
 Every byte read is verified against its BLAKE3 (as every pack read is). Nothing is written.
 """
@@ -29,16 +30,23 @@ import io
 import json
 import math
 import struct
+import threading
 from bisect import bisect_left, bisect_right
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from cas.errors import CasError, CasWarning
+from cas import derive
+from cas.compression import CODEC_DERIVED
+from cas.derive import RangeReader
+from cas.errors import CasError, CasWarning, NotFoundError, VerifyError
+from cas.format.chunklist import ChunkList
 from cas.format.manifest import FileEntry, Manifest
-from cas.ids import parse_hex
+from cas.format.pack import ENTRY_HEADER_SIZE, KIND_CHUNK_LIST
+from cas.ids import blake3_id, parse_hex
 from cas.metadata import (
     _GGUF_DEFAULT_ALIGNMENT,
     _GGUF_INT_TYPES,
@@ -56,6 +64,7 @@ from cas.metadata import (
 )
 
 if TYPE_CHECKING:
+    from cas.packs import Located
     from cas.registry import Version
     from cas.store import Store
 
@@ -64,6 +73,11 @@ __all__ = ["DiffResult", "DiffStats", "FileChange", "TensorChange", "WeightDiff"
 
 #: Bytes of a region compared at a time (bounds memory; a window's chunks stay in the cache).
 WINDOW: Final = 1 << 20
+#: Decoded chunks kept for reuse: the windows of all workers, with the chunks of A that the
+#: derived chunks of B in them are predicted from.
+CACHED_CHUNKS: Final = 128
+#: Threads comparing tensors (decompression, hashing and comparison release the GIL).
+WORKERS: Final = 2
 #: GGUF block geometry per ggml type: (elements per block, bytes per block).
 GGML_BLOCKS: Final[dict[int, tuple[int, int]]] = {
     0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34),
@@ -126,9 +140,9 @@ class WeightDiff(msgspec.Struct):
 
 
 class DiffStats(msgspec.Struct):
-    """What the diff read. ``bytes_read`` is the stored (compressed) size of the distinct
-    objects (chunk lists and chunks) requested from the packs; a derived chunk may in addition
-    read the chunks it is predicted from (see :mod:`cas.derive`), usually chunks already read."""
+    """What the diff read. ``bytes_read`` counts every object read from a pack (entry header
+    plus stored bytes): chunk lists, chunks, and the chunks derived chunks are predicted from
+    when they were not in the cache; it is what the diff cost in pack reads."""
 
     bytes_read: int = 0
     objects_read: int = 0
@@ -172,27 +186,59 @@ class _StoredFile:
 
 
 class _Reader:
-    """Reads byte ranges of stored files through the store's range reader, and counts the
-    stored bytes of the distinct objects it asks for."""
+    """Reads byte ranges of stored files, and counts what it reads from the packs.
+
+    It has its own :class:`cas.derive.RangeReader`, whose chunk cache also serves the derived
+    chunks it decodes: a chunk of B stored as a residual against A is predicted from chunks of
+    A that were just read for the comparison, not read again. Every object read from a pack
+    (chunk lists, chunks, the base chunks of derived chunks) is counted. Thread-safe.
+    """
 
     def __init__(self, store: Store) -> None:
-        self._store = store
-        self._ranges = store.packs.ranges
-        self._seen: set[bytes] = set()
-        self.stats = DiffStats()
+        self._packs = store.packs
+        self._lists: dict[bytes, ChunkList] = {}
+        self._lock = threading.Lock()
+        self._ranges = RangeReader(self._read_object, self._chunk_list, CACHED_CHUNKS)
+        self.bytes_read = 0
+        self.objects_read = 0
 
-    def _count(self, oid: bytes) -> None:
-        if oid not in self._seen:
-            self._seen.add(oid)
-            loc = self._store.packs.locate(oid) or self._store.packs.locate_everywhere(oid)
-            if loc is not None:  # a missing object fails in the read that follows
-                self.stats.bytes_read += loc.entry.stored_len
-                self.stats.objects_read += 1
+    def _locate(self, oid: bytes) -> Located:
+        loc = self._packs.locate(oid) or self._packs.locate_everywhere(oid)
+        if loc is None:
+            raise NotFoundError(f"object {oid.hex()} is not in the store")
+        with self._lock:
+            self.bytes_read += ENTRY_HEADER_SIZE + loc.entry.stored_len
+            self.objects_read += 1
+        return loc
+
+    def _chunk_list(self, oid: bytes) -> ChunkList:
+        hit = self._lists.get(oid)
+        if hit is None:
+            loc = self._locate(oid)
+            if loc.entry.kind != KIND_CHUNK_LIST:
+                raise VerifyError(f"object {oid.hex()} is not a chunk list", object_id=oid.hex())
+            hit = self._lists[oid] = ChunkList.decode(loc.pack.read(loc.entry))
+        return hit
+
+    def _read_object(self, oid: bytes) -> tuple[bytes, int]:
+        """The verified bytes of a chunk and its derivation depth (see :mod:`cas.derive`)."""
+        loc = self._locate(oid)
+        if loc.entry.codec != CODEC_DERIVED:
+            return loc.pack.read(loc.entry), 0
+        stored = loc.pack.read_stored(loc.entry)
+        raw = derive.decode(stored, loc.entry.raw_len, self._ranges, object_id=oid.hex())
+        got = blake3_id(raw)
+        if got != oid:
+            raise VerifyError(f"chunk {oid.hex()}: content hashes to {got.hex()}",
+                              object_id=oid.hex(), expected=oid.hex(), actual=got.hex())
+        return raw, derive.depth_of_payload(stored)
 
     def open(self, entry: FileEntry) -> _StoredFile:
         clist = parse_hex(entry.chunks, what="chunk list id")
-        self._count(clist)
-        chunks = self._store.read_chunk_list(clist).chunks
+        chunks = self._chunk_list(clist).chunks
+        if sum(n for _, n in chunks) != entry.size:
+            raise VerifyError(f"{entry.path}: chunk list {entry.chunks} does not hold "
+                              f"{entry.size} bytes", object_id=entry.chunks)
         return _StoredFile(clist, entry.size, [oid for oid, _ in chunks],
                            list(accumulate((n for _, n in chunks), initial=0)))
 
@@ -201,8 +247,6 @@ class _Reader:
         length = max(0, min(length, f.size - offset))
         if length == 0:
             return b""
-        for i in f.span(offset, length):
-            self._count(f.ids[i])
         return self._ranges.read(f.clist, offset, length)[0]
 
 
@@ -364,12 +408,15 @@ def _read_gguf(reader: _Reader, f: _StoredFile) -> _Weights:
 
 
 class _Comparer:
-    """Compares byte regions of two stored files, reading only what chunk ids cannot settle."""
+    """Compares byte regions of two stored files, reading only what chunk ids cannot settle.
 
-    def __init__(self, reader: _Reader) -> None:
+    Counters are updated under a lock: workers compare several tensors at once."""
+
+    def __init__(self, reader: _Reader, pool: ThreadPoolExecutor) -> None:
         self.reader = reader
-        self._np: Any = None
-        self._buf: Any = None
+        self.pool = pool
+        self.stats = DiffStats()
+        self._lock = threading.Lock()
 
     def equal_by_chunks(self, fa: _StoredFile, a0: int, fb: _StoredFile, b0: int,
                         n: int) -> list[tuple[int, int]]:
@@ -399,26 +446,25 @@ class _Comparer:
                         parts: list[tuple[int, int]]) -> int:
         """Read ``parts`` of the regions at ``a0`` and ``b0`` and count the bytes that differ.
 
-        Windows of A are read before the same window of B, so that a chunk of B derived from
-        the same bytes of A finds them in the shared cache.
+        Each window of A is read before the same window of B, so that a chunk of B derived
+        from those bytes of A finds them in the cache.
         """
-        if self._np is None:
-            import numpy
+        import numpy as np  # here: most diffs never compare bytes, and numpy is slow to import
 
-            self._np = numpy
-            self._buf = numpy.empty(WINDOW, dtype=bool)
-        np = self._np
-        differ = 0
+        buf = np.empty(min(WINDOW, max(hi - lo for lo, hi in parts)), dtype=bool)
+        differ = compared = 0
         for lo, hi in parts:
             for w in range(lo, hi, WINDOW):
                 k = min(WINDOW, hi - w)
                 da = self.reader.read(fa, a0 + w, k)
                 db = self.reader.read(fb, b0 + w, k)
-                out = self._buf[:k]
+                out = buf[:k]
                 np.not_equal(np.frombuffer(da, dtype=np.uint8),
                              np.frombuffer(db, dtype=np.uint8), out=out)
                 differ += int(np.count_nonzero(out))
-                self.reader.stats.bytes_compared += k
+                compared += k
+        with self._lock:
+            self.stats.bytes_compared += compared
         return differ
 
     def region_differs(self, fa: _StoredFile, a: tuple[int, int], fb: _StoredFile,
@@ -440,37 +486,41 @@ def _diff_tensors(cmp: _Comparer, fa: _StoredFile, wa: _Weights, fb: _StoredFile
     """The tensor-level diff of one weight file pair whose headers are parsed."""
     changes: list[TensorChange] = []
     unchanged = changed_value = 0
-    stats = cmp.reader.stats
-    # Walk B in file order: neighbouring tensors share chunks, which then stay cached.
+    to_read: list[tuple[_Tensor, _Tensor, Future[int]]] = []
+    # B in file order: neighbouring tensors share chunks, which then stay cached.
     for tb in sorted(wb.tensors.values(), key=lambda t: t.start):
         ta = wa.tensors.get(tb.name)
         if ta is None:
             changes.append(TensorChange(tb.name, "added", dtype_b=tb.dtype, shape_b=_shape(tb),
                                         nbytes=tb.end - tb.start))
-            continue
-        if ta.dtype != tb.dtype:
+        elif ta.dtype != tb.dtype:
             changes.append(TensorChange(tb.name, "dtype", ta.dtype, tb.dtype, _shape(ta),
                                         _shape(tb)))
-            continue
-        if ta.shape != tb.shape or ta.end - ta.start != tb.end - tb.start:
+        elif ta.shape != tb.shape or ta.end - ta.start != tb.end - tb.start:
             changes.append(TensorChange(tb.name, "shape", ta.dtype, tb.dtype, _shape(ta),
                                         _shape(tb)))
-            continue
-        n = tb.end - tb.start
-        parts = cmp.equal_by_chunks(fa, ta.start, fb, tb.start, n)
-        if not parts:
-            stats.tensors_by_chunks += 1
-            unchanged += 1
-            continue
-        stats.tensors_read += 1
-        differ = cmp.differing_bytes(fa, ta.start, fb, tb.start, parts)
+        else:
+            parts = cmp.equal_by_chunks(fa, ta.start, fb, tb.start, tb.end - tb.start)
+            if not parts:
+                cmp.stats.tensors_by_chunks += 1
+                unchanged += 1
+            else:
+                cmp.stats.tensors_read += 1
+                to_read.append((ta, tb, cmp.pool.submit(cmp.differing_bytes, fa, ta.start, fb,
+                                                        tb.start, parts)))
+    for ta, tb, fut in to_read:
+        differ = fut.result()
         if differ == 0:
             unchanged += 1
             continue
+        n = tb.end - tb.start
         changed_value += 1
         changes.append(TensorChange(tb.name, "value", ta.dtype, tb.dtype, _shape(ta), _shape(tb),
                                     nbytes=n, differing_bytes=differ,
                                     fraction=round(differ / n, 6)))
+    order = {name: i for i, name in enumerate(t.name for t in sorted(wb.tensors.values(),
+                                                                      key=lambda t: t.start))}
+    changes.sort(key=lambda c: order[c.name])
     for ta in sorted(wa.tensors.values(), key=lambda t: t.start):
         if ta.name not in wb.tensors:
             changes.append(TensorChange(ta.name, "removed", dtype_a=ta.dtype, shape_a=_shape(ta),
@@ -581,26 +631,30 @@ def diff_manifests(store: Store, ma: Manifest, mb: Manifest, a: str = "a",
     """
     files, modified, unchanged = _pair_files(ma, mb)
     reader = _Reader(store)
-    cmp = _Comparer(reader)
     weights: list[WeightDiff] = []
     warnings: list[CasWarning] = []
-    for ea, eb in modified:
-        fa, fb = reader.open(ea), reader.open(eb)
-        wa, why_a = _parse_weights(reader, fa, ea.path)
-        wb, why_b = _parse_weights(reader, fb, eb.path)
-        for path, ref, why in ((ea.path, a, why_a), (eb.path, b, why_b)):
-            if why:
-                warnings.append(CasWarning("W_DIFF_HEADER",
-                                           f"{path} in {ref}: {why}; compared as a whole file"))
-        if wa is None or wb is None:
-            continue
-        if wa.format != wb.format:
-            warnings.append(CasWarning("W_DIFF_FORMAT", f"{eb.path} is {wa.format} in {a} and "
-                                       f"{wb.format} in {b}; compared as a whole file"))
-            continue
-        weights.append(_diff_tensors(cmp, fa, wa, fb, wb, eb.path))
+    with ThreadPoolExecutor(WORKERS, thread_name_prefix="cas-diff") as pool:
+        cmp = _Comparer(reader, pool)
+        for ea, eb in modified:
+            fa, fb = reader.open(ea), reader.open(eb)
+            wa, why_a = _parse_weights(reader, fa, ea.path)
+            wb, why_b = _parse_weights(reader, fb, eb.path)
+            for path, ref, why in ((ea.path, a, why_a), (eb.path, b, why_b)):
+                if why:
+                    warnings.append(CasWarning(
+                        "W_DIFF_HEADER", f"{path} in {ref}: {why}; compared as a whole file"))
+            if wa is None or wb is None:
+                continue
+            if wa.format != wb.format:
+                warnings.append(CasWarning(
+                    "W_DIFF_FORMAT", f"{eb.path} is {wa.format} in {a} and {wb.format} in "
+                    f"{b}; compared as a whole file"))
+                continue
+            weights.append(_diff_tensors(cmp, fa, wa, fb, wb, eb.path))
+    stats = cmp.stats
+    stats.bytes_read, stats.objects_read = reader.bytes_read, reader.objects_read
     return DiffResult(a, b, identical=not files, files=files, weights=weights,
-                      files_unchanged=unchanged, stats=reader.stats, warnings=warnings)
+                      files_unchanged=unchanged, stats=stats, warnings=warnings)
 
 
 def diff_versions(store: Store, va: Version, vb: Version) -> DiffResult:
