@@ -1,30 +1,62 @@
 """Checkout: write a version's files under a directory, byte-identical and verified.
 
-Each file is assembled in 8 MiB windows and written to a temp file next to its final name.
-Two workers decode chunks straight into a window (a chunk is verified against its BLAKE3 in the
-window itself); a thread hashes complete windows in order for the file's SHA-256 and another
-writes them with ``O_DIRECT`` (see :class:`cas.fsutil.DurableWriter`). The file is checked
-against the manifest's SHA-256 before it is fsynced and renamed into place, so a file that fails
-verification never appears under its final name. Three windows are in flight at most.
+Every file is written to a temp file beside its final name and renamed into place only once it
+is verified (SHA-256 against the manifest, every chunk against its BLAKE3) and durable, so a
+file that fails verification, or a crash, never leaves a partial file under a final name.
+
+Two paths, by file size:
+
+* Large files (at least :data:`SMALL` bytes) are assembled in 8 MiB windows. Two workers decode
+  chunks straight into a window (a chunk is verified against its BLAKE3 in the window itself); a
+  thread hashes complete windows in order for the file's SHA-256 and another writes them with
+  ``O_DIRECT`` (see :class:`cas.fsutil.DurableWriter`). The file is fsynced and renamed at once.
+  Three windows are in flight at most.
+* Small files are read whole (one read of their chunks), verified, and written with plain
+  writes on the calling thread. Their temps are made durable in batches: one ``syncfs`` of the
+  filesystem for the whole batch (where there is none, an fsync per file) and only then are
+  they all renamed. Per-file fsyncs and thread hand-offs were most of the time of a checkout
+  of many small files (docs/performance.md).
+
+Every folder under the destination is opened without following symlinks and every file is
+created, renamed and removed relative to a folder descriptor (:class:`cas.checkouts.DestTree`),
+so a folder swapped for a symlink while checkout runs never leads a write or a delete outside
+the destination; such a swap is detected and reported (``E_CONFLICT``). Folders are fsynced
+once, at the end.
+
+Temp files are named ``.NAME.PID.RAND.cas-tmp``. A checkout first removes the temps of
+checkouts that were killed, never those of a checkout still running, nor any other file; with
+``clean`` it then removes what is not in the version. :mod:`cas.checkouts` has both, and the
+records by which cas knows which destinations it wrote.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import stat as stat_mod
+import re
+import sys
 from bisect import bisect_left, bisect_right
 from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import accumulate
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import msgspec
 
-from cas.errors import ArgsError, ConflictError, VerifyError, from_os_error
+from cas import checkouts
+from cas.errors import (
+    ArgsError,
+    CasError,
+    CasWarning,
+    ConflictError,
+    NotFoundError,
+    VerifyError,
+    from_os_error,
+)
 from cas.format.manifest import FileEntry
-from cas.fsutil import DIRECT_ALIGN, DurableWriter, fsync_dir
+from cas.fsutil import DIRECT_ALIGN, DIRECT_MIN, DurableWriter, fsync_dir
 from cas.gcpause import gc_paused
 from cas.ids import parse_hex
 from cas.names import validate_rel_path
@@ -41,6 +73,14 @@ BUFFERS = 3
 #: Bytes of chunks per decode task (a window is split into about this many).
 PART = 2 << 20
 WORKERS = 2
+#: Files smaller than this take the small-file path (read whole, batched durability); the
+#: same size below which direct writes save nothing.
+SMALL = DIRECT_MIN
+#: A batch of small files is made durable and renamed once it holds this many bytes.
+BATCH_BYTES = 64 << 20
+
+_NEW_FILE = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+             | os.O_CLOEXEC)
 
 
 class CheckoutResult(msgspec.Struct):
@@ -50,22 +90,117 @@ class CheckoutResult(msgspec.Struct):
     dest: str
     files: int
     bytes_written: int
+    #: Files (and symlinks) ``clean`` removed, and folders it removed once empty.
+    removed_files: int = 0
+    removed_dirs: int = 0
+    #: Temp files of killed checkouts removed from the destination.
+    stale_temps_removed: int = 0
+    #: Entries of the destination that are not in the version (left in place without clean).
+    extra_files: int = 0
+    include: list[str] = []
+    warnings: list[CasWarning] = []
 
 
-def _safe_parent(dest: Path, rel: str) -> Path:
-    """Create the parent folders of ``rel`` under ``dest``; refuse to pass through a symlink."""
-    validate_rel_path(rel)
-    parent = dest
-    for part in rel.split("/")[:-1]:
-        parent = parent / part
-        try:
-            st = os.lstat(parent)
-        except FileNotFoundError:
-            os.mkdir(parent)
-            continue
-        if stat_mod.S_ISLNK(st.st_mode) or not stat_mod.S_ISDIR(st.st_mode):
-            raise ConflictError(f"{parent}: exists and is not a plain directory")
-    return parent
+# -- --include ----------------------------------------------------------------------------------
+
+
+def compile_glob(pattern: str) -> re.Pattern[str]:
+    """A regex for a glob on manifest paths: ``*`` and ``?`` stay inside one path component,
+    ``[...]`` is a character class, ``**`` spans components (``a/**/b`` also matches ``a/b``).
+
+    Raises:
+        ArgsError: an empty or absolute pattern.
+    """
+    if not pattern or pattern.startswith("/") or "\x00" in pattern:
+        raise ArgsError(f"--include {pattern!r}: a glob on the file paths of the version, "
+                        "such as '*.json' or 'onnx/**'")
+    out = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]*/)*")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and (end := pattern.find("]", i + 2)) != -1:
+            body = pattern[i + 1 : end]
+            neg = body.startswith("!")
+            body = re.sub(r"([\\^])", r"\\\1", body[1:] if neg else body)
+            out.append(f"(?!/)[{'^' if neg else ''}{body}]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def select_files(files: Sequence[FileEntry], include: Sequence[str],
+                 what: str) -> list[FileEntry]:
+    """The files that a glob of ``include`` matches (the file's path or one of its folders:
+    ``onnx`` selects everything under ``onnx/``); all files if ``include`` is empty.
+
+    Raises:
+        ArgsError: a malformed pattern.
+        NotFoundError: a pattern matches no file of the version (``what`` names it).
+    """
+    if not include:
+        return list(files)
+    pats = [(p, compile_glob(p.rstrip("/") or p)) for p in include]
+    hit = [False] * len(pats)
+    chosen = []
+    for f in files:
+        parts = f.path.split("/")
+        prefixes = ["/".join(parts[:k]) for k in range(len(parts), 0, -1)]
+        matched = False
+        for i, (_p, rx) in enumerate(pats):
+            if any(rx.fullmatch(s) for s in prefixes):
+                hit[i] = matched = True
+        if matched:
+            chosen.append(f)
+    missing = [p for (p, _rx), h in zip(pats, hit) if not h]
+    if missing:
+        raise NotFoundError(f"--include {missing[0]!r} matches no file of {what}"
+                            + (f" (nor do {len(missing) - 1} more patterns)"
+                               if len(missing) > 1 else ""))
+    return chosen
+
+
+# -- test hook ---------------------------------------------------------------------------------
+
+
+class _Pause:
+    """Test hook: with ``CAS_TEST_PAUSE=POINT`` and ``CAS_TEST_PAUSE_FDS=W,R`` (two inherited
+    pipe ends), the first arrival at ``POINT`` writes ``POINT\\n`` to fd ``W`` and then blocks
+    until fd ``R`` reaches end of file, so that a test can kill the process, or change the
+    destination, at a known moment without sleeping. Read when a checkout starts, never at
+    import. Points: ``scanned`` (stale temps removed, nothing else changed yet),
+    ``temp-written`` (a temp file holds its bytes, not yet renamed), ``synced`` (a batch of
+    small temps is durable, none renamed)."""
+
+    def __init__(self) -> None:
+        self.point = os.environ.get("CAS_TEST_PAUSE")
+        self.fds = os.environ.get("CAS_TEST_PAUSE_FDS")
+
+    def __call__(self, point: str) -> None:
+        if self.point != point or not self.fds:
+            return
+        self.point = None
+        w, r = (int(x) for x in self.fds.split(","))
+        os.write(w, point.encode() + b"\n")
+        os.close(w)
+        while os.read(r, 4096):
+            pass
+        os.close(r)
+
+
+# -- large files -------------------------------------------------------------------------------
 
 
 def _decode_part(store: Store, ids: list[bytes], starts: list[int], lengths: list[int],
@@ -114,6 +249,34 @@ class _Windows:
         # Freed with the object: threads may still hold views of a map after an error.
         self.maps = [mmap.mmap(-1, WINDOW) for _ in range(BUFFERS)]
         self.free: deque[int] = deque(range(BUFFERS))
+
+
+class _LargeFiles:
+    """The windowed path, its thread pools and buffers made on first use."""
+
+    def __init__(self, store: Store, cached: bool) -> None:
+        self.store = store
+        self.cached = cached
+        self.pools: tuple[ThreadPoolExecutor, ...] = ()
+        self.windows: _Windows | None = None
+
+    def write(self, entry: FileEntry, fd: int, done: int, total: int,
+              progress: Progress | None) -> int:
+        if self.windows is None:
+            self.pools = (ThreadPoolExecutor(WORKERS, thread_name_prefix="cas-read"),
+                          ThreadPoolExecutor(1, thread_name_prefix="cas-sha"),
+                          ThreadPoolExecutor(1, thread_name_prefix="cas-write"))
+            self.windows = _Windows()
+        writer = DurableWriter(fd, size_hint=entry.size, direct=not self.cached)
+        try:
+            return _write_file(self.store, entry, fd, writer, self.pools,  # type: ignore[arg-type]
+                               self.windows, done, total, progress)
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        for pool in self.pools:
+            pool.shutdown(wait=True)
 
 
 def _write_file(store: Store, entry: FileEntry, fd: int, writer: DurableWriter,
@@ -184,58 +347,365 @@ def _write_file(store: Store, entry: FileEntry, fd: int, writer: DurableWriter,
     return done
 
 
-def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
-             progress: Progress | None = None, cached: bool = False) -> CheckoutResult:
-    """Write every file of ``version`` under ``dest`` (created if missing).
+# -- small files -------------------------------------------------------------------------------
+
+
+def _syncfs_function():  # type: ignore[no-untyped-def]
+    """libc ``syncfs`` where the platform has it (Linux), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+
+    def syncfs(fd: int) -> None:
+        if fn(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    return syncfs
+
+
+def read_verified(store: Store, entry: FileEntry) -> list[bytes | memoryview]:
+    """The chunks of a small file, each verified against its BLAKE3, and the whole against
+    the manifest's size and SHA-256.
 
     Raises:
-        ConflictError: a target file exists (without ``force``) or a parent is a symlink.
-        VerifyError: stored bytes are damaged; the damaged file is not written.
+        VerifyError | NotFoundError: damaged or missing chunks, or a file that differs.
     """
-    manifest = store.manifest(version)
-    dest = dest.expanduser().absolute()
+    clist = store.read_chunk_list(parse_hex(entry.chunks, what="chunk list id"))
+    if clist.size != entry.size:
+        raise VerifyError(
+            f"{entry.path}: chunk list size {clist.size} != manifest size {entry.size}")
+    ids = [oid for oid, _n in clist.chunks]
+    parts = store.packs.read_many(ids) if ids else []
+    sha = hashlib.sha256()
+    for part, (oid, n) in zip(parts, clist.chunks):
+        if len(part) != n:
+            raise VerifyError(f"{entry.path}: chunk {oid.hex()} is {len(part)} bytes, the "
+                              f"chunk list says {n}", object_id=oid.hex())
+        sha.update(part)
+    if sha.hexdigest() != entry.sha256:
+        raise VerifyError(
+            f"{entry.path}: SHA-256 {sha.hexdigest()} != manifest {entry.sha256}",
+            expected=entry.sha256, actual=sha.hexdigest())
+    return parts
+
+
+class _SmallBatch:
+    """Small files written to temps; :meth:`flush` makes them durable, then renames them."""
+
+    def __init__(self, store: Store, tree: checkouts.DestTree, pause: _Pause) -> None:
+        self.store = store
+        self.tree = tree
+        self.pause = pause
+        self.syncfs = _syncfs_function()
+        self.pending: list[tuple[str, str, str]] = []  # (folder, temp name, final name)
+        self.devices: dict[int, str] = {}  # device -> a folder on it
+        self.bytes = 0
+
+    def write(self, entry: FileEntry, rel_dir: str, final: str) -> None:
+        parts = read_verified(self.store, entry)
+        dfd = self.tree.fd(rel_dir, create=True)
+        tmp = checkouts.temp_name(final)
+        fd = os.open(tmp, _NEW_FILE, 0o600, dir_fd=dfd)
+        self.pending.append((rel_dir, tmp, final))
+        try:
+            view = None
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(fd, view):]
+            os.fchmod(fd, 0o755 if entry.executable else 0o644)
+            self.pause("temp-written")
+            if self.syncfs is None:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.devices.setdefault(self.tree.ids[rel_dir][0], rel_dir)
+        self.bytes += entry.size
+
+    def flush(self) -> None:
+        """Make every pending temp durable (``syncfs`` per filesystem), then rename each over
+        its final name."""
+        if not self.pending:
+            return
+        if self.syncfs is not None:
+            for rel in self.devices.values():
+                self.syncfs(self.tree.fd(rel))
+        self.pause("synced")
+        while self.pending:
+            rel, tmp, final = self.pending[0]
+            dfd = self.tree.fd(rel)
+            try:
+                os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except IsADirectoryError:
+                raise ConflictError(f"{self.tree.dest / checkouts.join(rel, final)} is a directory "
+                                    "(use --clean to replace it)") from None
+            self.pending.pop(0)
+            self.tree.changed.add(rel)
+        self.devices.clear()
+        self.bytes = 0
+
+    def discard(self) -> None:
+        """Remove the temps not renamed yet (after an error)."""
+        for rel, tmp, _final in self.pending:
+            try:
+                os.unlink(tmp, dir_fd=self.tree.fd(rel))
+            except (OSError, CasError):
+                pass
+        self.pending.clear()
+
+
+# -- checkout ----------------------------------------------------------------------------------
+
+
+def _version_dirs(paths: Sequence[str]) -> set[str]:
+    dirs = set()
+    for p in paths:
+        parts = p.split("/")
+        for k in range(1, len(parts)):
+            dirs.add("/".join(parts[:k]))
+    return dirs
+
+
+def _names(items: Sequence[str], limit: int = 3) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (", ..." if len(items) > limit else "")
+
+
+def _make_dest(dest: Path) -> list[Path]:
+    """Create ``dest`` and missing parents; return the folders whose entries changed."""
     if os.path.lexists(dest) and not dest.is_dir():
         raise ArgsError(f"{dest}: exists and is not a directory")
+    missing = []
+    p = dest
+    while not os.path.lexists(p) and p != p.parent:
+        missing.append(p)
+        p = p.parent
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise from_os_error(exc, f"creating {dest}") from None
-    if not force:
-        clash = [f.path for f in manifest.files if os.path.lexists(dest / f.path)]
-        if clash:
-            raise ConflictError(f"{dest / clash[0]} exists (use --force to overwrite)"
-                                + (f" and {len(clash) - 1} more" if len(clash) > 1 else ""))
-    total = manifest.total_size
-    done = 0
-    windows = _Windows()
-    with gc_paused(), ThreadPoolExecutor(WORKERS, thread_name_prefix="cas-read") as workers, \
-            ThreadPoolExecutor(1, thread_name_prefix="cas-sha") as hasher, \
-            ThreadPoolExecutor(1, thread_name_prefix="cas-write") as io:
-        pools = (workers, hasher, io)
-        for entry in manifest.files:
-            parent = _safe_parent(dest, entry.path)
-            final = parent / entry.path.rsplit("/", 1)[-1]
-            tmp = parent / f".{final.name}.{os.urandom(4).hex()}.cas-tmp"
-            try:
-                with open(tmp, "xb", buffering=0) as out:
-                    writer = DurableWriter(out.fileno(), size_hint=entry.size,
-                                           direct=not cached)
-                    try:
-                        done = _write_file(store, entry, out.fileno(), writer, pools,
-                                           windows, done, total, progress)
-                    finally:
-                        writer.close()
-                os.replace(tmp, final)
-            except OSError as exc:
-                tmp.unlink(missing_ok=True)
-                raise from_os_error(exc, f"writing {final}") from None
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+    return [m.parent for m in missing]
+
+
+def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
+             clean: bool = False, include: Sequence[str] = (),
+             progress: Progress | None = None, cached: bool = False) -> CheckoutResult:
+    """Write the files of ``version`` (those ``include`` selects, if given) under ``dest``
+    (created if missing).
+
+    ``clean`` removes the entries of ``dest`` that are not in the version (files, symlinks as
+    links, folders left empty), before writing; it is refused where cas has no record of a
+    checkout into ``dest`` unless ``force``, and refused with ``include`` (which files of a
+    partial checkout are extra is a guess cas does not make).
+
+    Raises:
+        ArgsError: ``clean`` with ``include``; a bad pattern; ``dest`` is not a directory.
+        NotFoundError: an ``include`` pattern matches no file.
+        ConflictError: a target file exists (without ``force``); ``clean`` on a destination
+            cas did not write (without ``force``); a folder of ``dest`` is a symlink or was
+            swapped while checkout ran.
+        VerifyError: stored bytes are damaged; the damaged file is not written.
+    """
+    if clean and include:
+        raise ArgsError("--clean cannot be combined with --include: check out the whole "
+                        "version with --clean, or select files without --clean")
+    manifest = store.manifest(version)
+    chosen = select_files(manifest.files, include, version.ref)
+    all_paths = [f.path for f in manifest.files]
+    dest = dest.expanduser().absolute()
+    made = _make_dest(dest)
+    pause = _Pause()
+    warnings: list[CasWarning] = []
     try:
-        for d in sorted({(dest / f.path).parent for f in manifest.files}):
-            fsync_dir(d)
+        root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        raise from_os_error(exc, f"syncing {dest}") from None
-    return CheckoutResult(version.name, version.seq, version.commit, str(dest),
-                          len(manifest.files), done)
+        raise from_os_error(exc, f"opening {dest}") from None
+    tree = checkouts.DestTree(root_fd, dest)
+    large = _LargeFiles(store, cached)
+    batch = _SmallBatch(store, tree, pause)
+    try:
+        real = os.path.realpath(dest)
+        scan = checkouts.scan_dest(tree, set(all_paths), _version_dirs(all_paths))
+        if scan.stale:
+            warnings.append(CasWarning(
+                code="W_STALE_TEMPS",
+                message=f"removed {scan.stale} temp file{'s' if scan.stale != 1 else ''} "
+                        f"left in {dest} by an interrupted checkout"))
+        if not force:
+            clash = [f.path for f in chosen if f.path in scan.present]
+            if clash:
+                raise ConflictError(f"{dest / clash[0]} exists (use --force to overwrite)"
+                                    + (f" and {len(clash) - 1} more" if len(clash) > 1
+                                       else ""))
+        try:
+            previous = checkouts.load(store.path, real)
+            damaged = None
+        except CasError as exc:
+            previous, damaged = None, exc.message
+        owned = checkouts.owns(previous, os.fstat(root_fd))
+        extra = [p for p, is_dir in scan.extras if not is_dir]
+        why_not = ("no record of it in the store" if previous is None
+                   else "the store's record names another folder at that path")
+        if clean and scan.extras and not owned and not force:
+            raise ConflictError(
+                f"{dest} was not written by cas checkout ({damaged or why_not}) and holds "
+                f"{len(extra)} files not in {version.ref} ({_names(extra)}): --clean would "
+                "delete them; add --force to do so")
+        record = checkouts.CheckoutRecord(
+            dest=real, dest_dev=tree.ids[""][0], dest_ino=tree.ids[""][1], name=version.name,
+            seq=version.seq, commit=version.commit, state=checkouts.STATE_WRITING,
+            started_at=checkouts.now(), include=list(include), files=[f.path for f in chosen])
+        try:
+            checkouts.save(store.path, record)
+        except CasError as exc:
+            warnings.append(CasWarning(code="W_NO_RECORD",
+                                       message=f"the checkout is not recorded: {exc.message}"))
+            record = None  # type: ignore[assignment]
+        pause("scanned")
+        removed = (0, 0)
+        if clean:
+            removed = checkouts.remove_extras(tree, scan.extras)
+        elif extra:
+            warnings.append(CasWarning(
+                code="W_EXTRA_FILES",
+                message=f"{dest} holds {len(extra)} file{'s' if len(extra) != 1 else ''} "
+                        f"not in {version.ref} ({_names(extra)}); --clean removes them"))
+        total = sum(f.size for f in chosen)
+        done = 0
+        with gc_paused():
+            for entry in chosen:
+                validate_rel_path(entry.path)
+                rel_dir, _, final = entry.path.rpartition("/")
+                if entry.size < SMALL:
+                    batch.write(entry, rel_dir, final)
+                    done += entry.size
+                    if batch.bytes >= BATCH_BYTES:
+                        batch.flush()
+                    if progress is not None:
+                        progress(done, total, entry.path)
+                else:
+                    done = _write_large(large, tree, entry, rel_dir, final, done, total,
+                                        progress, pause)
+            batch.flush()
+        tree.check_unchanged()
+        tree.sync()
+        for d in made:
+            fsync_dir(d)
+        if record is not None:
+            try:
+                checkouts.save(store.path, msgspec.structs.replace(
+                    record, state=checkouts.STATE_COMPLETE, finished_at=checkouts.now()))
+            except CasError as exc:
+                warnings.append(CasWarning(code="W_NO_RECORD", message=(
+                    f"the checkout is recorded as unfinished: {exc.message}")))
+    except OSError as exc:
+        batch.discard()
+        raise from_os_error(exc, f"checking out into {dest}") from None
+    except BaseException:
+        batch.discard()
+        raise
+    finally:
+        large.close()
+        tree.close()
+        os.close(root_fd)
+    return CheckoutResult(version.name, version.seq, version.commit, str(dest), len(chosen),
+                          done, removed_files=removed[0], removed_dirs=removed[1],
+                          stale_temps_removed=scan.stale,
+                          extra_files=0 if clean else len(extra), include=list(include),
+                          warnings=warnings)
+
+
+def _write_large(large: _LargeFiles, tree: checkouts.DestTree, entry: FileEntry, rel_dir: str,
+                 final: str, done: int, total: int, progress: Progress | None,
+                 pause: _Pause) -> int:
+    """Write one large file to a temp, fsync it and rename it into place."""
+    dfd = tree.fd(rel_dir, create=True)
+    tmp = checkouts.temp_name(final)
+    fd = os.open(tmp, _NEW_FILE, 0o600, dir_fd=dfd)
+    try:
+        try:
+            done = large.write(entry, fd, done, total, progress)
+        finally:
+            os.close(fd)
+        pause("temp-written")
+        try:
+            os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except IsADirectoryError:
+            raise ConflictError(f"{tree.dest / entry.path} is a directory (use --clean to "
+                                "replace it)") from None
+        tree.changed.add(rel_dir)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dfd)
+        except OSError:
+            pass
+        raise
+    return done
+
+
+# -- cat ---------------------------------------------------------------------------------------
+
+#: ``cat`` reads this many chunks per group (about 1 MiB at the default chunk size).
+CAT_GROUP = 16
+
+
+class CatResult(msgspec.Struct):
+    name: str
+    seq: int
+    path: str
+    size: int
+    sha256: str
+
+
+def iter_file(store: Store, version: Version, path: str) -> Iterator[bytes | memoryview]:
+    """The bytes of one file of ``version``, in blocks, each verified against its BLAKE3
+    before it is yielded; after the last block the size and SHA-256 of the whole are
+    checked. Memory stays at a group of chunks whatever the file size.
+
+    Raises:
+        NotFoundError: no file ``path`` in the version.
+        VerifyError: a damaged chunk (before its bytes are yielded), or a whole that differs
+            from the manifest (after the last block).
+    """
+    manifest = store.manifest(version)
+    entry = next((f for f in manifest.files if f.path == path), None)
+    if entry is None:
+        raise NotFoundError(f"{version.ref} has no file {path!r} (cas show {version.ref} "
+                            "lists them)")
+    clist = store.read_chunk_list(parse_hex(entry.chunks, what="chunk list id"))
+    if clist.size != entry.size:
+        raise VerifyError(
+            f"{entry.path}: chunk list size {clist.size} != manifest size {entry.size}")
+    sha = hashlib.sha256()
+    for i in range(0, len(clist.chunks), CAT_GROUP):
+        group = clist.chunks[i : i + CAT_GROUP]
+        for data, (oid, n) in zip(store.packs.read_many([oid for oid, _n in group]), group):
+            if len(data) != n:
+                raise VerifyError(f"{entry.path}: chunk {oid.hex()} is {len(data)} bytes, the "
+                                  f"chunk list says {n}", object_id=oid.hex())
+            sha.update(data)
+            yield data
+    if sha.hexdigest() != entry.sha256:
+        raise VerifyError(
+            f"{entry.path}: SHA-256 {sha.hexdigest()} != manifest {entry.sha256}",
+            expected=entry.sha256, actual=sha.hexdigest())
+
+
+def cat(store: Store, version: Version, path: str, out: BinaryIO) -> CatResult:
+    """Write one file of ``version`` to ``out`` (see :func:`iter_file`). Errors that ``out``
+    raises (a closed pipe) propagate unchanged."""
+    size = 0
+    for block in iter_file(store, version, path):
+        out.write(block)
+        size += len(block)
+    out.flush()
+    manifest_sha = next(f.sha256 for f in store.manifest(version).files if f.path == path)
+    return CatResult(version.name, version.seq, path, size, manifest_sha)

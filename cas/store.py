@@ -46,7 +46,10 @@ from cas.settings import Settings
 if TYPE_CHECKING:
     from cas.annotate import Annotation, AnnotateResult
     from cas.catalog import DiskUsage, HistoryRow, ModelRow, VersionDetail, VersionRow
-    from cas.checkout import CheckoutResult
+    from typing import BinaryIO
+
+    from cas.checkout import CatResult, CheckoutResult
+    from cas.checkouts import CheckoutList
     from cas.diff import DiffResult
     from cas.ingest import AddOptions, AddResult
     from cas.removal import RemovedRow, RemoveResult, RestoreResult
@@ -357,17 +360,35 @@ class Store:
         return add(self, name, Path(path), options or AddOptions(), progress)
 
     def checkout(self, spec: str, dest: Path | str, *, force: bool = False,
+                 clean: bool = False, include: Sequence[str] = (),
                  progress: Progress | None = None, cached: bool = False) -> CheckoutResult:
         """Write the files of ``spec`` under ``dest``, byte-identical and SHA-256 verified.
 
-        Large files are written with ``O_DIRECT`` (fastest, and other programs' cached data
-        stays cached); ``cached=True`` writes through the page cache instead, so that the
-        files are in memory for a program that loads them right away.
+        ``include`` globs select files by path; ``clean`` removes what ``dest`` holds that is
+        not in the version (where cas checked out before, or with ``force``). Every checkout
+        is recorded in the store (see :meth:`checkouts`). Large files are written with
+        ``O_DIRECT`` (fastest, and other programs' cached data stays cached); ``cached=True``
+        writes through the page cache instead, so that the files are in memory for a program
+        that loads them right away.
         """
         from cas.checkout import checkout
 
-        return checkout(self, self.resolve(spec), Path(dest), force=force, progress=progress,
-                        cached=cached)
+        return checkout(self, self.resolve(spec), Path(dest), force=force, clean=clean,
+                        include=include, progress=progress, cached=cached)
+
+    def cat(self, spec: str, path: str, out: BinaryIO) -> CatResult:
+        """Write the file ``path`` of ``spec`` to ``out``, streaming: every chunk is verified
+        before its bytes are written, the whole file's SHA-256 at the end (``VerifyError``
+        then, after the bytes). Errors ``out`` raises propagate unchanged."""
+        from cas.checkout import cat
+
+        return cat(self, self.resolve(spec), path, out)
+
+    def checkouts(self) -> CheckoutList:
+        """The destinations cas checked versions out into, from the records in the store."""
+        from cas.checkouts import list_checkouts
+
+        return list_checkouts(self.path)
 
     def verify(self, spec: str | None = None, progress: Progress | None = None, *,
                repair: bool = False) -> VerifyReport:

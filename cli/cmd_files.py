@@ -1,26 +1,119 @@
-"""Commands that write a version's files out: checkout."""
+"""Commands that write a version's files out: checkout, cat, and checkouts (where cas wrote)."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import click
 from cas.cli.app import Ctx, cli, pass_ctx, progress_for
 from cas.cli.complete import complete_spec
-from cas.cli.render import human_bytes
+from cas.cli.render import format_table, human_bytes, human_time
+
+from cas.errors import ArgsError, from_os_error
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 @cli.command()
 @click.argument("spec", metavar="NAME[@V]", shell_complete=complete_spec)
 @click.argument("dest", type=click.Path(path_type=Path))
-@click.option("-f", "--force", is_flag=True, help="Overwrite files that exist in DEST.")
+@click.option("-f", "--force", is_flag=True,
+              help="Overwrite files that exist in DEST; with --clean, clean a DEST that cas "
+                   "did not write.")
+@click.option("--clean", is_flag=True,
+              help="Remove the files of DEST that are not in the version (and folders left "
+                   "empty); only where cas checked out before, unless --force.")
+@click.option("--include", "include", multiple=True, metavar="GLOB",
+              help="Only files whose path (or a folder of it) matches GLOB; '*' stays in a "
+                   "folder, '**' crosses folders (repeatable).")
 @click.option("--cached", is_flag=True,
               help="Write through the page cache, leaving the files in memory for a program "
                    "that loads them next (slower; default: direct writes).")
 @pass_ctx
-def checkout(ctx: Ctx, spec: str, dest: Path, force: bool, cached: bool) -> None:
-    """Write the files of NAME[@V] under DEST, byte-identical and SHA-256 verified."""
+def checkout(ctx: Ctx, spec: str, dest: Path, force: bool, clean: bool,
+             include: tuple[str, ...], cached: bool) -> None:
+    """Write the files of NAME[@V] under DEST, byte-identical and SHA-256 verified.
+
+    Files appear under their names only once complete and durable. Files of DEST that are not
+    in the version are left alone (a warning names them) unless --clean.
+
+    \b
+    Examples:
+      cas checkout org/model@prod ./serve --force --clean
+      cas checkout org/model ./tok --include 'tokenizer*' --include '*.json'
+    """
     with ctx.open() as store, progress_for(ctx) as bar:
-        r = store.checkout(spec, dest, force=force, progress=bar, cached=cached)
-    ctx.out.result(r, f"checked out {r.name}@{r.seq} to {r.dest}: {r.files} files, "
-                      f"{human_bytes(r.bytes_written)}, SHA-256 verified")
+        r = store.checkout(spec, dest, force=force, clean=clean, include=include,
+                           progress=bar, cached=cached)
+    text = (f"checked out {r.name}@{r.seq} to {r.dest}: {r.files} files, "
+            f"{human_bytes(r.bytes_written)}, SHA-256 verified")
+    if r.removed_files or r.removed_dirs:
+        text += (f"; removed {_count(r.removed_files, 'file')} and "
+                 f"{_count(r.removed_dirs, 'folder')} not in the version")
+    ctx.out.result(r, text)
+
+
+@cli.command()
+@click.argument("spec", metavar="NAME[@V]", shell_complete=complete_spec)
+@click.argument("path")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write to this file instead of standard output (needed with --json).")
+@pass_ctx
+def cat(ctx: Ctx, spec: str, path: str, output: Path | None) -> None:
+    """Write one file of NAME[@V] to standard output, verified as it streams.
+
+    Every chunk is checked against its BLAKE3 before its bytes are written, and the whole
+    file's SHA-256 at the end (exit code 4, E_VERIFY, if it differs).
+
+    \b
+    Examples:
+      cas cat org/model@prod config.json | jq .architectures
+      cas cat org/model tokenizer.json -o /tmp/tokenizer.json
+    """
+    if output is None and ctx.out.json:
+        raise ArgsError("cas cat --json needs -o FILE: standard output carries the file")
+    with ctx.open() as store:
+        if output is not None:
+            try:
+                with open(output, "wb") as f:
+                    r = store.cat(spec, path, f)
+            except OSError as exc:
+                raise from_os_error(exc, f"writing {output}") from None
+            ctx.out.result(r, f"wrote {r.path} of {r.name}@{r.seq} to {output}: "
+                              f"{human_bytes(r.size)}, SHA-256 verified")
+            return
+        try:
+            store.cat(spec, path, sys.stdout.buffer)
+        except BrokenPipeError:
+            # The reader went away (| head): stop quietly, and keep Python from failing
+            # again when it flushes stdout at exit.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+
+
+@cli.command("checkouts")
+@pass_ctx
+def checkouts_cmd(ctx: Ctx) -> None:
+    """List the folders cas checked versions out into (recorded in the store), newest first.
+
+    A checkout that was interrupted shows as 'writing'; a folder that was deleted or replaced
+    since shows as 'gone'.
+
+    \b
+    Examples:
+      cas checkouts
+      cas checkouts --json
+    """
+    with ctx.open() as store:
+        r = store.checkouts()
+    rows = [[c.dest, f"{c.name}@{c.seq}", human_time(c.time),
+             c.state if c.present else "gone",
+             f"{c.files}" + (f" ({', '.join(c.include)})" if c.include else "")]
+            for c in r.checkouts]
+    ctx.out.result(r, format_table(["PATH", "VERSION", "WHEN", "STATE", "FILES"], rows)
+                   if rows else "no checkouts recorded")

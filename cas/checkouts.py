@@ -1,0 +1,447 @@
+"""Checkout destinations: the records of where cas checked versions out, and how a checkout
+walks a destination without ever following a symlink out of it.
+
+Records
+-------
+
+cas writes nothing into a checkout's destination but the version's files. To recognise its own
+checkouts (``checkout --clean`` deletes what is not in the version only where cas wrote), it
+keeps one record per destination in the store, never in the destination:
+``<store>/checkouts/<key>.json``, where ``key`` is the BLAKE3 (64 hex) of the destination's real
+path (symlinks resolved, in the filesystem encoding). The record also holds the destination
+directory's device and inode: a folder deleted and made again by someone else at the same path
+is not taken for the one cas wrote.
+
+A checkout writes its record twice: state ``writing`` before it changes anything in the
+destination, state ``complete`` once every file is durable under its final name. Each write is
+atomic (temp ``<key>.json.<pid>.<rand>.tmp`` in ``checkouts/`` itself, fsync, rename over the
+record, fsync of ``checkouts/``): readers take no lock and see the old record or the new one.
+The temps live in ``checkouts/`` and not in ``<store>/tmp/``, which writers empty under the
+store lock that checkout does not take. Temps whose process is gone are removed by the next
+record write. ``docs/format.md`` ("Checkout records") has the fields and the crash table.
+
+Destinations
+------------
+:class:`DestTree` opens every folder under a destination with ``O_NOFOLLOW`` relative to its
+parent's descriptor, so every create, rename and delete happens relative to a folder
+descriptor and no path through a symlink is ever taken; it remembers each folder's identity to
+notice one that was swapped while the checkout ran. :func:`scan_dest` walks a destination the
+same way: it removes the temps of killed checkouts (``.NAME.PID.RAND.cas-tmp`` whose process is
+gone, or the pid-less ``.NAME.RAND.cas-tmp`` of older cas; never a running checkout's, never
+any other file) and lists what is not in the version, which :func:`remove_extras` deletes for
+``checkout --clean``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+
+from cas.errors import CasWarning, ConflictError, SchemaError, from_os_error
+from cas.fsutil import atomic_write, fsync_dir
+
+SCHEMA = "cas.checkout"
+VERSION = 1
+DIRNAME = "checkouts"
+STATE_WRITING = "writing"
+STATE_COMPLETE = "complete"
+
+#: Most folder descriptors kept open at once (more are reopened, checked, as needed).
+MAX_OPEN_DIRS = 256
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC
+_TEMP = re.compile(r"\..+?\.(?:(\d+)\.)?[0-9a-f]{8}\.cas-tmp", re.DOTALL)
+_TEMP_STEM_BYTES = 180
+_RECORD = re.compile(r"[0-9a-f]{64}\.json")
+_RECORD_TMP = re.compile(r"[0-9a-f]{64}\.json\.(\d+)\.[0-9a-f]{8}\.tmp")
+
+
+class CheckoutRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One destination cas checked a version out into (the JSON record, field for field)."""
+
+    schema: str = SCHEMA
+    version: int = VERSION
+    #: Real path of the destination (symlinks resolved).
+    dest: str
+    #: Device and inode of the destination directory when the record was written.
+    dest_dev: int
+    dest_ino: int
+    name: str
+    seq: int
+    commit: str
+    #: ``writing`` while the checkout runs (or if it was killed), then ``complete``.
+    state: str
+    started_at: str
+    finished_at: str | None = None
+    #: The ``--include`` globs, empty for a whole version.
+    include: list[str] = []
+    #: Manifest paths of the files the checkout writes (all of them, or the included ones).
+    files: list[str] = []
+
+
+class CheckoutRow(msgspec.Struct, frozen=True):
+    """A record as ``cas checkouts`` shows it."""
+
+    dest: str
+    name: str
+    seq: int
+    commit: str
+    state: str
+    time: str
+    files: int
+    include: list[str]
+    #: The destination still exists and is the directory the record names.
+    present: bool
+
+
+class CheckoutList(msgspec.Struct):
+    checkouts: list[CheckoutRow]
+    warnings: list[CasWarning] = []
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def dest_key(real_dest: str) -> str:
+    """The record key of a destination: BLAKE3 hex of its real path."""
+    import blake3
+
+    return blake3.blake3(os.fsencode(real_dest)).hexdigest()
+
+
+def record_path(store_path: Path, real_dest: str) -> Path:
+    return store_path / DIRNAME / f"{dest_key(real_dest)}.json"
+
+
+def decode(data: bytes, where: str) -> CheckoutRecord:
+    """Parse a record.
+
+    Raises:
+        SchemaError: not a checkout record, an unknown version, or malformed fields.
+    """
+    try:
+        rec = msgspec.json.decode(data, type=CheckoutRecord)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise SchemaError(f"checkout record {where}: {exc}") from None
+    if rec.schema != SCHEMA or rec.version != VERSION:
+        raise SchemaError(f"checkout record {where}: schema {rec.schema!r} version "
+                          f"{rec.version} is not {SCHEMA!r} version {VERSION}")
+    if rec.state not in (STATE_WRITING, STATE_COMPLETE):
+        raise SchemaError(f"checkout record {where}: unknown state {rec.state!r}")
+    return rec
+
+
+def load(store_path: Path, real_dest: str) -> CheckoutRecord | None:
+    """The record of ``real_dest``, or None if cas never checked out there.
+
+    Raises:
+        SchemaError: the record exists but is damaged or of an unknown version.
+    """
+    path = record_path(store_path, real_dest)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise from_os_error(exc, f"reading checkout record {path}") from None
+    rec = decode(data, str(path))
+    if rec.dest != real_dest:
+        raise SchemaError(f"checkout record {path} names {rec.dest!r}, not {real_dest!r}")
+    return rec
+
+
+def owns(record: CheckoutRecord | None, st: os.stat_result) -> bool:
+    """True if ``record`` says cas wrote into the directory whose ``fstat`` is ``st``."""
+    return record is not None and (record.dest_dev, record.dest_ino) == (st.st_dev, st.st_ino)
+
+
+def save(store_path: Path, record: CheckoutRecord) -> None:
+    """Write ``record`` atomically and durably (see the module docstring).
+
+    Raises:
+        DiskError | PermError: the store cannot be written; the old record is unchanged.
+    """
+    folder = store_path / DIRNAME
+    try:
+        if not folder.is_dir():
+            folder.mkdir(exist_ok=True)
+            fsync_dir(store_path)
+        clean_stale_temps(folder)
+    except OSError as exc:
+        raise from_os_error(exc, f"creating {folder}") from None
+    atomic_write(record_path(store_path, record.dest), msgspec.json.encode(record), folder)
+
+
+def clean_stale_temps(folder: Path) -> int:
+    """Remove record temps whose writing process is gone; returns how many."""
+    removed = 0
+    for name in os.listdir(folder):
+        m = _RECORD_TMP.fullmatch(name)
+        if m and not pid_alive(int(m.group(1))):
+            try:
+                os.unlink(folder / name)
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process ``pid`` exists on this host (ours counts as alive)."""
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def list_checkouts(store_path: Path) -> CheckoutList:
+    """Every record, newest first; a damaged record is skipped with a ``W_BAD_RECORD``
+    warning that names it."""
+    folder = store_path / DIRNAME
+    try:
+        names = sorted(n for n in os.listdir(folder) if _RECORD.fullmatch(n))
+    except FileNotFoundError:
+        return CheckoutList([])
+    except OSError as exc:
+        raise from_os_error(exc, f"listing {folder}") from None
+    rows: list[CheckoutRow] = []
+    warnings: list[CasWarning] = []
+    for name in names:
+        try:
+            rec = decode((folder / name).read_bytes(), str(folder / name))
+        except FileNotFoundError:
+            continue  # replaced or removed while we listed
+        except SchemaError as exc:
+            warnings.append(CasWarning(code="W_BAD_RECORD", message=exc.message))
+            continue
+        except OSError as exc:
+            warnings.append(CasWarning(code="W_BAD_RECORD",
+                                       message=f"{folder / name}: {exc.strerror or exc}"))
+            continue
+        try:
+            present = owns(rec, os.stat(rec.dest))
+        except OSError:
+            present = False
+        rows.append(CheckoutRow(rec.dest, rec.name, rec.seq, rec.commit, rec.state,
+                                rec.finished_at or rec.started_at, len(rec.files),
+                                rec.include, present))
+    rows.sort(key=lambda r: r.time, reverse=True)
+    return CheckoutList(rows, warnings)
+
+
+# -- the destination -----------------------------------------------------------------------
+
+
+def join(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name
+
+
+def temp_name(final_name: str) -> str:
+    """The temp name of a file being written: ``.NAME.PID.RAND.cas-tmp`` (NAME shortened so
+    that the temp stays within file-name limits)."""
+    stem = final_name
+    while len(os.fsencode(stem)) > _TEMP_STEM_BYTES:
+        stem = stem[: len(stem) * 3 // 4]
+    return f".{stem}.{os.getpid()}.{os.urandom(4).hex()}.cas-tmp"
+
+
+def is_stale_temp(name: str) -> bool | None:
+    """None if ``name`` is not a checkout temp; else whether its checkout is gone (its pid is
+    not running, or the name is of the pid-less kind older cas wrote)."""
+    m = _TEMP.fullmatch(name)
+    if m is None:
+        return None
+    return m.group(1) is None or not pid_alive(int(m.group(1)))
+
+
+class DestTree:
+    """Folder descriptors under the destination, each opened with ``O_NOFOLLOW`` from its
+    parent's descriptor, so no path through a symlink is ever taken. The identity (device,
+    inode) of every folder opened is kept: reopening one that was replaced meanwhile, or the
+    final check, raises ``ConflictError``."""
+
+    def __init__(self, root_fd: int, dest: Path) -> None:
+        st = os.fstat(root_fd)
+        self.root_fd = root_fd
+        self.dest = dest
+        self.fds: dict[str, int] = {}
+        self.ids: dict[str, tuple[int, int]] = {"": (st.st_dev, st.st_ino)}
+        self.created: set[str] = set()
+        self.changed: set[str] = set()
+
+    def fd(self, rel: str, *, create: bool = False) -> int:
+        """The descriptor of folder ``rel`` ("" is the destination); made if ``create``.
+
+        Raises:
+            ConflictError: ``rel`` (or a folder above it) is not a plain folder, or is not the
+                folder this checkout opened under that name before.
+            FileNotFoundError: it does not exist and not ``create``.
+        """
+        if not rel:
+            return self.root_fd
+        fd = self.fds.pop(rel, None)
+        if fd is not None:
+            self.fds[rel] = fd  # most recently used last
+            return fd
+        parent, _, name = rel.rpartition("/")
+        pfd = self.fd(parent, create=create)
+        try:
+            try:
+                fd = os.open(name, DIR_FLAGS, dir_fd=pfd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(name, 0o777, dir_fd=pfd)
+                self.created.add(rel)
+                self.changed.add(parent)
+                fd = os.open(name, DIR_FLAGS, dir_fd=pfd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise ConflictError(f"{self.dest / rel}: exists and is not a plain directory"
+                                    " (a symlink or a file)") from None
+            raise
+        st = os.fstat(fd)
+        if self.ids.setdefault(rel, (st.st_dev, st.st_ino)) != (st.st_dev, st.st_ino):
+            os.close(fd)
+            raise ConflictError(f"{self.dest / rel}: replaced by another folder while "
+                                "checkout ran")
+        self.fds[rel] = fd
+        while len(self.fds) > MAX_OPEN_DIRS:
+            oldest = next(iter(self.fds))
+            os.close(self.fds.pop(oldest))
+        return fd
+
+    def forget(self, rel: str) -> None:
+        """Drop a folder that was removed."""
+        fd = self.fds.pop(rel, None)
+        if fd is not None:
+            os.close(fd)
+        self.ids.pop(rel, None)
+
+    def check_unchanged(self) -> None:
+        """Raise ConflictError if a folder this checkout wrote in was moved or replaced (for
+        example swapped for a symlink): its files are then not where DEST says."""
+        for rel in sorted(self.ids, key=lambda r: r.count("/")):
+            if not rel:
+                continue
+            parent, _, name = rel.rpartition("/")
+            try:
+                st = os.stat(name, dir_fd=self.fd(parent), follow_symlinks=False)
+                same = (st.st_dev, st.st_ino) == self.ids[rel]
+            except FileNotFoundError:
+                same = False
+            if not same:
+                raise ConflictError(f"{self.dest / rel}: moved or replaced while checkout "
+                                    "ran; run the checkout again")
+
+    def sync(self) -> None:
+        """fsync every folder whose entries this checkout changed."""
+        for rel in sorted(self.changed):
+            os.fsync(self.fd(rel))
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
+class Scan(msgspec.Struct):
+    present: set[str] = set()
+    extras: list[tuple[str, bool]] = []  # (path, is a folder), parents before children
+    stale: int = 0
+
+
+def scan_dest(tree: DestTree, files: set[str], dirs: set[str]) -> Scan:
+    """Walk the destination without following symlinks: remove temps of killed checkouts,
+    find which version paths exist and which entries are not in the version (``extras``)."""
+    scan = Scan(set(), [], 0)
+
+    def walk(fd: int, rel: str, inside_extra: bool) -> None:
+        with os.scandir(fd) as it:
+            entries = list(it)
+        for e in entries:
+            stale = is_stale_temp(e.name)
+            if stale is not None and not e.is_dir(follow_symlinks=False):
+                if stale:
+                    try:
+                        os.unlink(e.name, dir_fd=fd)
+                        scan.stale += 1
+                        tree.changed.add(rel)
+                    except FileNotFoundError:
+                        pass
+                continue
+            path = join(rel, e.name)
+            is_dir = e.is_dir(follow_symlinks=False)
+            if inside_extra:
+                extra = True
+            elif path in files:
+                scan.present.add(path)
+                extra = not e.is_file(follow_symlinks=False)
+            elif path in dirs:
+                extra = not is_dir
+                if extra:
+                    scan.present.add(path)
+            else:
+                extra = True
+            if extra:
+                scan.extras.append((path, is_dir))
+            if is_dir:
+                try:
+                    sub = os.open(e.name, DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:  # swapped meanwhile: not followed
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+                        continue
+                    raise
+                try:
+                    walk(sub, path, extra)
+                finally:
+                    os.close(sub)
+
+    walk(tree.root_fd, "", False)
+    return scan
+
+
+def remove_extras(tree: DestTree, extras: list[tuple[str, bool]]) -> tuple[int, int]:
+    """Remove ``extras`` children first, through folder descriptors; a symlink is removed as
+    a link. Entries that changed meanwhile are left. Returns (files removed, folders removed)."""
+    files = dirs = 0
+    for path, is_dir in reversed(extras):
+        parent, _, name = path.rpartition("/")
+        try:
+            pfd = tree.fd(parent)
+        except (FileNotFoundError, ConflictError):
+            continue
+        try:
+            if is_dir:
+                tree.forget(path)
+                try:
+                    os.rmdir(name, dir_fd=pfd)
+                    tree.changed.discard(path)
+                    dirs += 1
+                except NotADirectoryError:  # swapped for a symlink meanwhile: remove the link
+                    os.unlink(name, dir_fd=pfd)
+                    files += 1
+            else:
+                os.unlink(name, dir_fd=pfd)
+                files += 1
+            tree.changed.add(parent)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR,
+                             errno.ENOTDIR, errno.EPERM):
+                continue  # changed under us, or holds a running checkout's temp
+            raise
+    return files, dirs

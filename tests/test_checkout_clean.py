@@ -1,0 +1,184 @@
+"""checkout --clean and the checkout records: extra files are reported, removed only where cas
+checked out before (or with --force), through folder descriptors that never follow symlinks;
+nothing but the version's files is ever written into DEST."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import blake3
+import pytest
+
+
+def _tree(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    return root
+
+
+def _listing(root: Path) -> set[str]:
+    out = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            out.add(os.path.relpath(os.path.join(dirpath, n), root))
+    return out
+
+
+V1 = {"model.bin": b"one" * 100, "old/a.txt": b"a", "old/deep/b.txt": b"b", "cfg.json": b"{}"}
+V2 = {"model.bin": b"two" * 100, "cfg.json": b'{"v": 2}', "new/c.txt": b"c"}
+
+
+@pytest.fixture
+def two_versions(cas, tmp_path: Path):  # type: ignore[no-untyped-def]
+    cas("add", "m", str(_tree(tmp_path / "v1", V1)))
+    cas("add", "m", str(_tree(tmp_path / "v2", V2)))
+    return cas
+
+
+def test_force_over_another_version_warns_about_extra_files(two_versions, tmp_path: Path
+                                                            ) -> None:  # type: ignore[no-untyped-def]
+    cas = two_versions
+    dest = tmp_path / "serve"
+    cas("checkout", "m@1", str(dest))
+    r = cas("checkout", "m@2", str(dest), "--force")
+    assert "[W_EXTRA_FILES]" in r.err and "2 files not in m@2" in r.err
+    assert "old/a.txt" in r.err
+    r = cas("--json", "checkout", "m@1", str(dest), "--force")
+    warn = [w for w in r.json["warnings"] if w["code"] == "W_EXTRA_FILES"]
+    assert len(warn) == 1 and "new/c.txt" in warn[0]["message"]
+    assert r.json["extra_files"] == 1
+
+
+def test_clean_removes_what_is_not_in_the_version(two_versions, tmp_path: Path
+                                                  ) -> None:  # type: ignore[no-untyped-def]
+    cas = two_versions
+    dest = tmp_path / "serve"
+    cas("checkout", "m@1", str(dest))
+    r = cas("--json", "checkout", "m@2", str(dest), "--force", "--clean")
+    assert r.json["removed_files"] == 2 and r.json["removed_dirs"] == 2
+    assert _listing(dest) == set(V2)
+    for rel, data in V2.items():
+        assert (dest / rel).read_bytes() == data
+    assert not (dest / "old").exists()
+    # and back: new/ (emptied) goes, old/ comes back
+    r = cas("checkout", "m@1", str(dest), "--force", "--clean")
+    assert "removed 1 file and 1 folder not in the version" in r.out
+    assert _listing(dest) == set(V1)
+
+
+def test_clean_is_refused_where_cas_did_not_check_out(two_versions, tmp_path: Path
+                                                      ) -> None:  # type: ignore[no-untyped-def]
+    cas = two_versions
+    dest = _tree(tmp_path / "mine", {"notes.txt": b"keep me"})
+    r = cas("checkout", "m@2", str(dest), "--clean", ok=False)
+    assert r.code == 10 and "[E_CONFLICT]" in r.err
+    assert "not written by cas checkout" in r.err and "notes.txt" in r.err
+    assert _listing(dest) == {"notes.txt"}  # refused before anything was written
+    assert (dest / "notes.txt").read_bytes() == b"keep me"
+    # an empty or missing DEST has nothing to clean: no refusal
+    cas("checkout", "m@2", str(tmp_path / "fresh"), "--clean")
+    # a folder made again at a recorded path is not the one cas wrote
+    fresh = tmp_path / "fresh"
+    for p in sorted(fresh.rglob("*"), reverse=True):
+        p.rmdir() if p.is_dir() else p.unlink()
+    fresh.rmdir()
+    _tree(fresh, {"theirs.txt": b"x"})
+    r = cas("checkout", "m@2", str(fresh), "--clean", ok=False)
+    assert r.code == 10 and "another folder" in r.err
+    assert (fresh / "theirs.txt").exists()
+
+
+def test_clean_with_force_cleans_a_foreign_dest(two_versions, tmp_path: Path
+                                                ) -> None:  # type: ignore[no-untyped-def]
+    cas = two_versions
+    dest = _tree(tmp_path / "mine", {"notes.txt": b"x", "sub/y": b"y"})
+    cas("checkout", "m@2", str(dest), "--clean", "--force")
+    assert _listing(dest) == set(V2)
+
+
+def test_clean_removes_a_symlinked_folder_as_a_link(two_versions, tmp_path: Path
+                                                    ) -> None:  # type: ignore[no-untyped-def]
+    cas = two_versions
+    outside = _tree(tmp_path / "outside", {"precious.txt": b"p", "new/c.txt": b"theirs"})
+    dest = tmp_path / "serve"
+    cas("checkout", "m@2", str(dest))
+    os.symlink(outside, dest / "link")
+    os.symlink(outside / "precious.txt", dest / "file-link")
+    # a symlink where the version needs a folder: cleaned as a link, then the folder is made
+    (dest / "new" / "c.txt").unlink()
+    (dest / "new").rmdir()
+    os.symlink(outside / "new", dest / "new")
+    cas("checkout", "m@2", str(dest), "--force", "--clean")
+    assert _listing(dest) == set(V2)
+    assert not (dest / "new").is_symlink() and (dest / "new" / "c.txt").read_bytes() == b"c"
+    assert _listing(outside) == {"precious.txt", "new/c.txt"}
+    assert (outside / "new" / "c.txt").read_bytes() == b"theirs"
+
+
+def test_without_clean_a_symlinked_folder_is_refused(two_versions, tmp_path: Path
+                                                     ) -> None:  # type: ignore[no-untyped-def]
+    cas = two_versions
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "serve"
+    dest.mkdir()
+    os.symlink(outside, dest / "new")
+    r = cas("checkout", "m@2", str(dest), ok=False)
+    assert r.code == 10 and "not a plain directory" in r.err
+    assert list(outside.iterdir()) == []
+
+
+def test_clean_with_include_is_refused(two_versions, tmp_path: Path
+                                       ) -> None:  # type: ignore[no-untyped-def]
+    r = two_versions("checkout", "m@2", str(tmp_path / "d"), "--clean", "--include", "*.json",
+                     ok=False)
+    assert r.code == 2 and "--clean cannot be combined with --include" in r.err
+    assert not (tmp_path / "d").exists()
+
+
+def test_record_is_kept_in_the_store_and_listed(two_versions, tmp_path: Path, store_path: Path
+                                                ) -> None:  # type: ignore[no-untyped-def]
+    cas = two_versions
+    dest = tmp_path / "serve"
+    r = cas("--json", "checkout", "m@2", str(dest))
+    real = os.path.realpath(dest)
+    rec_path = store_path / "checkouts" / f"{blake3.blake3(real.encode()).hexdigest()}.json"
+    rec = json.loads(rec_path.read_bytes())
+    assert rec["schema"] == "cas.checkout" and rec["version"] == 1
+    assert rec["dest"] == real and rec["name"] == "m" and rec["seq"] == 2
+    assert rec["commit"] == r.json["commit"] and rec["state"] == "complete"
+    assert sorted(rec["files"]) == sorted(V2)
+    assert rec["dest_ino"] == os.stat(dest).st_ino and rec["finished_at"]
+    # nothing of cas's own in DEST, and no temp left in the record folder
+    assert _listing(dest) == set(V2)
+    assert os.listdir(rec_path.parent) == [rec_path.name]
+    cas("checkout", "m@1", str(tmp_path / "other"))
+    rows = cas("--json", "checkouts").json["checkouts"]
+    assert [(c["dest"], c["seq"], c["state"], c["present"]) for c in rows] in (
+        [(os.path.realpath(tmp_path / "other"), 1, "complete", True), (real, 2, "complete", True)],
+        [(real, 2, "complete", True), (os.path.realpath(tmp_path / "other"), 1, "complete", True)],
+    )
+    text = cas("checkouts").out
+    assert real in text and "m@2" in text and "complete" in text
+    # a damaged record is named, not fatal
+    rec_path.write_text("{not json")
+    r = cas("checkouts")
+    assert "[W_BAD_RECORD]" in r.err and rec_path.name in r.err
+
+
+def test_a_folder_where_a_file_goes(two_versions, tmp_path: Path
+                                    ) -> None:  # type: ignore[no-untyped-def]
+    cas = two_versions
+    dest = tmp_path / "serve"
+    cas("checkout", "m@2", str(dest))
+    (dest / "cfg.json").unlink()
+    _tree(dest / "cfg.json", {"inner": b"i"})
+    r = cas("checkout", "m@2", str(dest), "--force", ok=False)
+    assert r.code == 10 and "--clean" in r.err
+    assert not [n for n in os.listdir(dest) if n.endswith(".cas-tmp")]
+    cas("checkout", "m@2", str(dest), "--force", "--clean")
+    assert (dest / "cfg.json").read_bytes() == V2["cfg.json"]
