@@ -158,7 +158,7 @@ def _model_dir(tmp_path: Path) -> Path:
     src = tmp_path / "checkpoints" / ("a-rather-long-experiment-directory-name-" * 2) / "run-7"
     src.mkdir(parents=True)
     for i in range(4):  # four files: four labels, a first and a last frame for each
-        (src / f"model-0000{i + 1}-of-00004.safetensors").write_bytes(os.urandom(6 << 20))
+        (src / f"model-0000{i + 1}-of-00004.bin").write_bytes(os.urandom(6 << 20))
     return src
 
 
@@ -203,4 +203,4 @@ def test_no_bar_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "registered org/model@1" in proc.stdout
-    assert "\r" not in proc.stderr and "[" not in proc.stderr
+    assert "\r" not in proc.stderr and "\x1b[K" not in proc.stderr and "ETA" not in proc.stderr
