@@ -92,6 +92,7 @@ def live_versions(store: Path, name: str) -> list[int]:
 # -- kill -9 -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # about 300 MB of generated input per case
 @pytest.mark.parametrize("pack_target", [None, 1 << 20], ids=["default-packs", "small-packs"])
 def test_sigkill_during_add_never_breaks_the_store(tmp_path: Path, pack_target: int | None) -> None:
     """With small packs, kills also land in pack roll-overs and multi-pack index upkeep."""
@@ -300,6 +301,7 @@ def test_stale_registry_ref_lock_is_recovered(tmp_path: Path, lock_file: str,
     ok(store, "verify", "--all")
 
 
+@pytest.mark.slow  # a 256 MB input
 def test_ctrl_c_during_add_is_a_clean_e_interrupted(tmp_path: Path) -> None:
     """SIGINT (Ctrl-C) mid-add: exit 130 with E_INTERRUPTED, nothing half-visible, no temp files.
     The signal's timing only decides whether the add is cut short; both outcomes are checked."""
