@@ -1,9 +1,12 @@
-"""Checkout assembles files in windows: chunks that cross window edges, unaligned tails,
-empty files and damage in the middle of a file."""
+"""Checkout assembles large files in windows: chunks that cross window edges, unaligned tails,
+empty files and damage in the middle of a file. Small files are batched: each is durable
+before its name appears, and every folder whose entries changed is synced."""
 
 from __future__ import annotations
 
+import os
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -105,3 +108,76 @@ def test_cli_cached_flag(cas, tmp_path: Path) -> None:  # type: ignore[no-untype
     r = cas("--json", "checkout", "m", str(tmp_path / "out"), "--cached")
     assert r.json["ok"] and r.json["files"] == 1
     assert (tmp_path / "out" / "w.bin").read_bytes() == data
+
+
+def _final_name(temp: str) -> str:
+    return re.sub(r"\.\d+\.[0-9a-f]{8}\.cas-tmp$", "", temp[1:])
+
+
+def _small_tree(d: Path, n: int = 12) -> dict[str, bytes]:
+    rng = random.Random(13)
+    out = {}
+    for i in range(n):
+        rel = f"{'ab'[i % 2]}/{'xy'[i % 3 % 2]}/f{i}.bin" if i % 4 else f"top{i}.bin"
+        out[rel] = rng.randbytes(rng.randint(0, 4096))
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).write_bytes(out[rel])
+    return out
+
+
+@pytest.mark.parametrize("batch_bytes", [64 << 20, 5000], ids=["one-batch", "many-batches"])
+def test_small_files_are_durable_before_their_names_appear(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_bytes: int) -> None:
+    """Small files: one syncfs per batch, before any file of the batch is renamed."""
+    want = _small_tree(tmp_path / "src")
+    store = Store.init(tmp_path / "store")
+    store.add("m", tmp_path / "src")
+    dest = tmp_path / "out"
+    seen: list[tuple[int, int]] = []  # per syncfs: (temps present, of which the final exists)
+
+    def recording_syncfs(fd: int) -> None:
+        temps = [p for p in dest.rglob("*.cas-tmp")]
+        finals = [t.parent / _final_name(t.name) for t in temps]
+        seen.append((len(temps), sum(1 for f in finals if f.exists())))
+        os.sync()
+
+    monkeypatch.setattr(checkout, "_syncfs_function", lambda: recording_syncfs)
+    monkeypatch.setattr(checkout, "BATCH_BYTES", batch_bytes)
+    store.checkout("m", dest)
+    assert sum(n for n, _ in seen) == len(want) and all(f == 0 for _, f in seen)
+    assert len(seen) == 1 if batch_bytes > 1 << 20 else len(seen) > 2
+    for rel, data in want.items():
+        assert (dest / rel).read_bytes() == data
+    assert not list(dest.rglob("*.cas-tmp"))
+    store.close()
+
+
+def test_without_syncfs_each_small_file_is_fsynced_and_folders_are_synced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    want = _small_tree(tmp_path / "src")
+    store = Store.init(tmp_path / "store")
+    store.add("m", tmp_path / "src")
+    dest = tmp_path / "new" / "out"
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if path.endswith(".cas-tmp"):  # a temp: its final name must not exist yet
+            name = _final_name(os.path.basename(path))
+            assert not os.path.exists(os.path.join(os.path.dirname(path), name))
+        synced.append(path)
+        real_fsync(fd)
+
+    monkeypatch.setattr(checkout, "_syncfs_function", lambda: None)
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    store.checkout("m", dest)
+    assert len([p for p in synced if p.endswith(".cas-tmp")]) == len(want)
+    # every folder whose entries changed: the new ones, and the parents they were made in
+    folders = {os.path.realpath(p) for p in synced if os.path.isdir(p)}
+    expect = {dest, tmp_path / "new", tmp_path, *(dest / r for r in ("a", "b", "a/x", "a/y",
+                                                                     "b/x", "b/y"))}
+    assert {str(p) for p in expect if p.exists()} <= folders
+    for rel, data in want.items():
+        assert (dest / rel).read_bytes() == data
+    store.close()

@@ -1,0 +1,69 @@
+"""checkout --include: globs on manifest paths select a subset of a version's files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cas.checkout import compile_glob
+from cas.errors import ArgsError
+
+FILES = ["config.json", "tokenizer.json", "model.safetensors", "onnx/model.onnx",
+         "onnx/config.json", "1_Pooling/config.json", "a/b/c/deep.txt", "README.md"]
+
+
+@pytest.mark.parametrize(("pattern", "matches"), [
+    ("*.json", {"config.json", "tokenizer.json"}),
+    ("**/*.json", {"config.json", "tokenizer.json", "onnx/config.json",
+                   "1_Pooling/config.json"}),
+    ("onnx/**", {"onnx/model.onnx", "onnx/config.json"}),
+    ("a/**/deep.txt", {"a/b/c/deep.txt"}),
+    ("*/config.json", {"onnx/config.json", "1_Pooling/config.json"}),
+    ("[!m]*.json", {"config.json", "tokenizer.json"}),
+    ("?EADME.md", {"README.md"}),
+])
+def test_glob(pattern: str, matches: set[str]) -> None:
+    rx = compile_glob(pattern)
+    assert {f for f in FILES if rx.fullmatch(f)} == matches
+
+
+@pytest.mark.parametrize("bad", ["", "/abs/*"])
+def test_bad_globs(bad: str) -> None:
+    with pytest.raises(ArgsError):
+        compile_glob(bad)
+
+
+@pytest.fixture
+def model(cas, tmp_path: Path):  # type: ignore[no-untyped-def]
+    src = tmp_path / "src"
+    for i, rel in enumerate(FILES):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(f"{rel} {i}".encode())
+    cas("add", "m", str(src))
+    return cas
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def test_include_checks_out_a_subset(model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    r = model("--json", "checkout", "m", str(tmp_path / "d"), "--include", "*.json",
+              "--include", "onnx")
+    assert r.json["files"] == 4 and r.json["include"] == ["*.json", "onnx"]
+    assert _files(tmp_path / "d") == {"config.json", "tokenizer.json", "onnx/model.onnx",
+                                      "onnx/config.json"}
+    assert (tmp_path / "d" / "onnx" / "model.onnx").read_bytes() == b"onnx/model.onnx 3"
+    rows = model("--json", "checkouts").json["checkouts"]
+    assert rows[0]["files"] == 4 and rows[0]["include"] == ["*.json", "onnx"]
+
+
+def test_an_include_that_matches_nothing_is_an_error(model, tmp_path: Path
+                                                     ) -> None:  # type: ignore[no-untyped-def]
+    r = model("checkout", "m", str(tmp_path / "d"), "--include", "*.json", "--include",
+              "*.gguf", ok=False)
+    assert r.code == 3 and "--include '*.gguf' matches no file of m@1" in r.err
+    assert not (tmp_path / "d").exists()
+    r = model("--json", "checkout", "m", str(tmp_path / "d"), "--include", "/x", ok=False)
+    assert r.code == 2 and r.json["error"]["code"] == "E_ARGS"
