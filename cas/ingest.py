@@ -1,24 +1,40 @@
-"""Ingest: files -> chunks -> packs -> manifest -> registry commit.
+"""Ingest: ``cas add``, from a file or folder to a registered version.
 
-One pass over each input file. The calling thread reads 8 MiB blocks and cuts them (FastCDC,
-whole blocks at once; chunks are views into the block, never copied); a small pool hashes each
-chunk with BLAKE3, checks whether the store already has it, and compresses the new ones; a
-single ordered thread feeds each block to the whole-file SHA-256 and BLAKE3. zstd, BLAKE3 and
-hashlib release the GIL, so the work spreads over the cores. At most ``MAX_BLOCKS_IN_FLIGHT``
-blocks are held at once, so memory stays bounded whatever the file size.
+Steps, all under the store write lock except the first:
 
-Order of effects (see ``docs/format.md``, "Write ordering"): chunks and chunk lists go into packs;
-all packs are finished (durable, then visible); only then is the manifest committed and the model
-ref moved. A crash before the ref moves leaves only unreferenced packs, which dedupe the next
-attempt and which gc may remove later.
+1. :func:`cas.ignore.scan_input` lists the files (symlinks followed, ``.git``, ``.casignore``
+   and ``--exclude`` patterns applied, every relative path validated). Nothing is read yet.
+2. Requested tags are checked: a tag that names another version is refused (``E_CONFLICT``)
+   unless ``--force-tag``; one that names the latest version is kept only if the content turns
+   out unchanged, which is settled before anything is stored (see :func:`_prove_unchanged`).
+3. The stat cache (:mod:`cas.statcache`) recognises files unchanged since they were last read.
+   If every file is recognised and the content equals the latest version's, the add ends here:
+   no file is read and no version is made.
+4. Each other file is read once. A file of at most ``SMALL_FILE`` bytes that is not a weight
+   file is read whole and handled on the calling thread (SHA-256, FastCDC, BLAKE3 of each chunk,
+   zstd of the new ones), its new objects batched into one pack write per ``BATCH_BYTES``: thread
+   hand-offs would cost more than the work. A larger file or a weight file streams through
+   :meth:`_Ingester.ingest`: this thread reads 8 MiB blocks and cuts them (chunks are views
+   into the block, never copied); a hash thread feeds each block to SHA-256 in order; a pool of
+   ``WORKERS`` hashes each chunk with BLAKE3, checks whether the store has it, and byte-groups
+   (float tensors), zstd-compresses or, in a tensor its base version also has, derives the new
+   ones (:mod:`cas.derive`, planned on its own thread); a writer thread appends the results to
+   the pack in order. At most ``MAX_BLOCKS_IN_FLIGHT`` blocks are held at once, so memory
+   stays bounded whatever the file size. Each file's chunk list is stored as an object.
+5. :meth:`cas.packs.PackWriter.finish` makes every pack durable and visible; only then is the
+   manifest committed (:mod:`cas.metadata` describes the model from headers only), the model
+   ref moved, the tags set, and the stat cache saved.
+
+Order of effects (see ``docs/format.md``, "Write ordering"): a crash before the ref moves leaves
+only unreferenced packs, which dedupe the next attempt and which gc may remove later.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import queue
+import shlex
 import socket
 import stat as stat_mod
 import time
@@ -30,35 +46,33 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from cas import derive
-from cas.bytegroup import FloatRanges
 from cas.chunking import BufferPool, Chunker
 from cas.compression import CODEC_DERIVED, Compressor
-from cas.errors import ArgsError, CasError, ConflictError, NotFoundError, from_os_error
+from cas.errors import CasError, CasWarning, ConflictError, from_os_error
 from cas.format.chunklist import ChunkList
-from cas.format.manifest import FileEntry, Manifest, Metadata, Provenance
+from cas.format.manifest import (
+    KNOWN_FEATURES,
+    SCHEMA,
+    SUPPORTED_VERSIONS,
+    FileEntry,
+    Manifest,
+    Metadata,
+    Provenance,
+)
 from cas.format.pack import KIND_CHUNK, KIND_CHUNK_LIST
 from cas.gcpause import gc_paused
 from cas.ids import blake3_id, parse_hex
-from cas.metadata import (
-    MAX_SAFETENSORS_HEADER,
-    describe,
-    float_ranges,
-    safetensors_tensors,
-    tensors,
-)
-from cas.names import (
-    check_unique_paths,
-    parse_version_spec,
-    validate_model_name,
-    validate_rel_path,
-    validate_tag,
-)
+from cas.ignore import Skipped, scan_input
+from cas.metadata import describe, float_ranges, format_of
+from cas.names import parse_version_spec, validate_model_name, validate_tag
 from cas.packs import PackWriter
-from cas.registry import resolve_identity
+from cas.registry import Version, resolve_identity
 from cas.statcache import FileDigest, StatCache
 
 if TYPE_CHECKING:
+    from cas import derive
+    from cas.bytegroup import FloatRanges
+    from cas.registry import Registry
     from cas.store import Progress, Store
 
 #: Bytes read per block; the chunker cuts whole blocks at once (no per-chunk copies).
@@ -68,10 +82,15 @@ MAX_BLOCKS_IN_FLIGHT = 4
 #: Chunks per worker task: large enough that task overhead is small, small enough to spread.
 GROUP = 32
 WORKERS = 2
+#: Files up to this size (that are not weight files) are read whole and handled inline.
+SMALL_FILE = 256 << 10
+#: New objects of small files are appended to the pack in batches of about this many bytes.
+BATCH_BYTES = 4 << 20
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 _ChunkResult = tuple[bytes, int, "int | None", "bytes | memoryview | None"]
 _Block = tuple[memoryview, "Future[None]", "list[Future[list[_ChunkResult]]]"]
-_SKIP_DIRS = frozenset({".git", ".cas"})
+_PackItem = tuple[bytes, int, int, int, "bytes | memoryview"]
 
 
 @dataclass
@@ -111,6 +130,9 @@ class AddResult(msgspec.Struct):
     new_stored_bytes: int
     tags: list[str]
     stale_cache: list[str] = []
+    #: What the scan left out, per reason (see :class:`cas.ignore.Skipped`).
+    skipped: list[Skipped] = []
+    warnings: list[CasWarning] = []
 
 
 @dataclass
@@ -118,75 +140,6 @@ class _Counters:
     new_chunks: int = 0
     reused_chunks: int = 0
     bytes_hashed: int = 0
-
-
-def scan_input(path: Path, exclude: Path | None = None
-               ) -> tuple[Path, list[tuple[str, Path, os.stat_result]]]:
-    """List the regular files to register under ``path``, sorted by relative path.
-
-    Symlinks to files are followed (their content is registered); ``.git`` folders and the
-    folder ``exclude`` (the store itself, which changes while it is written) are skipped.
-    A ``path`` inside ``exclude`` is refused. Every relative path is validated before anything
-    is read.
-
-    Raises:
-        NotFoundError: ``path`` does not exist.
-        ArgsError: a special file, an unsafe or colliding name, or an empty directory.
-    """
-    try:
-        top = os.stat(path)
-    except FileNotFoundError:
-        raise NotFoundError(f"{path}: no such file or directory") from None
-    except OSError as exc:
-        raise from_os_error(exc, f"reading {path}") from None
-    excluded = os.stat(exclude) if exclude is not None and exclude.exists() else None
-    if excluded is not None:
-        real = path.resolve()
-        if real == exclude.resolve() or exclude.resolve() in real.parents:  # type: ignore[union-attr]
-            raise ArgsError(f"{path}: is inside the store; register files from elsewhere")
-    if stat_mod.S_ISREG(top.st_mode):
-        rel = path.name
-        validate_rel_path(rel, user_input=True)
-        return path.parent, [(rel, path, top)]
-    if not stat_mod.S_ISDIR(top.st_mode):
-        raise ArgsError(f"{path}: not a regular file or directory")
-    found: list[tuple[str, Path, os.stat_result]] = []
-    seen_dirs: set[tuple[int, int]] = set()
-
-    def walk(d: Path, prefix: str) -> None:
-        st = os.stat(d)
-        if (st.st_dev, st.st_ino) in seen_dirs:
-            raise ArgsError(f"{d}: symlink loop")
-        seen_dirs.add((st.st_dev, st.st_ino))
-        try:
-            entries = sorted(os.scandir(d), key=lambda e: e.name)
-        except OSError as exc:
-            raise from_os_error(exc, f"listing {d}") from None
-        for e in entries:
-            rel = f"{prefix}{e.name}"
-            if e.name in _SKIP_DIRS and e.is_dir():
-                continue
-            validate_rel_path(rel, user_input=True)
-            try:
-                st = os.stat(e.path)  # follows symlinks
-            except FileNotFoundError:
-                raise ArgsError(f"{e.path}: dangling symlink") from None
-            if stat_mod.S_ISDIR(st.st_mode):
-                if excluded is not None and (st.st_dev, st.st_ino) == (excluded.st_dev,
-                                                                       excluded.st_ino):
-                    continue
-                walk(Path(e.path), rel + "/")
-            elif stat_mod.S_ISREG(st.st_mode):
-                found.append((rel, Path(e.path), st))
-            else:
-                raise ArgsError(f"{e.path}: not a regular file")
-
-    walk(path, "")
-    if not found:
-        raise ArgsError(f"{path}: directory holds no files")
-    found.sort(key=lambda t: t[0])
-    check_unique_paths((rel for rel, _, _ in found), user_input=True)
-    return path, found
 
 
 class _Ingester:
@@ -207,10 +160,16 @@ class _Ingester:
         self.planner = ThreadPoolExecutor(1, thread_name_prefix="cas-plan")
         self.drainer = ThreadPoolExecutor(1, thread_name_prefix="cas-write")
         self._buffers: BufferPool | None = None
+        #: New objects of small files not yet handed to the pack writer (see flush()).
+        self._batch: list[_PackItem] = []
+        self._batched: set[bytes] = set()
+        self._batch_bytes = 0
+        #: Format of each small file read inline (relative path -> metadata.format_of).
+        self.formats: dict[str, str] = {}
 
     @property
     def buffers(self) -> BufferPool:
-        # Allocated on first use: an add where every file is unchanged never needs them.
+        # Allocated on first use: an add of small files only never needs them.
         # One more buffer than blocks in flight, so reading the next block overlaps the rest.
         if self._buffers is None:
             self._buffers = BufferPool(self.chunker, MAX_BLOCKS_IN_FLIGHT + 1, BLOCK_SIZE)
@@ -223,7 +182,52 @@ class _Ingester:
         self.drainer.shutdown(wait=True, cancel_futures=True)
 
     def _known(self, oid: bytes) -> bool:
-        return oid in self.writer or self.store.packs.has(oid)
+        return oid in self._batched or oid in self.writer or self.store.packs.has(oid)
+
+    def _queue(self, item: _PackItem) -> None:
+        self._batch.append(item)
+        self._batched.add(item[0])
+        self._batch_bytes += len(item[4])
+        if self._batch_bytes >= BATCH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the batched objects to the pack writer (one write). Called from the thread
+        that owns the writer, never while a streamed file is being written."""
+        if self._batch:
+            self.writer.add_many(self._batch)
+            self._batch, self._batched, self._batch_bytes = [], set(), 0
+
+    def ingest_small(self, rel: str, path: str, st: os.stat_result) -> FileDigest | None:
+        """Read a small file whole and store it on this thread; None if it is a weight file
+        (grouping and derivation need :meth:`ingest`).
+
+        Raises:
+            ConflictError: the file changed between the scan and the read.
+        """
+        data = _read_whole(path, st)
+        kind = format_of(data[:16], len(data), rel)
+        if kind in ("safetensors", "gguf"):
+            return None
+        self.formats[rel] = kind
+        view = memoryview(data)
+        chunks = []
+        for offset, length in self.chunker.cut_bytes(data):
+            chunk = view[offset : offset + length]
+            oid = blake3_id(chunk)
+            if self._known(oid):
+                self.counters.reused_chunks += 1
+            else:
+                codec, stored = self.compressor.compress(chunk)
+                self._queue((oid, KIND_CHUNK, codec, length, stored))
+                self.counters.new_chunks += 1
+            chunks.append((oid, length))
+        clist_id = self.put_object(ChunkList(len(data), tuple(chunks)).encode(), KIND_CHUNK_LIST)
+        self.done += len(data)
+        self.counters.bytes_hashed += len(data)
+        if self.progress is not None:
+            self.progress(self.done, self.total, rel)
+        return FileDigest(len(data), hashlib.sha256(data).hexdigest(), clist_id.hex(), False)
 
     def _work_group(self, chunks: list[tuple[int, memoryview]], floats: FloatRanges | None,
                     planned: Future[derive.Plan | None] | None) -> list[_ChunkResult]:
@@ -276,6 +280,8 @@ class _Ingester:
         than the chunk itself."""
         grouping = where[1:] if where is not None else None
 
+        from cas import derive
+
         def compress_residual(residual: bytearray) -> tuple[int, bytes]:
             return self.compressor.compress(residual, grouping)  # type: ignore[arg-type,return-value]
 
@@ -303,15 +309,19 @@ class _Ingester:
             self.writer.add_many(batch)  # type: ignore[arg-type]
 
     def put_object(self, data: bytes, kind: int) -> bytes:
+        """Store one whole object (a chunk list) unless the store has it; return its id."""
         oid = blake3_id(data)
         if not self._known(oid):
             codec, stored = self.compressor.compress(data)
-            self.writer.add(oid, kind, codec, len(data), stored)
+            self._queue((oid, kind, codec, len(data), stored))
         return oid
 
     def ingest(self, path: Path, label: str,
                plan: Future[derive.Plan | None] | None = None) -> FileDigest:
-        """Chunk, hash and pack one file in a single pass; return its digest."""
+        """Chunk, hash and pack one file in a single pass, streaming; return its digest.
+
+        The caller flushes the small-file batch first: the writer thread owns the pack writer
+        while this runs."""
         sha = hashlib.sha256()
 
         chunks: list[tuple[bytes, int]] = []
@@ -337,7 +347,12 @@ class _Ingester:
                     self.progress(self.done, self.total, label)
 
         ranges = float_ranges(path)
-        floats = FloatRanges(ranges) if ranges else None
+        if ranges:
+            from cas.bytegroup import FloatRanges
+
+            floats: FloatRanges | None = FloatRanges(ranges)
+        else:
+            floats = None
         offset = 0
         drain = self.drainer.submit(write_blocks)
         try:
@@ -347,8 +362,8 @@ class _Ingester:
                     for view in views:
                         placed.append((offset, view))
                         offset += len(view)
-                    groups = [self.pool.submit(self._work_group, placed[i : i + GROUP], floats, plan)
-                              for i in range(0, len(placed), GROUP)]
+                    groups = [self.pool.submit(self._work_group, placed[i : i + GROUP], floats,
+                                               plan) for i in range(0, len(placed), GROUP)]
                     blocks.put((region, self.hasher.submit(sha.update, region), groups))
                     if failed:
                         break
@@ -365,6 +380,37 @@ class _Ingester:
         return FileDigest(size, sha.hexdigest(), clist_id.hex(), False)
 
 
+def _read_whole(path: str, st: os.stat_result) -> bytes:
+    """The bytes of a small file, checked to be those of the file the scan saw.
+
+    Raises:
+        ConflictError: the file changed (size, mtime or inode) since it was scanned.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+        try:
+            # One byte more than expected tells a file that grew; fstat tells the rest.
+            data = os.read(fd, st.st_size + 1)
+            while len(data) < st.st_size:
+                more = os.read(fd, st.st_size + 1 - len(data))
+                if not more:
+                    break
+                data += more
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise from_os_error(exc, f"reading {path}") from None
+    if len(data) != st.st_size or _changed(st, after):
+        raise ConflictError(f"{path}: file changed while it was being read")
+    return data
+
+
+def _changed(before: os.stat_result, after: os.stat_result) -> bool:
+    return (after.st_size, after.st_mtime_ns, after.st_ino) != \
+        (before.st_size, before.st_mtime_ns, before.st_ino)
+
+
 def _parse_parents(store: Store, specs: list[str]) -> list[str]:
     out = []
     for spec in specs:
@@ -377,99 +423,279 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
         progress: Progress | None = None) -> AddResult:
     """Register ``path`` as a new version of ``name``; see :meth:`cas.store.Store.add`.
 
-    Creates no version when the content equals the latest version's (tags given are then put
-    on the latest version). Holds the store write lock throughout.
+    Creates no version when the content equals the latest version's; requested tags are then
+    put on the latest version, and metadata options that could not be recorded are named in a
+    ``W_METADATA_NOT_RECORDED`` warning. Holds the store write lock throughout.
 
     Raises:
-        ArgsError | NotFoundError: bad name, tag, parent or path, before anything is written.
-        ConflictError: a file changed while it was read; nothing is committed.
+        ArgsError | NotFoundError: bad name, tag, parent, path or pattern, before anything is
+            read.
+        ConflictError: a requested tag names another version (without ``force_tag``), found
+            before any file is stored; or a file changed while it was read (nothing committed).
         DiskError | LockError: the disk or the lock failed; the store stays consistent.
     """
     validate_model_name(name)
-    for t in options.tags:
+    tags = list(dict.fromkeys(options.tags))
+    for t in tags:
         validate_tag(t)
-    root, files = scan_input(path.expanduser(), exclude=store.path)
+    path = path.expanduser()
+    scan = scan_input(path, store_dir=store.path, exclude=options.exclude)
+    warnings = list(scan.warnings)
     with store.writing(), gc_paused():
+        registry = store.registry
         parents = _parse_parents(store, options.parents)
-        # A requested tag that already names another version is refused before any work; one
-        # that names the latest version is fine if the content turns out unchanged.
-        taken = store.registry.tags(name)
-        live = store.registry.versions(name) if store.registry.head(name) is not None else []
-        latest_commit = live[-1].commit if live else None
-        for t in options.tags:
-            if (name, t) in taken and taken[(name, t)] != latest_commit:
-                raise ConflictError(f"tag {name}@{t} exists (move it with 'cas tag --force')")
+        latest = _latest(registry, name)
+        tagged = {t: c for (_, t), c in registry.tags(name).items() if t in tags}
+        on_latest = _check_tags(name, tagged, latest, options.force_tag)
+        old = _read_manifest(store, latest) if latest is not None else None
         cache = StatCache(store.cache_dir / "stat.msgpack", store.tmp_dir)
+
+        found: dict[str, FileEntry] = {}
+        todo: list[tuple[str, str, os.stat_result, FileDigest | None]] = []
+        for rel, apath, st in scan.files:
+            cached = cache.get(apath, st)
+            if cached is not None and not options.rehash:
+                found[rel] = _entry(rel, cached, st)
+            else:
+                todo.append((rel, apath, st, cached))
+        hits = len(found)
+        unchanged = not todo and old is not None and _same(found, old)
+        if not unchanged and hits:
+            # A new version will name these chunk lists: trust a cached digest only if its
+            # chunk list is (still) in the store.
+            by_rel = {rel: (apath, st) for rel, apath, st in scan.files}
+            for rel, e in list(found.items()):
+                if not store.has_object(parse_hex(e.chunks, what="chunk list id")):
+                    del found[rel]
+                    todo.append((rel, *by_rel[rel], cache.get(by_rel[rel][0], by_rel[rel][1])))
+            hits = len(found)
+        if on_latest and not unchanged:
+            assert old is not None and latest is not None
+            _prove_unchanged(name, on_latest, latest, old, scan.files, found, todo, cache)
+            unchanged = True
+            todo = []
+
         writer = PackWriter(store.packs_dir, store.tmp_dir, store.config.pack_target_bytes)
-        entries: list[FileEntry] = []
-        hits = 0
+        ing = _Ingester(store, writer, progress, sum(st.st_size for _, _, st, _ in todo))
         stale: list[str] = []
-        todo = []
-        for rel, fpath, st in files:
-            key = str(fpath.absolute())
-            cached = cache.get(key, st)
-            chunks_id = parse_hex(cached.chunks, what="chunk list id") if cached else None
-            if chunks_id is not None and store.has_object(chunks_id):
-                if not options.rehash:
-                    entries.append(_entry(rel, cached, st))
-                    hits += 1
-                    continue
-            todo.append((rel, fpath, st, key, cached))
-        # Fine-tunes and dtype conversions are predicted (see cas.derive) from the same files
-        # in the first --parent if one is given, else in the model's latest version.
-        base_version = (store.registry.resolve(parse_version_spec(options.parents[0]))
-                        if options.parents else live[-1] if live else None)
-        base_files = ({f.path: f for f in store.manifest(base_version).files}
-                      if base_version is not None else {})
-        ing = _Ingester(store, writer, progress, sum(st.st_size for _, _, st, _, _ in todo))
         try:
-            for rel, fpath, st, key, cached in todo:
-                started = time.time_ns()
-                base = base_files.get(rel)
-                # The plan reads the base file's header (and imports numpy): off the path.
-                plan = ing.planner.submit(_plan, store, fpath, base) \
-                    if base is not None else None
-                digest = ing.ingest(fpath, rel, plan)
-                after = os.stat(fpath)
-                if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or \
-                        digest.size != st.st_size:
-                    raise ConflictError(f"{fpath}: file changed while it was being read")
-                if cached is not None and \
-                        (cached.sha256, cached.size) != (digest.sha256, digest.size):
-                    stale.append(rel)
-                cache.put(key, st, digest, started)
-                entries.append(_entry(rel, digest, st))
+            if todo:
+                base_files = _base_files(store, options, latest, old)
+                for rel, apath, st, cached in todo:
+                    digest = _ingest_file(store, ing, cache, rel, apath, st, base_files.get(rel))
+                    if cached is not None and \
+                            (cached.sha256, cached.size) != (digest.sha256, digest.size):
+                        stale.append(rel)
+                    found[rel] = _entry(rel, digest, st)
+                ing.flush()
             writer.finish()
         except BaseException:
             writer.abort()
             raise
         finally:
             ing.close()
-        entries.sort(key=lambda e: e.path)
-        detected = describe(root if path.is_dir() else path, [e.path for e in entries])
-        result = _commit(store, name, path, options, entries, detected, parents)
-        new_stored = sum(writer.written.values())
+        entries = [found[rel] for rel, _, _ in scan.files]  # sorted by path, as scanned
+        if old is not None and not unchanged:
+            unchanged = _same(found, old)
+        if unchanged:
+            assert latest is not None and old is not None
+            version, created = latest, False
+            warnings.extend(_not_recorded(options, parents, latest, old))
+        else:
+            single = stat_mod.S_ISREG(os.stat(path).st_mode)
+            detected = describe(path.absolute() if single else scan.root,
+                                [e.path for e in entries], ing.formats)
+            for rel, reason in detected["bad_headers"]:  # type: ignore[attr-defined]
+                shown = str(path) if single else os.path.join(path, rel)
+                warnings.append(CasWarning(
+                    "W_BAD_HEADER", f"{shown}: {reason}; registered as bytes, with no parameter "
+                                    "count or dtypes from this file"))
+            version = _commit_new(store, name, path, options, entries, detected, parents)
+            created = True
+        for t in tags:
+            if tagged.get(t) != version.commit:
+                registry.set_tag(version, t, force=t in tagged)
         cache.save()
     return AddResult(
         name=name,
-        seq=result[0],
-        commit=result[1],
-        created=result[2],
+        seq=version.seq,
+        commit=version.commit,
+        created=created,
         files=len(entries),
         total_size=sum(e.size for e in entries),
         bytes_hashed=ing.counters.bytes_hashed,
         stat_cache_hits=hits,
         new_chunks=ing.counters.new_chunks,
         reused_chunks=ing.counters.reused_chunks,
-        new_stored_bytes=new_stored,
-        tags=list(options.tags),
+        new_stored_bytes=sum(writer.written.values()),
+        tags=tags,
         stale_cache=stale,
+        skipped=scan.skipped,
+        warnings=warnings,
     )
 
 
+def _ingest_file(store: Store, ing: _Ingester, cache: StatCache, rel: str, apath: str,
+                 st: os.stat_result, base: FileEntry | None) -> FileDigest:
+    """Store one file (inline if small, else streamed) and return its digest; the stat cache
+    learns it."""
+    started = time.time_ns()
+    digest = ing.ingest_small(rel, apath, st) if st.st_size <= SMALL_FILE else None
+    if digest is None:
+        ing.flush()
+        # The plan reads the base file's header (and imports numpy): off the path.
+        plan = ing.planner.submit(_plan, store, Path(apath), base) if base is not None else None
+        digest = ing.ingest(Path(apath), rel, plan)
+        try:
+            after = os.stat(apath)
+        except OSError as exc:
+            raise from_os_error(exc, f"reading {apath}") from None
+        if _changed(st, after) or digest.size != st.st_size:
+            raise ConflictError(f"{apath}: file changed while it was being read")
+    cache.put(apath, st, digest, started)
+    return digest
+
+
+def _latest(registry: Registry, name: str) -> Version | None:
+    if registry.head(name) is None:
+        return None
+    live = registry.versions(name)
+    return live[-1] if live else None
+
+
+def _check_tags(name: str, tagged: dict[str, str], latest: Version | None,
+                force: bool) -> list[str]:
+    """Refuse, before anything is read, a requested tag that names another version (unless
+    ``force``). Return the tags that name the latest version: they may stay only if the
+    content is unchanged (without ``force``).
+
+    Raises:
+        ConflictError: a tag names a version other than the latest.
+    """
+    on_latest = []
+    for t, commit in tagged.items():
+        if force:
+            continue
+        if latest is not None and commit == latest.commit:
+            on_latest.append(t)
+            continue
+        raise ConflictError(f"tag {name}@{t} names another version ({commit[:12]}); "
+                            "move it with --force-tag, or choose another tag")
+    return on_latest
+
+
+def _read_manifest(store: Store, version: Version) -> Manifest:
+    """The manifest of ``version``, read to compare with what this add found and as a base for
+    derived chunks.
+
+    Its schema, version and required features are checked as :meth:`Manifest.decode` does
+    (which then raises the precise error), but its paths and hashes are not validated one by
+    one again: that pass costs more than the rest of a no-change add of thousands of files, and
+    these entries are only compared with entries this add validated itself.
+    """
+    raw = store.registry.manifest_bytes(version)
+    try:
+        m = msgspec.json.decode(raw, type=Manifest)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return Manifest.decode(raw)
+    if m.schema != SCHEMA or m.version not in SUPPORTED_VERSIONS or \
+            not set(m.requires) <= KNOWN_FEATURES:
+        return Manifest.decode(raw)
+    return m
+
+
+def _same(found: dict[str, FileEntry], old: Manifest) -> bool:
+    """True if ``found`` (complete) holds the same content as ``old`` (see
+    :meth:`Manifest.same_content`)."""
+    if len(found) != len(old.files):
+        return False
+    new = Manifest(name=old.name, seq=old.seq, files=[found[f.path] for f in old.files
+                                                       if f.path in found],
+                   total_size=0)
+    return len(new.files) == len(old.files) and old.same_content(new)
+
+
+def _prove_unchanged(name: str, tags: list[str], latest: Version, old: Manifest,
+                     files: list[tuple[str, str, os.stat_result]], found: dict[str, FileEntry],
+                     todo: list[tuple[str, str, os.stat_result, FileDigest | None]],
+                     cache: StatCache) -> None:
+    """Settle, before anything is stored, that the content equals ``latest``'s, as ``tags``
+    (which name it and may not move) require; else refuse.
+
+    Paths, sizes and executable bits are compared first, without reading. Files the stat cache
+    knows are compared by their cached SHA-256; the others are read and hashed, and nothing is
+    stored. On success ``found`` holds every file (the chunk lists taken from ``old``) and the
+    stat cache has learnt the files that were read.
+
+    Raises:
+        ConflictError: the content differs, so the add would make a new version.
+    """
+    olds = {f.path: f for f in old.files}
+
+    def refuse(why: str) -> None:
+        names = ", ".join(f"{name}@{t}" for t in tags)
+        raise ConflictError(
+            f"tag {names} names {latest.ref}, and this add would register a new version "
+            f"({why}); move the tag with --force-tag, or choose another tag")
+
+    for rel, _, st in files:
+        f = olds.get(rel)
+        if f is None:
+            refuse(f"{rel} is new")
+        elif f.size != st.st_size:
+            refuse(f"{rel} changed size")
+        elif f.executable != bool(st.st_mode & stat_mod.S_IXUSR):
+            refuse(f"{rel} changed mode")
+    if len(files) != len(olds):
+        seen = {rel for rel, _, _ in files}
+        refuse(f"{next(p for p in olds if p not in seen)} is gone")
+    for rel, e in found.items():
+        if e.sha256 != olds[rel].sha256:
+            refuse(f"{rel} changed")
+    for rel, apath, st, _ in todo:
+        started = time.time_ns()
+        if _sha256_of(apath, st) != olds[rel].sha256:
+            refuse(f"{rel} changed")
+        f = olds[rel]
+        digest = FileDigest(f.size, f.sha256, f.chunks, False)
+        cache.put(apath, st, digest, started)
+        found[rel] = _entry(rel, digest, st)
+
+
+def _sha256_of(path: str, st: os.stat_result) -> str:
+    try:
+        with open(path, "rb", buffering=0) as f:
+            sha = hashlib.file_digest(f, "sha256").hexdigest()
+            after = os.fstat(f.fileno())
+    except OSError as exc:
+        raise from_os_error(exc, f"reading {path}") from None
+    if _changed(st, after):
+        raise ConflictError(f"{path}: file changed while it was being read")
+    return sha
+
+
+def _base_files(store: Store, options: AddOptions, latest: Version | None,
+                old: Manifest | None) -> dict[str, FileEntry]:
+    """The files that new files are predicted from (see :mod:`cas.derive`): those of the first
+    ``--parent`` if one is given, else of the model's latest version."""
+    if not store.config.derives:
+        return {}
+    base = old
+    if options.parents:
+        version = store.registry.resolve(parse_version_spec(options.parents[0]))
+        if latest is None or version.commit != latest.commit:
+            base = store.manifest(version)
+    return {f.path: f for f in base.files} if base is not None else {}
+
+
 def _plan(store: Store, path: Path, base: FileEntry | None) -> derive.Plan | None:
-    """How to predict ``path``'s tensors from ``base`` (the same file in the latest version),
+    """How to predict ``path``'s tensors from ``base`` (the same file in the base version),
     or None when either is not a safetensors file or they share no float tensor."""
+    import io
+
+    from cas import derive
+    from cas.metadata import MAX_SAFETENSORS_HEADER, safetensors_tensors, tensors
+
     if base is None or base.size < 8 or not store.config.derives:
         return None
     new = tensors(path)
@@ -493,13 +719,11 @@ def _entry(rel: str, d: FileDigest, st: os.stat_result) -> FileEntry:
                      executable=bool(st.st_mode & stat_mod.S_IXUSR))
 
 
-def _commit(store: Store, name: str, path: Path, options: AddOptions, entries: list[FileEntry],
-            detected: dict[str, object], parents: list[str]) -> tuple[int, str, bool]:
+def _commit_new(store: Store, name: str, path: Path, options: AddOptions,
+                entries: list[FileEntry], detected: dict[str, object],
+                parents: list[str]) -> Version:
+    """Commit a new version holding ``entries`` (its packs are durable already)."""
     registry = store.registry
-    latest = None
-    if registry.head(name) is not None:
-        live = registry.versions(name)
-        latest = live[-1] if live else None
     seq = registry.next_seq(name) if registry.head(name) is not None else 1
     meta = Metadata(
         format=str(detected.get("format") or "other"),
@@ -512,7 +736,7 @@ def _commit(store: Store, name: str, path: Path, options: AddOptions, entries: l
         parents=parents,
         metrics=dict(options.metrics),
         license=options.license,
-        source=options.source or str(path.expanduser().absolute()),
+        source=options.source or str(path.absolute()),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         created_on=socket.gethostname(),
         extra=dict(options.extra),
@@ -521,17 +745,51 @@ def _commit(store: Store, name: str, path: Path, options: AddOptions, entries: l
     manifest = Manifest(name=name, seq=seq, files=entries,
                         total_size=sum(e.size for e in entries), metadata=meta)
     manifest.validate()
-    taken = registry.tags(name)
-    if latest is not None and store.manifest(latest).same_content(manifest):
-        for t in options.tags:
-            if (name, t) not in taken:
-                registry.set_tag(latest, t)
-        return latest.seq, latest.commit, False
-    for t in options.tags:
-        if (name, t) in taken:
-            raise ConflictError(f"tag {name}@{t} exists (move it with 'cas tag --force')")
-    version = registry.add_version(name, seq, manifest.encode(), options.message,
-                                   resolve_identity(options.author))
-    for t in options.tags:
-        registry.set_tag(version, t)
-    return version.seq, version.commit, True
+    return registry.add_version(name, seq, manifest.encode(), options.message,
+                                resolve_identity(options.author))
+
+
+def _not_recorded(options: AddOptions, parents: list[str], latest: Version,
+                  old: Manifest) -> list[CasWarning]:
+    """A warning naming the metadata options an unchanged add could not record (those that
+    differ from what ``latest`` already records) and the command that records them."""
+    meta, prov, have = old.metadata, options.provenance, old.metadata.provenance
+    flags: list[str] = []
+
+    def flag(opt: str, value: object) -> None:
+        flags.append(f"{opt} {shlex.quote(str(value))}")
+
+    if options.message:
+        flag("-m", options.message)
+    for k, v in options.metrics.items():
+        if meta.metrics.get(k) != v:
+            flag("--metric", f"{k}={v!r}")
+    for k, s in options.extra.items():
+        if meta.extra.get(k) != s:
+            flag("--meta", f"{k}={s}")
+    for opt, given, had in (("--role", options.role, meta.role),
+                            ("--base-model", options.base_model, meta.base_model),
+                            ("--license", options.license, meta.license),
+                            ("--source", options.source, meta.source),
+                            ("--run-id", prov.run_id, have.run_id),
+                            ("--code-rev", prov.code_revision, have.code_revision),
+                            ("--seed", prov.seed, have.seed)):
+        if given is not None and given != had:
+            flag(opt, given)
+    for spec, resolved in zip(options.parents, parents):
+        if resolved not in meta.parents:
+            flag("--parent", spec)
+    for d in prov.datasets:
+        if d not in have.datasets:
+            flag("--dataset", d)
+    for k, s in prov.environment.items():
+        if have.environment.get(k) != s:
+            flag("--env", f"{k}={s}")
+    if not flags:
+        return []
+    return [CasWarning(
+        "W_METADATA_NOT_RECORDED",
+        f"{latest.ref} already holds this content, so no version was made and "
+        f"{', '.join(flags)} {'was' if len(flags) == 1 else 'were'} not recorded; "
+        f"record {'it' if len(flags) == 1 else 'them'} with: "
+        f"cas annotate {latest.ref} {' '.join(flags)}")]

@@ -48,7 +48,17 @@ def add(ctx: Ctx, name: str, path: Path, message: str, tags: tuple[str, ...],
         base_model: str | None, parents: tuple[str, ...], license_: str | None,
         source: str | None, rehash: bool, force_tag: bool, excludes: tuple[str, ...],
         author: str | None, **prov: Any) -> None:
-    """Register PATH (a file or a directory) as a new version of model NAME."""
+    """Register PATH (a file or a directory) as a new version of model NAME.
+
+    Symlinks are followed; .git folders, paths matched by PATH/.casignore (gitignore syntax;
+    the file itself is not registered) and by --exclude are left out, and the output says what
+    was skipped. Unchanged content makes no new version.
+
+    \b
+    Examples:
+      cas add org/llama-ft ./checkpoints/run-7 --tag candidate --metric eval_loss=1.92
+      cas add org/llama-ft ./out --exclude 'optimizer*.pt' --exclude 'runs/'
+    """
     from cas.ingest import AddOptions
 
     opts = AddOptions(message=message, tags=list(tags), role=role, base_model=base_model,
@@ -69,6 +79,18 @@ def add(ctx: Ctx, name: str, path: Path, message: str, tags: tuple[str, ...],
         lines.append(f"unchanged: {ref} already holds this content; no new version")
     if r.tags:
         lines.append(f"  tagged {', '.join(r.tags)}")
+    if r.skipped:
+        lines.append("  skipped " + "; ".join(_skipped(s.reason, s.count, s.paths)
+                                              for s in r.skipped))
     for p in r.stale_cache:
         lines.append(f"  note: {p} changed without a new mtime; the stat cache was refreshed")
     ctx.out.result(r, lines)
+
+
+_REASONS = {"excluded": "by --exclude", "ignored": "by .casignore", ".git": ".git",
+            ".cas": ".cas", "store": "the store", "dangling": "dangling symlinks"}
+
+
+def _skipped(reason: str, count: int, paths: list[str]) -> str:
+    shown = ", ".join(paths) + (", ..." if count > len(paths) else "")
+    return f"{count} {_REASONS.get(reason, reason)} ({shown})"

@@ -47,7 +47,7 @@ def _gguf_value(vtype: int, value: object) -> bytes:
 def _ggml_bytes(dims: list[int], ggml_type: int) -> int:
     from cas.metadata import GGML_BLOCKS
 
-    elems, size = GGML_BLOCKS[ggml_type]
+    elems, size = GGML_BLOCKS.get(ggml_type, (1, 1))  # an unknown type: a byte per element
     return math.prod(dims) // elems * size
 
 
@@ -368,3 +368,113 @@ def test_an_add_reads_each_weight_header_once(tmp_path: pathlib.Path,
     store.add("m", src)  # a base now exists, so derivation reads the header too
     assert reads == ["model.safetensors", "model.safetensors"]
     store.close()
+
+
+# --- headers must agree with the file ---------------------------------------------------------
+
+
+def _st(header: dict[str, object], data_len: int) -> bytes:
+    return _st_header(json.dumps(header).encode()) + bytes(data_len)
+
+
+def _t(dtype: str, shape: list[int], begin: int, end: int) -> dict[str, object]:
+    return {"dtype": dtype, "shape": shape, "data_offsets": [begin, end]}
+
+
+@pytest.mark.parametrize(("header", "data_len", "why"), [
+    ({"a": _t("F32", [10**6, 10**6], 0, 8)}, 8, "needs"),  # shape x dtype != end - begin
+    ({"a": _t("F32", [2], 0, 8), "b": _t("F32", [2], 4, 12)}, 12, "overlapping"),
+    ({"a": _t("F32", [2], 0, 8), "b": _t("F32", [2], 12, 20)}, 20, "hole"),
+    ({"a": _t("F32", [2], 8, 16)}, 16, "hole"),
+    ({"a": _t("F32", [2], 0, 8)}, 12, "cover 8 of the 12"),  # trailing bytes
+    ({"a": _t("F32", [4], 0, 16)}, 8, "outside"),
+    ({"a": _t("F4", [3], 0, 2)}, 2, "needs"),  # sub-byte types: whole bytes only
+    ({"a": _t("NEW_DTYPE", [100], 0, 8)}, 8, "bits"),  # unknown dtype: >= 1 bit per element
+])
+def test_a_safetensors_header_inconsistent_with_the_file_is_not_believed(
+        tmp_path: pathlib.Path, header: dict[str, object], data_len: int, why: str) -> None:
+    d = _describe_one(tmp_path, "m.safetensors", _st(header, data_len))
+    assert d["parameter_count"] is None and d["dtypes"] == []
+    [(name, reason)] = d["bad_headers"]
+    assert name == "m.safetensors" and why in reason, reason
+
+
+def test_parameter_count_is_the_sum_of_shape_products_over_every_weight_file(
+        tmp_path: pathlib.Path) -> None:
+    _write(tmp_path / "a.safetensors", _st({"x": _t("F4", [4], 0, 2),  # sub-byte dtype
+                                            "y": _t("F32", [2, 3], 2, 26),
+                                            "tied": _t("F32", [2, 3], 26, 50),  # a copy: counted
+                                            "z": _t("NEW_DTYPE", [3], 50, 51),
+                                            "__metadata__": {"format": "pt"}}, 51))
+    _write(tmp_path / "b.safetensors", _st({"w": _t("BF16", [5], 0, 10)}, 10))
+    d = describe(tmp_path, ["a.safetensors", "b.safetensors"])
+    assert d["bad_headers"] == []
+    assert d["parameter_count"] == 4 + 6 + 6 + 3 + 5
+    assert d["dtypes"] == ["BF16", "F32", "F4", "NEW_DTYPE"]
+
+
+DTYPES = ["F32", "F16", "BF16", "I8", "U8", "BOOL", "F64", "I64", "F4", "F6_E2M3"]
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(tensors=st.lists(st.tuples(st.sampled_from(DTYPES),
+                                  st.lists(st.integers(0, 6), max_size=3),
+                                  st.integers(0, 40), st.integers(-2, 2)),
+                        min_size=1, max_size=4),
+       extra=st.integers(-1, 2))
+def test_header_checks_agree_with_the_safetensors_library(
+        tmp_path: pathlib.Path, tensors: list[tuple[str, list[int], int, int]],
+        extra: int) -> None:
+    """Headers built near the valid ones (offsets nudged, data a byte short or long): this
+    module believes a header exactly when the safetensors library can open the file."""
+    from safetensors import safe_open
+
+    from cas.metadata import SAFETENSORS_BITS
+
+    header: dict[str, object] = {}
+    offset = 0
+    for i, (dtype, shape, start_nudge, end_nudge) in enumerate(tensors):
+        nbytes = -(-math.prod(shape) * SAFETENSORS_BITS[dtype] // 8)
+        begin = max(0, offset + (start_nudge if start_nudge < 3 else 0))
+        end = max(begin, begin + nbytes + end_nudge)
+        header[f"t{i}"] = _t(dtype, shape, begin, end)
+        offset = end
+    p = _write(tmp_path / "h.safetensors", _st(header, max(0, offset + extra)))
+    try:
+        with safe_open(str(p), "np") as f:
+            list(f.keys())
+        library_ok = True
+    except Exception:  # noqa: BLE001 - any refusal by the library
+        library_ok = False
+    d = describe(tmp_path, ["h.safetensors"])
+    assert (d["bad_headers"] == []) == library_ok, (header, d["bad_headers"])
+    if library_ok:
+        assert d["parameter_count"] == sum(math.prod(s) for _, s, _, _ in tensors)
+
+
+@pytest.mark.parametrize(("tensors", "offsets", "cut", "why"), [
+    ([("a", [256, 2], 12)], [16], 0, "multiple of the alignment"),
+    ([("a", [256, 2], 12), ("b", [32], 0)], [0, 256], 0, "next tensor"),  # a is 288 bytes
+    ([("a", [128], 12)], None, 0, "whole number"),  # Q4_K blocks are 256 elements
+    ([("a", [1024], 0)], None, 16, "end of the file"),
+    ([("a", [8], 999)], [0], 0, None),  # an unknown type: only bounded, so believed
+])
+def test_a_gguf_tensor_table_inconsistent_with_the_file_is_not_believed(
+        tmp_path: pathlib.Path, tensors: list[tuple[str, list[int], int]],
+        offsets: list[int] | None, cut: int, why: str | None) -> None:
+    data = gguf_bytes(LLAMA_KVS, tensors, offsets=offsets)
+    d = _describe_one(tmp_path, "m.gguf", data[: len(data) - cut])
+    if why is None:
+        assert d["bad_headers"] == [] and d["parameter_count"] == 8
+        assert d["dtypes"] == ["GGML_TYPE_999"]
+        return
+    assert d["parameter_count"] is None and d["architecture"] is None  # nothing from it
+    [(name, reason)] = d["bad_headers"]
+    assert name == "m.gguf" and why in reason, reason
+
+
+def test_a_quantized_gguf_counts_elements_not_blocks(tmp_path: pathlib.Path) -> None:
+    tensors = [("q", [256, 4], 12), ("q8", [64, 2], 8), ("f", [10], 1)]
+    d = _describe_one(tmp_path, "m.gguf", gguf_bytes(LLAMA_KVS, tensors))
+    assert d["bad_headers"] == [] and d["parameter_count"] == 1024 + 128 + 10
