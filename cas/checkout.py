@@ -405,7 +405,7 @@ class _SmallBatch:
         self.tree = tree
         self.pause = pause
         self.syncfs = _syncfs_function()
-        self.pending: list[tuple[str, str, str]] = []  # (folder, temp name, final name)
+        self.pending: deque[tuple[str, str, str]] = deque()  # (folder, temp, final name)
         self.devices: dict[int, str] = {}  # device -> a folder on it
         self.bytes = 0
 
@@ -447,7 +447,7 @@ class _SmallBatch:
             except IsADirectoryError:
                 raise ConflictError(f"{self.tree.dest / checkouts.join(rel, final)} is a directory "
                                     "(use --clean to replace it)") from None
-            self.pending.pop(0)
+            self.pending.popleft()
             self.tree.changed.add(rel)
         self.devices.clear()
         self.bytes = 0
@@ -606,6 +606,9 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
             except CasError as exc:
                 warnings.append(CasWarning(code="W_NO_RECORD", message=(
                     f"the checkout is recorded as unfinished: {exc.message}")))
+    except CasError:
+        batch.discard()
+        raise
     except OSError as exc:
         batch.discard()
         raise from_os_error(exc, f"checking out into {dest}") from None
