@@ -30,6 +30,7 @@ import re
 import stat as stat_mod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -226,15 +227,15 @@ def scan_input(path: Path, *, store_dir: Path | None = None,
             rel = prefix + name
             if not prefix and name == IGNORE_FILE:
                 continue
-            try:
-                is_dir = e.is_dir()
-            except OSError:
-                is_dir = False  # an unreadable link: the stat below says why
-            if is_dir and name in _RESERVED_DIRS:
-                skips.add(_RESERVED_DIRS[name], rel + "/")
-                continue
-            if rules is not None:
-                why = rules.reason(rel, is_dir)
+            if rules is not None or name in _RESERVED_DIRS:
+                try:
+                    is_dir = e.is_dir()
+                except OSError:
+                    is_dir = False  # an unreadable link: the stat below says why
+                if is_dir and name in _RESERVED_DIRS:
+                    skips.add(_RESERVED_DIRS[name], rel + "/")
+                    continue
+                why = rules.reason(rel, is_dir) if rules is not None else None
                 if why is not None:
                     skips.add(why, rel + "/" if is_dir else rel)
                     continue
@@ -259,10 +260,13 @@ def scan_input(path: Path, *, store_dir: Path | None = None,
                         f"{shown}: dangling symlink (-> {_link_target(e.path)}); skipped"))
                 continue
             other = folded.setdefault(name.casefold(), name)
-            if other != name:
+            if other is not name:
                 first, second = sorted((prefix + other, rel))
                 raise ArgsError(f"file paths {first!r} and {second!r} differ only in case")
-            shown = os.path.join(path, rel) if not stat_mod.S_ISREG(st.st_mode) else ""
+            if stat_mod.S_ISREG(st.st_mode):
+                found.append((rel, e.path, st))
+                continue
+            shown = os.path.join(path, rel)
             if stat_mod.S_ISDIR(st.st_mode):
                 ident = (st.st_dev, st.st_ino)
                 if ident == store_id:
@@ -274,8 +278,6 @@ def scan_input(path: Path, *, store_dir: Path | None = None,
                         f"(-> {_link_target(e.path)}), a cycle; leave it out with "
                         f"--exclude {rel!r}")
                 todo.append((e.path, rel + "/", above | {ident}))
-            elif stat_mod.S_ISREG(st.st_mode):
-                found.append((rel, e.path, st))
             else:
                 raise ArgsError(f"{shown}: {_kind(st.st_mode)}, not a regular file; "
                                 f"leave it out with --exclude {rel!r}")
@@ -287,5 +289,5 @@ def scan_input(path: Path, *, store_dir: Path | None = None,
         left_out = sum(skips.counts.values())
         raise ArgsError(f"{path}: directory holds no files"
                         + (f" ({left_out} entries skipped)" if left_out else ""))
-    found.sort(key=lambda t: t[0])
+    found.sort(key=itemgetter(0))
     return Scan(path.absolute(), found, skips.summary(), warnings)

@@ -299,17 +299,19 @@ def _entries(root: pathlib.Path, files: list[str]) -> list[tuple[str, str]]:
             return [(root.name, str(root))]
     except (OSError, ValueError):
         return []
-    base = str(root)
+    base = str(root).rstrip("/") + "/"
     seen: dict[str, str] = {}
     for name in files:
         if not isinstance(name, str) or not name:
             continue
-        parts = name.split("/")
-        if name.startswith("/") or ".." in parts:
-            continue
-        rel = "/".join(p for p in parts if p and p != ".")
-        if rel:
-            seen.setdefault(rel, os.path.join(base, *rel.split("/")))
+        if name.startswith(("/", ".")) or "//" in name or "/." in name or name.endswith("/"):
+            parts = name.split("/")
+            if name.startswith("/") or ".." in parts:
+                continue
+            name = "/".join(p for p in parts if p and p != ".")
+            if not name:
+                continue
+        seen.setdefault(name, base + name)
     return sorted(seen.items())
 
 
