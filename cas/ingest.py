@@ -6,10 +6,11 @@ Steps, all under the store write lock except the first:
    and ``--exclude`` patterns applied, every relative path validated). Nothing is read yet.
 2. Requested tags are checked: a tag that names another version is refused (``E_CONFLICT``)
    unless ``--force-tag``; one that names the latest version is kept only if the content turns
-   out unchanged, which is settled before anything is stored (see :func:`_prove_unchanged`).
+   out unchanged, which is settled before anything is stored (see :mod:`cas.unchanged`).
 3. The stat cache (:mod:`cas.statcache`) recognises files unchanged since they were last read.
-   If every file is recognised and the content equals the latest version's, the add ends here:
-   no file is read and no version is made.
+   If every file is recognised and the content equals the latest version's (by the fingerprint
+   the stat cache keeps of it, else by its manifest), the add ends here: no file is read and
+   no version is made; metadata options it could not record are named in a warning.
 4. Each other file is read once. A file of at most ``SMALL_FILE`` bytes that is not a weight
    file is read whole and handled on the calling thread (SHA-256, FastCDC, BLAKE3 of each chunk,
    zstd of the new ones), its new objects batched into one pack write per ``BATCH_BYTES``: thread
@@ -34,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
-import shlex
 import socket
 import stat as stat_mod
 import time
@@ -50,15 +50,7 @@ from cas.chunking import BufferPool, Chunker
 from cas.compression import CODEC_DERIVED, CODEC_RAW, Compressor
 from cas.errors import CasError, CasWarning, ConflictError, from_os_error
 from cas.format.chunklist import ChunkList
-from cas.format.manifest import (
-    KNOWN_FEATURES,
-    SCHEMA,
-    SUPPORTED_VERSIONS,
-    FileEntry,
-    Manifest,
-    Metadata,
-    Provenance,
-)
+from cas.format.manifest import FileEntry, Manifest, Metadata, Provenance
 from cas.format.pack import KIND_CHUNK, KIND_CHUNK_LIST
 from cas.gcpause import gc_paused
 from cas.ids import blake3_id, parse_hex
@@ -68,6 +60,17 @@ from cas.names import parse_version_spec, validate_model_name, validate_tag
 from cas.packs import PackWriter
 from cas.registry import Version, resolve_identity
 from cas.statcache import FileDigest, StatCache
+from cas.unchanged import (
+    changed,
+    check_tags,
+    file_entry,
+    fingerprint,
+    gives_metadata,
+    metadata_not_recorded,
+    prove_unchanged,
+    read_manifest,
+    same_content,
+)
 
 if TYPE_CHECKING:
     from cas import derive
@@ -407,14 +410,9 @@ def _read_whole(path: str, st: os.stat_result) -> bytes:
             os.close(fd)
     except OSError as exc:
         raise from_os_error(exc, f"reading {path}") from None
-    if len(data) != st.st_size or _changed(st, after):
+    if len(data) != st.st_size or changed(st, after):
         raise ConflictError(f"{path}: file changed while it was being read")
     return data
-
-
-def _changed(before: os.stat_result, after: os.stat_result) -> bool:
-    return (after.st_size, after.st_mtime_ns, after.st_ino) != \
-        (before.st_size, before.st_mtime_ns, before.st_ino)
 
 
 def _parse_parents(store: Store, specs: list[str]) -> list[str]:
@@ -452,7 +450,7 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
         parents = _parse_parents(store, options.parents)
         latest = _latest(registry, name)
         tagged = {t: c for (_, t), c in registry.tags(name).items() if t in tags}
-        on_latest = _check_tags(name, tagged, latest, options.force_tag)
+        on_latest = check_tags(name, tagged, latest, options.force_tag)
         cache = StatCache(store.cache_dir / "stat.msgpack", store.tmp_dir)
         old: Manifest | None = None
 
@@ -460,7 +458,7 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
             nonlocal old
             if old is None:
                 assert latest is not None
-                old = _read_manifest(store, latest)
+                old = read_manifest(store, latest)
             return old
 
         found: dict[str, FileDigest] = {}
@@ -473,16 +471,16 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
                 todo.append((rel, apath, st, cached))
         hits = len(found)
         unchanged = False
-        fingerprint = None
+        content_id = None
         if not todo and latest is not None:
             # Every file is known: compare with the latest version, by the fingerprint the
             # stat cache keeps of it when there is one (no need to read the manifest).
             known = cache.content(latest.commit)
             if known is not None:
-                fingerprint = _fingerprint(found, scan.files)
-                unchanged = fingerprint == known
+                content_id = fingerprint(found, scan.files)
+                unchanged = content_id == known
             else:
-                unchanged = _same(found, scan.files, latest_manifest())
+                unchanged = same_content(found, scan.files, latest_manifest())
         if not unchanged and hits:
             # A new version will name these chunk lists: trust a cached digest only if its
             # chunk list is (still) in the store.
@@ -495,7 +493,7 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
             hits = len(found)
         if on_latest and not unchanged:
             assert latest is not None
-            _prove_unchanged(name, on_latest, latest, latest_manifest(), scan.files, found,
+            prove_unchanged(name, on_latest, latest, latest_manifest(), scan.files, found,
                              todo, cache)
             unchanged, todo = True, []
 
@@ -522,14 +520,14 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
             if ing is not None:
                 ing.close()
         if latest is not None and not unchanged:
-            unchanged = _same(found, scan.files, latest_manifest())
+            unchanged = same_content(found, scan.files, latest_manifest())
         if unchanged:
             assert latest is not None
             version, created = latest, False
-            if _gives_metadata(options):
-                warnings.extend(_not_recorded(options, parents, latest, latest_manifest()))
+            if gives_metadata(options):
+                warnings.extend(metadata_not_recorded(options, parents, latest, latest_manifest()))
         else:
-            entries = [_entry(rel, found[rel], st) for rel, _, st in scan.files]
+            entries = [file_entry(rel, found[rel], st) for rel, _, st in scan.files]
             single = stat_mod.S_ISREG(os.stat(path).st_mode)
             detected = describe(path.absolute() if single else scan.root,
                                 [e.path for e in entries], ing.formats if ing else None)
@@ -543,9 +541,9 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
         for t in tags:
             if tagged.get(t) != version.commit:
                 registry.set_tag(version, t, force=t in tagged)
-        if not unchanged or fingerprint is None:
-            fingerprint = _fingerprint(found, scan.files)
-        cache.remember_content(version.commit, fingerprint)
+        if not unchanged or content_id is None:
+            content_id = fingerprint(found, scan.files)
+        cache.remember_content(version.commit, content_id)
         cache.save()
     return AddResult(
         name=name,
@@ -581,7 +579,7 @@ def _ingest_file(store: Store, ing: _Ingester, cache: StatCache, rel: str, apath
             after = os.stat(apath)
         except OSError as exc:
             raise from_os_error(exc, f"reading {apath}") from None
-        if _changed(st, after) or digest.size != st.st_size:
+        if changed(st, after) or digest.size != st.st_size:
             raise ConflictError(f"{apath}: file changed while it was being read")
     cache.put(apath, st, digest, started)
     return digest
@@ -592,132 +590,6 @@ def _latest(registry: Registry, name: str) -> Version | None:
         return None
     live = registry.versions(name)
     return live[-1] if live else None
-
-
-def _check_tags(name: str, tagged: dict[str, str], latest: Version | None,
-                force: bool) -> list[str]:
-    """Refuse, before anything is read, a requested tag that names another version (unless
-    ``force``). Return the tags that name the latest version: they may stay only if the
-    content is unchanged (without ``force``).
-
-    Raises:
-        ConflictError: a tag names a version other than the latest.
-    """
-    on_latest = []
-    for t, commit in tagged.items():
-        if force:
-            continue
-        if latest is not None and commit == latest.commit:
-            on_latest.append(t)
-            continue
-        raise ConflictError(f"tag {name}@{t} names another version ({commit[:12]}); "
-                            "move it with --force-tag, or choose another tag")
-    return on_latest
-
-
-def _read_manifest(store: Store, version: Version) -> Manifest:
-    """The manifest of ``version``, read to compare with what this add found and as a base for
-    derived chunks.
-
-    Its schema, version and required features are checked as :meth:`Manifest.decode` does
-    (which then raises the precise error), but its paths and hashes are not validated one by
-    one again: that pass costs more than the rest of a no-change add of thousands of files, and
-    these entries are only compared with entries this add validated itself.
-    """
-    raw = store.registry.manifest_bytes(version)
-    try:
-        m = msgspec.json.decode(raw, type=Manifest)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return Manifest.decode(raw)
-    if m.schema != SCHEMA or m.version not in SUPPORTED_VERSIONS or \
-            not set(m.requires) <= KNOWN_FEATURES:
-        return Manifest.decode(raw)
-    return m
-
-
-def _same(found: dict[str, FileDigest], files: list[tuple[str, str, os.stat_result]],
-          old: Manifest) -> bool:
-    """True if the files found hold the same content as ``old`` (see
-    :meth:`Manifest.same_content`)."""
-    if len(found) != len(old.files):
-        return False
-    new = Manifest(name=old.name, seq=old.seq, total_size=0,
-                   files=[_entry(rel, found[rel], st) for rel, _, st in files])
-    return old.same_content(new)
-
-
-def _fingerprint(found: dict[str, FileDigest],
-                 files: list[tuple[str, str, os.stat_result]]) -> str:
-    """What :meth:`Manifest.same_content` compares, hashed: equal fingerprints, equal
-    content. The stat cache keeps it per version, so that a no-change add need not read the
-    latest manifest."""
-    return blake3_id(msgspec.msgpack.encode(
-        [(rel, found[rel], bool(st.st_mode & stat_mod.S_IXUSR)) for rel, _, st in files])).hex()
-
-
-def _gives_metadata(options: AddOptions) -> bool:
-    return bool(options.message or options.metrics or options.extra or options.parents
-                or options.role is not None or options.base_model is not None
-                or options.license is not None or options.source is not None
-                or options.provenance != Provenance())
-
-
-def _prove_unchanged(name: str, tags: list[str], latest: Version, old: Manifest,
-                     files: list[tuple[str, str, os.stat_result]], found: dict[str, FileDigest],
-                     todo: list[tuple[str, str, os.stat_result, FileDigest | None]],
-                     cache: StatCache) -> None:
-    """Settle, before anything is stored, that the content equals ``latest``'s, as ``tags``
-    (which name it and may not move) require; else refuse.
-
-    Paths, sizes and executable bits are compared first, without reading. Files the stat cache
-    knows are compared by their cached SHA-256; the others are read and hashed, and nothing is
-    stored. On success ``found`` holds every file (the chunk lists taken from ``old``) and the
-    stat cache has learnt the files that were read.
-
-    Raises:
-        ConflictError: the content differs, so the add would make a new version.
-    """
-    olds = {f.path: f for f in old.files}
-
-    def refuse(why: str) -> None:
-        names = ", ".join(f"{name}@{t}" for t in tags)
-        raise ConflictError(
-            f"tag {names} names {latest.ref}, and this add would register a new version "
-            f"({why}); move the tag with --force-tag, or choose another tag")
-
-    for rel, _, st in files:
-        f = olds.get(rel)
-        if f is None:
-            refuse(f"{rel} is new")
-        elif f.size != st.st_size:
-            refuse(f"{rel} changed size")
-        elif f.executable != bool(st.st_mode & stat_mod.S_IXUSR):
-            refuse(f"{rel} changed mode")
-    if len(files) != len(olds):
-        seen = {rel for rel, _, _ in files}
-        refuse(f"{next(p for p in olds if p not in seen)} is gone")
-    for rel, d in found.items():
-        if d.sha256 != olds[rel].sha256:
-            refuse(f"{rel} changed")
-    for rel, apath, st, _ in todo:
-        started = time.time_ns()
-        if _sha256_of(apath, st) != olds[rel].sha256:
-            refuse(f"{rel} changed")
-        f = olds[rel]
-        found[rel] = FileDigest(f.size, f.sha256, f.chunks, False)
-        cache.put(apath, st, found[rel], started)
-
-
-def _sha256_of(path: str, st: os.stat_result) -> str:
-    try:
-        with open(path, "rb", buffering=0) as f:
-            sha = hashlib.file_digest(f, "sha256").hexdigest()
-            after = os.fstat(f.fileno())
-    except OSError as exc:
-        raise from_os_error(exc, f"reading {path}") from None
-    if _changed(st, after):
-        raise ConflictError(f"{path}: file changed while it was being read")
-    return sha
 
 
 def _base_files(store: Store, options: AddOptions, latest: Version | None,
@@ -760,11 +632,6 @@ def _plan(store: Store, path: Path, base: FileEntry | None) -> derive.Plan | Non
     return derive.Plan.build(clist, new, old)
 
 
-def _entry(rel: str, d: FileDigest, st: os.stat_result) -> FileEntry:
-    return FileEntry(path=rel, size=d.size, sha256=d.sha256, chunks=d.chunks,
-                     executable=bool(st.st_mode & stat_mod.S_IXUSR))
-
-
 def _commit_new(store: Store, name: str, path: Path, options: AddOptions,
                 entries: list[FileEntry], detected: dict[str, object],
                 parents: list[str]) -> Version:
@@ -797,47 +664,3 @@ def _commit_new(store: Store, name: str, path: Path, options: AddOptions,
                                 resolve_identity(options.author))
 
 
-def _not_recorded(options: AddOptions, parents: list[str], latest: Version,
-                  old: Manifest) -> list[CasWarning]:
-    """A warning naming the metadata options an unchanged add could not record (those that
-    differ from what ``latest`` already records) and the command that records them."""
-    meta, prov, have = old.metadata, options.provenance, old.metadata.provenance
-    flags: list[str] = []
-
-    def flag(opt: str, value: object) -> None:
-        flags.append(f"{opt} {shlex.quote(str(value))}")
-
-    if options.message:
-        flag("-m", options.message)
-    for k, v in options.metrics.items():
-        if meta.metrics.get(k) != v:
-            flag("--metric", f"{k}={v!r}")
-    for k, s in options.extra.items():
-        if meta.extra.get(k) != s:
-            flag("--meta", f"{k}={s}")
-    for opt, given, had in (("--role", options.role, meta.role),
-                            ("--base-model", options.base_model, meta.base_model),
-                            ("--license", options.license, meta.license),
-                            ("--source", options.source, meta.source),
-                            ("--run-id", prov.run_id, have.run_id),
-                            ("--code-rev", prov.code_revision, have.code_revision),
-                            ("--seed", prov.seed, have.seed)):
-        if given is not None and given != had:
-            flag(opt, given)
-    for spec, resolved in zip(options.parents, parents):
-        if resolved not in meta.parents:
-            flag("--parent", spec)
-    for d in prov.datasets:
-        if d not in have.datasets:
-            flag("--dataset", d)
-    for k, s in prov.environment.items():
-        if have.environment.get(k) != s:
-            flag("--env", f"{k}={s}")
-    if not flags:
-        return []
-    return [CasWarning(
-        "W_METADATA_NOT_RECORDED",
-        f"{latest.ref} already holds this content, so no version was made and "
-        f"{', '.join(flags)} {'was' if len(flags) == 1 else 'were'} not recorded; "
-        f"record {'it' if len(flags) == 1 else 'them'} with: "
-        f"cas annotate {latest.ref} {' '.join(flags)}")]
