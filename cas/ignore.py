@@ -212,6 +212,8 @@ def scan_input(path: Path, *, store_dir: Path | None = None,
     # sibling folder register its files under the link's path.
     todo: list[tuple[str, str, frozenset[tuple[int, int]]]] = [
         (str(path.absolute()), "", frozenset({(top.st_dev, top.st_ino)}))]
+    # Bound once: this loop runs for every entry of the tree.
+    plain, is_reg, keep = _PLAIN.match, stat_mod.S_ISREG, found.append
     while todo:
         folder, prefix, above = todo.pop()
         try:
@@ -239,7 +241,7 @@ def scan_input(path: Path, *, store_dir: Path | None = None,
                 if why is not None:
                     skips.add(why, rel + "/" if is_dir else rel)
                     continue
-            if _PLAIN.match(name) is None or len(rel) > MAX_PATH_LEN:
+            if plain(name) is None or len(rel) > MAX_PATH_LEN:
                 validate_rel_path(rel, user_input=True)
             try:
                 st = e.stat()  # follows symlinks
@@ -263,8 +265,8 @@ def scan_input(path: Path, *, store_dir: Path | None = None,
             if other is not name:
                 first, second = sorted((prefix + other, rel))
                 raise ArgsError(f"file paths {first!r} and {second!r} differ only in case")
-            if stat_mod.S_ISREG(st.st_mode):
-                found.append((rel, e.path, st))
+            if is_reg(st.st_mode):
+                keep((rel, e.path, st))
                 continue
             shown = os.path.join(path, rel)
             if stat_mod.S_ISDIR(st.st_mode):
