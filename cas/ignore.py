@@ -125,6 +125,8 @@ def read_ignore_file(folder: Path) -> list[str]:
             data = f.read(MAX_IGNORE_FILE + 1)
     except FileNotFoundError:
         return []
+    except IsADirectoryError:
+        raise ArgsError(f"{path}: not a regular file") from None
     except OSError as exc:
         raise from_os_error(exc, f"reading {path}") from None
     if len(data) > MAX_IGNORE_FILE:

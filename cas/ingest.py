@@ -122,6 +122,9 @@ class AddOptions:
 
 
 class AddResult(msgspec.Struct):
+    """What an add did: the version it registered (or found unchanged), what it read and
+    stored, what it left out and what the user should know."""
+
     name: str
     seq: int
     commit: str
@@ -493,8 +496,8 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
             hits = len(found)
         if on_latest and not unchanged:
             assert latest is not None
-            prove_unchanged(name, on_latest, latest, latest_manifest(), scan.files, found,
-                             todo, cache)
+            prove_unchanged(name, on_latest, latest, latest_manifest(), scan.files, found, todo,
+                            cache)
             unchanged, todo = True, []
 
         writer = PackWriter(store.packs_dir, store.tmp_dir, store.config.pack_target_bytes)

@@ -204,3 +204,15 @@ def test_names_that_differ_only_in_case_are_refused_even_in_subfolders(cas, tmp_
     assert "'d/Sub' and 'd/sub' differ only in case" in r.json["error"]["message"]
     # Excluding one of them is enough.
     assert cas("--json", "add", "m", str(src), "--exclude", "Sub/").json["files"] == 1
+
+
+def test_an_unusable_ignore_file_is_refused_clearly(cas, tmp_path):
+    src = tmp_path / "src"
+    _write(src / "w.bin", b"w")
+    (src / ".casignore").mkdir()
+    r = cas("--json", "add", "m", str(src), ok=False)
+    assert r.json["error"]["code"] == "E_ARGS" and ".casignore" in r.json["error"]["message"]
+    (src / ".casignore").rmdir()
+    (src / ".casignore").write_bytes(b"\xff\xfe*.bin\n")
+    r = cas("--json", "add", "m", str(src), ok=False)
+    assert r.json["error"]["code"] == "E_ARGS" and "UTF-8" in r.json["error"]["message"]
