@@ -550,7 +550,7 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
             damaged = None
         except CasError as exc:
             previous, damaged = None, exc.message
-        owned = checkouts.owns(previous, os.fstat(root_fd))
+        owned = checkouts.owns(previous, tree)
         extra = [p for p, is_dir in scan.extras if not is_dir]
         why_not = ("no record of it in the store" if previous is None
                    else "the store's record names another folder at that path")
@@ -602,7 +602,8 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
         if record is not None:
             try:
                 checkouts.save(store.path, msgspec.structs.replace(
-                    record, state=checkouts.STATE_COMPLETE, finished_at=checkouts.now()))
+                    record, state=checkouts.STATE_COMPLETE, finished_at=checkouts.now(),
+                    stamps=checkouts.stamps(tree, record.files)))
             except CasError as exc:
                 warnings.append(CasWarning(code="W_NO_RECORD", message=(
                     f"the checkout is recorded as unfinished: {exc.message}")))

@@ -81,6 +81,10 @@ class CheckoutRecord(msgspec.Struct, frozen=True, kw_only=True):
     include: list[str] = []
     #: Manifest paths of the files the checkout writes (all of them, or the included ones).
     files: list[str] = []
+    #: ``path -> [inode, size, mtime_ns]`` of up to ``STAMPS`` of the files as written (in the
+    #: ``complete`` record): a folder made again at the same path can get the old folder's
+    #: inode back, but not the same files.
+    stamps: dict[str, list[int]] = {}
 
 
 class CheckoutRow(msgspec.Struct, frozen=True):
@@ -155,9 +159,37 @@ def load(store_path: Path, real_dest: str) -> CheckoutRecord | None:
     return rec
 
 
-def owns(record: CheckoutRecord | None, st: os.stat_result) -> bool:
-    """True if ``record`` says cas wrote into the directory whose ``fstat`` is ``st``."""
-    return record is not None and (record.dest_dev, record.dest_ino) == (st.st_dev, st.st_ino)
+#: Files whose identity a complete record keeps.
+STAMPS = 16
+
+
+def stamp(tree: DestTree, path: str) -> list[int] | None:
+    """``[inode, size, mtime_ns]`` of file ``path`` under the destination, or None."""
+    rel_dir, _, name = path.rpartition("/")
+    try:
+        st = os.stat(name, dir_fd=tree.fd(rel_dir), follow_symlinks=False)
+    except (OSError, ConflictError):
+        return None
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def stamps(tree: DestTree, paths: list[str]) -> dict[str, list[int]]:
+    out = {}
+    for path in sorted(paths)[:STAMPS]:
+        got = stamp(tree, path)
+        if got is not None:
+            out[path] = got
+    return out
+
+
+def owns(record: CheckoutRecord | None, tree: DestTree) -> bool:
+    """True if ``record`` says cas wrote into the destination ``tree`` has open: the same
+    directory (device and inode) still holding at least one file exactly as cas wrote it.
+    A directory deleted and made again often gets its old inode number back; its files do not
+    come back with their inode, size and mtime."""
+    if record is None or (record.dest_dev, record.dest_ino) != tree.ids[""]:
+        return False
+    return any(stamp(tree, path) == want for path, want in record.stamps.items())
 
 
 def save(store_path: Path, record: CheckoutRecord) -> None:
@@ -233,7 +265,8 @@ def list_checkouts(store_path: Path) -> CheckoutList:
                                        message=f"{folder / name}: {exc.strerror or exc}"))
             continue
         try:
-            present = owns(rec, os.stat(rec.dest))
+            st = os.stat(rec.dest)
+            present = (rec.dest_dev, rec.dest_ino) == (st.st_dev, st.st_ino)
         except OSError:
             present = False
         rows.append(CheckoutRow(rec.dest, rec.name, rec.seq, rec.commit, rec.state,

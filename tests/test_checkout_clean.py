@@ -87,8 +87,17 @@ def test_clean_is_refused_where_cas_did_not_check_out(two_versions, tmp_path: Pa
         p.rmdir() if p.is_dir() else p.unlink()
     fresh.rmdir()
     _tree(fresh, {"theirs.txt": b"x"})
+    # The new folder often gets the old one's inode number back: make sure it has it here,
+    # so that only the recorded files' identities can tell the two apart.
+    import json
+
+    rec_file = next((cas.store / "checkouts").glob("*.json"))
+    rec = json.loads(rec_file.read_text())
+    st = fresh.stat()
+    rec["dest_dev"], rec["dest_ino"] = st.st_dev, st.st_ino
+    rec_file.write_text(json.dumps(rec))
     r = cas("checkout", "m@2", str(fresh), "--clean", ok=False)
-    assert r.code == 10 and "another folder" in r.err
+    assert r.code == 10 and "not written by cas checkout" in r.err
     assert (fresh / "theirs.txt").exists()
 
 
