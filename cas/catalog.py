@@ -218,7 +218,7 @@ def history(store: Store, spec: str) -> list[HistoryRow]:
     for h in reg.history(parsed.name):  # the commit chain's order is kept as it is
         if only is not None and only not in h.versions:
             continue
-        while tag_rows and tag_rows[0][0] >= h.timestamp:
+        while tag_rows and tag_rows[0][0] > h.timestamp:
             rows.append(tag_rows.pop(0)[1])
         tags = sorted(by_commit.get(h.commit, [])) if h.action == "add" else \
             sorted(t for t, s in h.tags if only is None or s == only)

@@ -51,7 +51,7 @@ def test_init_finishes_an_interrupted_init_but_refuses_foreign_folders(tmp_path:
     (half / "packs").mkdir(parents=True)
     (half / "tmp").mkdir()  # killed before the registry and config.json were written
     Store.init(half).close()
-    assert Store.open(half).config.version == 2
+    assert Store.open(half).config.version == 3
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")

@@ -464,18 +464,26 @@ def test_chunk_list_bad_header_refused():
 
 
 def config_doc() -> dict:
-    return json.loads(StoreConfig().encode())
+    return json.loads(StoreConfig.create(derive=True, created_at="2024-01-01T00:00:00Z").encode())
 
 
 def test_store_config_round_trip():
-    cfg = StoreConfig(created_at="2024-01-01T00:00:00Z", pack_target_bytes=1 << 20)
+    cfg = StoreConfig.create(derive=False, created_at="2024-01-01T00:00:00Z")
     assert StoreConfig.decode(cfg.encode()) == cfg
     doc = config_doc()
-    assert doc["format"] == "cas-store" and doc["version"] == 2
+    assert doc["format"] == "cas-store" and doc["version"] == 3
     assert doc["chunker"]["avg_size"] == 65536
+    assert doc["features"] == ["derived-chunks"] and len(doc["uuid"]) == 36
 
 
-@pytest.mark.parametrize("version", [0, 3, None, "1", -1])
+def test_store_config_of_version_3_needs_a_uuid():
+    doc = config_doc()
+    doc["uuid"] = "not-a-uuid"
+    with pytest.raises(SchemaError, match="uuid"):
+        StoreConfig.decode(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("version", [0, 4, None, "1", -1, True])
 def test_store_config_unknown_version_refused(version):
     doc = config_doc()
     doc["version"] = version
@@ -528,7 +536,7 @@ def test_store_config_not_json_refused(raw):
 
 
 def test_store_config_decodes_into_struct_types():
-    cfg = StoreConfig.decode(StoreConfig().encode())
+    cfg = StoreConfig.decode(json.dumps(config_doc()).encode())
     assert isinstance(cfg.chunker, msgspec.Struct)
     assert cfg.chunker.min_size == 16384
 
