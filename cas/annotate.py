@@ -35,6 +35,9 @@ class Annotation:
     license: str | None = None
     role: str | None = None
     base_model: str | None = None
+    source: str | None = None
+    #: Lineage to add, as version specs (resolved to ``NAME@<commit>`` like ``add --parent``).
+    parents: list[str] = field(default_factory=list)
     provenance: Provenance = field(default_factory=Provenance)
     author: str | None = None
 
@@ -88,8 +91,15 @@ def annotate(store: Store, spec: str, ann: Annotation) -> AnnotateResult:
             seed=p.seed if p.seed is not None else prov.seed,
             environment={**prov.environment, **p.environment},
         )
+        parents = list(md.parents)
+        for spec in ann.parents:
+            p_version = store.registry.resolve(parse_version_spec(spec))
+            ref = f"{p_version.name}@{p_version.commit}"
+            if ref not in parents:
+                parents.append(ref)
         new_md = msgspec.structs.replace(
-            md, metrics=metrics, extra=extra, provenance=prov,
+            md, metrics=metrics, extra=extra, provenance=prov, parents=parents,
+            source=ann.source if ann.source is not None else md.source,
             license=ann.license if ann.license is not None else md.license,
             role=ann.role if ann.role is not None else md.role,
             base_model=ann.base_model if ann.base_model is not None else md.base_model,

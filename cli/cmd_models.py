@@ -204,13 +204,18 @@ def tag(ctx: Ctx, spec: str, tag_name: str, force: bool, delete: bool) -> None:
 @click.option("--license", "license_", help="License of the weights.")
 @click.option("--role", help="Role of the model, e.g. base, finetune, adapter, draft.")
 @click.option("--base-model", help="Model this one was derived from.")
+@click.option("--parent", "parents", multiple=True, metavar="NAME[@V]",
+              shell_complete=complete_spec,
+              help="Add a registered parent version (lineage; repeatable).")
+@click.option("--source", help="Where the files came from.")
 @click.option("--author", metavar="'NAME <EMAIL>'", help="Who annotates.")
 @provenance_options
 @pass_ctx
 def annotate(ctx: Ctx, spec: str, message: str, metric: tuple[str, ...],
              unset_metric: tuple[str, ...], meta: tuple[str, ...], unset_meta: tuple[str, ...],
              license_: str | None, role: str | None, base_model: str | None,
-             author: str | None, **prov: Any) -> None:
+             parents: tuple[str, ...], source: str | None, author: str | None,
+             **prov: Any) -> None:
     """Record metadata on an existing version (metrics computed after training, a license,
     provenance) as a new registry commit; files and version number are unchanged.
 
@@ -224,7 +229,8 @@ def annotate(ctx: Ctx, spec: str, message: str, metric: tuple[str, ...],
     ann = Annotation(message=message, metrics=parse_metrics(metric),
                      unset_metrics=list(unset_metric), extra=parse_pairs(meta, "--meta"),
                      unset_extra=list(unset_meta), license=license_, role=role,
-                     base_model=base_model, provenance=parse_provenance(**prov), author=author)
+                     base_model=base_model, source=source, parents=list(parents),
+                     provenance=parse_provenance(**prov), author=author)
     with ctx.open() as store:
         r = store.annotate(spec, ann)
     text = (f"annotated {r.name}@{r.seq} ({r.commit[:12]}): {', '.join(r.changed)}"

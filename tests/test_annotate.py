@@ -65,3 +65,30 @@ def test_add_records_provenance(cas, tmp_path):
         "--dataset", "a", "--dataset", "b@2")
     prov = cas("--json", "show", "org/m").json["manifest"]["metadata"]["provenance"]
     assert prov == {"run_id": "r1", "datasets": ["a", "b@2"], "seed": 3}
+
+
+def test_unchanged_add_names_the_annotate_command_that_records_its_metadata(cas, tmp_path):
+    """The warning of an unchanged add is a command that works as printed."""
+    import shlex
+
+    cas("add", "base/m", str(_src(tmp_path)))
+    cas("add", "org/m", str(_src(tmp_path)))
+    again = cas("--json", "add", "org/m", str(_src(tmp_path)), "-m", "eval run",
+                "--metric", "acc=0.9", "--meta", "k=v w", "--license", "mit",
+                "--source", "s3://bucket/run7", "--parent", "base/m", "--seed", "1",
+                "--run-id", "r7", "--dataset", "c4", "--env", "torch=2.5").json
+    assert not again["created"]
+    [warning] = [w for w in again["warnings"] if w["code"] == "W_METADATA_NOT_RECORDED"]
+    command = warning["message"].split("record them with: ", 1)[1]
+    argv = shlex.split(command)
+    assert argv[:3] == ["cas", "annotate", "org/m@1"]
+    cas(*argv[1:])
+    md = cas("--json", "show", "org/m").json["manifest"]["metadata"]
+    assert md["metrics"] == {"acc": 0.9} and md["extra"] == {"k": "v w"}
+    assert md["license"] == "mit" and md["source"] == "s3://bucket/run7"
+    assert md["provenance"] == {"run_id": "r7", "datasets": ["c4"], "seed": 1,
+                                "environment": {"torch": "2.5"}}
+    assert cas("--json", "show", "org/m").json["parents"] == ["base/m@1"]
+    # now the same add has nothing left to record
+    quiet = cas("--json", "add", "org/m", str(_src(tmp_path)), "--metric", "acc=0.9").json
+    assert not [w for w in quiet.get("warnings", []) if w["code"] == "W_METADATA_NOT_RECORDED"]
