@@ -18,7 +18,7 @@ import msgspec
 from cas.errors import ArgsError
 from cas.format.manifest import FileEntry, Manifest, Metadata, Provenance
 from cas.names import parse_version_spec
-from cas.registry import resolve_identity
+from cas.registry import check_message, resolve_identity
 
 if TYPE_CHECKING:
     from cas.store import Store
@@ -53,12 +53,14 @@ class AnnotateResult(msgspec.Struct):
 def annotate(store: Store, spec: str, ann: Annotation) -> AnnotateResult:
     """Merge ``ann`` into the metadata of live version ``spec`` in one registry commit.
 
-    Idempotent: an annotation that changes nothing makes no commit.
+    Idempotent: an annotation that changes nothing makes no commit, unless it carries a
+    message (then it is a note in the history).
 
     Raises:
         NotFoundError: no such live version.
         ArgsError: a metric that is not finite, or unsetting a key that is not set.
     """
+    check_message(ann.message)
     for k, v in ann.metrics.items():
         if not math.isfinite(v):
             raise ArgsError(f"metric {k}={v}: not a finite number")
@@ -107,7 +109,7 @@ def annotate(store: Store, spec: str, ann: Annotation) -> AnnotateResult:
         for f in msgspec.structs.fields(new_md):
             if getattr(new_md, f.name) != getattr(md, f.name):
                 changed.append(f.name)
-        if not changed:
+        if not changed and not ann.message:
             return AnnotateResult(version.name, version.seq, None, [])
         new = msgspec.structs.replace(old, metadata=new_md)
         doc = _carry_unknown(msgspec.json.decode(new.encode()), msgspec.json.decode(raw_bytes))

@@ -157,7 +157,11 @@ def list_versions(store: Store, models: list[ModelRow]) -> list[VersionRow]:
     """Every live version of the given models (oldest first within a model)."""
     out = []
     for row in models:
-        versions = store.registry.versions(row.name)
+        try:
+            versions = store.registry.versions(row.name)
+        except CasError as exc:
+            out.append(VersionRow(row.name, 0, "", "", 0, "other", [], "", exc.message))
+            continue
         by_seq: dict[int, list[str]] = {}
         for t, seq in row.tags.items():
             by_seq.setdefault(seq, []).append(t)

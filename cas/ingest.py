@@ -58,7 +58,7 @@ from cas.ignore import Skipped, scan_input
 from cas.metadata import describe, float_ranges, format_of
 from cas.names import parse_version_spec, validate_model_name, validate_tag
 from cas.packs import PackWriter
-from cas.registry import Version, resolve_identity
+from cas.registry import Version, check_message, resolve_identity
 from cas.statcache import FileDigest, StatCache
 from cas.unchanged import (
     changed,
@@ -442,6 +442,7 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
         DiskError | LockError: the disk or the lock failed; the store stays consistent.
     """
     validate_model_name(name)
+    check_message(options.message)
     tags = list(dict.fromkeys(options.tags))
     for t in tags:
         validate_tag(t)

@@ -25,12 +25,14 @@ import getpass
 import re
 import socket
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from dulwich.errors import NotGitRepository, NotTreeError
-from dulwich.objects import Blob, Commit, Tag, Tree
+from dulwich.errors import NotGitRepository, NotTreeError, ObjectFormatException
+from dulwich.objects import Blob, Commit, ShaFile, Tag, Tree
 from dulwich.repo import Repo
 
 from cas.errors import ArgsError, ConflictError, NotFoundError, SchemaError
@@ -159,6 +161,8 @@ class RemovedVersion:
     blob: str
     #: Tags the removal deleted.
     tags: tuple[str, ...]
+    #: Position of the removal commit in the history, 0 being the newest commit.
+    removal_index: int = 0
 
 
 @dataclass
@@ -184,8 +188,10 @@ def _trailers(message: bytes) -> tuple[str, tuple[int, ...], tuple[tuple[str, in
     action = None
     versions: list[int] = []
     tags: list[tuple[str, int]] = []
+    # Trailers are read from the message's last paragraph only: a subject can never add one.
+    block = message.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
     try:
-        for key, value in _TRAILER.findall(message):
+        for key, value in _TRAILER.findall(block):
             value = value.strip()
             if key == b"Action":
                 action = value.decode()
@@ -201,7 +207,17 @@ def _trailers(message: bytes) -> tuple[str, tuple[int, ...], tuple[tuple[str, in
     return action, tuple(versions), tuple(tags)
 
 
+def check_message(message: str) -> str:
+    """Return ``message`` if it can be a commit subject: one line, no control characters, at
+    most 1000 characters. Raises ArgsError otherwise."""
+    if len(message) > 1000 or any(ord(c) < 32 or c == "\x7f" for c in message):
+        raise ArgsError("message must be one line of at most 1000 characters, "
+                        "without control characters")
+    return message
+
+
 def _message(subject: str, action: str, seqs: list[int], tags: list[tuple[str, int]]) -> str:
+    check_message(subject)
     lines = [subject, "", f"Cas-Action: {action}"]
     lines += [f"Cas-Version: {seq}" for seq in seqs]
     lines += [f"Cas-Tag: {tag} {seq}" for tag, seq in tags]
@@ -257,20 +273,31 @@ class Registry:
                 return other
         return None
 
-    def _commit(self, sha: bytes) -> Commit:
-        obj = self.repo[sha]
-        if not isinstance(obj, Commit):
-            raise SchemaError(f"registry object {sha.decode()} is not a commit")
+    def _object(self, sha: bytes, kind: type[ShaFile], what: str) -> Any:
+        """The registry object ``sha``, which must be a ``kind``.
+
+        Raises:
+            SchemaError: it is missing, unreadable or of another kind (named in the message).
+        """
+        try:
+            obj = self.repo[sha]
+        except (KeyError, ValueError, zlib.error, ObjectFormatException):
+            raise SchemaError(f"registry {what} {sha.decode(errors='replace')} is missing or "
+                              "damaged") from None
+        if not isinstance(obj, kind):
+            raise SchemaError(f"registry object {sha.decode(errors='replace')} is not a {what}")
         return obj
+
+    def _commit(self, sha: bytes) -> Commit:
+        return self._object(sha, Commit, "commit")
 
     def _tree_versions(self, tree_sha: bytes) -> dict[int, bytes]:
         """Map seq -> blob sha of the manifests in a commit's tree."""
-        tree = self.repo[tree_sha]
-        assert isinstance(tree, Tree)
+        tree = self._object(tree_sha, Tree, "tree")
         if VERSIONS_DIR not in tree:
             return {}
         _, sub_sha = tree[VERSIONS_DIR]
-        sub = self.repo[sub_sha]
+        sub = self._object(sub_sha, Tree, "tree")
         out: dict[int, bytes] = {}
         for item in sub.items():
             stem = item.path.decode()
@@ -305,7 +332,9 @@ class Registry:
         history = list(self.history(name))
         added: dict[int, HistoryEntry] = {}
         last_event: dict[int, HistoryEntry] = {}
-        for h in history:  # newest first
+        position: dict[str, int] = {}
+        for i, h in enumerate(history):  # newest first
+            position[h.commit] = i
             for seq in h.versions:
                 if h.action in ("add", "rm", "restore"):
                     last_event.setdefault(seq, h)
@@ -322,7 +351,7 @@ class Registry:
             removed[seq] = RemovedVersion(
                 Version(name, seq, a.commit, a.author, a.timestamp, a.message),
                 h.timestamp, h.author, h.commit, blob.decode(),
-                tuple(t for t, s in h.tags if s == seq))
+                tuple(t for t, s in h.tags if s == seq), position[h.commit])
         return ModelState(name, head, live, added, removed, history)
 
     def _did_you_mean(self, name: str) -> str:
@@ -340,7 +369,7 @@ class Registry:
             model, sep, tag = key.decode().rpartition("@")
             if not sep or (name is not None and model != name):
                 continue
-            obj = self.repo[sha]
+            obj = self._object(sha, ShaFile, "tag")
             target = obj.object[1] if isinstance(obj, Tag) else sha
             out[(model, tag)] = target.decode()
         return out
@@ -352,7 +381,7 @@ class Registry:
             model, sep, tag = key.decode().rpartition("@")
             if not sep or model != name:
                 continue
-            obj = self.repo[sha]
+            obj = self._object(sha, ShaFile, "tag")
             if isinstance(obj, Tag):
                 out.append((tag, obj.object[1].decode(), obj.tagger.decode(errors="replace"),
                             obj.tag_time))
@@ -398,8 +427,17 @@ class Registry:
             seq = int(sel)
         else:
             tag = self.tags(name).get((name, sel))
+            gone = [r for r in st.removed.values() if sel in r.tags]
             if tag is not None:
                 seq = self.version_of_commit(name, tag).seq
+            elif gone:  # a tag that an rm --force deleted (and recorded)
+                r = gone[0]
+                if removed_ok:
+                    return r.version
+                raise NotFoundError(
+                    f"{name}@{sel} named version {r.version.seq}, removed on "
+                    f"{_day(r.removed_at)} with its tags; 'cas restore {name}@{r.version.seq}' "
+                    "brings both back")
             elif len(sel) >= 4 and re.fullmatch(r"[0-9a-fA-F]+", sel):
                 hits = {s for s, h in st.added.items() if h.commit.startswith(sel.lower())}
                 if len(hits) > 1:
@@ -438,10 +476,7 @@ class Registry:
         return self.blob(blob_sha)
 
     def blob(self, sha: bytes) -> bytes:
-        blob = self.repo[sha]
-        if not isinstance(blob, Blob):
-            raise SchemaError(f"registry object {sha.decode()} is not a blob")
-        return blob.as_raw_string()
+        return self._object(sha, Blob, "blob").as_raw_string()
 
     def next_seq(self, name: str) -> int:
         return 1 + max((max(h.versions) for h in self.history(name)), default=0)
@@ -580,9 +615,9 @@ class Registry:
         head = self.head(name)
         if head is None:
             raise NotFoundError(f"model {name!r} is not registered")
-        taken = self.tags(name)
+        taken = {t.casefold() for (_m, t) in self.tags(name)}
         tags = sorted((t, r.version.seq) for r in removed for t in r.tags
-                      if (name, t) not in taken)
+                      if t.casefold() not in taken)
         seqs = sorted(r.version.seq for r in removed)
         commit = self._commit_change(
             name, head, {r.version.seq: r.blob.encode() for r in removed},

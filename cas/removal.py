@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from cas.errors import ArgsError, ConflictError, NotFoundError
+from cas.errors import ArgsError, CasError, CasWarning, ConflictError, NotFoundError
 from cas.names import parse_version_spec, validate_model_name
-from cas.registry import RemovedVersion, resolve_identity
+from cas.registry import RemovedVersion, check_message, resolve_identity
 
 if TYPE_CHECKING:
     from cas.store import Store
@@ -57,6 +57,12 @@ class RemovedRow(msgspec.Struct):
     tags: list[str]
 
 
+class RemovedList(msgspec.Struct):
+    removed: list[RemovedRow]
+    #: Models whose history could not be read (``W_UNREADABLE_HISTORY``), named.
+    warnings: list[CasWarning] = []
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
@@ -70,7 +76,9 @@ def remove(store: Store, spec: str, *, force: bool = False, message: str = "",
         ConflictError: a version to remove is tagged and ``force`` is not given.
     """
     parsed = parse_version_spec(spec)
+    check_message(message)
     identity = resolve_identity(author)
+    window = store.settings.restore_window_seconds()  # read before anything is committed
     with store.writing():
         reg = store.registry
         if parsed.selector is None:
@@ -88,27 +96,34 @@ def remove(store: Store, spec: str, *, force: bool = False, message: str = "",
                                 "(the tags are recorded and come back with 'cas restore')")
         commit = reg.remove_versions(parsed.name, versions, tags, message, identity)
         left = reg.versions(parsed.name)
-    window = store.settings.restore_window_seconds()
     return RemoveResult(parsed.name, [v.ref for v in versions], [t for t, _ in tags],
                         not left, commit, _iso(time.time() + window))
 
 
-def removed_versions(store: Store, pattern: str | None = None) -> list[RemovedRow]:
-    """Every removed version (newest removal first), restorable or expired."""
+def removed_versions(store: Store, pattern: str | None = None) -> RemovedList:
+    """Every removed version (newest removal first), restorable or expired; a model whose
+    history cannot be read is named in a warning, and the others are listed."""
     import fnmatch
 
     window = store.settings.restore_window_seconds()
     now = time.time()
     rows = []
+    warnings = []
     for name in store.registry.model_names():
         if pattern and not fnmatch.fnmatchcase(name, pattern):
             continue
-        for seq, r in sorted(store.registry.state(name).removed.items()):
+        try:
+            state = store.registry.state(name)
+        except CasError as exc:
+            warnings.append(CasWarning(code="W_UNREADABLE_HISTORY", message=f"{name}: "
+                                       f"{exc.message}"))
+            continue
+        for seq, r in sorted(state.removed.items()):
             rows.append(RemovedRow(name, seq, r.version.ref, _iso(r.removed_at), r.removed_by,
                                    _iso(r.removed_at + window), _expired(r, window, now),
                                    list(r.tags)))
     rows.sort(key=lambda r: (r.removed_at, r.name, r.seq), reverse=True)
-    return rows
+    return RemovedList(rows, warnings)
 
 
 def _expired(r: RemovedVersion, window: int, now: float) -> bool:
@@ -122,7 +137,8 @@ def restore(store: Store, spec: str, *, author: str | None = None) -> RestoreRes
 
     Raises:
         NotFoundError: nothing removed matches, or its restore window has passed.
-        ArgsError: ``NAME@TAG`` (tags of removed versions are deleted; use the number).
+        ArgsError: a selector that names no single removed version (a number, a tag the
+            removal deleted, or a commit prefix do).
     """
     parsed = parse_version_spec(spec)
     validate_model_name(parsed.name)
@@ -134,18 +150,21 @@ def restore(store: Store, spec: str, *, author: str | None = None) -> RestoreRes
         if parsed.selector is None:
             if not st.removed:
                 raise NotFoundError(f"model {parsed.name!r} has no removed versions")
-            latest = max(st.removed.values(), key=lambda r: (r.removed_at, r.removal_commit))
+            # the newest removal in the history's own order (times can tie or go backwards)
+            latest = min(st.removed.values(), key=lambda r: r.removal_index)
             chosen = [r for r in st.removed.values() if r.removal_commit == latest.removal_commit]
         else:
             sel = parsed.selector
             if sel.isdigit():
                 seq = int(sel)
             else:
-                hits = [s for s, r in st.removed.items()
-                        if len(sel) >= 4 and r.version.commit.startswith(sel.lower())]
+                # a tag the removal recorded, else a commit prefix of the version
+                hits = sorted(s for s, r in st.removed.items() if sel in r.tags) or sorted(
+                    s for s, r in st.removed.items()
+                    if len(sel) >= 4 and r.version.commit.startswith(sel.lower()))
                 if len(hits) != 1:
-                    raise ArgsError(f"{spec}: name a removed version by its number "
-                                    "(see 'cas ls --removed')")
+                    raise ArgsError(f"{spec}: name a removed version by its number, a tag its "
+                                    "removal deleted, or its commit (see 'cas ls --removed')")
                 seq = hits[0]
             if seq in st.live:
                 raise ConflictError(f"{parsed.name}@{seq} is not removed")

@@ -24,6 +24,8 @@ from cas.fsutil import atomic_write
 
 FILE = "settings.json"
 _DURATION = re.compile(r"\s*(\d+)\s*([smhdw]?)\s*\Z")
+#: Longest duration a setting takes (dates beyond it overflow the calendar).
+MAX_DURATION = 100 * 366 * 86400
 _UNITS = {"": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -36,7 +38,10 @@ def parse_duration(text: str) -> int:
     m = _DURATION.match(str(text))
     if not m:
         raise ArgsError(f"{text!r} is not a duration (e.g. 14d, 36h, 2w, 0)")
-    return int(m.group(1)) * _UNITS[m.group(2)]
+    seconds = int(m.group(1)) * _UNITS[m.group(2)]
+    if seconds > MAX_DURATION:
+        raise ArgsError(f"{text!r} is longer than 100 years")
+    return seconds
 
 
 def format_duration(seconds: int) -> str:

@@ -52,13 +52,16 @@ if TYPE_CHECKING:
     from cas.checkouts import CheckoutList
     from cas.diff import DiffResult
     from cas.ingest import AddOptions, AddResult
-    from cas.removal import RemovedRow, RemoveResult, RestoreResult
+    from cas.removal import RemovedList, RemoveResult, RestoreResult
     from cas.verify import VerifyReport
 
 #: Progress callback: ``(bytes_done, bytes_total, label)``.
 Progress = Callable[[int, int, str], None]
 
 CONFIG = "config.json"
+#: What a bare git repository holds while it is being made (before HEAD is written).
+_GIT_SKELETON = frozenset({"branches", "config", "description", "hooks", "info", "objects",
+                           "refs"})
 _INIT_PARTS = frozenset({"packs", "tmp", "cache", "registry", "lock", "settings.json"})
 
 
@@ -137,8 +140,15 @@ class Store:
                 raise ConflictError(f"{path} is not empty and is not a cas store")
             for sub in ("packs", "tmp", "cache"):
                 (path / sub).mkdir(parents=True, exist_ok=True)
-            if not (path / "registry" / "HEAD").exists():
-                shutil.rmtree(path / "registry", ignore_errors=True)
+            reg = path / "registry"
+            if not (reg / "HEAD").exists():
+                # Only a registry folder an interrupted init began is replaced: one holding
+                # anything else is someone's data.
+                if reg.exists() and not (reg.is_dir() and
+                                         {p.name for p in reg.iterdir()} <= _GIT_SKELETON):
+                    raise ConflictError(f"{path} is not empty and is not a cas store "
+                                        f"({reg} is not a registry)")
+                shutil.rmtree(reg, ignore_errors=True)
                 Registry.init(path / "registry").close()
             if description:
                 Settings(path / SETTINGS_FILE, {}).set("description", description,
@@ -438,14 +448,21 @@ class Store:
         return history(self, spec)
 
     def tag(self, spec: str, tag: str, *, force: bool = False, delete: bool = False) -> Version:
-        """Name version ``spec`` with ``tag`` (or delete the tag ``spec``'s model has)."""
+        """Name version ``spec`` with ``tag``, or with ``delete`` delete the tag ``tag`` of
+        ``spec``'s model (whatever version it names, a removed one included). Returns the
+        version the tag names (named)."""
         with self.writing():
-            version = self.resolve(spec)
-            if delete:
-                self.registry.delete_tag(version.name, tag)
-            else:
+            if not delete:
+                version = self.resolve(spec)
                 self.registry.set_tag(version, tag, force=force)
-            return version
+                return version
+            name = parse_version_spec(spec).name
+            target = self.registry.tags(name).get((name, tag))
+            self.registry.delete_tag(name, tag)  # raises NotFoundError if there is none
+            try:
+                return self.registry.version_of_commit(name, target or "")
+            except (CasError, KeyError, ValueError):
+                return Version(name, 0, target or "", "", 0, "")
 
     def rm(self, spec: str, *, force: bool = False, message: str = "",
            author: str | None = None) -> RemoveResult:
@@ -465,7 +482,7 @@ class Store:
 
         return restore(self, spec, author=author)
 
-    def removed(self, pattern: str | None = None) -> list[RemovedRow]:
+    def removed(self, pattern: str | None = None) -> RemovedList:
         """Removed versions, newest removal first, with their restore deadline."""
         from cas.removal import removed_versions
 

@@ -52,12 +52,13 @@ def ls_cmd(ctx: Ctx, pattern: str | None, format_: str | None, role: str | None,
     """
     if removed:
         with ctx.open() as store:
-            gone = store.removed(pattern)
+            listing = store.removed(pattern)
+        gone = listing.removed
         rows = [[f"{r.name}@{r.seq}", human_time(r.removed_at), _who(r.removed_by),
                  "expired" if r.expired else human_time(r.restorable_until),
                  ", ".join(r.tags)] for r in gone]
         lines = format_table(["VERSION", "REMOVED", "BY", "RESTORABLE UNTIL", "TAGS"], rows)
-        ctx.out.result({"removed": gone}, lines if gone else "no removed versions")
+        ctx.out.result(listing, lines if gone else "no removed versions")
         return
     with ctx.open() as store:
         models = store.ls(pattern, format=format_, role=role, tag=tag, sort=sort)
@@ -233,7 +234,8 @@ def annotate(ctx: Ctx, spec: str, message: str, metric: tuple[str, ...],
                      provenance=parse_provenance(**prov), author=author)
     with ctx.open() as store:
         r = store.annotate(spec, ann)
-    text = (f"annotated {r.name}@{r.seq} ({r.commit[:12]}): {', '.join(r.changed)}"
+    text = (f"annotated {r.name}@{r.seq} ({r.commit[:12]}): "
+            f"{', '.join(r.changed) or 'a note in the history, metadata unchanged'}"
             if r.commit else f"{r.name}@{r.seq} unchanged: it already has this metadata")
     ctx.out.result(r, text)
 

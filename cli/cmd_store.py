@@ -1,4 +1,4 @@
-"""Commands about the store as a whole: init, verify, du."""
+"""Commands about the store as a whole: init, upgrade, config, verify, du."""
 
 from __future__ import annotations
 

@@ -483,20 +483,43 @@ def test_store_config_of_version_3_needs_a_uuid():
         StoreConfig.decode(json.dumps(doc).encode())
 
 
-@pytest.mark.parametrize("version", [0, 4, None, "1", -1, True])
-def test_store_config_unknown_version_refused(version):
+@pytest.mark.parametrize("version", [4, 99])
+def test_store_config_newer_version_refused(version):
     doc = config_doc()
     doc["version"] = version
-    with pytest.raises(FormatError) as info:
+    with pytest.raises(FormatError, match="upgrade cas") as info:
         StoreConfig.decode(json.dumps(doc).encode())
     assert info.value.code == "E_FORMAT"
     assert info.value.exit_code == 11
 
 
+@pytest.mark.parametrize("version", [0, None, "1", "3", -1, True, 3.0])
+def test_store_config_malformed_version_refused(version):
+    doc = config_doc()
+    doc["version"] = version
+    with pytest.raises(SchemaError):
+        StoreConfig.decode(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("features", [[["x"]], "derived-chunks", [1], {"a": 1}])
+def test_store_config_malformed_features_refused(features):
+    doc = config_doc()
+    doc["features"] = features
+    with pytest.raises(SchemaError, match="features"):
+        StoreConfig.decode(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("requires", [[["x"]], "x", [1]])
+def test_manifest_malformed_requires_refused(requires):
+    doc = base_doc()
+    doc["requires"] = requires
+    _refuse(doc, "requires")
+
+
 def test_store_config_missing_version_refused():
     doc = config_doc()
     del doc["version"]
-    with pytest.raises(FormatError):
+    with pytest.raises(SchemaError):
         StoreConfig.decode(json.dumps(doc).encode())
 
 

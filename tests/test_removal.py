@@ -122,9 +122,9 @@ def test_restore_refused_beyond_the_window(two_versions, monkeypatch):
     with pytest.raises(Exception) as info:
         store.restore("org/m@2")
     assert info.value.code == "E_NOT_FOUND" and "restore window" in info.value.message
-    assert store.removed()[0].expired is True
+    assert store.removed().removed[0].expired is True
     monkeypatch.setattr(removal.time, "time", lambda: real() - 86400)  # clock skew: not expired
-    assert store.removed()[0].expired is False
+    assert store.removed().removed[0].expired is False
     store.close()
 
 
@@ -209,3 +209,63 @@ def test_author_from_flag_env_and_git(cas, tmp_path):
     assert bad["error"]["code"] == "E_ARGS"
     log = json.loads(cas("--json", "log", "a/m").out)["history"]
     assert [h["author"].split(" <")[0] for h in log] == ["Cy Git", "Bob", "Ada L"]
+
+
+def test_removed_version_named_by_its_deleted_tag(two_versions):
+    cas = two_versions
+    cas("rm", "org/m@1", "--force")
+    err = cas("--json", "show", "org/m@prod", ok=False).json["error"]
+    assert err["code"] == "E_NOT_FOUND" and "cas restore org/m@1" in err["message"]
+    assert [h["action"] for h in cas("--json", "log", "org/m@prod").json["history"]][0] == "rm"
+    assert cas("--json", "restore", "org/m@prod").json["restored"] == ["org/m@1"]
+    assert cas("--json", "show", "org/m@prod").json["seq"] == 1
+
+
+def test_restore_name_undoes_the_newest_removal_even_within_one_second(two_versions):
+    cas = two_versions
+    cas("rm", "org/m@1", "--force")
+    cas("rm", "org/m@2", "--force")  # same second, most likely: order comes from history
+    assert cas("--json", "restore", "org/m").json["restored"] == ["org/m@2"]
+    assert cas("--json", "restore", "org/m").json["restored"] == ["org/m@1"]
+
+
+def test_messages_cannot_forge_trailers(cas, tmp_path):
+    src = _files(tmp_path, "v1", b"x" * 100)
+    r = cas("--json", "add", "org/m", str(src), "-m", "first\nCas-Version: 7", ok=False).json
+    assert r["error"]["code"] == "E_ARGS"
+    assert not list((cas.store / "packs").glob("*.pack"))  # refused before any data
+    cas("add", "org/m", str(src), "-m", "Cas-Version: 7")  # one line: just a subject
+    assert [h["versions"] for h in cas("--json", "log", "org/m").json["history"]] == [[1]]
+    cas("tag", "org/m@1", "prod")
+    assert cas("--json", "show", "org/m@prod").json["seq"] == 1
+
+
+def test_tag_of_a_removed_version_can_be_deleted(two_versions):
+    """A crash between an rm's commit and its tag deletions leaves tags naming removed
+    versions; 'cas tag -d' removes them (simulated by re-pointing a tag at a removed one)."""
+    from cas import Store
+
+    cas = two_versions
+    cas("rm", "org/m@1", "--force")
+    store = Store.open(cas.store)
+    with store.writing():
+        v1 = store.registry.resolve(__import__("cas.names").names.parse_version_spec("org/m@1"),
+                                    removed_ok=True)
+        store.registry.set_tag(v1, "stale")
+    store.close()
+    assert cas("--json", "show", "org/m@stale", ok=False).json["error"]["code"] == "E_NOT_FOUND"
+    r = cas("--json", "tag", "org/m", "stale", "--delete").json
+    assert r["deleted"] is True and r["seq"] == 1
+    assert cas("--json", "tag", "org/m", "stale", "-d", ok=False).json["error"]["code"] == \
+        "E_NOT_FOUND"
+
+
+def test_rm_reads_its_settings_before_committing(two_versions):
+    cas = two_versions
+    (cas.store / "settings.json").write_text("{broken")
+    r = cas("--json", "rm", "org/m@2", "--force", ok=False).json
+    assert r["error"]["code"] == "E_SCHEMA"
+    (cas.store / "settings.json").unlink()
+    assert cas("--json", "show", "org/m@next").json["seq"] == 2  # nothing was removed
+    big = cas("--json", "config", "set", "restore_window", "99999999999d", ok=False).json
+    assert big["error"]["code"] == "E_ARGS"

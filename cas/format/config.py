@@ -88,17 +88,20 @@ class StoreConfig(msgspec.Struct, frozen=True):
         if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
             raise FormatError("not a cas store config (format field missing or wrong)")
         version = raw.get("version")
-        if type(version) is not int or version not in SUPPORTED_VERSIONS:
+        if type(version) is not int or version < 1:
+            raise SchemaError(f"store config: version {version!r} is not a format version")
+        if version not in SUPPORTED_VERSIONS:
             raise FormatError(
                 f"store format version {version!r} is not supported by this cas "
                 f"(supports {sorted(SUPPORTED_VERSIONS)}); upgrade cas"
             )
         features = raw.get("features", [])
-        if isinstance(features, list):
-            unknown = sorted(str(f) for f in features if f not in KNOWN_FEATURES)
-            if unknown:
-                raise FormatError(f"store requires features this cas does not know: "
-                                  f"{', '.join(unknown)}; upgrade cas")
+        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+            raise SchemaError("store config: features must be a list of strings")
+        unknown = sorted(f for f in features if f not in KNOWN_FEATURES)
+        if unknown:
+            raise FormatError(f"store requires features this cas does not know: "
+                              f"{', '.join(unknown)}; upgrade cas")
         try:
             cfg = msgspec.convert(raw, cls)
         except msgspec.ValidationError as exc:

@@ -121,8 +121,10 @@ class Manifest(msgspec.Struct, frozen=True):
                 f"manifest version {head.get('version')!r} is not supported by this cas "
                 f"(supports {sorted(SUPPORTED_VERSIONS)}); upgrade cas"
             )
-        unknown = sorted(set(head.get("requires") or []) - KNOWN_FEATURES) \
-            if isinstance(head.get("requires"), list) else []
+        requires = head.get("requires", [])
+        if not isinstance(requires, list) or not all(isinstance(f, str) for f in requires):
+            raise SchemaError("manifest: requires must be a list of strings")
+        unknown = sorted(set(requires) - KNOWN_FEATURES)
         if unknown:
             raise FormatError(f"manifest requires features this cas does not know: "
                               f"{', '.join(map(str, unknown))}; upgrade cas")
