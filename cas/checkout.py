@@ -37,7 +37,7 @@ import re
 import sys
 from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import accumulate
 from pathlib import Path
@@ -104,47 +104,40 @@ class CheckoutResult(msgspec.Struct):
 # -- --include ----------------------------------------------------------------------------------
 
 
-def compile_glob(pattern: str) -> re.Pattern[str]:
-    """A regex for a glob on manifest paths: ``*`` and ``?`` stay inside one path component,
-    ``[...]`` is a character class, ``**`` spans components (``a/**/b`` also matches ``a/b``).
+def include_pattern(pattern: str) -> Callable[[str], bool]:
+    """A matcher for one ``--include`` pattern, in gitignore syntax (as ``add --exclude``
+    and ``.casignore``): a pattern without a ``/`` but at its end matches a file or folder
+    name at any depth (``*.json``, ``onnx``); one with a ``/`` before its end is anchored at
+    the top (``onnx/*.json``; a leading ``/`` anchors a name: ``/*.json``); ``*``, ``?`` and
+    ``[...]`` stay inside one path component and ``**`` spans components. A pattern that
+    matches a folder selects every file under it. Negation (``!``) is refused: each pattern
+    selects.
 
     Raises:
-        ArgsError: an empty or absolute pattern.
+        ArgsError: an empty pattern, a comment, a negation or a malformed pattern.
     """
-    if not pattern or pattern.startswith("/") or "\x00" in pattern:
-        raise ArgsError(f"--include {pattern!r}: a glob on the file paths of the version, "
-                        "such as '*.json' or 'onnx/**'")
-    out = []
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:[^/]*/)*")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[" and (end := pattern.find("]", i + 2)) != -1:
-            body = pattern[i + 1 : end]
-            neg = body.startswith("!")
-            body = re.sub(r"([\\^])", r"\\\1", body[1:] if neg else body)
-            out.append(f"(?!/)[{'^' if neg else ''}{body}]")
-            i = end + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out), re.DOTALL)
+    import pathspec  # only a checkout with --include pays for the import
+
+    usage = ("a gitignore-style pattern on the file paths of the version, such as '*.json' "
+             "or 'onnx/'")
+    if not pattern.strip() or pattern.startswith("#") or "\x00" in pattern:
+        raise ArgsError(f"--include {pattern!r}: selects nothing; give {usage}")
+    if pattern.startswith("!"):
+        raise ArgsError(f"--include {pattern!r}: a negated pattern selects nothing; give "
+                        f"{usage} (a name that starts with '!' is written '\\!')")
+    try:
+        spec = pathspec.GitIgnoreSpec.from_lines([pattern])
+    except (ValueError, re.error) as exc:
+        raise ArgsError(f"--include {pattern!r}: not a valid pattern ({exc})") from None
+    if not any(p.include for p in spec.patterns):
+        raise ArgsError(f"--include {pattern!r}: selects nothing; give {usage}")
+    return spec.match_file  # type: ignore[no-any-return]
 
 
 def select_files(files: Sequence[FileEntry], include: Sequence[str],
                  what: str) -> list[FileEntry]:
-    """The files that a glob of ``include`` matches (the file's path or one of its folders:
-    ``onnx`` selects everything under ``onnx/``); all files if ``include`` is empty.
+    """The files that a pattern of ``include`` matches (see :func:`include_pattern`); all
+    files if ``include`` is empty.
 
     Raises:
         ArgsError: a malformed pattern.
@@ -152,19 +145,17 @@ def select_files(files: Sequence[FileEntry], include: Sequence[str],
     """
     if not include:
         return list(files)
-    pats = [(p, compile_glob(p.rstrip("/") or p)) for p in include]
+    pats = [include_pattern(p) for p in include]
     hit = [False] * len(pats)
     chosen = []
     for f in files:
-        parts = f.path.split("/")
-        prefixes = ["/".join(parts[:k]) for k in range(len(parts), 0, -1)]
         matched = False
-        for i, (_p, rx) in enumerate(pats):
-            if any(rx.fullmatch(s) for s in prefixes):
+        for i, match in enumerate(pats):
+            if match(f.path):
                 hit[i] = matched = True
         if matched:
             chosen.append(f)
-    missing = [p for (p, _rx), h in zip(pats, hit) if not h]
+    missing = [p for p, h in zip(include, hit) if not h]
     if missing:
         raise NotFoundError(f"--include {missing[0]!r} matches no file of {what}"
                             + (f" (nor do {len(missing) - 1} more patterns)"

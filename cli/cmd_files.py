@@ -27,9 +27,9 @@ def _count(n: int, noun: str) -> str:
 @click.option("--clean", is_flag=True,
               help="Remove the files of DEST that are not in the version (and folders left "
                    "empty); only where cas checked out before, unless --force.")
-@click.option("--include", "include", multiple=True, metavar="GLOB",
-              help="Only files whose path (or a folder of it) matches GLOB; '*' stays in a "
-                   "folder, '**' crosses folders (repeatable).")
+@click.option("--include", "include", multiple=True, metavar="PATTERN",
+              help="Only files that PATTERN matches, in gitignore syntax: '*.json' at any "
+                   "depth, '/*.json' at the top only, 'onnx/' a folder (repeatable).")
 @click.option("--cached", is_flag=True,
               help="Write through the page cache, leaving the files in memory for a program "
                    "that loads them next (slower; default: direct writes).")
@@ -44,7 +44,7 @@ def checkout(ctx: Ctx, spec: str, dest: Path, force: bool, clean: bool,
     \b
     Examples:
       cas checkout org/model@prod ./serve --force --clean
-      cas checkout org/model ./tok --include 'tokenizer*' --include '*.json'
+      cas checkout org/model ./tok --include 'tokenizer*' --include '/*.json'
     """
     with ctx.open() as store, progress_for(ctx) as bar:
         r = store.checkout(spec, dest, force=force, clean=clean, include=include,
