@@ -28,6 +28,7 @@ import errno
 import os
 import re
 import stat as stat_mod
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -236,8 +237,8 @@ def scan_input(path: Path, *, store_dir: Path | None = None,
                     is_dir = e.is_dir()
                 except OSError:
                     is_dir = False  # an unreadable link: the stat below says why
-                if is_dir and name in _RESERVED_DIRS:
-                    skips.add(_RESERVED_DIRS[name], rel + "/")
+                if name in _RESERVED_DIRS:  # a folder, or a worktree's or submodule's .git file
+                    skips.add(_RESERVED_DIRS[name], rel + "/" if is_dir else rel)
                     continue
                 why = rules.reason(rel, is_dir) if rules is not None else None
                 if why is not None:
@@ -263,10 +264,11 @@ def scan_input(path: Path, *, store_dir: Path | None = None,
                         "W_DANGLING_SYMLINK",
                         f"{shown}: dangling symlink (-> {_link_target(e.path)}); skipped"))
                 continue
-            other = folded.setdefault(name.casefold(), name)
+            other = folded.setdefault(unicodedata.normalize("NFC", name).casefold(), name)
             if other is not name:
                 first, second = sorted((prefix + other, rel))
-                raise ArgsError(f"file paths {first!r} and {second!r} differ only in case")
+                raise ArgsError(f"file paths {first!r} and {second!r} differ only in case or "
+                                "Unicode normalisation")
             if is_reg(st.st_mode):
                 keep((rel, e.path, st))
                 continue

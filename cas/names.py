@@ -110,6 +110,10 @@ def validate_rel_path(path: str, *, user_input: bool = False) -> str:
         raise err(f"file path longer than {MAX_PATH_LEN} characters")
     if any(ord(c) < 32 or c == "\x7f" for c in path):
         raise err(f"file path {path!r} contains a control character")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise err(f"file path {path!r} is not valid UTF-8") from None
     if "\\" in path:
         raise err(f"file path {path!r} contains a backslash")
     if path.startswith("/"):

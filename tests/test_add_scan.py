@@ -216,3 +216,35 @@ def test_an_unusable_ignore_file_is_refused_clearly(cas, tmp_path):
     (src / ".casignore").write_bytes(b"\xff\xfe*.bin\n")
     r = cas("--json", "add", "m", str(src), ok=False)
     assert r.json["error"]["code"] == "E_ARGS" and "UTF-8" in r.json["error"]["message"]
+
+
+# -- names the scan must refuse or skip (found in review) ----------------------------------------
+
+
+def test_names_equal_up_to_unicode_normalisation_refused_before_any_pack(cas, store_path,
+                                                                          tmp_path):
+    src = tmp_path / "src"
+    _write(src / "caf\u00e9.txt", b"nfc")
+    _write(src / "cafe\u0301.txt", b"nfd")
+    r = cas("--json", "add", "m", str(src), ok=False).json
+    assert r["error"]["code"] == "E_ARGS" and "normalisation" in r["error"]["message"]
+    assert _packs(store_path) == []
+
+
+def test_a_git_file_of_a_worktree_is_skipped_like_a_git_folder(cas, tmp_path):
+    src = tmp_path / "src"
+    _write(src / "w.bin", b"w" * 100)
+    _write(src / ".git", b"gitdir: /elsewhere/.git/worktrees/src\n")
+    r = cas("--json", "add", "m", str(src)).json
+    assert _files(cas) == ["w.bin"]
+    assert any(s["reason"] == ".git" for s in r["skipped"]), r["skipped"]
+
+
+def test_a_name_that_is_not_utf8_is_refused(cas, store_path, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(os.path.join(os.fsencode(src), b"f\xff.bin"), "wb") as f:
+        f.write(b"x")
+    r = cas("--json", "add", "m", str(src), ok=False).json
+    assert r["error"]["code"] == "E_ARGS" and "UTF-8" in r["error"]["message"]
+    assert _packs(store_path) == []

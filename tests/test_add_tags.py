@@ -104,3 +104,14 @@ def test_a_new_tag_on_changed_content_tags_the_new_version(cas, tmp_path):
     assert r["created"] and r["seq"] == 2
     assert cas("--json", "show", "m@next").json["seq"] == 2
     assert cas("--json", "show", "m@prod").json["seq"] == 1
+
+
+def test_a_tag_differing_only_in_case_is_refused_before_anything_is_stored(cas, store_path,
+                                                                            tmp_path):
+    cas("add", "m", str(_model(tmp_path / "a", 1, 1000)), "--tag", "prod")
+    before = _packs(store_path)
+    r = cas("--json", "add", "m", str(_model(tmp_path / "b", 2, 1000)), "--tag", "PROD",
+            ok=False).json
+    assert r["error"]["code"] == "E_CONFLICT" and "case" in r["error"]["message"]
+    assert _packs(store_path) == before
+    assert [v["seq"] for v in cas("--json", "ls", "-l").json["versions"]] == [1]
