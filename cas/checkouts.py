@@ -137,6 +137,8 @@ def decode(data: bytes, where: str) -> CheckoutRecord:
                           f"{rec.version} is not {SCHEMA!r} version {VERSION}")
     if rec.state not in (STATE_WRITING, STATE_COMPLETE):
         raise SchemaError(f"checkout record {where}: unknown state {rec.state!r}")
+    if "\x00" in rec.dest or not os.path.isabs(rec.dest):
+        raise SchemaError(f"checkout record {where}: dest {rec.dest!r} is not an absolute path")
     return rec
 
 
@@ -267,7 +269,7 @@ def list_checkouts(store_path: Path) -> CheckoutList:
         try:
             st = os.stat(rec.dest)
             present = (rec.dest_dev, rec.dest_ino) == (st.st_dev, st.st_ino)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a path the OS cannot take
             present = False
         rows.append(CheckoutRow(rec.dest, rec.name, rec.seq, rec.commit, rec.state,
                                 rec.finished_at or rec.started_at, len(rec.files),

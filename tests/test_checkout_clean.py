@@ -191,3 +191,18 @@ def test_a_folder_where_a_file_goes(two_versions, tmp_path: Path
     assert not [n for n in os.listdir(dest) if n.endswith(".cas-tmp")]
     cas("checkout", "m@2", str(dest), "--force", "--clean")
     assert (dest / "cfg.json").read_bytes() == V2["cfg.json"]
+
+
+@pytest.mark.parametrize("dest", ["/tmp/a\x00b", "relative/path"], ids=["nul", "relative"])
+def test_checkouts_reports_a_record_whose_dest_is_not_a_path(
+        two_versions, tmp_path: Path, store_path: Path, dest: str) -> None:  # type: ignore[no-untyped-def]
+    cas = two_versions
+    cas("checkout", "m@2", str(tmp_path / "serve"))
+    rec_path = next((store_path / "checkouts").glob("*.json"))
+    rec = json.loads(rec_path.read_bytes())
+    bad = store_path / "checkouts" / (f"{'0' * 64}.json")
+    bad.write_text(json.dumps({**rec, "dest": dest}))
+    r = cas("--json", "checkouts")
+    assert [w["code"] for w in r.json["warnings"]] == ["W_BAD_RECORD"]
+    assert bad.name in r.json["warnings"][0]["message"]
+    assert [c["dest"] for c in r.json["checkouts"]] == [os.path.realpath(tmp_path / "serve")]
