@@ -698,5 +698,21 @@ class Registry:
                 yield name, v.seq, self.manifest_bytes(v)
 
 
+    def restorable_manifest_blobs(self, removed_since: float
+                                  ) -> Iterator[tuple[str, int, bytes]]:
+        """Manifests of versions removed at or after ``removed_since`` (seconds since the
+        epoch) that are neither live nor tagged: what ``restore`` can still bring back.
+
+        Yields ``(name, seq, manifest_json)``. Raises SchemaError naming a model whose history
+        cannot be read.
+        """
+        tagged = {(name, c) for (name, _t), c in self.tags().items()}
+        for name in self.model_names():
+            st = self.state(name)
+            for seq, r in sorted(st.removed.items()):
+                if r.removed_at >= removed_since and (name, r.version.commit) not in tagged:
+                    yield name, seq, self.blob(r.blob.encode())
+
+
 def _day(ts: int) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(ts))

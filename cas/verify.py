@@ -1,7 +1,8 @@
 """Verify: prove that stored bytes are what their ids and manifests say.
 
 ``verify_all`` reads every object of every pack (decompress, BLAKE3), checks every index, and
-then checks every manifest that keeps data alive (live and tagged versions): its chunk lists
+then checks every manifest that keeps data alive (live and tagged versions, and versions
+removed within the restore window, which ``restore`` can bring back): its chunk lists
 decode, their lengths sum to the file sizes, and every chunk they name is present and sound.
 It names each bad chunk and each model version that a bad or missing chunk breaks.
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import blake3
@@ -128,9 +129,8 @@ def verify_all(store: Store, progress: Progress | None = None) -> VerifyReport:
                 progress(done, total, f"pack {pack.id[:12]}")
     report.bad_objects = list(bad.values())
     bad_ids = set(bad)
-    for name, seq, data in store.registry.all_manifest_blobs():
+    for name, seq, data, ref in _roots(store, report):
         report.versions_checked += 1
-        ref = f"{name}@{seq}"
         try:
             manifest = Manifest.decode(data)
         except (SchemaError, FormatError) as exc:
@@ -147,6 +147,22 @@ def verify_all(store: Store, progress: Progress | None = None) -> VerifyReport:
             report.broken_versions.append(BrokenVersion(ref, files, reasons))
     report.ok = not (report.bad_objects or report.broken_versions or report.problems)
     return report
+
+
+def _roots(store: Store, report: VerifyReport) -> Iterator[tuple[str, int, bytes, str]]:
+    """Every version a checkout or a restore could read: live and tagged versions, then those
+    removed within the restore window (named ``NAME@V (removed)``). A registry that cannot be
+    walked is a problem of the report, not a crash."""
+    import time
+
+    try:
+        for name, seq, data in store.registry.all_manifest_blobs():
+            yield name, seq, data, f"{name}@{seq}"
+        since = time.time() - store.settings.restore_window_seconds()
+        for name, seq, data in store.registry.restorable_manifest_blobs(since):
+            yield name, seq, data, f"{name}@{seq} (removed)"
+    except CasError as exc:
+        report.problems.append(f"registry: {exc.message}")
 
 
 def _scan_broken_pack(store: Store, pack_id: str, report: VerifyReport) -> None:

@@ -269,3 +269,11 @@ def test_rm_reads_its_settings_before_committing(two_versions):
     assert cas("--json", "show", "org/m@next").json["seq"] == 2  # nothing was removed
     big = cas("--json", "config", "set", "restore_window", "99999999999d", ok=False).json
     assert big["error"]["code"] == "E_ARGS"
+
+
+def test_verify_all_checks_what_restore_could_bring_back(two_versions):
+    cas = two_versions
+    cas("rm", "org/m@1", "--force")
+    assert cas("--json", "verify", "--all").json["versions_checked"] == 2
+    cas("config", "set", "restore_window", "0")  # nothing is restorable any more
+    assert cas("--json", "verify", "--all").json["versions_checked"] == 1
