@@ -473,7 +473,7 @@ def _names(items: Sequence[str], limit: int = 3) -> str:
 def _make_dest(dest: Path) -> list[Path]:
     """Create ``dest`` and missing parents; return the folders whose entries changed."""
     if os.path.lexists(dest) and not dest.is_dir():
-        raise ArgsError(f"{dest}: exists and is not a directory")
+        raise ArgsError(f"{checkouts.shown(dest)}: exists and is not a directory")
     missing = []
     p = dest
     while not os.path.lexists(p) and p != p.parent:
@@ -482,7 +482,7 @@ def _make_dest(dest: Path) -> list[Path]:
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise from_os_error(exc, f"creating {dest}") from None
+        raise from_os_error(exc, f"creating {checkouts.shown(dest)}") from None
     return [m.parent for m in missing]
 
 
@@ -512,14 +512,15 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
     chosen = select_files(manifest.files, include, version.ref)
     all_paths = [f.path for f in manifest.files]
     dest = dest.expanduser().absolute()
+    where = Path(checkouts.shown(dest))  # for messages: JSON cannot hold non-UTF-8 bytes
     made = _make_dest(dest)
     pause = _Pause()
     warnings: list[CasWarning] = []
     try:
         root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        raise from_os_error(exc, f"opening {dest}") from None
-    tree = checkouts.DestTree(root_fd, dest)
+        raise from_os_error(exc, f"opening {where}") from None
+    tree = checkouts.DestTree(root_fd, where)
     large = _LargeFiles(store, cached)
     batch = _SmallBatch(store, tree, pause)
     try:
@@ -529,11 +530,11 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
             warnings.append(CasWarning(
                 code="W_STALE_TEMPS",
                 message=f"removed {scan.stale} temp file{'s' if scan.stale != 1 else ''} "
-                        f"left in {dest} by an interrupted checkout"))
+                        f"left in {where} by an interrupted checkout"))
         if not force:
             clash = [f.path for f in chosen if f.path in scan.present]
             if clash:
-                raise ConflictError(f"{dest / clash[0]} exists (use --force to overwrite)"
+                raise ConflictError(f"{where / clash[0]} exists (use --force to overwrite)"
                                     + (f" and {len(clash) - 1} more" if len(clash) > 1
                                        else ""))
         try:
@@ -547,7 +548,7 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
                    else "the store's record names another folder at that path")
         if clean and scan.extras and not owned and not force:
             raise ConflictError(
-                f"{dest} was not written by cas checkout ({damaged or why_not}) and holds "
+                f"{where} was not written by cas checkout ({damaged or why_not}) and holds "
                 f"{len(extra)} files not in {version.ref} ({_names(extra)}): --clean would "
                 "delete them; add --force to do so")
         record = checkouts.CheckoutRecord(
@@ -567,7 +568,7 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
         elif extra:
             warnings.append(CasWarning(
                 code="W_EXTRA_FILES",
-                message=f"{dest} holds {len(extra)} file{'s' if len(extra) != 1 else ''} "
+                message=f"{where} holds {len(extra)} file{'s' if len(extra) != 1 else ''} "
                         f"not in {version.ref} ({_names(extra)}); --clean removes them"))
         total = sum(f.size for f in chosen)
         done = 0
@@ -603,7 +604,7 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
         raise
     except OSError as exc:
         batch.discard()
-        raise from_os_error(exc, f"checking out into {dest}") from None
+        raise from_os_error(exc, f"checking out into {where}") from None
     except BaseException:
         batch.discard()
         raise
@@ -611,7 +612,7 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
         large.close()
         tree.close()
         os.close(root_fd)
-    return CheckoutResult(version.name, version.seq, version.commit, str(dest), len(chosen),
+    return CheckoutResult(version.name, version.seq, version.commit, str(where), len(chosen),
                           done, removed_files=removed[0], removed_dirs=removed[1],
                           stale_temps_removed=scan.stale,
                           extra_files=0 if clean else len(extra), include=list(include),

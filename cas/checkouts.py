@@ -42,7 +42,7 @@ from pathlib import Path
 
 import msgspec
 
-from cas.errors import CasWarning, ConflictError, SchemaError, from_os_error
+from cas.errors import ArgsError, CasWarning, ConflictError, SchemaError, from_os_error
 from cas.fsutil import atomic_write, fsync_dir
 
 SCHEMA = "cas.checkout"
@@ -109,6 +109,17 @@ class CheckoutList(msgspec.Struct):
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def shown(path: str | Path) -> str:
+    """``path`` as text for messages and JSON: bytes that are not UTF-8 (which the OS hands
+    over as surrogates) written as ``\\xNN``."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    return text
 
 
 def dest_key(real_dest: str) -> str:
@@ -198,8 +209,14 @@ def save(store_path: Path, record: CheckoutRecord) -> None:
     """Write ``record`` atomically and durably (see the module docstring).
 
     Raises:
+        ArgsError: the destination's path is not valid UTF-8 (JSON cannot hold it).
         DiskError | PermError: the store cannot be written; the old record is unchanged.
     """
+    try:
+        data = msgspec.json.encode(record)
+    except UnicodeEncodeError:
+        raise ArgsError(f"{record.dest!r} is not valid UTF-8, which a record cannot "
+                        "hold") from None
     folder = store_path / DIRNAME
     try:
         if not folder.is_dir():
@@ -208,7 +225,7 @@ def save(store_path: Path, record: CheckoutRecord) -> None:
         clean_stale_temps(folder)
     except OSError as exc:
         raise from_os_error(exc, f"creating {folder}") from None
-    atomic_write(record_path(store_path, record.dest), msgspec.json.encode(record), folder)
+    atomic_write(record_path(store_path, record.dest), data, folder)
 
 
 def clean_stale_temps(folder: Path) -> int:

@@ -206,3 +206,19 @@ def test_checkouts_reports_a_record_whose_dest_is_not_a_path(
     assert [w["code"] for w in r.json["warnings"]] == ["W_BAD_RECORD"]
     assert bad.name in r.json["warnings"][0]["message"]
     assert [c["dest"] for c in r.json["checkouts"]] == [os.path.realpath(tmp_path / "serve")]
+
+
+def test_a_dest_whose_path_is_not_utf8_is_checked_out_without_a_record(
+        two_versions, tmp_path: Path, store_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cas = two_versions
+    dest = os.fsdecode(os.fsencode(str(tmp_path)) + b"/bad\xffdir")
+    r = cas("--json", "checkout", "m@2", dest)
+    assert [w["code"] for w in r.json["warnings"]] == ["W_NO_RECORD"]
+    assert r.json["dest"].endswith("/bad\\xffdir") and r.json["files"] == len(V2)
+    assert _listing(Path(dest)) == set(V2)
+    assert not (store_path / "checkouts").exists() or not os.listdir(store_path / "checkouts")
+    # with no record, the files are not cas's: --clean towards m@1 needs --force
+    r = cas("--json", "checkout", "m@1", dest, "--clean", ok=False)
+    assert r.code == 10 and r.json["error"]["code"] == "E_CONFLICT"
+    assert "\\xff" in r.json["error"]["message"]
+    assert _listing(Path(dest)) == set(V2)
