@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import sys
 from bisect import bisect_left, bisect_right
 from collections import deque
@@ -56,7 +57,7 @@ from cas.errors import (
     from_os_error,
 )
 from cas.format.manifest import FileEntry
-from cas.fsutil import DIRECT_ALIGN, DIRECT_MIN, DurableWriter, fsync_dir
+from cas.fsutil import DIRECT_ALIGN, DIRECT_MIN, DurableWriter, fsync_dir, tmp_name
 from cas.gcpause import gc_paused
 from cas.ids import parse_hex
 from cas.names import validate_rel_path
@@ -693,6 +694,52 @@ def iter_file(store: Store, version: Version, path: str) -> Iterator[bytes | mem
         raise VerifyError(
             f"{entry.path}: SHA-256 {sha.hexdigest()} != manifest {entry.sha256}",
             expected=entry.sha256, actual=sha.hexdigest())
+
+
+def cat_to_file(store: Store, version: Version, path: str, target: Path) -> CatResult:
+    """Write one file of ``version`` to the file ``target``, atomically: the bytes go to a
+    temp beside it, are verified (see :func:`iter_file`) and fsynced, and only then renamed
+    over ``target``, so a damaged file never leaves a partial file under that name (an
+    existing ``target`` is unchanged, the temp removed). A symlink is written through (its
+    target file is replaced, the link kept); an existing ``target`` keeps its mode. Something
+    that is not a regular file (a FIFO, ``/dev/stdout``) is streamed into as it is.
+
+    Raises:
+        ArgsError: ``target`` is a directory.
+        NotFoundError | VerifyError: as :func:`iter_file`; ``target`` is unchanged.
+        DiskError | PermError: ``target`` cannot be written.
+    """
+    shown = checkouts.shown(target)
+    try:
+        try:
+            st: os.stat_result | None = os.stat(target)
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise ArgsError(f"{shown} is a directory")
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            with open(target, "wb") as out:
+                return cat(store, version, path, out)
+        final = Path(os.path.realpath(target))
+        tmp = tmp_name(final.parent, f".{final.name}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                result = cat(store, version, path, out)
+                if st is not None:
+                    os.fchmod(out.fileno(), stat.S_IMODE(st.st_mode))
+                os.fsync(out.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        fsync_dir(final.parent)
+        return result
+    except OSError as exc:
+        raise from_os_error(exc, f"writing {shown}") from None
 
 
 def cat(store: Store, version: Version, path: str, out: BinaryIO) -> CatResult:

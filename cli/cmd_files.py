@@ -11,7 +11,7 @@ from cas.cli.app import Ctx, cli, pass_ctx, progress_for
 from cas.cli.complete import complete_spec
 from cas.cli.render import format_table, human_bytes, human_time
 
-from cas.errors import ArgsError, from_os_error
+from cas.errors import ArgsError
 
 
 def _count(n: int, noun: str) -> str:
@@ -67,7 +67,8 @@ def cat(ctx: Ctx, spec: str, path: str, output: Path | None) -> None:
     """Write one file of NAME[@V] to standard output, verified as it streams.
 
     Every chunk is checked against its BLAKE3 before its bytes are written, and the whole
-    file's SHA-256 at the end (exit code 4, E_VERIFY, if it differs).
+    file's SHA-256 at the end (exit code 4, E_VERIFY, if it differs). With -o, the file
+    appears under its name only once verified and durable.
 
     \b
     Examples:
@@ -78,11 +79,9 @@ def cat(ctx: Ctx, spec: str, path: str, output: Path | None) -> None:
         raise ArgsError("cas cat --json needs -o FILE: standard output carries the file")
     with ctx.open() as store:
         if output is not None:
-            try:
-                with open(output, "wb") as f:
-                    r = store.cat(spec, path, f)
-            except OSError as exc:
-                raise from_os_error(exc, f"writing {output}") from None
+            from cas.checkout import cat_to_file
+
+            r = cat_to_file(store, store.resolve(spec), path, output)
             ctx.out.result(r, f"wrote {r.path} of {r.name}@{r.seq} to {output}: "
                               f"{human_bytes(r.size)}, SHA-256 verified")
             return

@@ -134,3 +134,29 @@ def test_cat_streams_in_bounded_blocks(cas, data, store_path: Path
     store.close()
     assert sum(blocks) == BIG and len(blocks) > 10
     assert max(blocks) <= store.config.chunker.max_size
+
+
+def test_cat_to_a_file_is_atomic(cas, data, store_path: Path, tmp_path: Path
+                                 ) -> None:  # type: ignore[no-untyped-def]
+    """-o FILE: a damaged chunk leaves FILE as it was (or absent) and no temp beside it."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    old = out_dir / "old.bin"
+    old.write_bytes(b"the previous content")
+    old.chmod(0o640)
+    link = out_dir / "link.bin"
+    link.symlink_to(old.name)
+    # sound: written through the link, the link and the file's mode kept
+    r = cas("--json", "cat", "m", "w/big.bin", "-o", str(link))
+    assert r.json["size"] == BIG
+    assert link.is_symlink() and old.read_bytes() == data["w/big.bin"]
+    assert old.stat().st_mode & 0o777 == 0o640
+    old.write_bytes(b"the previous content")
+    _damage_chunk(store_path, "w/big.bin", 2 * CAT_GROUP + 3)
+    for target in (old, out_dir / "new.bin"):
+        r = cas("--json", "cat", "m", "w/big.bin", "-o", str(target), ok=False)
+        assert r.code == 4 and r.json["error"]["code"] == "E_VERIFY"
+    assert old.read_bytes() == b"the previous content"
+    assert sorted(p.name for p in out_dir.iterdir()) == ["link.bin", "old.bin"]
+    r = cas("cat", "m", "config.json", "-o", str(out_dir), ok=False)
+    assert r.code == 2 and "is a directory" in r.err
