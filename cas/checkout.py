@@ -27,6 +27,15 @@ Temp files are named ``.NAME.PID.RAND.cas-tmp``. A checkout first removes the te
 checkouts that were killed, never those of a checkout still running, nor any other file; with
 ``clean`` it then removes what is not in the version. :mod:`cas.checkouts` has both, and the
 records by which cas knows which destinations it wrote.
+
+Test hook (not an interface): with ``CAS_TEST_PAUSE=POINT`` and ``CAS_TEST_PAUSE_FDS=W,R``
+(two pipe ends the process inherits), the first arrival at ``POINT`` writes ``POINT\\n`` to fd
+``W`` and then blocks until fd ``R`` reaches end of file, so that a test can kill the process,
+or change the destination, at a known moment without sleeping. Points: ``scanned`` (stale
+temps removed, the record written, nothing else changed yet), ``temp-written`` (a temp file
+holds its bytes, not yet renamed), ``synced`` (a batch of small temps is durable, none
+renamed). The variables are read once when a checkout starts (never at import); unset, the
+hook is None and costs nothing.
 """
 
 from __future__ import annotations
@@ -167,29 +176,31 @@ def select_files(files: Sequence[FileEntry], include: Sequence[str],
 # -- test hook ---------------------------------------------------------------------------------
 
 
-class _Pause:
-    """Test hook: with ``CAS_TEST_PAUSE=POINT`` and ``CAS_TEST_PAUSE_FDS=W,R`` (two inherited
-    pipe ends), the first arrival at ``POINT`` writes ``POINT\\n`` to fd ``W`` and then blocks
-    until fd ``R`` reaches end of file, so that a test can kill the process, or change the
-    destination, at a known moment without sleeping. Read when a checkout starts, never at
-    import. Points: ``scanned`` (stale temps removed, nothing else changed yet),
-    ``temp-written`` (a temp file holds its bytes, not yet renamed), ``synced`` (a batch of
-    small temps is durable, none renamed)."""
+#: A pause point reached: ``pause(point)``, or None when no test asked for pauses.
+Pause = Callable[[str], None]
 
-    def __init__(self) -> None:
-        self.point = os.environ.get("CAS_TEST_PAUSE")
-        self.fds = os.environ.get("CAS_TEST_PAUSE_FDS")
 
-    def __call__(self, point: str) -> None:
-        if self.point != point or not self.fds:
+def pause_hook_from_env() -> Pause | None:
+    """The test hook (see the module docstring), or None when ``CAS_TEST_PAUSE`` is unset, so
+    that a checkout pays one environment lookup, at its start, and nothing per file."""
+    point = os.environ.get("CAS_TEST_PAUSE")
+    fds = os.environ.get("CAS_TEST_PAUSE_FDS")
+    if not point or not fds:
+        return None
+    armed = [point]
+
+    def pause(reached: str) -> None:
+        if reached not in armed:
             return
-        self.point = None
-        w, r = (int(x) for x in self.fds.split(","))
-        os.write(w, point.encode() + b"\n")
+        armed.clear()  # the first arrival only
+        w, r = (int(x) for x in fds.split(","))
+        os.write(w, reached.encode() + b"\n")
         os.close(w)
         while os.read(r, 4096):
             pass
         os.close(r)
+
+    return pause
 
 
 # -- large files -------------------------------------------------------------------------------
@@ -392,7 +403,7 @@ def read_verified(store: Store, entry: FileEntry) -> list[bytes | memoryview]:
 class _SmallBatch:
     """Small files written to temps; :meth:`flush` makes them durable, then renames them."""
 
-    def __init__(self, store: Store, tree: checkouts.DestTree, pause: _Pause) -> None:
+    def __init__(self, store: Store, tree: checkouts.DestTree, pause: Pause | None) -> None:
         self.store = store
         self.tree = tree
         self.pause = pause
@@ -414,7 +425,8 @@ class _SmallBatch:
                 while view:
                     view = view[os.write(fd, view):]
             os.fchmod(fd, 0o755 if entry.executable else 0o644)
-            self.pause("temp-written")
+            if self.pause is not None:
+                self.pause("temp-written")
             if self.syncfs is None:
                 os.fsync(fd)
         finally:
@@ -430,7 +442,8 @@ class _SmallBatch:
         if self.syncfs is not None:
             for rel in self.devices.values():
                 self.syncfs(self.tree.fd(rel))
-        self.pause("synced")
+        if self.pause is not None:
+            self.pause("synced")
         while self.pending:
             rel, tmp, final = self.pending[0]
             dfd = self.tree.fd(rel)
@@ -515,7 +528,7 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
     dest = dest.expanduser().absolute()
     where = Path(checkouts.shown(dest))  # for messages: JSON cannot hold non-UTF-8 bytes
     made = _make_dest(dest)
-    pause = _Pause()
+    pause = pause_hook_from_env()
     warnings: list[CasWarning] = []
     try:
         root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -562,7 +575,8 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
             warnings.append(CasWarning(code="W_NO_RECORD",
                                        message=f"the checkout is not recorded: {exc.message}"))
             record = None  # type: ignore[assignment]
-        pause("scanned")
+        if pause is not None:
+            pause("scanned")
         removed = (0, 0)
         if clean:
             removed = checkouts.remove_extras(tree, scan.extras)
@@ -622,7 +636,7 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
 
 def _write_large(large: _LargeFiles, tree: checkouts.DestTree, entry: FileEntry, rel_dir: str,
                  final: str, done: int, total: int, progress: Progress | None,
-                 pause: _Pause) -> int:
+                 pause: Pause | None) -> int:
     """Write one large file to a temp, fsync it and rename it into place."""
     dfd = tree.fd(rel_dir, create=True)
     tmp = checkouts.temp_name(final)
@@ -632,7 +646,8 @@ def _write_large(large: _LargeFiles, tree: checkouts.DestTree, entry: FileEntry,
             done = large.write(entry, fd, done, total, progress)
         finally:
             os.close(fd)
-        pause("temp-written")
+        if pause is not None:
+            pause("temp-written")
         try:
             os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
         except IsADirectoryError:

@@ -182,3 +182,25 @@ def test_clean_never_deletes_through_a_folder_swapped_for_a_symlink(
     assert _files(outside) == {"x", "deep/y", "precious"}  # nothing deleted through the link
     assert not os.path.lexists(dest / "old")  # the link itself was removed
     assert _files(dest) == set(model)
+
+
+def test_the_pause_hook_is_off_unless_a_test_sets_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cas.checkout import pause_hook_from_env
+
+    monkeypatch.delenv("CAS_TEST_PAUSE", raising=False)
+    monkeypatch.setenv("CAS_TEST_PAUSE_FDS", "1,2")
+    assert pause_hook_from_env() is None
+    monkeypatch.setenv("CAS_TEST_PAUSE", "scanned")
+    monkeypatch.delenv("CAS_TEST_PAUSE_FDS")
+    assert pause_hook_from_env() is None
+    report_r, report_w = os.pipe()
+    resume_r, resume_w = os.pipe()
+    monkeypatch.setenv("CAS_TEST_PAUSE_FDS", f"{report_w},{resume_r}")
+    pause = pause_hook_from_env()
+    assert pause is not None
+    pause("synced")  # another point: returns at once
+    os.close(resume_w)  # resumed before it waits: it reads to end of file and returns
+    pause("scanned")
+    assert os.read(report_r, 100) == b"scanned\n"
+    os.close(report_r)
+    pause("scanned")  # the first arrival only: returns at once (its fds are closed)
