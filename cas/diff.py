@@ -11,28 +11,29 @@ Reading is driven by the chunk lists, so that the cost follows what changed, not
 
 * A weight file's header is read through its chunk list: only the chunks that cover it.
 * A byte region (a tensor's data, a GGUF metadata value) of file A and its counterpart in B are
-  equal without reading when the same sequence of chunk ids covers both with the same offset
+  equal without reading when the same sequence of chunks covers both with the same offset
   from the region's start. Otherwise a chunk of B that has an id and an offset (relative to the
   region) that a chunk of A also has covers equal bytes; only what no such pair covers is read
   from both files and compared byte by byte. Content-defined chunking keeps the interior chunks
   of a shifted tensor (same ids, same offset from the tensor), so only its edges are read.
-* Reads go through a range reader whose chunk cache the derived chunks it decodes share: a
-  chunk of B stored as a residual against A finds the chunks of A it is predicted from already
-  read for the comparison. Memory is bounded by the comparison windows and that cache.
-* Tensors whose bytes must be read are compared by two worker threads.
+* What must be read is gathered, for all tensors of a file, into windows: whole chunks of B (at
+  most :data:`WINDOW` bytes, neighbouring tensors that share a chunk in one window) and the
+  chunks of A under them. Two worker threads each take a window, decode and verify A's chunks
+  into one buffer and B's into another (runs of chunks stored back to back are read with one
+  ``pread``; decompression, BLAKE3 and numpy release the GIL) and count the differing bytes of
+  each tensor in it with numpy. A chunk of B stored as a residual against A is predicted from
+  A's chunks of the same window, which are already decoded: they are not read twice.
+* Memory is bounded by the windows in flight and a small cache of chunks.
 
 Every byte read is verified against its BLAKE3 (as every pack read is). Nothing is written.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import math
-import struct
 import threading
 from bisect import bisect_left, bisect_right
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Final
@@ -42,52 +43,29 @@ import msgspec
 from cas import derive
 from cas.compression import CODEC_DERIVED
 from cas.derive import RangeReader
-from cas.errors import CasError, CasWarning, NotFoundError, VerifyError
+from cas.errors import CasWarning, NotFoundError, VerifyError
 from cas.format.chunklist import ChunkList
 from cas.format.manifest import FileEntry, Manifest
 from cas.format.pack import ENTRY_HEADER_SIZE, KIND_CHUNK_LIST
 from cas.ids import blake3_id, parse_hex
-from cas.metadata import (
-    _GGUF_DEFAULT_ALIGNMENT,
-    _GGUF_INT_TYPES,
-    _GGUF_MIN_KV,
-    _GGUF_MIN_TENSOR,
-    _GGUF_SCALARS,
-    _PARSE_ERRORS,
-    GGML_TYPES,
-    MAX_GGUF_COUNT,
-    MAX_GGUF_DIMS,
-    MAX_SAFETENSORS_HEADER,
-    _GgufReader,
-    _Malformed,
-    safetensors_tensors,
-)
+from cas.metadata import HeaderError, Tensor, format_of, gguf_layout, safetensors_layout
 
 if TYPE_CHECKING:
-    from cas.packs import Located
+    from cas.format.pack import Entry
+    from cas.packs import Located, Pack
     from cas.registry import Version
     from cas.store import Store
 
 __all__ = ["DiffResult", "DiffStats", "FileChange", "TensorChange", "WeightDiff",
            "diff_manifests", "diff_versions"]
 
-#: Bytes of a region compared at a time (bounds memory; a window's chunks stay in the cache).
-WINDOW: Final = 1 << 20
-#: Decoded chunks kept for reuse: the windows of all workers, with the chunks of A that the
-#: derived chunks of B in them are predicted from.
-CACHED_CHUNKS: Final = 128
-#: Threads comparing tensors (decompression, hashing and comparison release the GIL).
+#: Bytes of B decoded and compared by one task (with the chunks of A under them).
+WINDOW: Final = 4 << 20
+#: Decoded chunks kept for header reads, and by the range reader that derived chunks read
+#: their base through (a window's chunks of A are found without it while the window lives).
+CACHED_CHUNKS: Final = 16
+#: Threads decoding and comparing windows.
 WORKERS: Final = 2
-#: GGUF block geometry per ggml type: (elements per block, bytes per block).
-GGML_BLOCKS: Final[dict[int, tuple[int, int]]] = {
-    0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34),
-    9: (32, 36), 10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210),
-    15: (256, 292), 16: (256, 66), 17: (256, 74), 18: (256, 98), 19: (256, 50), 20: (32, 18),
-    21: (256, 110), 22: (256, 82), 23: (256, 136), 24: (1, 1), 25: (1, 2), 26: (1, 4),
-    27: (1, 8), 28: (1, 8), 29: (256, 56), 30: (1, 2),
-}  # fmt: skip
-_U64: Final = struct.Struct("<Q")
-
 
 class FileChange(msgspec.Struct, omit_defaults=True):
     """One file that differs. ``status`` is ``added``, ``removed``, ``modified`` (same path,
@@ -167,17 +145,30 @@ class DiffResult(msgspec.Struct):
     warnings: list[CasWarning] = []
 
 
+
 # -- reading stored files ---------------------------------------------------------------------
+
+
+def _np():  # type: ignore[no-untyped-def]
+    """numpy, imported on first use (most diffs never compare bytes, and it is slow to import).
+    Only its copies and comparisons are used: its BLAS thread pool is limited to one thread
+    unless the user chose, as :mod:`cas.bytegroup` does."""
+    import os
+
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    import numpy
+
+    return numpy
 
 
 @dataclass
 class _StoredFile:
-    """A file as its chunk list lays it out: chunk ids and their start offsets."""
+    """A file as its chunk list lays it out."""
 
-    clist: bytes
+    clist_id: bytes
+    clist: ChunkList
     size: int
-    ids: list[bytes]
-    starts: list[int]  # len(ids) + 1 entries; starts[-1] == size
+    starts: list[int]  # len(clist) + 1 entries; starts[-1] == size
 
     def span(self, offset: int, length: int) -> range:
         """Indexes of the chunks covering ``length > 0`` bytes at ``offset``."""
@@ -186,18 +177,24 @@ class _StoredFile:
 
 
 class _Reader:
-    """Reads byte ranges of stored files, and counts what it reads from the packs.
+    """Reads verified chunks of stored files, and counts what it reads from the packs.
 
-    It has its own :class:`cas.derive.RangeReader`, whose chunk cache also serves the derived
-    chunks it decodes: a chunk of B stored as a residual against A is predicted from chunks of
-    A that were just read for the comparison, not read again. Every object read from a pack
-    (chunk lists, chunks, the base chunks of derived chunks) is counted. Thread-safe.
+    Chunks are read three ways: a window of consecutive chunks decoded into one buffer
+    (:meth:`decode`), a small byte range for header parsers (:meth:`read`, through a small
+    cache), and the base chunks of derived chunks (through a :class:`cas.derive.RangeReader`).
+    While a window of A is held, its chunks are what the range reader gets for their ids: a
+    chunk of B stored as a residual against A is predicted from them without reading them
+    again. Every object read from a pack (chunk lists, chunks, base chunks) is counted.
+    Thread-safe.
     """
 
     def __init__(self, store: Store) -> None:
         self._packs = store.packs
         self._lists: dict[bytes, ChunkList] = {}
         self._lock = threading.Lock()
+        self._cache: OrderedDict[bytes, bytes | memoryview] = OrderedDict()
+        #: chunk id -> [its bytes in a held window, its derivation depth, holders]
+        self._held: dict[bytes, list[Any]] = {}
         self._ranges = RangeReader(self._read_object, self._chunk_list, CACHED_CHUNKS)
         self.bytes_read = 0
         self.objects_read = 0
@@ -220,220 +217,199 @@ class _Reader:
             hit = self._lists[oid] = ChunkList.decode(loc.pack.read(loc.entry))
         return hit
 
-    def _read_object(self, oid: bytes) -> tuple[bytes, int]:
-        """The verified bytes of a chunk and its derivation depth (see :mod:`cas.derive`)."""
-        loc = self._locate(oid)
-        if loc.entry.codec != CODEC_DERIVED:
-            return loc.pack.read(loc.entry), 0
-        stored = loc.pack.read_stored(loc.entry)
-        raw = derive.decode(stored, loc.entry.raw_len, self._ranges, object_id=oid.hex())
+    def _decode_located(self, loc: Located) -> tuple[bytes | memoryview, int]:
+        """The verified bytes of a located chunk and its derivation depth (see
+        :mod:`cas.derive`)."""
+        entry = loc.entry
+        if entry.codec != CODEC_DERIVED:
+            return loc.pack.read(entry), 0
+        oid = entry.oid.hex()
+        stored = loc.pack.read_stored(entry)
+        raw = derive.decode(stored, entry.raw_len, self._ranges, object_id=oid)
         got = blake3_id(raw)
-        if got != oid:
-            raise VerifyError(f"chunk {oid.hex()}: content hashes to {got.hex()}",
-                              object_id=oid.hex(), expected=oid.hex(), actual=got.hex())
+        if got != entry.oid:
+            raise VerifyError(f"chunk {oid}: content hashes to {got.hex()}",
+                              object_id=oid, expected=oid, actual=got.hex())
         return raw, derive.depth_of_payload(stored)
 
+    def _read_object(self, oid: bytes) -> tuple[bytes | memoryview, int]:
+        """The range reader's source: a held window's copy, else a read from a pack."""
+        with self._lock:
+            held = self._held.get(oid)
+        if held is not None:
+            return held[0], held[1]
+        return self._decode_located(self._locate(oid))
+
     def open(self, entry: FileEntry) -> _StoredFile:
-        clist = parse_hex(entry.chunks, what="chunk list id")
-        chunks = self._chunk_list(clist).chunks
-        if sum(n for _, n in chunks) != entry.size:
+        clist_id = parse_hex(entry.chunks, what="chunk list id")
+        clist = self._chunk_list(clist_id)
+        if clist.size != entry.size:
             raise VerifyError(f"{entry.path}: chunk list {entry.chunks} does not hold "
                               f"{entry.size} bytes", object_id=entry.chunks)
-        return _StoredFile(clist, entry.size, [oid for oid, _ in chunks],
-                           list(accumulate((n for _, n in chunks), initial=0)))
+        return _StoredFile(clist_id, clist, entry.size, list(accumulate(clist.lengths,
+                                                                        initial=0)))
 
     def read(self, f: _StoredFile, offset: int, length: int) -> bytes:
-        """``length`` bytes at ``offset`` of ``f`` (clipped to the file), verified."""
+        """``length`` bytes at ``offset`` of ``f`` (clipped to the file), verified. For header
+        parsers: the chunks stay in a small cache, as parsers read in small steps."""
         length = max(0, min(length, f.size - offset))
         if length == 0:
             return b""
-        return self._ranges.read(f.clist, offset, length)[0]
+        parts = []
+        for i in f.span(offset, length):
+            data = self._cached(f.clist.id_at(i), f.starts[i + 1] - f.starts[i])
+            lo, hi = max(offset, f.starts[i]), min(offset + length, f.starts[i + 1])
+            parts.append(memoryview(data)[lo - f.starts[i] : hi - f.starts[i]])
+        return b"".join(parts)
 
+    def _cached(self, oid: bytes, n: int) -> bytes | memoryview:
+        with self._lock:
+            hit = self._cache.get(oid)
+            if hit is not None:
+                self._cache.move_to_end(oid)
+                return hit
+        data = self._read_object(oid)[0]
+        if len(data) != n:
+            raise VerifyError(f"chunk {oid.hex()} holds {len(data)} bytes, its chunk list "
+                              f"says {n}", object_id=oid.hex())
+        with self._lock:
+            self._cache[oid] = data
+            while len(self._cache) > CACHED_CHUNKS:
+                self._cache.popitem(last=False)
+        return data
 
-class _Stream(io.RawIOBase):
-    """A stored file as a seekable binary stream (for header parsers)."""
+    def decode(self, f: _StoredFile, i0: int, i1: int, into: Any = None,
+               hold: bool = False) -> tuple[Any, list[bytes]]:
+        """Chunks ``i0`` to ``i1 - 1`` of ``f``, verified, in one uint8 array (the start of
+        ``into`` when it is large enough, else a new one), and their ids.
 
-    def __init__(self, reader: _Reader, f: _StoredFile) -> None:
-        self._reader, self._file, self._pos = reader, f, 0
+        Chunks stored back to back in a pack are read with one ``pread`` and decoded in
+        place. With ``hold``, the chunks are what derived chunks predicted from them get
+        until :meth:`release` is called with the ids; the range reader may keep them after
+        that, so a held array must not be reused.
 
-    def readable(self) -> bool:
-        return True
+        Raises:
+            NotFoundError | VerifyError: a chunk is missing or damaged.
+        """
+        base = f.starts[i0]
+        n = f.starts[i1] - base
+        buf = into[:n] if into is not None and len(into) >= n else _np().empty(n, dtype="u1")
+        view = memoryview(buf)
+        ids = f.clist.ids(i0, i1)
+        outs: list[memoryview] = []
+        depths: list[int] = []
+        run: list[Entry] = []
+        run_outs: list[memoryview | None] = []
+        pack: Pack | None = None
+        for i, oid in enumerate(ids, i0):
+            out = view[f.starts[i] - base : f.starts[i + 1] - base]
+            outs.append(out)
+            loc = self._locate(oid)
+            entry = loc.entry
+            if entry.raw_len != len(out):
+                raise VerifyError(f"chunk {oid.hex()} holds {entry.raw_len} bytes, its chunk "
+                                  f"list says {len(out)}", object_id=oid.hex())
+            if run and (entry.codec == CODEC_DERIVED or loc.pack is not pack or entry.offset
+                        != run[-1].offset + ENTRY_HEADER_SIZE + run[-1].stored_len):
+                pack.read_run(run, run_outs)  # type: ignore[union-attr]
+                run, run_outs = [], []
+            if entry.codec == CODEC_DERIVED:
+                raw, depth = self._decode_located(loc)
+                out[:] = raw
+                depths.append(depth)
+            else:
+                run.append(entry)
+                run_outs.append(out)
+                pack = loc.pack
+                depths.append(0)
+        if run:
+            pack.read_run(run, run_outs)  # type: ignore[union-attr]
+        if hold:
+            with self._lock:
+                for oid, out, depth in zip(ids, outs, depths):
+                    held = self._held.get(oid)
+                    if held is None:
+                        self._held[oid] = [out, depth, 1]
+                    else:
+                        held[2] += 1
+        return buf, ids
 
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._file.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, buf: Any) -> int:
-        data = self._reader.read(self._file, self._pos, len(buf))
-        buf[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-
-# -- weight headers -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Tensor:
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    start: int  # absolute byte range in the file
-    end: int
-
-
-@dataclass
-class _Weights:
-    """What a weight file's header says: its tensors and its metadata."""
-
-    format: str
-    tensors: dict[str, _Tensor]
-    #: safetensors: ``__metadata__`` values; GGUF: key -> absolute byte range of type + value.
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-def _sniff(head: bytes, size: int, path: str) -> str | None:
-    """``safetensors``, ``gguf`` or None, from a file's first 16 bytes (as
-    :func:`cas.metadata.detect_format` decides, with the manifest path for the suffix)."""
-    if head.startswith(b"GGUF"):
-        return "gguf"
-    if len(head) >= 9 and head[8:9] == b"{":
-        (length,) = _U64.unpack_from(head)
-        if 2 <= length <= size - 8:
-            return "safetensors"
-    lower = path.lower()
-    if lower.endswith(".safetensors"):
-        return "safetensors"
-    if lower.endswith(".gguf"):
-        return "gguf"
-    return None
-
-
-def _read_safetensors(reader: _Reader, f: _StoredFile) -> _Weights:
-    """The tensors and ``__metadata__`` of a stored safetensors file (header chunks only).
-
-    Raises:
-        _Malformed: the header is truncated, too large or inconsistent.
-    """
-    raw = reader.read(f, 0, 8)
-    if len(raw) != 8:
-        raise _Malformed("shorter than its length prefix")
-    (length,) = _U64.unpack(raw)
-    if length < 2 or length > MAX_SAFETENSORS_HEADER or length > f.size - 8:
-        raise _Malformed(f"header length {length} does not fit the file")
-    blob = reader.read(f, 8, length)
-    header = json.loads(blob)
-    if not isinstance(header, dict):
-        raise _Malformed("header is not a JSON object")
-    found = safetensors_tensors(io.BytesIO(raw + blob), f.size)
-    if not found and any(k != "__metadata__" for k in header):
-        raise _Malformed("a tensor entry is malformed")
-    meta = header.get("__metadata__")
-    return _Weights("safetensors",
-                    {t.name: _Tensor(t.name, t.dtype, t.shape, t.start, t.end) for t in found},
-                    dict(meta) if isinstance(meta, dict) else {})
-
-
-def _read_gguf(reader: _Reader, f: _StoredFile) -> _Weights:
-    """The tensors and key/value byte ranges of a stored GGUF (v2 or v3) file.
-
-    A tensor's byte length comes from its ggml type's block geometry; for a type this build
-    does not know, it runs to the next tensor's offset (or the end of the file).
-
-    Raises:
-        _Malformed: bad magic or version, a count over the bounds, a truncated header, a
-            duplicate tensor name or a tensor outside the file.
-    """
-    r = _GgufReader(io.BufferedReader(_Stream(reader, f), 1 << 16), f.size)
-    if r.read(4) != b"GGUF":
-        raise _Malformed("bad GGUF magic")
-    if r.u32() not in (2, 3):
-        raise _Malformed("unsupported GGUF version")
-    tensor_count, kv_count = r.u64(), r.u64()
-    if tensor_count > MAX_GGUF_COUNT or kv_count > MAX_GGUF_COUNT:
-        raise _Malformed("absurd GGUF counts")
-    if kv_count * _GGUF_MIN_KV + tensor_count * _GGUF_MIN_TENSOR > r.remaining:
-        raise _Malformed("GGUF counts exceed the file")
-    kvs: dict[str, Any] = {}
-    alignment = _GGUF_DEFAULT_ALIGNMENT
-    for _ in range(kv_count):
-        key = r.string().decode("utf-8", errors="replace")
-        start = r.pos
-        vtype = r.u32()
-        if key == "general.alignment" and vtype in _GGUF_INT_TYPES:
-            scalar = _GGUF_SCALARS[vtype]
-            alignment = int(scalar.unpack(r.read(scalar.size))[0]) or _GGUF_DEFAULT_ALIGNMENT
-        else:
-            r.skip_value(vtype)
-        kvs[key] = (start, r.pos)
-    infos = []
-    for _ in range(tensor_count):
-        name = r.string().decode("utf-8", errors="replace")
-        n_dims = r.u32()
-        if n_dims > MAX_GGUF_DIMS:
-            raise _Malformed("too many tensor dimensions")
-        dims = struct.unpack(f"<{n_dims}Q", r.read(8 * n_dims))
-        infos.append((name, dims, r.u32(), r.u64()))
-    data_start = -(-r.pos // alignment) * alignment
-    offsets = sorted({off for *_, off in infos})
-    tensors: dict[str, _Tensor] = {}
-    for name, dims, ggml_type, offset in infos:
-        start = data_start + offset
-        block = GGML_BLOCKS.get(ggml_type)
-        count = math.prod(dims)
-        if block is not None:
-            if count % block[0]:
-                raise _Malformed(f"tensor {name}: {count} elements are not whole blocks")
-            end = start + count // block[0] * block[1]
-        else:
-            i = bisect_right(offsets, offset)
-            end = data_start + offsets[i] if i < len(offsets) else f.size
-        if end > f.size:
-            raise _Malformed(f"tensor {name} lies outside the file")
-        if name in tensors:
-            raise _Malformed(f"tensor {name} appears twice")
-        tensors[name] = _Tensor(name, GGML_TYPES.get(ggml_type, f"GGML_TYPE_{ggml_type}"),
-                                tuple(dims), start, end)
-    return _Weights("gguf", tensors, kvs)
+    def release(self, ids: list[bytes]) -> None:
+        """Undo one :meth:`decode` with ``hold`` of these ids."""
+        with self._lock:
+            for oid in ids:
+                held = self._held[oid]
+                held[2] -= 1
+                if held[2] == 0:
+                    del self._held[oid]
 
 
 # -- comparing bytes ----------------------------------------------------------------------------
 
 
+@dataclass
+class _Window:
+    """Chunks ``j0`` to ``j1 - 1`` of B and the pieces of regions in them to compare."""
+
+    shift: int  # offset in A minus offset in B, the same for every piece
+    j0: int
+    j1: int
+    #: (region index, start, end) in B
+    pieces: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+def _windows(fb: _StoredFile, pieces: list[tuple[int, int, int, int]]) -> list[_Window]:
+    """Group ``(start, end, shift, region)`` pieces of B (sorted by start) into windows of
+    whole chunks of B, each at most about :data:`WINDOW` bytes. Pieces with the same shift
+    that share or neighbour a chunk go into one window, so that no chunk of B is decoded
+    twice; a piece longer than a window is cut at chunk boundaries."""
+    starts = fb.starts
+    out: list[_Window] = []
+    cur: _Window | None = None
+    for lo, hi, shift, k in pieces:
+        pos = lo
+        while pos < hi:
+            j = bisect_right(starts, pos) - 1
+            if cur is None or cur.shift != shift or j > cur.j1 or \
+                    starts[cur.j1] - starts[cur.j0] >= WINDOW:
+                cur = _Window(shift, j, j + 1)
+                out.append(cur)
+            limit = max(j + 1, bisect_right(starts, starts[cur.j0] + WINDOW) - 1)
+            cur.j1 = max(cur.j1, min(bisect_left(starts, hi), limit))
+            end = min(hi, starts[cur.j1])
+            cur.pieces.append((k, pos, end))
+            pos = end
+    return out
+
+
 class _Comparer:
     """Compares byte regions of two stored files, reading only what chunk ids cannot settle.
 
-    Counters are updated under a lock: workers compare several tensors at once."""
+    Counters are updated by the calling thread only: workers return what they did."""
 
     def __init__(self, reader: _Reader, pool: ThreadPoolExecutor) -> None:
         self.reader = reader
         self.pool = pool
         self.stats = DiffStats()
-        self._lock = threading.Lock()
+        self._local = threading.local()
 
-    def equal_by_chunks(self, fa: _StoredFile, a0: int, fb: _StoredFile, b0: int,
-                        n: int) -> list[tuple[int, int]]:
+    def unknown_parts(self, fa: _StoredFile, a0: int, fb: _StoredFile, b0: int,
+                      n: int) -> list[tuple[int, int]]:
         """The parts ``[lo, hi)`` of an ``n``-byte region (at ``a0`` in A, ``b0`` in B) that
         chunk ids alone do not prove equal, in order (empty: the regions are equal)."""
         if n == 0:
             return []
         sa, sb = fa.span(a0, n), fb.span(b0, n)
         if fa.starts[sa.start] - a0 == fb.starts[sb.start] - b0 and \
-                fa.ids[sa.start:sa.stop] == fb.ids[sb.start:sb.stop]:
+                fa.clist.run_key(sa.start, sa.stop) == fb.clist.run_key(sb.start, sb.stop):
             return []
-        in_a = {(fa.ids[i], fa.starts[i] - a0) for i in sa}
+        in_a = {(oid, fa.starts[i] - a0)
+                for i, oid in enumerate(fa.clist.ids(sa.start, sa.stop), sa.start)}
         unknown = []
         pos = 0
-        for j in sb:
+        for j, oid in enumerate(fb.clist.ids(sb.start, sb.stop), sb.start):
             rel = fb.starts[j] - b0
-            if (fb.ids[j], rel) in in_a:
+            if (oid, rel) in in_a:
                 lo, hi = max(0, rel), min(n, fb.starts[j + 1] - b0)
                 if lo > pos:
                     unknown.append((pos, lo))
@@ -442,42 +418,106 @@ class _Comparer:
             unknown.append((pos, n))
         return unknown
 
-    def differing_bytes(self, fa: _StoredFile, a0: int, fb: _StoredFile, b0: int,
-                        parts: list[tuple[int, int]]) -> int:
-        """Read ``parts`` of the regions at ``a0`` and ``b0`` and count the bytes that differ.
+    def count_differences(self, fa: _StoredFile, fb: _StoredFile,
+                          regions: list[tuple[int, int, list[tuple[int, int]]]]) -> list[int]:
+        """For each region ``(a0, b0, parts)``, how many bytes of its ``parts`` (offsets from
+        ``a0`` in A and ``b0`` in B) differ. The windows run on the pool.
 
-        Each window of A is read before the same window of B, so that a chunk of B derived
-        from those bytes of A finds them in the cache.
+        Raises:
+            NotFoundError | VerifyError: a chunk that must be read is missing or damaged.
         """
-        import numpy as np  # here: most diffs never compare bytes, and numpy is slow to import
+        pieces = sorted((b0 + lo, b0 + hi, a0 - b0, k)
+                        for k, (a0, b0, parts) in enumerate(regions) for lo, hi in parts)
+        futures = [self.pool.submit(self._compare_window, fa, fb, w)
+                   for w in _windows(fb, pieces)]
+        counts = [0] * len(regions)
+        try:
+            for fut in futures:
+                for k, differ, n in fut.result():
+                    counts[k] += differ
+                    self.stats.bytes_compared += n
+        finally:
+            for fut in futures:
+                fut.cancel()  # after an error: windows not started yet are not read
+        return counts
 
-        buf = np.empty(min(WINDOW, max(hi - lo for lo, hi in parts)), dtype=bool)
-        differ = compared = 0
-        for lo, hi in parts:
-            for w in range(lo, hi, WINDOW):
-                k = min(WINDOW, hi - w)
-                da = self.reader.read(fa, a0 + w, k)
-                db = self.reader.read(fb, b0 + w, k)
-                out = buf[:k]
-                np.not_equal(np.frombuffer(da, dtype=np.uint8),
-                             np.frombuffer(db, dtype=np.uint8), out=out)
-                differ += int(np.count_nonzero(out))
-                compared += k
-        with self._lock:
-            self.stats.bytes_compared += compared
-        return differ
+    def _compare_window(self, fa: _StoredFile, fb: _StoredFile,
+                        w: _Window) -> list[tuple[int, int, int]]:
+        """Decode one window of B and the chunks of A under it, and count the differing bytes
+        of each piece: ``(region, differing, compared)`` per piece.
 
-    def region_differs(self, fa: _StoredFile, a: tuple[int, int], fb: _StoredFile,
-                       b: tuple[int, int]) -> bool:
-        """Whether byte range ``a`` of A and ``b`` of B hold different bytes."""
-        n = a[1] - a[0]
-        if n != b[1] - b[0]:
-            return True
-        parts = self.equal_by_chunks(fa, a[0], fb, b[0], n)
-        return bool(parts) and self.differing_bytes(fa, a[0], fb, b[0], parts) > 0
+        A's chunks are decoded (and held) first: B's derived chunks are predicted from them.
+        """
+        np = _np()
+        b_lo, b_hi = fb.starts[w.j0], fb.starts[w.j1]
+        a_lo, a_hi = max(0, b_lo + w.shift), min(fa.size, b_hi + w.shift)
+        sa = fa.span(a_lo, a_hi - a_lo)
+        # B's array and the comparison's are this thread's, reused: fresh pages cost more
+        # than decoding into them. A's is new: its chunks are held, and may stay cached.
+        local = self._local
+        if getattr(local, "b", None) is None or len(local.b) < b_hi - b_lo:
+            local.b = np.empty(b_hi - b_lo, dtype="u1")
+            local.ne = np.empty(b_hi - b_lo, dtype=bool)
+        buf_a, held = self.reader.decode(fa, sa.start, sa.stop, hold=True)
+        try:
+            buf_b, _ = self.reader.decode(fb, w.j0, w.j1, into=local.b)
+        finally:
+            self.reader.release(held)
+        a_at = fa.starts[sa.start] - w.shift  # where buf_a starts, in B's offsets
+        out = []
+        for k, lo, hi in w.pieces:
+            ne = np.not_equal(buf_a[lo - a_at : hi - a_at], buf_b[lo - b_lo : hi - b_lo],
+                              out=local.ne[: hi - lo])
+            out.append((k, int(np.count_nonzero(ne)), hi - lo))
+        return out
 
 
-def _shape(t: _Tensor) -> list[int]:
+# -- weight headers -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Weights:
+    """What a weight file's header says: its tensors and its metadata."""
+
+    format: str
+    tensors: dict[str, Tensor]
+    #: safetensors: ``__metadata__`` values; GGUF: key -> absolute byte range of type + value.
+    metadata: dict[str, Any]
+
+
+def _parse_weights(reader: _Reader, f: _StoredFile, path: str) -> tuple[_Weights | None, str]:
+    """Parse a stored file's weight header: ``(weights, "")``, ``(None, "")`` when it is no
+    weight file, or ``(None, why)`` when it looks like one but its header is malformed.
+
+    Raises:
+        NotFoundError | VerifyError: a chunk of the header is missing or damaged.
+    """
+    kind = format_of(reader.read(f, 0, 16), f.size, path)
+    if kind not in ("safetensors", "gguf"):
+        return None, ""
+
+    def read_at(offset: int, n: int) -> bytes:
+        return reader.read(f, offset, n)
+
+    tensors: list[Tensor]
+    try:
+        if kind == "safetensors":
+            st = safetensors_layout(read_at, f.size)
+            tensors, metadata = st.tensors, dict(st.metadata)
+        else:
+            gg = gguf_layout(read_at, f.size)
+            tensors, metadata = gg.tensors, dict(gg.kv_ranges)
+    except HeaderError as exc:
+        return None, f"{kind} header is malformed ({exc})"
+    by_name: dict[str, Tensor] = {}
+    for t in tensors:
+        if t.name in by_name:
+            return None, f"{kind} header is malformed (tensor {t.name!r} appears twice)"
+        by_name[t.name] = t
+    return _Weights(kind, by_name, metadata), ""
+
+
+def _shape(t: Tensor) -> list[int]:
     return list(t.shape)
 
 
@@ -486,9 +526,10 @@ def _diff_tensors(cmp: _Comparer, fa: _StoredFile, wa: _Weights, fb: _StoredFile
     """The tensor-level diff of one weight file pair whose headers are parsed."""
     changes: list[TensorChange] = []
     unchanged = changed_value = 0
-    to_read: list[tuple[_Tensor, _Tensor, Future[int]]] = []
-    # B in file order: neighbouring tensors share chunks, which then stay cached.
-    for tb in sorted(wb.tensors.values(), key=lambda t: t.start):
+    to_read: list[tuple[Tensor, Tensor]] = []
+    regions: list[tuple[int, int, list[tuple[int, int]]]] = []
+    in_order = sorted(wb.tensors.values(), key=lambda t: t.start)
+    for tb in in_order:
         ta = wa.tensors.get(tb.name)
         if ta is None:
             changes.append(TensorChange(tb.name, "added", dtype_b=tb.dtype, shape_b=_shape(tb),
@@ -500,16 +541,15 @@ def _diff_tensors(cmp: _Comparer, fa: _StoredFile, wa: _Weights, fb: _StoredFile
             changes.append(TensorChange(tb.name, "shape", ta.dtype, tb.dtype, _shape(ta),
                                         _shape(tb)))
         else:
-            parts = cmp.equal_by_chunks(fa, ta.start, fb, tb.start, tb.end - tb.start)
+            parts = cmp.unknown_parts(fa, ta.start, fb, tb.start, tb.end - tb.start)
             if not parts:
                 cmp.stats.tensors_by_chunks += 1
                 unchanged += 1
             else:
                 cmp.stats.tensors_read += 1
-                to_read.append((ta, tb, cmp.pool.submit(cmp.differing_bytes, fa, ta.start, fb,
-                                                        tb.start, parts)))
-    for ta, tb, fut in to_read:
-        differ = fut.result()
+                to_read.append((ta, tb))
+                regions.append((ta.start, tb.start, parts))
+    for (ta, tb), differ in zip(to_read, cmp.count_differences(fa, fb, regions)):
         if differ == 0:
             unchanged += 1
             continue
@@ -518,8 +558,7 @@ def _diff_tensors(cmp: _Comparer, fa: _StoredFile, wa: _Weights, fb: _StoredFile
         changes.append(TensorChange(tb.name, "value", ta.dtype, tb.dtype, _shape(ta), _shape(tb),
                                     nbytes=n, differing_bytes=differ,
                                     fraction=round(differ / n, 6)))
-    order = {name: i for i, name in enumerate(t.name for t in sorted(wb.tensors.values(),
-                                                                      key=lambda t: t.start))}
+    order = {t.name: i for i, t in enumerate(in_order)}
     changes.sort(key=lambda c: order[c.name])
     for ta in sorted(wa.tensors.values(), key=lambda t: t.start):
         if ta.name not in wb.tensors:
@@ -540,25 +579,23 @@ def _diff_metadata(cmp: _Comparer, fa: _StoredFile, wa: _Weights, fb: _StoredFil
     keys = sorted(set(wa.metadata) | set(wb.metadata))
     if wa.format == "safetensors":
         return [k for k in keys if wa.metadata.get(k) != wb.metadata.get(k)]
-    return [k for k in keys if k not in wa.metadata or k not in wb.metadata
-            or cmp.region_differs(fa, wa.metadata[k], fb, wb.metadata[k])]
-
-
-def _parse_weights(reader: _Reader, f: _StoredFile, path: str) -> tuple[_Weights | None, str]:
-    """Parse a stored file's weight header: ``(weights, "")``, ``(None, "")`` when it is no
-    weight file, or ``(None, why)`` when it looks like one but its header is malformed."""
-    head = reader.read(f, 0, 16)
-    kind = _sniff(head, f.size, path)
-    if kind is None:
-        return None, ""
-    try:
-        if kind == "safetensors":
-            return _read_safetensors(reader, f), ""
-        return _read_gguf(reader, f), ""
-    except _PARSE_ERRORS as exc:
-        if isinstance(exc, CasError):
-            raise  # a damaged or missing stored object, not a malformed header
-        return None, f"{kind} header is malformed ({exc or type(exc).__name__})"
+    changed = {k for k in keys if k not in wa.metadata or k not in wb.metadata}
+    to_read: list[str] = []
+    regions: list[tuple[int, int, list[tuple[int, int]]]] = []
+    for k in keys:
+        if k in changed:
+            continue
+        (a0, a1), (b0, b1) = wa.metadata[k], wb.metadata[k]
+        if a1 - a0 != b1 - b0:
+            changed.add(k)
+            continue
+        parts = cmp.unknown_parts(fa, a0, fb, b0, b1 - b0)
+        if parts:
+            to_read.append(k)
+            regions.append((a0, b0, parts))
+    changed.update(k for k, differ in zip(to_read, cmp.count_differences(fa, fb, regions))
+                   if differ)
+    return [k for k in keys if k in changed]
 
 
 # -- versions -----------------------------------------------------------------------------------

@@ -23,22 +23,28 @@ Invariants:
   tensor. For a dtype or ggml type this module does not know, only "at least one bit per
   element" can be checked against the bytes available to the tensor.
 * Quiet: nothing is printed and the process is never exited.
+* Layouts: :func:`safetensors_layout` and :func:`gguf_layout` read a header through a
+  byte-range reader (a stored file, not a path) with the same checks, and say where each
+  tensor lies; they raise :class:`HeaderError` for a malformed header and let the reader's own
+  errors through.
 * Deterministic: the result depends only on the bytes of the files and their relative paths.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import pathlib
 import stat as stat_mod
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import BinaryIO, Final
+from typing import Any, BinaryIO, Final
 
-__all__ = ["describe", "detect_format", "format_of"]
+__all__ = ["GgufLayout", "HeaderError", "ReadAt", "SafetensorsLayout", "Tensor", "describe",
+           "detect_format", "format_of", "gguf_layout", "safetensors_layout"]
 
 MAX_SAFETENSORS_HEADER: Final = 100 * 1024 * 1024
 MAX_GGUF_COUNT: Final = 1_000_000
@@ -112,7 +118,8 @@ _GGUF_SKIP_BY_READ: Final = 64 * 1024  # skip shorter spans by reading (stays in
 
 @dataclass(frozen=True, slots=True)
 class Tensor:
-    """One tensor of a safetensors file."""
+    """One tensor of a safetensors or GGUF file (for GGUF, ``dtype`` is the ggml type name and
+    ``shape`` the dimensions as stored)."""
 
     name: str
     dtype: str
@@ -123,6 +130,15 @@ class Tensor:
 
 class _Malformed(Exception):
     """A header is truncated, inconsistent or exceeds a bound."""
+
+
+class HeaderError(ValueError):
+    """A weight file's header is malformed, inconsistent with the file or over a bound; the
+    message says why (as :func:`describe` reports it)."""
+
+
+#: ``read_at(offset, n)``: the ``n`` bytes of a file at ``offset`` (fewer only at its end).
+ReadAt = Callable[[int, int], bytes]
 
 
 # Everything a hostile header can provoke while parsing; all of it means "malformed".
@@ -141,8 +157,11 @@ class _Header:
     quantization: str | None = None
     #: Absolute ``(start, end, element size)`` of float tensors (see float_ranges).
     float_ranges: list[tuple[int, int, int]] = field(default_factory=list)
-    #: Every tensor, safetensors only (name, dtype, shape, absolute byte range).
+    #: Every tensor (name, dtype, shape, absolute byte range).
     tensors: list[Tensor] = field(default_factory=list)
+    #: safetensors: the ``__metadata__`` object ({} without one); GGUF: each key's absolute
+    #: byte range (its value type and value).
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def format_of(head: bytes, size: int, name: str) -> str:
@@ -459,6 +478,9 @@ def _read_safetensors(f: BinaryIO, size: int) -> _Header:
         covered = end
     if covered != data_len:
         raise _Malformed(f"tensors cover {covered} of the {data_len} data bytes")
+    meta = header.get("__metadata__")
+    if isinstance(meta, dict):
+        out.metadata = meta
     return out
 
 
@@ -567,7 +589,9 @@ def _read_gguf(f: BinaryIO, size: int) -> _Header:
         size: total file size in bytes.
 
     Returns:
-        Parameter count, ggml dtypes, architecture and quantization name.
+        Parameter count, ggml dtypes, architecture, quantization name, every tensor (a type
+        of unknown size runs to the next tensor's data or the end of the file) and the byte
+        range of every key's value.
 
     Raises:
         _Malformed: bad magic or version, a count over the bounds, or a truncated header.
@@ -586,6 +610,7 @@ def _read_gguf(f: BinaryIO, size: int) -> _Header:
     alignment = _GGUF_DEFAULT_ALIGNMENT
     for _ in range(kv_count):
         key = r.string()
+        value_start = r.pos
         vtype = r.u32()
         if key == b"general.architecture" and vtype == _GGUF_STRING:
             out.architecture = r.string().decode("utf-8", errors="replace") or None
@@ -597,10 +622,11 @@ def _read_gguf(f: BinaryIO, size: int) -> _Header:
             alignment = int(scalar.unpack(r.read(scalar.size))[0]) or _GGUF_DEFAULT_ALIGNMENT
         else:
             r.skip_value(vtype)
+        out.metadata[key.decode("utf-8", errors="replace")] = (value_start, r.pos)
     if alignment & (alignment - 1) or alignment > 1 << 20:
         raise _Malformed(f"alignment {alignment} is not a power of two up to 1 MiB")
-    # (offset, byte length or None for a type of unknown size, elements, name, ggml type)
-    infos: list[tuple[int, int | None, int, str, int]] = []
+    # (offset, byte length or None for a type of unknown size, elements, name, ggml type, dims)
+    infos: list[tuple[int, int | None, int, str, int, tuple[int, ...]]] = []
     for _ in range(tensor_count):
         name = r.string().decode("utf-8", errors="replace")
         n_dims = r.u32()
@@ -620,20 +646,23 @@ def _read_gguf(f: BinaryIO, size: int) -> _Header:
         if offset % alignment:
             raise _Malformed(f"tensor {name!r}: offset {offset} is not a multiple of the "
                              f"alignment {alignment}")
-        infos.append((offset, nbytes, count, name, ggml_type))
+        infos.append((offset, nbytes, count, name, ggml_type, dims))
         out.parameter_count += count
         out.dtypes.add(GGML_TYPES.get(ggml_type, f"GGML_TYPE_{ggml_type}"))
     # Tensor data starts at the first multiple of the alignment after the tensor infos.
     data_start = -(-r.pos // alignment) * alignment
     data_len = size - data_start
-    infos.sort()
-    for i, (offset, nbytes, count, name, ggml_type) in enumerate(infos):
+    infos.sort(key=lambda info: info[0])  # stable: a tensor of unknown size has nbytes None
+    for i, (offset, nbytes, count, name, ggml_type, dims) in enumerate(infos):
         # A type of unknown size may use up to the next tensor, at one bit per element at least.
         room = (infos[i + 1][0] if i + 1 < len(infos) else data_len) - offset
         need = nbytes if nbytes is not None else -(-count // 8)
         if need > room:
             where = "the end of the file" if i + 1 == len(infos) else "the next tensor's data"
             raise _Malformed(f"tensor {name!r}: {need} bytes at offset {offset} run past {where}")
+        out.tensors.append(Tensor(
+            name, GGML_TYPES.get(ggml_type, f"GGML_TYPE_{ggml_type}"), dims,
+            data_start + offset, data_start + offset + (nbytes if nbytes is not None else room)))
         elem = _GGUF_FLOAT_SIZES.get(ggml_type)
         if elem:
             out.float_ranges.append((data_start + offset, data_start + offset + count * elem,
@@ -712,3 +741,100 @@ def tensors(path: pathlib.Path) -> list[Tensor]:
     header); the header is the one :func:`float_ranges` and :func:`describe` read."""
     header = _parse("safetensors", path) if detect_format(path) == "safetensors" else None
     return header.tensors if header is not None else []
+
+
+@dataclass(frozen=True, slots=True)
+class SafetensorsLayout:
+    """Where the tensors of a safetensors file lie, and its ``__metadata__``."""
+
+    tensors: list[Tensor]
+    #: The header's ``__metadata__`` object ({} without one).
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class GgufLayout:
+    """Where the tensors and the key/value pairs of a GGUF file lie."""
+
+    #: In data order. A tensor of a ggml type this module does not know runs to the next
+    #: tensor's data (or the end of the file).
+    tensors: list[Tensor]
+    #: key -> absolute byte range of its value type and value.
+    kv_ranges: dict[str, tuple[int, int]]
+
+
+class _ReadFailed(Exception):
+    """Carries an error of the caller's reader through the parser (which takes its own
+    errors for a malformed header)."""
+
+
+class _RangeFile(io.RawIOBase):
+    """A file read through a :data:`ReadAt`, as a seekable raw stream."""
+
+    def __init__(self, read_at: ReadAt, size: int) -> None:
+        self._read_at, self._size, self._pos = read_at, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buf: Any) -> int:
+        n = max(0, min(len(buf), self._size - self._pos))
+        if n == 0:
+            return 0
+        try:
+            data = self._read_at(self._pos, n)
+        except BaseException as exc:
+            raise _ReadFailed() from exc
+        buf[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def _read_layout(kind: str, read_at: ReadAt, size: int) -> _Header:
+    f = io.BufferedReader(_RangeFile(read_at, size), 1 << 16)
+    try:
+        if kind == "safetensors":
+            return _read_safetensors(f, size)  # type: ignore[arg-type]
+        return _read_gguf(f, size)  # type: ignore[arg-type]
+    except _ReadFailed as exc:
+        raise exc.__cause__ from None  # type: ignore[misc]
+    except _PARSE_ERRORS as exc:
+        raise HeaderError(_reason(exc)) from None
+
+
+def safetensors_layout(read_at: ReadAt, size: int) -> SafetensorsLayout:
+    """The tensors and ``__metadata__`` of the ``size``-byte safetensors file that ``read_at``
+    reads (only its header is read), with the checks of :func:`describe`.
+
+    Raises:
+        HeaderError: the header is malformed or inconsistent with the file. A header with no
+            tensors (``{}``) is not an error: its layout has an empty tensor list.
+        Exception: whatever ``read_at`` raises, unchanged.
+    """
+    header = _read_layout("safetensors", read_at, size)
+    return SafetensorsLayout(header.tensors, header.metadata)
+
+
+def gguf_layout(read_at: ReadAt, size: int) -> GgufLayout:
+    """The tensors and key/value byte ranges of the ``size``-byte GGUF (v2 or v3) file that
+    ``read_at`` reads (only its header is read; large arrays are skipped, not kept), with the
+    checks of :func:`describe`.
+
+    Raises:
+        HeaderError: bad magic or version, a count over the bounds, a truncated header, or a
+            tensor that does not fit its place in the file.
+        Exception: whatever ``read_at`` raises, unchanged.
+    """
+    header = _read_layout("gguf", read_at, size)
+    return GgufLayout(header.tensors, header.metadata)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from cas.compression import CODEC_DERIVED
 from cas.demo import LAST_LAYER, add_tensor_copy, finetune_copy, perturb_in_place
 from cas.packs import Pack
 from cas.store import Store
@@ -333,3 +334,107 @@ def test_real_model_finetune(cas, tmp_path: Path, real_model: Path) -> None:
     assert w["unchanged"] == len(header) - len(expect)
     size = (real_model / "model.safetensors").stat().st_size
     assert doc["stats"]["bytes_read"] < size / 4
+
+
+# -- how bytes are read ---------------------------------------------------------------------------
+
+
+def _two_versions(tmp_path: Path, derive: bool, changed: list[str]) -> tuple[Path, Path, Path]:
+    """A store holding ``org/m@1`` (8 tensors of 1 MiB) and ``org/m@2`` (``changed`` perturbed)."""
+    v1 = _model(tmp_path / "v1", _big_tensors(8, 256 * 1024))
+    v2 = tmp_path / "v2"
+    shutil.copytree(v1, v2)
+    perturb_in_place(v2 / "model.safetensors", changed, seed=1)
+    store = Store.init(tmp_path / "store", derive=derive)
+    store.add("org/m", v1)
+    store.add("org/m", v2)
+    store.close()
+    return tmp_path / "store", v1 / "model.safetensors", v2 / "model.safetensors"
+
+
+def _expected_differences(a: Path, b: Path) -> dict[str, int]:
+    from safetensors.numpy import load_file
+
+    ta, tb = load_file(str(a)), load_file(str(b))
+    return {name: _differing(ta[name], tb[name]) for name in ta if _differing(ta[name], tb[name])}
+
+
+@pytest.mark.parametrize("derive", [True, False])
+@pytest.mark.parametrize("window", [256 * 1024, 700 * 1024])
+def test_windows_smaller_than_a_tensor_count_exactly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, derive: bool, window: int) -> None:
+    import cas.diff
+
+    root, a, b = _two_versions(tmp_path, derive, ["layer.02.", "layer.03.", "layer.06."])
+    expected = _expected_differences(a, b)
+    with Store.open(root) as store:
+        whole = store.diff("org/m@1", "org/m@2")
+        monkeypatch.setattr(cas.diff, "WINDOW", window)
+        cut = store.diff("org/m@1", "org/m@2")
+    for r in (whole, cut):
+        (w,) = r.weights
+        assert {c.name: c.differing_bytes for c in w.changes} == expected
+        assert w.unchanged == 5
+    assert cut.stats.bytes_compared == whole.stats.bytes_compared
+    # A window boundary may cut through a chunk of A, which each window then decodes: a few
+    # chunks more, never the file.
+    assert cut.stats.bytes_read <= whole.stats.bytes_read * 1.25
+
+
+def _stored_bytes(store: Store, oids: set[bytes]) -> int:
+    from cas.format.pack import ENTRY_HEADER_SIZE
+
+    return sum(ENTRY_HEADER_SIZE + store.packs.locate(oid).entry.stored_len for oid in oids)
+
+
+def test_derived_chunks_find_their_base_already_read(tmp_path: Path) -> None:
+    root, _, _ = _two_versions(tmp_path, True, ["layer.01.", "layer.05."])
+    with Store.open(root) as store:
+        lists, header_chunks = [], set()
+        for spec in ("org/m@1", "org/m@2"):
+            clist_id = bytes.fromhex(store.manifest(store.resolve(spec)).files[0].chunks)
+            clist = store.read_chunk_list(clist_id)
+            lists.append((clist_id, {oid for oid, _ in clist.chunks}))
+            header_chunks.add(clist.chunks[0][0])
+        (_, ids_a), (_, ids_b) = lists
+        derived = [oid for oid in ids_b - ids_a
+                   if store.packs.locate(oid).entry.codec == CODEC_DERIVED]
+        assert len(derived) > 10  # the store did derive v2's changed chunks from v1
+        r = store.diff("org/m@1", "org/m@2")
+        need = _stored_bytes(store, (ids_a ^ ids_b) | header_chunks | {c for c, _ in lists})
+    # Each chunk of A under a changed tensor is read once, for the comparison and for the
+    # derived chunks of B predicted from it.
+    assert r.stats.bytes_read <= need * 1.1
+    assert sorted(c.name for c in r.weights[0].changes) == ["layer.01.weight", "layer.05.weight"]
+
+
+def test_damaged_chunk_is_a_verify_error(cas, tmp_path: Path) -> None:
+    root, _, _ = _two_versions(tmp_path, True, ["layer.04."])
+    assert root == cas.store
+    with Store.open(root) as store:
+        ids = [{oid for oid, _ in store.read_chunk_list(bytes.fromhex(
+            store.manifest(store.resolve(spec)).files[0].chunks)).chunks}
+            for spec in ("org/m@1", "org/m@2")]
+        victim = store.packs.locate(sorted(ids[1] - ids[0])[0])
+        path, at = victim.pack.pack_path, victim.entry.data_offset + victim.entry.stored_len // 2
+    with open(path, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    run = cas("diff", "org/m@1", "org/m@2", "--json", ok=False)
+    assert run.code != 0 and "Traceback" not in run.err
+    assert run.json["ok"] is False and run.json["error"]["code"] == "E_VERIFY"
+
+
+def test_gguf_duplicate_tensor_name_is_a_warning(cas, tmp_path: Path) -> None:
+    blob = np.zeros(8, np.float32).tobytes()
+    for d, tensors in (("v1", [("a", [8], 0, blob)]),
+                       ("v2", [("a", [8], 0, blob), ("a", [8], 0, bytes(32))])):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "m.gguf").write_bytes(_gguf({"general.name": d}, tensors))
+        cas("add", "org/g", str(tmp_path / d))
+    doc = _diff(cas, "org/g@1", "org/g@2")
+    assert doc["weights"] == []
+    (warning,) = doc["warnings"]
+    assert warning["code"] == "W_DIFF_HEADER" and "appears twice" in warning["message"]
