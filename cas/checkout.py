@@ -94,6 +94,8 @@ _NEW_FILE = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 
 
 class CheckoutResult(msgspec.Struct):
+    """What a checkout wrote into ``dest`` (the version, counts) and what it removed."""
+
     name: str
     seq: int
     commit: str
@@ -203,6 +205,39 @@ def pause_hook_from_env() -> Pause | None:
     return pause
 
 
+class _VerifiedFile:
+    """The checks every reader of a manifest file makes: its chunk list adds up to the
+    manifest's size (checked on construction), each chunk read is as long as the list says,
+    and the SHA-256 of the bytes fed in is the manifest's (:meth:`finish`).
+
+    Raises (each method):
+        VerifyError: the check failed (the message names the file).
+    """
+
+    def __init__(self, store: Store, entry: FileEntry) -> None:
+        clist = store.read_chunk_list(parse_hex(entry.chunks, what="chunk list id"))
+        if clist.size != entry.size:
+            raise VerifyError(
+                f"{entry.path}: chunk list size {clist.size} != manifest size {entry.size}")
+        self.entry = entry
+        self.chunks = clist.chunks
+        self.sha = hashlib.sha256()
+
+    def chunk(self, data: bytes | memoryview, oid: bytes, n: int) -> None:
+        """Check one chunk's length and hash its bytes."""
+        if len(data) != n:
+            raise VerifyError(f"{self.entry.path}: chunk {oid.hex()} is {len(data)} bytes, the "
+                              f"chunk list says {n}", object_id=oid.hex())
+        self.sha.update(data)
+
+    def finish(self) -> None:
+        """Check the SHA-256 of every byte fed in against the manifest."""
+        digest = self.sha.hexdigest()
+        if digest != self.entry.sha256:
+            raise VerifyError(f"{self.entry.path}: SHA-256 {digest} != manifest "
+                              f"{self.entry.sha256}", expected=self.entry.sha256, actual=digest)
+
+
 # -- large files -------------------------------------------------------------------------------
 
 
@@ -288,14 +323,11 @@ def _write_file(store: Store, entry: FileEntry, fd: int, writer: DurableWriter,
     """Write one file's verified bytes through ``writer`` and fsync it; return ``done``
     advanced by its size."""
     workers, hasher, io = pools
-    clist = store.read_chunk_list(parse_hex(entry.chunks, what="chunk list id"))
-    if clist.size != entry.size:
-        raise VerifyError(
-            f"{entry.path}: chunk list size {clist.size} != manifest size {entry.size}")
-    ids = [oid for oid, _n in clist.chunks]
-    lengths = [n for _oid, n in clist.chunks]
+    check = _VerifiedFile(store, entry)
+    ids = [oid for oid, _n in check.chunks]
+    lengths = [n for _oid, n in check.chunks]
     starts = [0, *accumulate(lengths)]
-    sha = hashlib.sha256()
+    sha = check.sha  # fed window by window (each chunk was verified in its window)
     # per window in flight: (buffer index, decode tasks, hashed, written, bytes)
     flight: deque[tuple[int, list[Future[None]], Future[None], Future[None], int]] = deque()
 
@@ -341,10 +373,7 @@ def _write_file(store: Store, entry: FileEntry, fd: int, writer: DurableWriter,
             for f in (*tasks, hashed, written):
                 f.exception()
             windows.free.append(index)
-    if sha.hexdigest() != entry.sha256:
-        raise VerifyError(
-            f"{entry.path}: SHA-256 {sha.hexdigest()} != manifest {entry.sha256}",
-            expected=entry.sha256, actual=sha.hexdigest())
+    check.finish()
     os.fchmod(fd, 0o755 if entry.executable else 0o644)
     writer.finish()
     return done
@@ -381,22 +410,12 @@ def read_verified(store: Store, entry: FileEntry) -> list[bytes | memoryview]:
     Raises:
         VerifyError | NotFoundError: damaged or missing chunks, or a file that differs.
     """
-    clist = store.read_chunk_list(parse_hex(entry.chunks, what="chunk list id"))
-    if clist.size != entry.size:
-        raise VerifyError(
-            f"{entry.path}: chunk list size {clist.size} != manifest size {entry.size}")
-    ids = [oid for oid, _n in clist.chunks]
+    check = _VerifiedFile(store, entry)
+    ids = [oid for oid, _n in check.chunks]
     parts = store.packs.read_many(ids) if ids else []
-    sha = hashlib.sha256()
-    for part, (oid, n) in zip(parts, clist.chunks):
-        if len(part) != n:
-            raise VerifyError(f"{entry.path}: chunk {oid.hex()} is {len(part)} bytes, the "
-                              f"chunk list says {n}", object_id=oid.hex())
-        sha.update(part)
-    if sha.hexdigest() != entry.sha256:
-        raise VerifyError(
-            f"{entry.path}: SHA-256 {sha.hexdigest()} != manifest {entry.sha256}",
-            expected=entry.sha256, actual=sha.hexdigest())
+    for part, (oid, n) in zip(parts, check.chunks):
+        check.chunk(part, oid, n)
+    check.finish()
     return parts
 
 
@@ -670,6 +689,8 @@ CAT_GROUP = 16
 
 
 class CatResult(msgspec.Struct):
+    """The file ``cat`` wrote: its version, path, size and (verified) SHA-256."""
+
     name: str
     seq: int
     path: str
@@ -692,23 +713,13 @@ def iter_file(store: Store, version: Version, path: str) -> Iterator[bytes | mem
     if entry is None:
         raise NotFoundError(f"{version.ref} has no file {path!r} (cas show {version.ref} "
                             "lists them)")
-    clist = store.read_chunk_list(parse_hex(entry.chunks, what="chunk list id"))
-    if clist.size != entry.size:
-        raise VerifyError(
-            f"{entry.path}: chunk list size {clist.size} != manifest size {entry.size}")
-    sha = hashlib.sha256()
-    for i in range(0, len(clist.chunks), CAT_GROUP):
-        group = clist.chunks[i : i + CAT_GROUP]
+    check = _VerifiedFile(store, entry)
+    for i in range(0, len(check.chunks), CAT_GROUP):
+        group = check.chunks[i : i + CAT_GROUP]
         for data, (oid, n) in zip(store.packs.read_many([oid for oid, _n in group]), group):
-            if len(data) != n:
-                raise VerifyError(f"{entry.path}: chunk {oid.hex()} is {len(data)} bytes, the "
-                                  f"chunk list says {n}", object_id=oid.hex())
-            sha.update(data)
+            check.chunk(data, oid, n)
             yield data
-    if sha.hexdigest() != entry.sha256:
-        raise VerifyError(
-            f"{entry.path}: SHA-256 {sha.hexdigest()} != manifest {entry.sha256}",
-            expected=entry.sha256, actual=sha.hexdigest())
+    check.finish()
 
 
 def cat_to_file(store: Store, version: Version, path: str, target: Path) -> CatResult:

@@ -103,11 +103,14 @@ class CheckoutRow(msgspec.Struct, frozen=True):
 
 
 class CheckoutList(msgspec.Struct):
+    """What ``cas checkouts`` lists: the readable records, and a warning per damaged one."""
+
     checkouts: list[CheckoutRow]
     warnings: list[CasWarning] = []
 
 
 def now() -> str:
+    """The current UTC time as ISO 8601 to the second (the records' time format)."""
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
@@ -130,6 +133,7 @@ def dest_key(real_dest: str) -> str:
 
 
 def record_path(store_path: Path, real_dest: str) -> Path:
+    """Where the record of ``real_dest`` lives in the store (whether or not it exists)."""
     return store_path / DIRNAME / f"{dest_key(real_dest)}.json"
 
 
@@ -187,6 +191,7 @@ def stamp(tree: DestTree, path: str) -> list[int] | None:
 
 
 def stamps(tree: DestTree, paths: list[str]) -> dict[str, list[int]]:
+    """The :func:`stamp` of the first ``STAMPS`` of ``paths`` (by path) that exist."""
     out = {}
     for path in sorted(paths)[:STAMPS]:
         got = stamp(tree, path)
@@ -299,6 +304,7 @@ def list_checkouts(store_path: Path) -> CheckoutList:
 
 
 def join(rel: str, name: str) -> str:
+    """The manifest path of ``name`` in folder ``rel`` ("" is the destination)."""
     return f"{rel}/{name}" if rel else name
 
 
@@ -406,12 +412,15 @@ class DestTree:
             os.fsync(self.fd(rel))
 
     def close(self) -> None:
+        """Close every folder descriptor this tree opened (not the destination's own)."""
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
 
 
 class Scan(msgspec.Struct):
+    """What :func:`scan_dest` found in a destination."""
+
     present: set[str] = set()
     extras: list[tuple[str, bool]] = []  # (path, is a folder), parents before children
     stale: int = 0
