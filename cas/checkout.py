@@ -519,6 +519,50 @@ def _make_dest(dest: Path) -> list[Path]:
     return [m.parent for m in missing]
 
 
+def _ancestors(path: str) -> Iterator[os.stat_result]:
+    """The stat of ``path`` and of each folder above it, the missing ones skipped."""
+    while True:
+        try:
+            yield os.stat(path)
+        except OSError:
+            pass
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        path = parent
+
+
+def _refuse_store(store_path: Path, dest: Path) -> None:
+    """Refuse a destination that is the store, lies inside it or holds it (by folder
+    identity, so another path to the same folder is refused too): a checkout there would
+    write into the store, and ``--clean`` delete it.
+
+    Raises:
+        ArgsError: the destination is, is inside, or holds the store.
+    """
+    try:
+        st = os.stat(store_path)
+    except OSError:
+        return
+    store_id = (st.st_dev, st.st_ino)
+    real_dest = os.path.realpath(dest)
+    above = [(a.st_dev, a.st_ino) for a in _ancestors(real_dest)]
+    if store_id in above:
+        where = "is" if above[0] == store_id and os.path.lexists(real_dest) else "is inside"
+    else:
+        try:
+            d = os.stat(real_dest)
+        except OSError:
+            return
+        if not any((a.st_dev, a.st_ino) == (d.st_dev, d.st_ino)
+                   for a in _ancestors(os.path.realpath(store_path))):
+            return
+        where = "holds"
+    raise ArgsError(f"{checkouts.shown(dest)} {where} the store {checkouts.shown(store_path)}: "
+                    "a checkout there would write into it (and --clean delete it); choose "
+                    "another folder")
+
+
 def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
              clean: bool = False, include: Sequence[str] = (),
              progress: Progress | None = None, cached: bool = False) -> CheckoutResult:
@@ -531,7 +575,8 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
     partial checkout are extra is a guess cas does not make).
 
     Raises:
-        ArgsError: ``clean`` with ``include``; a bad pattern; ``dest`` is not a directory.
+        ArgsError: ``clean`` with ``include``; a bad pattern; ``dest`` is not a directory;
+            ``dest`` is the store, is inside it or holds it.
         NotFoundError: an ``include`` pattern matches no file.
         ConflictError: a target file exists (without ``force``); ``clean`` on a destination
             cas did not write (without ``force``); a folder of ``dest`` is a symlink or was
@@ -546,6 +591,7 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
     all_paths = [f.path for f in manifest.files]
     dest = dest.expanduser().absolute()
     where = Path(checkouts.shown(dest))  # for messages: JSON cannot hold non-UTF-8 bytes
+    _refuse_store(store.path, dest)
     made = _make_dest(dest)
     pause = pause_hook_from_env()
     warnings: list[CasWarning] = []

@@ -222,3 +222,20 @@ def test_a_dest_whose_path_is_not_utf8_is_checked_out_without_a_record(
     assert r.code == 10 and r.json["error"]["code"] == "E_CONFLICT"
     assert "\\xff" in r.json["error"]["message"]
     assert _listing(Path(dest)) == set(V2)
+
+
+def test_a_dest_that_is_in_or_holds_the_store_is_refused(
+        two_versions, tmp_path: Path, store_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cas = two_versions
+    before = _listing(store_path)
+    (tmp_path / "alias").symlink_to(store_path.name)
+    for dest, where in [(store_path, "is the store"), (tmp_path / "alias", "is the store"),
+                        (store_path / "packs", "is inside the store"),
+                        (store_path / "new" / "dir", "is inside the store"),
+                        (tmp_path, "holds the store")]:
+        r = cas("--json", "checkout", "m@2", str(dest), "--force", "--clean", ok=False)
+        assert r.code == 2 and r.json["error"]["code"] == "E_ARGS", (dest, r.out)
+        assert where in r.json["error"]["message"], (dest, r.out)
+    assert _listing(store_path) == before
+    assert not (store_path / "new").exists() and not (tmp_path / "cfg.json").exists()
+    cas("verify", "--all")
