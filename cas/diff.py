@@ -278,37 +278,43 @@ class _Reader:
                 self._cache.popitem(last=False)
         return data
 
-    def decode(self, f: _StoredFile, i0: int, i1: int, into: Any = None,
-               hold: bool = False) -> tuple[Any, list[bytes]]:
-        """Chunks ``i0`` to ``i1 - 1`` of ``f``, verified, in one uint8 array (the start of
-        ``into`` when it is large enough, else a new one), and their ids.
+    def locate(self, f: _StoredFile, i0: int, i1: int) -> list[Located]:
+        """Where chunks ``i0`` to ``i1 - 1`` of ``f`` are stored (each counted as read).
+
+        Raises:
+            NotFoundError: a chunk is not in the store.
+        """
+        return [self._locate(oid) for oid in f.clist.ids(i0, i1)]
+
+    def decode(self, f: _StoredFile, i0: int, locs: list[Located], into: Any = None,
+               hold: bool = False) -> Any:
+        """The located chunks ``i0``, ``i0 + 1``, ... of ``f``, verified, in one uint8 array
+        (the start of ``into`` when it is large enough, else a new one).
 
         Chunks stored back to back in a pack are read with one ``pread`` and decoded in
         place. With ``hold``, the chunks are what derived chunks predicted from them get
-        until :meth:`release` is called with the ids; the range reader may keep them after
+        until :meth:`release` is called with ``locs``; the range reader may keep them after
         that, so a held array must not be reused.
 
         Raises:
-            NotFoundError | VerifyError: a chunk is missing or damaged.
+            VerifyError: a chunk is damaged, or its length is not the chunk list's.
         """
         base = f.starts[i0]
-        n = f.starts[i1] - base
+        n = f.starts[i0 + len(locs)] - base
         buf = into[:n] if into is not None and len(into) >= n else _np().empty(n, dtype="u1")
         view = memoryview(buf)
-        ids = f.clist.ids(i0, i1)
         outs: list[memoryview] = []
         depths: list[int] = []
         run: list[Entry] = []
         run_outs: list[memoryview | None] = []
         pack: Pack | None = None
-        for i, oid in enumerate(ids, i0):
+        for i, loc in enumerate(locs, i0):
             out = view[f.starts[i] - base : f.starts[i + 1] - base]
             outs.append(out)
-            loc = self._locate(oid)
             entry = loc.entry
             if entry.raw_len != len(out):
-                raise VerifyError(f"chunk {oid.hex()} holds {entry.raw_len} bytes, its chunk "
-                                  f"list says {len(out)}", object_id=oid.hex())
+                raise VerifyError(f"chunk {entry.oid.hex()} holds {entry.raw_len} bytes, its "
+                                  f"chunk list says {len(out)}", object_id=entry.oid.hex())
             if run and (entry.codec == CODEC_DERIVED or loc.pack is not pack or entry.offset
                         != run[-1].offset + ENTRY_HEADER_SIZE + run[-1].stored_len):
                 pack.read_run(run, run_outs)  # type: ignore[union-attr]
@@ -326,22 +332,22 @@ class _Reader:
             pack.read_run(run, run_outs)  # type: ignore[union-attr]
         if hold:
             with self._lock:
-                for oid, out, depth in zip(ids, outs, depths):
-                    held = self._held.get(oid)
+                for loc, out, depth in zip(locs, outs, depths):
+                    held = self._held.get(loc.entry.oid)
                     if held is None:
-                        self._held[oid] = [out, depth, 1]
+                        self._held[loc.entry.oid] = [out, depth, 1]
                     else:
                         held[2] += 1
-        return buf, ids
+        return buf
 
-    def release(self, ids: list[bytes]) -> None:
-        """Undo one :meth:`decode` with ``hold`` of these ids."""
+    def release(self, locs: list[Located]) -> None:
+        """Undo one :meth:`decode` with ``hold`` of these chunks."""
         with self._lock:
-            for oid in ids:
-                held = self._held[oid]
+            for loc in locs:
+                held = self._held[loc.entry.oid]
                 held[2] -= 1
                 if held[2] == 0:
-                    del self._held[oid]
+                    del self._held[loc.entry.oid]
 
 
 # -- comparing bytes ----------------------------------------------------------------------------
@@ -428,8 +434,9 @@ class _Comparer:
         """
         pieces = sorted((b0 + lo, b0 + hi, a0 - b0, k)
                         for k, (a0, b0, parts) in enumerate(regions) for lo, hi in parts)
-        futures = [self.pool.submit(self._compare_window, fa, fb, w)
-                   for w in _windows(fb, pieces)]
+        # Largest first, so that the threads finish together.
+        windows = sorted(_windows(fb, pieces), key=lambda w: fb.starts[w.j0] - fb.starts[w.j1])
+        futures = [self.pool.submit(self._compare_window, fa, fb, w) for w in windows]
         counts = [0] * len(regions)
         try:
             for fut in futures:
@@ -446,23 +453,33 @@ class _Comparer:
         """Decode one window of B and the chunks of A under it, and count the differing bytes
         of each piece: ``(region, differing, compared)`` per piece.
 
-        A's chunks are decoded (and held) first: B's derived chunks are predicted from them.
+        A's chunks are decoded first, and held while B's are decoded when some of those are
+        derived: they are predicted from A's.
         """
         np = _np()
         b_lo, b_hi = fb.starts[w.j0], fb.starts[w.j1]
         a_lo, a_hi = max(0, b_lo + w.shift), min(fa.size, b_hi + w.shift)
         sa = fa.span(a_lo, a_hi - a_lo)
-        # B's array and the comparison's are this thread's, reused: fresh pages cost more
-        # than decoding into them. A's is new: its chunks are held, and may stay cached.
+        locs_b = self.reader.locate(fb, w.j0, w.j1)
+        locs_a = self.reader.locate(fa, sa.start, sa.stop)
+        # The arrays are this thread's, reused (fresh pages cost more than decoding into
+        # them), except A's when B has derived chunks: A's chunks are then held for them,
+        # and the range reader may keep them.
+        derived = any(loc.entry.codec == CODEC_DERIVED for loc in locs_b)
         local = self._local
         if getattr(local, "b", None) is None or len(local.b) < b_hi - b_lo:
             local.b = np.empty(b_hi - b_lo, dtype="u1")
             local.ne = np.empty(b_hi - b_lo, dtype=bool)
-        buf_a, held = self.reader.decode(fa, sa.start, sa.stop, hold=True)
+        a_len = fa.starts[sa.stop] - fa.starts[sa.start]
+        if not derived and (getattr(local, "a", None) is None or len(local.a) < a_len):
+            local.a = np.empty(a_len, dtype="u1")
+        buf_a = self.reader.decode(fa, sa.start, locs_a, into=None if derived else local.a,
+                                   hold=derived)
         try:
-            buf_b, _ = self.reader.decode(fb, w.j0, w.j1, into=local.b)
+            buf_b = self.reader.decode(fb, w.j0, locs_b, into=local.b)
         finally:
-            self.reader.release(held)
+            if derived:
+                self.reader.release(locs_a)
         a_at = fa.starts[sa.start] - w.shift  # where buf_a starts, in B's offsets
         out = []
         for k, lo, hi in w.pieces:
