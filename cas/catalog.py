@@ -66,8 +66,8 @@ class VersionDetail(msgspec.Struct):
 
 
 class HistoryRow(msgspec.Struct):
-    """One event: ``add``, ``annotate``, ``rm``, ``restore`` (registry commits) or ``tag``
-    (a current tag, dated by its tag object)."""
+    """One event, one registry commit: ``add``, ``annotate``, ``tag``, ``untag``, ``rm`` or
+    ``restore``; ``tags`` are the tags it set, deleted or brought back."""
 
     action: str
     seq: int
@@ -200,7 +200,8 @@ def _parent_ref(store: Store, parent: str) -> str:
 
 def history(store: Store, spec: str) -> list[HistoryRow]:
     """Events of model ``NAME`` (newest first), or with ``NAME@V`` of that one version:
-    added, annotated, tagged, removed, restored. Removed models keep their history."""
+    added, annotated, tagged, untagged, removed, restored, one per registry commit. Removed
+    models keep their history."""
     parsed = parse_version_spec(spec)
     reg = store.registry
     if reg.head(parsed.name) is None:
@@ -208,27 +209,14 @@ def history(store: Store, spec: str) -> list[HistoryRow]:
     only: int | None = None
     if parsed.selector is not None:
         only = reg.resolve(parsed, removed_ok=True).seq
-    seq_of_commit = {h.commit: h.seq for h in reg.history(parsed.name) if h.action == "add"}
-    by_commit: dict[str, list[str]] = {}
-    tag_rows = []
-    for tag, commit, tagger, at in reg.tag_events(parsed.name):
-        by_commit.setdefault(commit, []).append(tag)
-        seq = seq_of_commit.get(commit)
-        if seq is not None and (only is None or seq == only):
-            tag_rows.append((at, HistoryRow("tag", seq, commit, tagger, _iso(at),
-                                            f"tag {parsed.name}@{tag} -> v{seq}", [tag], [seq])))
-    tag_rows.sort(key=lambda r: r[0], reverse=True)
     rows = []
-    for h in reg.history(parsed.name):  # the commit chain's order is kept as it is
+    for h in reg.history(parsed.name):
         if only is not None and only not in h.versions:
             continue
-        while tag_rows and tag_rows[0][0] > h.timestamp:
-            rows.append(tag_rows.pop(0)[1])
-        tags = sorted(by_commit.get(h.commit, [])) if h.action == "add" else \
-            sorted(t for t, s in h.tags if only is None or s == only)
+        tags = sorted(t for t, s in h.tags if only is None or s == only)
         rows.append(HistoryRow(h.action, h.seq, h.commit, h.author, _iso(h.timestamp),
                                h.message, tags, list(h.versions)))
-    return rows + [r for _, r in tag_rows]
+    return rows
 
 
 def _objects_of(store: Store, manifest: Manifest, sizes: dict[bytes, int]) -> list[bytes]:

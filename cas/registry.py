@@ -42,7 +42,7 @@ MODEL_REF_PREFIX = b"refs/models/"
 TAG_REF_PREFIX = b"refs/tags/"
 VERSIONS_DIR = b"versions"
 _TRAILER = re.compile(rb"^Cas-(Action|Version|Tag): ([^\n]+)$", re.MULTILINE)
-ACTIONS = ("add", "rm", "restore", "annotate")
+ACTIONS = ("add", "rm", "restore", "annotate", "tag", "untag")
 
 
 def version_path(seq: int) -> bytes:
@@ -374,21 +374,6 @@ class Registry:
             out[(model, tag)] = target.decode()
         return out
 
-    def tag_events(self, name: str) -> list[tuple[str, str, str, int]]:
-        """``(tag, commit, tagger, time)`` of every current tag of ``name``."""
-        out = []
-        for key, sha in self.repo.refs.as_dict(base=TAG_REF_PREFIX.rstrip(b"/")).items():
-            model, sep, tag = key.decode().rpartition("@")
-            if not sep or model != name:
-                continue
-            obj = self._object(sha, ShaFile, "tag")
-            if isinstance(obj, Tag):
-                out.append((tag, obj.object[1].decode(), obj.tagger.decode(errors="replace"),
-                            obj.tag_time))
-            else:
-                out.append((tag, sha.decode(), "", 0))
-        return out
-
     def version_of_commit(self, name: str, commit: str) -> Version:
         c = self._commit(commit.encode())
         action, seqs, _tags = _trailers(c.message)
@@ -624,8 +609,8 @@ class Registry:
             _message(f"restore {name} {_versions_text(seqs)}", "restore", seqs, tags),
             identity)
         by_seq = {r.version.seq: r.version for r in removed}
-        for tag, seq in tags:
-            self.set_tag(by_seq[seq], tag, identity=identity)
+        for tag, seq in tags:  # recorded by the restore commit itself
+            self.set_tag(by_seq[seq], tag, identity=identity, record=False)
         return commit.decode(), [t for t, _ in tags]
 
     def set_tag(
@@ -635,8 +620,11 @@ class Registry:
         *,
         force: bool = False,
         identity: tuple[str, str] | None = None,
-    ) -> None:
-        """Point ``NAME@tag`` at ``version`` with an annotated tag."""
+        record: bool = True,
+    ) -> bool:
+        """Point ``NAME@tag`` at ``version`` with an annotated tag; with ``record``, then
+        commit a ``tag`` event (same tree) to the model's history. Returns False, doing
+        nothing, if the tag already names ``version``."""
         validate_tag(tag)
         ref = tag_ref(version.name, tag)
         try:
@@ -649,14 +637,20 @@ class Registry:
                     raise ConflictError(
                         f"tag {version.name}@{tag} differs only in case from existing tag "
                         f"{version.name}@{other}")
+        was = None
         if old is not None:
-            obj = self.repo[old]
+            obj = self._object(old, ShaFile, "tag")
             target = obj.object[1] if isinstance(obj, Tag) else old
             if target.decode() == version.commit:
-                return  # already names this version: nothing to do
+                return False  # already names this version: nothing to do
+            try:
+                was = self.version_of_commit(version.name, target.decode()).seq
+            except (NotFoundError, SchemaError):
+                was = None
             if not force:
-                raise ConflictError(f"tag {version.name}@{tag} names another version "
-                                    "(use --force to move it)")
+                raise ConflictError(
+                    f"tag {version.name}@{tag} names another version"
+                    + (f" (v{was})" if was else "") + " (use --force to move it)")
         user, email = identity or resolve_identity()
         t = Tag()
         t.tagger = f"{user} <{email}>".encode()
@@ -667,12 +661,38 @@ class Registry:
         t.message = f"{version.name}@{tag} -> version {version.seq}\n".encode()
         self.repo.object_store.add_object(t)
         self._move_ref(ref, old or b"0" * 40, t.id)
+        if record:
+            # The ref is the truth; the event follows it (a crash in between loses only the
+            # history line, never the tag).
+            subject = f"tag {version.name}@{tag} -> v{version.seq}" + (
+                f" (was v{was})" if was else "")
+            self._commit_change(version.name, self.head(version.name), {},
+                                _message(subject, "tag", [version.seq], [(tag, version.seq)]),
+                                identity)
+        return True
 
-    def delete_tag(self, name: str, tag: str) -> None:
+    def delete_tag(self, name: str, tag: str, identity: tuple[str, str] | None = None
+                   ) -> Version | None:
+        """Delete tag ``NAME@tag`` and commit an ``untag`` event naming the version it named.
+        Returns that version (None if the tag named nothing readable).
+
+        Raises:
+            NotFoundError: there is no such tag.
+        """
         ref = tag_ref(name, tag)
-        if ref not in self.repo.refs:
+        target = self.tags(name).get((name, tag))
+        if target is None:
             raise NotFoundError(f"tag {name}@{tag} does not exist")
+        try:
+            version: Version | None = self.version_of_commit(name, target)
+        except (NotFoundError, SchemaError):
+            version = None
         self.repo.refs.remove_if_equals(ref, None)
+        if version is not None and self.head(name) is not None:
+            self._commit_change(name, self.head(name), {},
+                                _message(f"untag {name}@{tag} (was v{version.seq})", "untag",
+                                         [version.seq], [(tag, version.seq)]), identity)
+        return version
 
     def tags_of(self, version: Version) -> list[str]:
         return sorted(t for (m, t), c in self.tags(version.name).items() if c == version.commit)

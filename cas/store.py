@@ -24,8 +24,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from cas.errors import (
     CasError,
+    ConflictError,
     FormatError,
     NotFoundError,
     SchemaError,
@@ -54,6 +57,17 @@ if TYPE_CHECKING:
     from cas.ingest import AddOptions, AddResult
     from cas.removal import RemovedList, RemoveResult, RestoreResult
     from cas.verify import VerifyReport
+
+class TagResult(msgspec.Struct):
+    name: str
+    #: The version the tag names (or named, for a deletion); 0 if unreadable.
+    seq: int
+    commit: str
+    tag: str
+    deleted: bool
+    #: False when the tag already named the version (nothing was done).
+    changed: bool
+
 
 #: Progress callback: ``(bytes_done, bytes_total, label)``.
 Progress = Callable[[int, int, str], None]
@@ -447,22 +461,30 @@ class Store:
 
         return history(self, spec)
 
-    def tag(self, spec: str, tag: str, *, force: bool = False, delete: bool = False) -> Version:
-        """Name version ``spec`` with ``tag``, or with ``delete`` delete the tag ``tag`` of
-        ``spec``'s model (whatever version it names, a removed one included). Returns the
-        version the tag names (named)."""
+    def tag(self, spec: str, tag: str, *, force: bool = False, delete: bool = False,
+            author: str | None = None) -> TagResult:
+        """Name version ``spec`` with ``tag`` (a tag that already names it: nothing to do), or
+        with ``delete`` delete the tag ``tag`` of ``spec``'s model, whatever version it names
+        (a removed one included); ``NAME@V`` with ``delete`` must be the version it names.
+        Both are events in the model's history."""
+        from cas.registry import resolve_identity
+
+        identity = resolve_identity(author)
+        parsed = parse_version_spec(spec)
         with self.writing():
             if not delete:
-                version = self.resolve(spec)
-                self.registry.set_tag(version, tag, force=force)
-                return version
-            name = parse_version_spec(spec).name
-            target = self.registry.tags(name).get((name, tag))
-            self.registry.delete_tag(name, tag)  # raises NotFoundError if there is none
-            try:
-                return self.registry.version_of_commit(name, target or "")
-            except (CasError, KeyError, ValueError):
-                return Version(name, 0, target or "", "", 0, "")
+                version = self.resolve(parsed)
+                changed = self.registry.set_tag(version, tag, force=force, identity=identity)
+                return TagResult(version.name, version.seq, version.commit, tag, False, changed)
+            target = self.registry.tags(parsed.name).get((parsed.name, tag))
+            if target is not None and parsed.selector is not None:
+                wanted = self.registry.resolve(parsed, removed_ok=True)
+                if wanted.commit != target:
+                    raise ConflictError(f"tag {parsed.name}@{tag} does not name {wanted.ref}; "
+                                        f"'cas tag {parsed.name} {tag} --delete' deletes it")
+            named = self.registry.delete_tag(parsed.name, tag, identity)
+            return TagResult(parsed.name, named.seq if named else 0, target or "", tag, True,
+                             True)
 
     def rm(self, spec: str, *, force: bool = False, message: str = "",
            author: str | None = None) -> RemoveResult:

@@ -140,7 +140,7 @@ def show(ctx: Ctx, spec: str) -> None:
 
 
 _EVENT = {"add": "added", "annotate": "annotated", "rm": "removed", "restore": "restored",
-          "tag": "tagged"}
+          "tag": "tagged", "untag": "untagged"}
 
 
 @cli.command()
@@ -161,9 +161,7 @@ def log(ctx: Ctx, spec: str) -> None:
     for r in rows:
         what = ", ".join(f"@{s}" for s in r.versions) or f"@{r.seq}"
         extra = ""
-        if r.tags and r.action == "add":
-            extra = f"  [{', '.join(r.tags)}]"
-        elif r.tags and r.action in ("rm", "restore"):
+        if r.tags and r.action in ("rm", "restore"):
             extra = f"  (tags: {', '.join(r.tags)})"
         table.append([r.commit[:12], human_time(r.at), _EVENT.get(r.action, r.action), what,
                       _who(r.author), r.message + extra])
@@ -178,8 +176,10 @@ def log(ctx: Ctx, spec: str) -> None:
 @click.argument("tag_name", metavar="TAG")
 @click.option("-f", "--force", is_flag=True, help="Move the tag if it exists.")
 @click.option("-d", "--delete", is_flag=True, help="Delete the tag instead.")
+@click.option("--author", metavar="'NAME <EMAIL>'", help="Who tags.")
 @pass_ctx
-def tag(ctx: Ctx, spec: str, tag_name: str, force: bool, delete: bool) -> None:
+def tag(ctx: Ctx, spec: str, tag_name: str, force: bool, delete: bool,
+        author: str | None) -> None:
     """Tag version NAME[@V] as TAG (then NAME@TAG names it).
 
     \b
@@ -188,10 +188,15 @@ def tag(ctx: Ctx, spec: str, tag_name: str, force: bool, delete: bool) -> None:
       cas tag org/model candidate --delete
     """
     with ctx.open() as store:
-        v = store.tag(spec, tag_name, force=force, delete=delete)
-    what = "deleted tag" if delete else "tagged"
-    ctx.out.result({"name": v.name, "seq": v.seq, "commit": v.commit, "tag": tag_name,
-                    "deleted": delete}, f"{what} {v.name}@{tag_name} ({v.ref})")
+        r = store.tag(spec, tag_name, force=force, delete=delete, author=author)
+    named = f"{r.name}@{r.seq}" if r.seq else "an unreadable version"
+    if delete:
+        text = f"deleted tag {r.name}@{r.tag} (it named {named})"
+    elif r.changed:
+        text = f"tagged {named} as {r.name}@{r.tag}"
+    else:
+        text = f"{r.name}@{r.tag} already names {named}; nothing to do"
+    ctx.out.result(r, text)
 
 
 @cli.command()

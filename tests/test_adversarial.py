@@ -218,11 +218,6 @@ def _git_dir_upper(d: Path) -> None:
     (d / "sub" / ".GIT" / "config").write_bytes(b"x")
 
 
-def _git_file(d: Path) -> None:
-    (d / "zz").mkdir()
-    (d / "zz" / ".git").write_bytes(b"gitdir: /elsewhere")
-
-
 def _symlink_loop(d: Path) -> None:
     (d / "sub").mkdir()
     (d / "sub" / "loop").symlink_to("..")
@@ -234,7 +229,7 @@ def _fifo(d: Path) -> None:
 
 @pytest.mark.parametrize("make_bad", [
     _case_collision, _case_collision_dirs, _backslash, _control_char, _drive_letter,
-    _git_dir_upper, _git_file, _symlink_loop, _fifo,
+    _git_dir_upper, _symlink_loop, _fifo,
 ])
 def test_unsafe_or_colliding_input_refused_before_any_pack(shared: Path, tmp_path: Path,
                                                            make_bad) -> None:

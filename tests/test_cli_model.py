@@ -153,7 +153,9 @@ def test_metadata_show_log_tag_rm(cas, real_model, versions):
     assert cas("--json", "show", f"{NAME}@1", ok=False).json["error"]["code"] == "E_NOT_FOUND"
     assert cas("--json", "show", f"{NAME}@2").json["seq"] == 2
     history = cas("--json", "log", NAME).json["history"]
-    assert [(h["action"], h["seq"]) for h in history] == [("rm", 1), ("add", 2), ("add", 1)]
+    assert [(h["action"], h["seq"]) for h in history] == [
+        ("rm", 1), ("tag", 1), ("untag", 1), ("add", 2), ("tag", 1), ("add", 1)]
+    assert history[0]["tags"] == ["keep"] and history[2]["tags"] == ["prod"]
     assert cas("--json", "verify", "--all").json["ok"]
     cas("rm", NAME)
     assert [r["name"] for r in cas("--json", "ls").json["models"]] == ["demo/tuned"]

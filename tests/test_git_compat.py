@@ -28,8 +28,8 @@ def test_real_git_reads_registry(cas, git, tmp_path):
 
     log = git_out(git, reg, "log", "--format=%an <%ae>|%s", "refs/models/org/model").splitlines()
     assert [line.split("|")[1] for line in log] == [
-        "rm org/model v1", "add org/model v3: round 2", "add org/model v2: round 1",
-        "add org/model v1: round 0"]
+        "rm org/model v1", "tag org/model@prod -> v2", "add org/model v3: round 2",
+        "add org/model v2: round 1", "add org/model v1: round 0"]
     assert all("@" in line.split("|")[0] for line in log)  # authored as user@host
 
     shown = git_out(git, reg, "show", "refs/models/org/model:versions/000003.json")
@@ -38,7 +38,7 @@ def test_real_git_reads_registry(cas, git, tmp_path):
     assert json.loads(shown)["files"][0]["path"] == "w.bin"
 
     # git show of a version's commit shows the manifest JSON it added.
-    commit = git_out(git, reg, "rev-parse", "refs/models/org/model~1").strip()
+    commit = git_out(git, reg, "rev-parse", "refs/models/org/model~2").strip()
     patch = git_out(git, reg, "show", commit)
     assert '"schema": "cas.manifest"' in patch and "versions/000003.json" in patch
 

@@ -277,3 +277,20 @@ def test_verify_all_checks_what_restore_could_bring_back(two_versions):
     assert cas("--json", "verify", "--all").json["versions_checked"] == 2
     cas("config", "set", "restore_window", "0")  # nothing is restorable any more
     assert cas("--json", "verify", "--all").json["versions_checked"] == 1
+
+
+def test_tag_moves_and_deletions_are_history(two_versions):
+    cas = two_versions
+    cas("tag", "org/m@2", "prod", "--force")
+    moved = cas("--json", "log", "org/m").json["history"][0]
+    assert moved["action"] == "tag" and moved["tags"] == ["prod"] and "(was v1)" in moved["message"]
+    again = cas("--json", "tag", "org/m@2", "prod").json
+    assert again["changed"] is False and "nothing to do" in cas("tag", "org/m@2", "prod").out
+    wrong = cas("--json", "tag", "org/m@1", "prod", "--delete", ok=False).json["error"]
+    assert wrong["code"] == "E_CONFLICT" and "does not name org/m@1" in wrong["message"]
+    gone = cas("--json", "tag", "org/m", "prod", "--delete").json
+    assert gone["deleted"] and gone["seq"] == 2
+    events = [(h["action"], h["tags"]) for h in cas("--json", "log", "org/m@2").json["history"]]
+    assert events[:2] == [("untag", ["prod"]), ("tag", ["prod"])]
+    assert ("tag", ["prod"]) in [(h["action"], h["tags"])
+                                 for h in cas("--json", "log", "org/m@1").json["history"]]
