@@ -569,18 +569,24 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
     """Write the files of ``version`` (those ``include`` selects, if given) under ``dest``
     (created if missing).
 
-    ``clean`` removes the entries of ``dest`` that are not in the version (files, symlinks as
-    links, folders left empty), before writing; it is refused where cas has no record of a
-    checkout into ``dest`` unless ``force``, and refused with ``include`` (which files of a
-    partial checkout are extra is a guess cas does not make).
+    ``clean`` removes, before writing, the files of ``dest`` that are not in the version and
+    that cas wrote there (listed in the record that owns ``dest``, see
+    :func:`cas.checkouts.owns`), and folders that this leaves empty. Other extra files are
+    the user's: ``clean`` is refused while any exist, unless ``force``, which deletes every
+    extra entry (symlinks as links). ``clean`` is refused with ``include`` (which files of a
+    partial checkout are extra is a guess cas does not make). The record's ``files`` keep
+    the files cas wrote before that stay in ``dest``.
+
+    A file of the version that exists in ``dest`` is replaced if cas wrote it (as above),
+    else only with ``force``.
 
     Raises:
         ArgsError: ``clean`` with ``include``; a bad pattern; ``dest`` is not a directory;
             ``dest`` is the store, is inside it or holds it.
         NotFoundError: an ``include`` pattern matches no file.
-        ConflictError: a target file exists (without ``force``); ``clean`` on a destination
-            cas did not write (without ``force``); a folder of ``dest`` is a symlink or was
-            swapped while checkout ran.
+        ConflictError: a target file cas did not write exists (without ``force``); ``clean``
+            where extra files cas did not write exist (without ``force``); a folder of
+            ``dest`` is a symlink or was swapped while checkout ran.
         VerifyError: stored bytes are damaged; the damaged file is not written.
     """
     if clean and include:
@@ -602,6 +608,7 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
     tree = checkouts.DestTree(root_fd, where)
     large = _LargeFiles(store, cached)
     batch = _SmallBatch(store, tree, pause)
+    record: checkouts.CheckoutRecord | None = None
     try:
         real = os.path.realpath(dest)
         scan = checkouts.scan_dest(tree, set(all_paths), _version_dirs(all_paths))
@@ -610,46 +617,59 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
                 code="W_STALE_TEMPS",
                 message=f"removed {scan.stale} temp file{'s' if scan.stale != 1 else ''} "
                         f"left in {where} by an interrupted checkout"))
-        if not force:
-            clash = [f.path for f in chosen if f.path in scan.present]
-            if clash:
-                raise ConflictError(f"{where / clash[0]} exists (use --force to overwrite)"
-                                    + (f" and {len(clash) - 1} more" if len(clash) > 1
-                                       else ""))
         try:
             previous = checkouts.load(store.path, real)
             damaged = None
         except CasError as exc:
             previous, damaged = None, exc.message
         owned = checkouts.owns(previous, tree)
+        owned_files = set(previous.files) if owned and previous is not None else set()
+        extras = checkouts.sort_extras(scan, owned_files, clean=clean, force=force)
         extra = [p for p, is_dir in scan.extras if not is_dir]
-        why_not = ("no record of it in the store" if previous is None
-                   else "the store's record names another folder at that path")
-        if clean and scan.extras and not owned and not force:
+        if clean and extras.foreign and not force:
+            foreign = extras.foreign
+            if not owned:
+                why_not = ("no record of it in the store" if previous is None
+                           else "the store's record names another folder at that path")
+                raise ConflictError(
+                    f"{where} was not written by cas checkout ({damaged or why_not}) and "
+                    f"holds {len(foreign)} files not in {version.ref} ({_names(foreign)}): "
+                    "--clean would delete them; add --force to do so")
             raise ConflictError(
-                f"{where} was not written by cas checkout ({damaged or why_not}) and holds "
-                f"{len(extra)} files not in {version.ref} ({_names(extra)}): --clean would "
-                "delete them; add --force to do so")
+                f"{where} holds {len(foreign)} file{'s' if len(foreign) != 1 else ''} not in "
+                f"{version.ref} that cas did not write ({_names(foreign)}): --clean deletes "
+                "only the files cas wrote; add --force to delete these too")
+        chosen_paths = [f.path for f in chosen]
+        if not force:  # cas's own files are replaced, anything else only with --force
+            clash = [f.path for f in chosen if f.path in scan.present
+                     and not (f.path in owned_files and f.path in scan.files)]
+            if clash:
+                raise ConflictError(f"{where / clash[0]} exists (use --force to overwrite)"
+                                    + (f" and {len(clash) - 1} more" if len(clash) > 1
+                                       else ""))
+        files = sorted(extras.kept.union(chosen_paths))
         record = checkouts.CheckoutRecord(
             dest=real, dest_dev=tree.ids[""][0], dest_ino=tree.ids[""][1], name=version.name,
             seq=version.seq, commit=version.commit, state=checkouts.STATE_WRITING,
-            started_at=checkouts.now(), include=list(include), files=[f.path for f in chosen])
+            started_at=checkouts.now(), include=list(include), files=files)
         try:
             checkouts.save(store.path, record)
         except CasError as exc:
             warnings.append(CasWarning(code="W_NO_RECORD",
                                        message=f"the checkout is not recorded: {exc.message}"))
-            record = None  # type: ignore[assignment]
+            record = None
         if pause is not None:
             pause("scanned")
         removed = (0, 0)
         if clean:
-            removed = checkouts.remove_extras(tree, scan.extras)
+            removed = checkouts.remove_extras(tree, extras.remove)
         elif extra:
             warnings.append(CasWarning(
                 code="W_EXTRA_FILES",
                 message=f"{where} holds {len(extra)} file{'s' if len(extra) != 1 else ''} "
-                        f"not in {version.ref} ({_names(extra)}); --clean removes them"))
+                        f"not in {version.ref} ({_names(extra)}); "
+                        + ("--clean removes them" if not extras.foreign
+                           else "--clean removes those cas wrote, --force --clean all")))
         total = sum(f.size for f in chosen)
         done = 0
         with gc_paused():
@@ -679,14 +699,10 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
             except CasError as exc:
                 warnings.append(CasWarning(code="W_NO_RECORD", message=(
                     f"the checkout is recorded as unfinished: {exc.message}")))
-    except CasError:
+    except BaseException as exc:
         batch.discard()
-        raise
-    except OSError as exc:
-        batch.discard()
-        raise from_os_error(exc, f"checking out into {where}") from None
-    except BaseException:
-        batch.discard()
+        if isinstance(exc, OSError):
+            raise from_os_error(exc, f"checking out into {where}") from None
         raise
     finally:
         large.close()

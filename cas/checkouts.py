@@ -421,15 +421,19 @@ class DestTree:
 class Scan(msgspec.Struct):
     """What :func:`scan_dest` found in a destination."""
 
+    #: Version paths that exist (whatever they are), and version folders that are not one.
     present: set[str] = set()
-    extras: list[tuple[str, bool]] = []  # (path, is a folder), parents before children
+    #: Entries not in the version: (path, is a folder), parents before children.
+    extras: list[tuple[str, bool]] = []
     stale: int = 0
+    #: Every regular file found (temps aside), in the version or not.
+    files: set[str] = set()
 
 
 def scan_dest(tree: DestTree, files: set[str], dirs: set[str]) -> Scan:
     """Walk the destination without following symlinks: remove temps of killed checkouts,
     find which version paths exist and which entries are not in the version (``extras``)."""
-    scan = Scan(set(), [], 0)
+    scan = Scan(set(), [], 0, set())
 
     def walk(fd: int, rel: str, inside_extra: bool) -> None:
         with os.scandir(fd) as it:
@@ -447,6 +451,8 @@ def scan_dest(tree: DestTree, files: set[str], dirs: set[str]) -> Scan:
                 continue
             path = join(rel, e.name)
             is_dir = e.is_dir(follow_symlinks=False)
+            if not is_dir and e.is_file(follow_symlinks=False):
+                scan.files.add(path)
             if inside_extra:
                 extra = True
             elif path in files:
@@ -474,6 +480,45 @@ def scan_dest(tree: DestTree, files: set[str], dirs: set[str]) -> Scan:
 
     walk(tree.root_fd, "", False)
     return scan
+
+
+class Extras(msgspec.Struct):
+    """How a checkout treats the entries of DEST that are not in the version."""
+
+    #: Extra files cas wrote: listed in the record that owns DEST, and still regular files.
+    mine: list[str]
+    #: Extra files (and symlinks, and anything else but folders) cas did not write.
+    foreign: list[str]
+    #: What ``--clean`` deletes, parents before children: with ``force`` every extra entry;
+    #: else ``mine`` and the extra folders that hold one of them (removed once empty).
+    remove: list[tuple[str, bool]]
+    #: Files cas wrote before that stay in DEST (the new record keeps listing them).
+    kept: set[str]
+
+
+def sort_extras(scan: Scan, owned_files: set[str], *, clean: bool, force: bool) -> Extras:
+    """Tell the extra entries cas wrote (``owned_files``: the ``files`` of the record that
+    owns DEST, empty if none does) from the others, and decide what ``clean`` deletes."""
+    mine: list[str] = []
+    foreign: list[str] = []
+    for path, is_dir in scan.extras:
+        if not is_dir:
+            (mine if path in owned_files and path in scan.files else foreign).append(path)
+    remove: list[tuple[str, bool]] = []
+    if clean and force:
+        remove = list(scan.extras)
+    elif clean:
+        holders: set[str] = set()
+        for path in mine:
+            parent = path.rpartition("/")[0]
+            while parent and parent not in holders:
+                holders.add(parent)
+                parent = parent.rpartition("/")[0]
+        chosen = set(mine)
+        remove = [(p, d) for p, d in scan.extras if (p in holders if d else p in chosen)]
+    removed = {p for p, d in remove if not d}
+    kept = {p for p in owned_files if p in scan.files and p not in removed}
+    return Extras(mine, foreign, remove, kept)
 
 
 def remove_extras(tree: DestTree, extras: list[tuple[str, bool]]) -> tuple[int, int]:

@@ -22,11 +22,12 @@ def _count(n: int, noun: str) -> str:
 @click.argument("spec", metavar="NAME[@V]", shell_complete=complete_spec)
 @click.argument("dest", type=click.Path(path_type=Path))
 @click.option("-f", "--force", is_flag=True,
-              help="Overwrite files that exist in DEST; with --clean, clean a DEST that cas "
-                   "did not write.")
+              help="Overwrite files in DEST that cas did not write; with --clean, delete "
+                   "them too.")
 @click.option("--clean", is_flag=True,
-              help="Remove the files of DEST that are not in the version (and folders left "
-                   "empty); only where cas checked out before, unless --force.")
+              help="Remove the files cas wrote in DEST that are not in the version (and "
+                   "folders left empty); refused while DEST holds other files not in the "
+                   "version, unless --force.")
 @click.option("--include", "include", multiple=True, metavar="PATTERN",
               help="Only files that PATTERN matches, in gitignore syntax: '*.json' at any "
                    "depth, '/*.json' at the top only, 'onnx/' a folder (repeatable).")
@@ -38,12 +39,13 @@ def checkout(ctx: Ctx, spec: str, dest: Path, force: bool, clean: bool,
              include: tuple[str, ...], cached: bool) -> None:
     """Write the files of NAME[@V] under DEST, byte-identical and SHA-256 verified.
 
-    Files appear under their names only once complete and durable. Files of DEST that are not
-    in the version are left alone (a warning names them) unless --clean.
+    Files appear under their names only once complete and durable. Files cas wrote in DEST
+    before are replaced; other files are never touched without --force. Files of DEST that
+    are not in the version are left alone (a warning names them) unless --clean.
 
     \b
     Examples:
-      cas checkout org/model@prod ./serve --force --clean
+      cas checkout org/model@prod ./serve --clean
       cas checkout org/model ./tok --include 'tokenizer*' --include '/*.json'
     """
     with ctx.open() as store, progress_for(ctx) as bar:

@@ -239,3 +239,78 @@ def test_a_dest_that_is_in_or_holds_the_store_is_refused(
     assert _listing(store_path) == before
     assert not (store_path / "new").exists() and not (tmp_path / "cfg.json").exists()
     cas("verify", "--all")
+
+
+def _record(store_path: Path, dest: Path) -> dict:
+    key = blake3.blake3(os.fsencode(os.path.realpath(dest))).hexdigest()
+    return json.loads((store_path / "checkouts" / f"{key}.json").read_bytes())
+
+
+def test_clean_never_deletes_user_files_in_a_folder_cas_checked_out_into(
+        two_versions, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A checkout into a folder that holds the user's files makes cas own what it wrote
+    there, not the folder: --clean later deletes only cas's files, and is refused while
+    files cas did not write are in the way."""
+    cas = two_versions
+    dest = _tree(tmp_path / "proj", {"src/main.py": b"precious", "notes/todo.txt": b"t"})
+    r = cas("checkout", "m@1", str(dest))
+    assert "[W_EXTRA_FILES]" in r.err
+    r = cas("--json", "checkout", "m@2", str(dest), "--clean", ok=False)
+    assert r.code == 10 and r.json["error"]["code"] == "E_CONFLICT"
+    msg = r.json["error"]["message"]
+    assert "2 files not in m@2 that cas did not write" in msg and "src/main.py" in msg
+    assert "--force" in msg and "old/a.txt" not in msg
+    # refused before anything changed: m@1's files and the user's are all there
+    assert _listing(dest) == set(V1) | {"src/main.py", "notes/todo.txt"}
+    assert (dest / "model.bin").read_bytes() == V1["model.bin"]
+    assert (dest / "src/main.py").read_bytes() == b"precious"
+    # without --clean: m@1's leftovers stay and the warning says what --clean would do
+    r = cas("checkout", "m@2", str(dest), "--force")
+    assert "4 files not in m@2" in r.err and "--clean removes those cas wrote" in r.err
+    # once the user's files are gone, --clean removes m@1's leftovers without --force
+    (dest / "src/main.py").unlink()
+    (dest / "notes/todo.txt").unlink()
+    r = cas("--json", "checkout", "m@2", str(dest), "--clean")
+    assert r.json["removed_files"] == 2 and r.json["removed_dirs"] == 2  # old/, old/deep/
+    # the user's emptied folders are not cas's: left alone
+    assert _listing(dest) == set(V2)
+    assert (dest / "src").is_dir() and (dest / "notes").is_dir()
+
+
+def test_force_clean_deletes_user_files_too(two_versions, tmp_path: Path
+                                            ) -> None:  # type: ignore[no-untyped-def]
+    cas = two_versions
+    dest = _tree(tmp_path / "proj", {"src/main.py": b"precious"})
+    cas("checkout", "m@1", str(dest))
+    r = cas("--json", "checkout", "m@2", str(dest), "--clean", "--force")
+    assert r.json["removed_files"] == 3 and r.json["removed_dirs"] == 3
+    assert _listing(dest) == set(V2) and not (dest / "src").exists()
+
+
+def test_the_record_keeps_the_files_cas_wrote_before(two_versions, tmp_path: Path,
+                                                     store_path: Path
+                                                     ) -> None:  # type: ignore[no-untyped-def]
+    """checkout v1; checkout --force v2 (v1's leftovers stay); checkout --clean v2: the
+    leftovers are still cas's, removed without --force."""
+    cas = two_versions
+    dest = tmp_path / "serve"
+    cas("checkout", "m@1", str(dest))
+    cas("checkout", "m@2", str(dest), "--force")
+    assert sorted(_record(store_path, dest)["files"]) == sorted(set(V1) | set(V2))
+    r = cas("--json", "checkout", "m@2", str(dest), "--clean")
+    assert r.json["removed_files"] == 2 and _listing(dest) == set(V2)
+    assert sorted(_record(store_path, dest)["files"]) == sorted(V2)
+    # a folder cas does not own (made again at the same path) starts a fresh list
+    for p in sorted(dest.rglob("*"), reverse=True):
+        p.rmdir() if p.is_dir() else p.unlink()
+    dest.rmdir()
+    _tree(dest, {"old/a.txt": b"theirs"})
+    cas("checkout", "m@2", str(dest))
+    assert sorted(_record(store_path, dest)["files"]) == sorted(V2)
+    r = cas("checkout", "m@2", str(dest), "--clean", ok=False)
+    assert r.code == 10 and "old/a.txt" in r.err
+    assert (dest / "old" / "a.txt").read_bytes() == b"theirs"
+    # what the user asks cas to overwrite (--force) becomes cas's
+    cas("checkout", "m@1", str(dest), "--force")
+    cas("checkout", "m@2", str(dest), "--clean")
+    assert _listing(dest) == set(V2)
