@@ -96,6 +96,8 @@ def annotate(store: Store, spec: str, ann: Annotation) -> AnnotateResult:
         parents = list(md.parents)
         for spec in ann.parents:
             p_version = store.registry.resolve(parse_version_spec(spec))
+            if p_version.commit == version.commit:
+                raise ArgsError(f"{version.ref} cannot be its own parent")
             ref = f"{p_version.name}@{p_version.commit}"
             if ref not in parents:
                 parents.append(ref)

@@ -477,6 +477,7 @@ class Registry:
                 f"model name {name!r} differs only in case from existing model {other!r} "
                 "(they would collide on case-insensitive filesystems)")
         key = name.casefold()
+        segs = name.split("/")
         for other in self.model_names():
             o = other.casefold()
             if other != name and (o.startswith(key + "/") or key.startswith(o + "/")):
@@ -484,6 +485,14 @@ class Registry:
                     f"model name {name!r} clashes with existing model {other!r} "
                     "(one cannot be a folder of the other)"
                 )
+            # Folders of ref names collide up to case too: ORG/a beside org/b.
+            for a, b in zip(segs[:-1], other.split("/")[:-1]):
+                if a != b and a.casefold() == b.casefold():
+                    raise ConflictError(
+                        f"model name {name!r}: folder {a!r} differs only in case from "
+                        f"{b!r} of existing model {other!r}")
+                if a != b:
+                    break
 
     def _make_commit(
         self, tree: Tree, parent: bytes | None, message: str, identity: tuple[str, str]

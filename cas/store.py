@@ -134,7 +134,10 @@ class Store:
 
         path = Path(path).expanduser().absolute()
         if (path / CONFIG).exists():
-            store = cls.open(path)
+            try:
+                store = cls.open(path)
+            except NotFoundError:  # a config.json of something else: a model folder
+                raise ConflictError(f"{path} is not empty and is not a cas store") from None
             if derive is not None and derive != store.config.derives:
                 store.close()
                 have = "stores" if not derive else "does not store"

@@ -180,7 +180,7 @@ def metadata_not_recorded(options: AddOptions, parents: list[str], latest: Versi
     def flag(opt: str, value: object) -> None:
         flags.append(f"{opt} {shlex.quote(str(value))}")
 
-    if options.message:
+    if options.message and not latest.message.endswith(f": {options.message}"):
         flag("-m", options.message)
     for k, v in options.metrics.items():
         if meta.metrics.get(k) != v:

@@ -55,7 +55,7 @@ def pass_ctx(f: Callable[..., None]) -> Callable[..., None]:
     """Pass the Ctx, and accept the global flags after the command name too
     (``cas ls --json`` as well as ``cas --json ls``)."""
 
-    @click.option("--store", "store_", metavar="PATH", default=None,
+    @click.option("--store", "store_", metavar="PATH", default=None, callback=nonempty_store,
                   help="Store to use (same as the global option).")
     @click.option("--json", "json_", is_flag=True, help="Print one JSON document.")
     @click.option("-q", "--quiet", "quiet_", is_flag=True, help="Print nothing but errors.")
@@ -72,6 +72,26 @@ def pass_ctx(f: Callable[..., None]) -> Callable[..., None]:
         f(obj, *args, **kwargs)
 
     return wrapper
+
+
+class NonEmptyPath(click.Path):
+    """A path argument that refuses the empty string: "" is a mistake (an unset variable),
+    not the current folder, which ``Path("")`` would silently become."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            name = param.human_readable_name if param is not None else "path"
+            raise ArgsError(f"{name} is empty")
+        return super().convert(value, param, ctx)
+
+
+def nonempty_store(ctx: click.Context, param: click.Parameter, value: str | None
+                   ) -> str | None:
+    """Click callback for ``--store``: an empty value is refused, not taken as the default."""
+    if value is not None and not value.strip():
+        raise ArgsError("--store is empty")
+    return value
 
 
 _EXAMPLES = "\b\nExamples:"
@@ -110,7 +130,7 @@ class CasGroup(click.Group):
 
 
 @click.group(cls=CasGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--store", "store", metavar="PATH", envvar=None,
+@click.option("--store", "store", metavar="PATH", envvar=None, callback=nonempty_store,
               help="Store to use (default: $CAS_HOME, else the XDG data directory).")
 @click.option("--json", "json_mode", is_flag=True, help="Print one JSON document.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")

@@ -8,6 +8,7 @@ from typing import Any
 import click
 from cas.cli.app import (
     Ctx,
+    NonEmptyPath,
     cli,
     parse_metrics,
     parse_pairs,
@@ -22,7 +23,7 @@ from cas.cli.render import human_bytes
 
 @cli.command()
 @click.argument("name", shell_complete=complete_model)
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=NonEmptyPath(path_type=Path))
 @click.option("-m", "--message", default="", help="Describe this version.")
 @click.option("--tag", "tags", multiple=True, help="Tag the new version (repeatable).")
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Free metadata (repeatable).")

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import click
-from cas.cli.app import Ctx, ReportedFailure, cli, pass_ctx, progress_for
+from cas.cli.app import Ctx, NonEmptyPath, ReportedFailure, cli, pass_ctx, progress_for
 from cas.cli.complete import complete_model, complete_spec
 from cas.cli.render import human_bytes
 
@@ -15,7 +15,7 @@ from cas.store import Store
 
 
 @cli.command()
-@click.argument("path", required=False)
+@click.argument("path", required=False, type=NonEmptyPath())
 @click.option("--no-derive", is_flag=True,
               help="Never store a tensor as its difference from the previous version: "
                    "more space for fine-tunes and dtype conversions, faster restores of them.")

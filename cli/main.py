@@ -3,12 +3,13 @@ code. Importing this module registers every command family on the click group.""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 from cas.cli import cmd_add, cmd_completion, cmd_diff, cmd_files, cmd_models, cmd_store  # noqa: E501, F401  (registers commands)
 from cas.cli.app import ReportedFailure, cli
-from cas.cli.render import fail
+from cas.cli.render import PipeClosed, fail
 
 from cas.errors import ArgsError, CasError, Interrupted
 
@@ -18,7 +19,8 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     json_mode = "--json" in args
     try:
-        cli.main(args=args, prog_name="cas", standalone_mode=False)
+        code = cli.main(args=args, prog_name="cas", standalone_mode=False)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
     except ReportedFailure as exc:
         import msgspec
 
@@ -34,11 +36,14 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(fail(ArgsError(exc.format_message()), True))
         exc.show()
         sys.exit(ArgsError.exit_code)
-    except BrokenPipeError:
+    except (BrokenPipeError, PipeClosed):
+        # The reader went away (``cas ls | head``): not an error. Point stdout at /dev/null
+        # so that the interpreter's final flush cannot fail again and change the exit code.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
     except Exception as exc:  # noqa: BLE001 - anything else is a bug, reported as one
         sys.exit(fail(exc, json_mode))
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

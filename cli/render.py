@@ -35,7 +35,7 @@ class Output:
                 payload = {"ok": True, **payload}
             else:
                 payload = {"ok": True, "result": payload}
-            sys.stdout.write(msgspec.json.encode(payload).decode() + "\n")
+            write_out(msgspec.json.encode(payload).decode() + "\n")
         elif text is not None and not self.quiet:
             lines = [text] if isinstance(text, str) else text
             for line in lines:
@@ -52,8 +52,21 @@ class Output:
         return ProgressBar()
 
 
+class PipeClosed(Exception):
+    """Standard output was closed by its reader (``cas ls | head``). Not an OSError, so that
+    click's own EPIPE handling (exit code 1) never sees it; ``main`` exits 0 quietly."""
+
+
+def write_out(text: str) -> None:
+    """Write to standard output; a closed pipe raises :class:`PipeClosed`."""
+    try:
+        sys.stdout.write(text)
+    except BrokenPipeError:
+        raise PipeClosed from None
+
+
 def click_echo(line: str) -> None:
-    sys.stdout.write(line + "\n")
+    write_out(line + "\n")
 
 
 def fail(exc: BaseException, json_mode: bool, extra: dict[str, Any] | None = None) -> int:

@@ -92,3 +92,9 @@ def test_unchanged_add_names_the_annotate_command_that_records_its_metadata(cas,
     # now the same add has nothing left to record
     quiet = cas("--json", "add", "org/m", str(_src(tmp_path)), "--metric", "acc=0.9").json
     assert not [w for w in quiet.get("warnings", []) if w["code"] == "W_METADATA_NOT_RECORDED"]
+
+
+def test_a_version_cannot_be_its_own_parent(cas, tmp_path):
+    cas("add", "org/m", str(_src(tmp_path)))
+    r = cas("--json", "annotate", "org/m@1", "--parent", "org/m@1", ok=False).json
+    assert r["error"]["code"] == "E_ARGS" and "own parent" in r["error"]["message"]

@@ -4,6 +4,8 @@ addressing, tags, rm, metadata."""
 from __future__ import annotations
 
 import filecmp
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -287,3 +289,20 @@ def test_add_with_a_tag_is_idempotent_but_never_moves_a_tag(cas, tmp_path):
     assert cas("--json", "show", "t/m@prod").json["seq"] == 1
     history = cas("--json", "log", "t/m").json["history"]
     assert [(h["action"], h["seq"]) for h in history] == [("tag", 1), ("add", 1)]
+
+
+def test_a_closed_pipe_is_not_an_error(cas, tmp_path):
+    """``cas ls --long | head -n 1``: the reader closes the pipe early; cas exits 0 quietly
+    (click would exit 1 on EPIPE)."""
+    for i in range(40):
+        f = tmp_path / f"w{i}.bin"
+        f.write_bytes(bytes([i]) * 10)
+        cas("add", f"pipe/model-{i:02d}-with-a-long-name-to-fill-the-pipe-buffer", str(f))
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, "-m", "cas.cli.main", "--store",
+                                 str(cas.store), "ls", "--long"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=cas.env)
+        proc.stdout.read(1)
+        proc.stdout.close()
+        err = proc.stderr.read()
+        assert proc.wait() == 0 and b"Traceback" not in err, err

@@ -294,3 +294,10 @@ def test_tag_moves_and_deletions_are_history(two_versions):
     assert events[:2] == [("untag", ["prod"]), ("tag", ["prod"])]
     assert ("tag", ["prod"]) in [(h["action"], h["tags"])
                                  for h in cas("--json", "log", "org/m@1").json["history"]]
+
+
+def test_name_folders_differing_only_in_case_refused(two_versions, tmp_path):
+    cas = two_versions
+    r = cas("--json", "add", "ORG/other", str(_files(tmp_path, "o", b"o")), ok=False).json
+    assert r["error"]["code"] == "E_CONFLICT" and "'ORG'" in r["error"]["message"]
+    cas("add", "org/other", str(_files(tmp_path, "o", b"o")))  # same folder, same case: fine

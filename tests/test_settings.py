@@ -191,3 +191,18 @@ def test_newer_manifest_metadata_never_refused_and_carried_by_annotate(cas, tmp_
     store.close()
     r = cas("--json", "show", "new/m", ok=False)
     assert r.json["error"]["code"] == "E_FORMAT" and "tensor-parity" in r.json["error"]["message"]
+
+
+def test_empty_paths_are_refused_not_taken_for_the_current_folder(cas, tmp_path):
+    for args in (["add", "m", ""], ["init", ""], ["--store", "", "ls"], ["ls", "--store", " "]):
+        r = cas("--json", *args, ok=False)
+        assert r.code == 2 and r.json["error"]["code"] == "E_ARGS", args
+
+
+def test_init_on_a_model_folder_is_a_conflict(cas, tmp_path):
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"architectures": ["BertModel"]}')
+    r = cas("--json", "init", str(hf), ok=False).json
+    assert r["error"]["code"] == "E_CONFLICT" and "not a cas store" in r["error"]["message"]
+    assert sorted(p.name for p in hf.iterdir()) == ["config.json"]
