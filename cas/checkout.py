@@ -473,6 +473,7 @@ class _SmallBatch:
                                     "(use --clean to replace it)") from None
             self.pending.popleft()
             self.tree.changed.add(rel)
+            self.tree.written.append(checkouts.join(rel, final))
         self.devices.clear()
         self.bytes = 0
 
@@ -585,8 +586,9 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
             ``dest`` is the store, is inside it or holds it.
         NotFoundError: an ``include`` pattern matches no file.
         ConflictError: a target file cas did not write exists (without ``force``); ``clean``
-            where extra files cas did not write exist (without ``force``); a folder of
-            ``dest`` is a symlink or was swapped while checkout ran.
+            where extra files cas did not write exist (without ``force``); a folder stands
+            where a file goes, or a file or symlink where a folder goes; a folder was swapped
+            while checkout ran.
         VerifyError: stored bytes are damaged; the damaged file is not written.
     """
     if clean and include:
@@ -640,6 +642,11 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
                 f"{version.ref} that cas did not write ({_names(foreign)}): --clean deletes "
                 "only the files cas wrote; add --force to delete these too")
         chosen_paths = [f.path for f in chosen]
+        why = checkouts.blocked(scan, chosen_paths, extras.remove)
+        if why is not None:
+            raise ConflictError(f"{where}/{why} (" + (
+                "cas did not write it: use --force --clean to replace it)" if clean
+                else "use --clean to replace it)"))
         if not force:  # cas's own files are replaced, anything else only with --force
             clash = [f.path for f in chosen if f.path in scan.present
                      and not (f.path in owned_files and f.path in scan.files)]
@@ -651,7 +658,9 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
         record = checkouts.CheckoutRecord(
             dest=real, dest_dev=tree.ids[""][0], dest_ino=tree.ids[""][1], name=version.name,
             seq=version.seq, commit=version.commit, state=checkouts.STATE_WRITING,
-            started_at=checkouts.now(), include=list(include), files=files)
+            started_at=checkouts.now(), include=list(include), files=files,
+            stamps=checkouts.writing_stamps(previous if owned else None, tree, extras.kept,
+                                            set(chosen_paths)))
         try:
             checkouts.save(store.path, record)
         except CasError as exc:
@@ -701,6 +710,8 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
                     f"the checkout is recorded as unfinished: {exc.message}")))
     except BaseException as exc:
         batch.discard()
+        if record is not None:
+            _record_failure(store, record, tree, extras.kept)
         if isinstance(exc, OSError):
             raise from_os_error(exc, f"checking out into {where}") from None
         raise
@@ -713,6 +724,20 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
                           stale_temps_removed=scan.stale,
                           extra_files=0 if clean else len(extra), include=list(include),
                           warnings=warnings)
+
+
+def _record_failure(store: Store, record: checkouts.CheckoutRecord, tree: checkouts.DestTree,
+                    kept: set[str]) -> None:
+    """After a checkout failed: rewrite its ``writing`` record to list what is cas's in DEST
+    now (the files it wrote before and keeps, those this checkout renamed into place) with
+    fresh stamps, so that the failure does not make a later ``--clean`` need ``--force``.
+    Best effort: the record stays as it was if this cannot be written."""
+    files = sorted(kept.union(tree.written))
+    try:
+        checkouts.save(store.path, msgspec.structs.replace(
+            record, files=files, stamps=checkouts.stamps(tree, files)))
+    except (CasError, OSError):
+        pass
 
 
 def _write_large(large: _LargeFiles, tree: checkouts.DestTree, entry: FileEntry, rel_dir: str,
@@ -735,6 +760,7 @@ def _write_large(large: _LargeFiles, tree: checkouts.DestTree, entry: FileEntry,
             raise ConflictError(f"{tree.dest / entry.path} is a directory (use --clean to "
                                 "replace it)") from None
         tree.changed.add(rel_dir)
+        tree.written.append(entry.path)
     except BaseException:
         try:
             os.unlink(tmp, dir_fd=dfd)

@@ -340,6 +340,8 @@ class DestTree:
         self.ids: dict[str, tuple[int, int]] = {"": (st.st_dev, st.st_ino)}
         self.created: set[str] = set()
         self.changed: set[str] = set()
+        #: Manifest paths renamed into place by this checkout, in order.
+        self.written: list[str] = []
 
     def fd(self, rel: str, *, create: bool = False) -> int:
         """The descriptor of folder ``rel`` ("" is the destination); made if ``create``.
@@ -519,6 +521,47 @@ def sort_extras(scan: Scan, owned_files: set[str], *, clean: bool, force: bool) 
     removed = {p for p, d in remove if not d}
     kept = {p for p in owned_files if p in scan.files and p not in removed}
     return Extras(mine, foreign, remove, kept)
+
+
+def blocked(scan: Scan, paths: list[str], remove: list[tuple[str, bool]]) -> str | None:
+    """Why one of ``paths`` (files to write) cannot be written once ``remove`` is deleted: a
+    folder where the file goes, or something that is not a folder where one of its folders
+    goes; None if nothing stands in the way. Finding it before anything is written keeps a
+    checkout that would fail from changing DEST or its record."""
+    if not scan.extras:
+        return None
+    kinds = dict(scan.extras)
+    for p, _d in remove:
+        kinds.pop(p, None)
+    for path in paths:
+        if kinds.get(path) is True:
+            return f"{path} is a directory"
+        parent = path.rpartition("/")[0]
+        while parent:
+            if kinds.get(parent) is False:
+                return f"{parent}: exists and is not a plain directory (a symlink or a file)"
+            parent = parent.rpartition("/")[0]
+    return None
+
+
+def writing_stamps(previous: CheckoutRecord | None, tree: DestTree, kept: set[str],
+                   touched: set[str]) -> dict[str, list[int]]:
+    """Stamps for the ``writing`` record of a checkout into a destination whose record
+    ``previous`` owns it (None if none does): the previous stamps that still match, then
+    files cas wrote before that this checkout leaves alone (``kept`` minus ``touched``), up
+    to ``STAMPS``. They keep DEST owned if the checkout fails or is killed."""
+    out: dict[str, list[int]] = {}
+    if previous is not None:
+        for path, want in previous.stamps.items():
+            if path in kept and stamp(tree, path) == want:
+                out[path] = want
+    for path in sorted(kept - touched - out.keys()):
+        if len(out) >= STAMPS:
+            break
+        got = stamp(tree, path)
+        if got is not None:
+            out[path] = got
+    return out
 
 
 def remove_extras(tree: DestTree, extras: list[tuple[str, bool]]) -> tuple[int, int]:

@@ -314,3 +314,71 @@ def test_the_record_keeps_the_files_cas_wrote_before(two_versions, tmp_path: Pat
     cas("checkout", "m@1", str(dest), "--force")
     cas("checkout", "m@2", str(dest), "--clean")
     assert _listing(dest) == set(V2)
+
+
+def test_a_step_conflict_is_found_before_anything_changes(two_versions, tmp_path: Path
+                                                          ) -> None:  # type: ignore[no-untyped-def]
+    """A file where the version needs a folder: refused before the record or any file
+    changes, so the folder stays cas's and a later --clean needs no --force."""
+    cas = two_versions
+    dest = tmp_path / "serve"
+    cas("checkout", "m@1", str(dest))
+    (dest / "new").write_bytes(b"a file where m@2 has a folder")
+    r = cas("checkout", "m@2", str(dest), "--force", ok=False)
+    assert r.code == 10 and "new: exists and is not a plain directory" in r.err
+    assert (dest / "model.bin").read_bytes() == V1["model.bin"]
+    assert cas("--json", "checkouts").json["checkouts"][0]["state"] == "complete"
+    (dest / "new").unlink()
+    r = cas("--json", "checkout", "m@2", str(dest), "--clean")
+    assert r.json["removed_files"] == 2 and _listing(dest) == set(V2)
+    # a folder where a file goes: the same, before anything changes
+    (dest / "cfg.json").unlink()
+    (dest / "cfg.json").mkdir()
+    r = cas("checkout", "m@1", str(dest), ok=False)
+    assert r.code == 10 and "cfg.json is a directory (use --clean" in r.err
+    assert _listing(dest) == set(V2) - {"cfg.json"}
+
+
+def _damage(store_path: Path, spec: str, path: str) -> None:
+    """Flip a byte in the middle of the stored bytes of the first chunk of ``path``."""
+    from cas import Store
+    from cas.format.pack import ENTRY_HEADER_SIZE
+    from cas.ids import parse_hex
+    from cas.packs import pack_path
+
+    store = Store.open(store_path)
+    entry = next(f for f in store.manifest(store.resolve(spec)).files if f.path == path)
+    loc = store.packs.locate(store.read_chunk_list(parse_hex(entry.chunks)).chunks[0][0])
+    assert loc is not None
+    pack_file = pack_path(store_path / "packs", loc.pack.id, "pack")
+    offset = loc.entry.offset + ENTRY_HEADER_SIZE + loc.entry.stored_len // 2
+    store.close()
+    with open(pack_file, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x40]))
+
+
+def test_a_failed_checkout_keeps_the_folder_cas_s(cas, tmp_path: Path, store_path: Path
+                                                  ) -> None:  # type: ignore[no-untyped-def]
+    """A checkout that fails after it replaced every file the record stamped (a.bin, written
+    at once as a large file; z/c.txt is damaged): the record lists and stamps what is cas's
+    now, so --clean towards another version needs no --force."""
+    import random
+
+    rng = random.Random(17)
+    cas("add", "p", str(_tree(tmp_path / "p1", {"a.bin": rng.randbytes(1_200_000)})))
+    p2 = {"a.bin": rng.randbytes(1_200_000), "z/c.txt": rng.randbytes(3000)}
+    cas("add", "p", str(_tree(tmp_path / "p2", p2)))
+    cas("add", "q", str(_tree(tmp_path / "q", {"other.txt": b"o"})))
+    _damage(store_path, "p@2", "z/c.txt")
+    dest = tmp_path / "serve"
+    cas("checkout", "p@1", str(dest))
+    r = cas("checkout", "p@2", str(dest), ok=False)
+    assert r.code == 4 and "[E_VERIFY]" in r.err
+    assert (dest / "a.bin").read_bytes() == p2["a.bin"] and _listing(dest) == {"a.bin"}
+    rec = _record(store_path, dest)
+    assert rec["state"] == "writing" and rec["files"] == ["a.bin"]
+    r = cas("--json", "checkout", "q", str(dest), "--clean")
+    assert r.json["removed_files"] == 1 and _listing(dest) == {"other.txt"}
