@@ -17,6 +17,8 @@ from cas.cli.app import (
 from cas.cli.complete import complete_model, complete_spec
 from cas.cli.render import format_table, human_bytes, human_time
 
+from cas.errors import ArgsError
+
 
 def _tags_text(tags: dict[str, int]) -> str:
     return ", ".join(f"{t}=@{seq}" for t, seq in sorted(tags.items(), key=lambda kv: kv[1]))
@@ -29,9 +31,12 @@ def _who(author: str) -> str:
 
 @cli.command("ls")
 @click.argument("pattern", required=False, shell_complete=complete_model)
-@click.option("--format", "format_", help="Only models of this format.")
-@click.option("--role", help="Only models with this role.")
-@click.option("--tag", help="Only models that have this tag.")
+@click.option("--format", "format_",
+              type=click.Choice(["safetensors", "gguf", "pytorch", "onnx", "other"],
+                                case_sensitive=False),
+              help="Only models whose latest version has this format.")
+@click.option("--role", help="Only models whose latest version has this role.")
+@click.option("--tag", help="Only models that have this tag (with --long: only its version).")
 @click.option("--sort", "sort", type=click.Choice(["name", "date", "size", "versions"]),
               default="name", show_default=True,
               help="Order of models (date, size and versions: newest or largest first).")
@@ -50,6 +55,12 @@ def ls_cmd(ctx: Ctx, pattern: str | None, format_: str | None, role: str | None,
       cas ls 'sentence-transformers/*' --sort date
       cas ls --long --tag prod
     """
+    if removed and (long_ or names_only or format_ or role or tag or sort != "name"):
+        raise ArgsError("--removed lists removed versions: it takes only PATTERN")
+    if long_ and names_only:
+        raise ArgsError("--long and --names-only cannot be combined")
+    if format_:
+        format_ = format_.lower()
     if removed:
         with ctx.open() as store:
             listing = store.removed(pattern)
@@ -63,6 +74,8 @@ def ls_cmd(ctx: Ctx, pattern: str | None, format_: str | None, role: str | None,
     with ctx.open() as store:
         models = store.ls(pattern, format=format_, role=role, tag=tag, sort=sort)
         versions = store.ls_versions(models) if long_ else []
+    if tag:
+        versions = [v for v in versions if tag in v.tags]
     if names_only:
         ctx.out.result({"models": [m.name for m in models]}, [m.name for m in models])
         return
@@ -105,12 +118,13 @@ def show(ctx: Ctx, spec: str) -> None:
     m = d.manifest
     md = m.metadata
     lines = [f"{d.name}@{d.seq}  commit {d.commit}",
-             f"  registered  {human_time(d.registered_at)} by {d.author}",
-             f"  message     {d.message}"]
+             _row("registered", f"{human_time(d.registered_at)} by {d.author}"),
+             _row("message", d.message)]
     if d.annotated_at:
-        lines.append(f"  annotated   {human_time(d.annotated_at)} (see cas log {d.name}@{d.seq})")
+        lines.append(_row("annotated",
+                          f"{human_time(d.annotated_at)} (see cas log {d.name}@{d.seq})"))
     if d.tags:
-        lines.append(f"  tags        {', '.join(d.tags)}")
+        lines.append(_row("tags", ", ".join(d.tags)))
     prov = md.provenance
     fields: list[tuple[str, Any]] = [
         ("format", md.format), ("architecture", md.architecture),
@@ -125,18 +139,22 @@ def show(ctx: Ctx, spec: str) -> None:
     ]
     for label, value in fields:
         if value:
-            lines.append(f"  {label:<11} {value}")
+            lines.append(_row(label, value))
     for k, v in md.metrics.items():
-        lines.append(f"  metric      {k} = {v:g}")
+        lines.append(_row("metric", f"{k} = {v:g}"))
     for k, v in prov.environment.items():
-        lines.append(f"  env         {k} = {v}")
+        lines.append(_row("env", f"{k} = {v}"))
     for k, v in md.extra.items():
-        lines.append(f"  meta        {k} = {v}")
-    lines.append(f"  files       {len(m.files)}, {human_bytes(m.total_size)}")
+        lines.append(_row("meta", f"{k} = {v}"))
+    lines.append(_row("files", f"{len(m.files)}, {human_bytes(m.total_size)}"))
     for f in m.files:
         lines.append(f"    {human_bytes(f.size):>10}  {f.sha256[:16]}  {f.path}"
                      + ("  (x)" if f.executable else ""))
     ctx.out.result(d, lines)
+
+
+def _row(label: str, value: object) -> str:
+    return f"  {label:<12} {value}"
 
 
 _EVENT = {"add": "added", "annotate": "annotated", "rm": "removed", "restore": "restored",
