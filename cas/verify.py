@@ -65,17 +65,21 @@ class VerifyReport(msgspec.Struct):
 
     def summary(self) -> str:
         if self.ok:
-            return (f"ok: {self.scope}: {self.objects_checked} objects, "
-                    f"{self.bytes_checked} bytes, "
-                    f"{self.versions_checked} versions verified")
+            return (f"ok: {self.scope}: {_count(self.objects_checked, 'object')}, "
+                    f"{_count(self.bytes_checked, 'byte')}, "
+                    f"{_count(self.versions_checked, 'version')} verified")
         parts = []
         if self.bad_objects:
-            parts.append(f"{len(self.bad_objects)} bad objects")
+            parts.append(_count(len(self.bad_objects), "bad object"))
         if self.broken_versions:
             parts.append("broken versions: " + ", ".join(b.version for b in self.broken_versions))
         if self.problems:
-            parts.append(f"{len(self.problems)} other problems")
+            parts.append(_count(len(self.problems), "other problem"))
         return f"{self.scope}: " + "; ".join(parts)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def verify_all(store: Store, progress: Progress | None = None) -> VerifyReport:

@@ -18,7 +18,7 @@ from cas.cli.app import (
     provenance_options,
 )
 from cas.cli.complete import complete_model, complete_spec
-from cas.cli.render import human_bytes
+from cas.cli.render import count, human_bytes
 
 
 @cli.command()
@@ -72,10 +72,12 @@ def add(ctx: Ctx, name: str, path: Path, message: str, tags: tuple[str, ...],
     ref = f"{r.name}@{r.seq}"
     lines = []
     if r.created:
-        lines.append(f"registered {ref} ({r.commit[:12]}): {r.files} files, "
+        lines.append(f"registered {ref} ({r.commit[:12]}): {count(r.files, 'file')}, "
                      f"{human_bytes(r.total_size)}")
-        lines.append(f"  {r.new_chunks} new chunks ({human_bytes(r.new_stored_bytes)} stored), "
-                     f"{r.reused_chunks} already stored, {r.stat_cache_hits} files unchanged")
+        lines.append(f"  {count(r.new_chunks, 'new chunk')} "
+                     f"({human_bytes(r.new_stored_bytes)} stored), "
+                     f"{r.reused_chunks} already stored, "
+                     f"{count(r.stat_cache_hits, 'file')} unchanged since the last add")
     else:
         lines.append(f"unchanged: {ref} already holds this content; no new version")
     if r.tags:

@@ -217,6 +217,11 @@ def format_table(header: list[str], rows: list[list[str]], right: frozenset[int]
     return out
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 file``, ``2 files``: a number with its noun in the right number."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def human_time(iso: str) -> str:
     """An ISO 8601 UTC time as local ``YYYY-MM-DD HH:MM`` for people (JSON keeps ISO)."""
     from datetime import datetime
