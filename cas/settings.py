@@ -45,8 +45,8 @@ def parse_duration(text: str) -> int:
 
 
 def format_duration(seconds: int) -> str:
-    """The shortest exact form: ``1209600`` -> ``14d``."""
-    for unit in ("w", "d", "h", "m"):
+    """The largest exact unit up to days: ``1209600`` -> ``14d``, ``5400`` -> ``90m``."""
+    for unit in ("d", "h", "m"):
         if seconds and seconds % _UNITS[unit] == 0:
             return f"{seconds // _UNITS[unit]}{unit}"
     return f"{seconds}s"

@@ -140,7 +140,8 @@ def config_list(ctx: Ctx) -> None:
         note = "" if info["set"] else "  (default)"
         if not info["known"]:
             note = "  (unknown to this cas; kept)"
-        lines.append(f"{key:<{width}}  {info['value']}{note}")
+        lines.append(f"{key:<{width}}  {info['value'] if info['value'] != '' else '(empty)'}"
+                     f"{note}")
     ctx.out.result(doc, lines)
 
 

@@ -34,12 +34,12 @@ def test_config_set_get_validates_and_writes_atomically(cas):
     cas("config", "set", "description", "training box 3")
     assert cas("config", "get", "description").out.strip() == "training box 3"
     cas("config", "set", "restore_window", "2w")
-    assert cas("--json", "config", "get", "restore_window").json["value"] == "2w"
+    assert cas("--json", "config", "get", "restore_window").json["value"] == "14d"
     for key, value in (("restore_window", "soon"), ("description", "two\nlines"),
                        ("nonsense", "1")):
         r = cas("--json", "config", "set", key, value, ok=False)
         assert r.code == 2 and r.json["error"]["code"] == "E_ARGS"
-    assert cas("config", "get", "restore_window").out.strip() == "2w"  # unchanged
+    assert cas("config", "get", "restore_window").out.strip() == "14d"  # unchanged
     cas("config", "set", "restore_window", "--unset")
     assert cas("config", "get", "restore_window").out.strip() == "14d"
     doc = json.loads((cas.store / "settings.json").read_text())
