@@ -613,7 +613,16 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
     record: checkouts.CheckoutRecord | None = None
     try:
         real = os.path.realpath(dest)
-        scan = checkouts.scan_dest(tree, set(all_paths), _version_dirs(all_paths))
+        scan = checkouts.scan_dest(tree, set(all_paths), _version_dirs(all_paths),
+                                   checkouts.mount_points(real))
+        for why, text in ((checkouts.SKIP_MOUNT, "another filesystem mounted in"),
+                          (checkouts.SKIP_UNREADABLE, "cannot be read, in")):
+            skipped = [p for p, w in scan.skipped if w == why]
+            if skipped:
+                warnings.append(CasWarning(
+                    code="W_OTHER_FILESYSTEM" if why == checkouts.SKIP_MOUNT else "W_UNREADABLE",
+                    message=f"{_names(skipped)}: {text} {where}; not looked into, never "
+                            "deleted"))
         if scan.stale:
             warnings.append(CasWarning(
                 code="W_STALE_TEMPS",
@@ -642,6 +651,8 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
                 f"{version.ref} that cas did not write ({_names(foreign)}): --clean deletes "
                 "only the files cas wrote; add --force to delete these too")
         chosen_paths = [f.path for f in chosen]
+        if scan.skipped:
+            checkouts.probe(tree, scan, chosen_paths)
         why = checkouts.blocked(scan, chosen_paths, extras.remove)
         if why is not None:
             raise ConflictError(f"{where}/{why} (" + (

@@ -29,7 +29,8 @@ notice one that was swapped while the checkout ran. :func:`scan_dest` walks a de
 same way: it removes the temps of killed checkouts (``.NAME.PID.RAND.cas-tmp`` whose process is
 gone, or the pid-less ``.NAME.RAND.cas-tmp`` of older cas; never a running checkout's, never
 any other file) and lists what is not in the version, which :func:`remove_extras` deletes for
-``checkout --clean``.
+``checkout --clean``. The walk never leaves the destination's filesystem (a mount point
+inside it is neither entered nor deleted) and skips what it cannot read.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat as stat_mod
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -420,6 +422,12 @@ class DestTree:
         self.fds.clear()
 
 
+#: Why :func:`scan_dest` skipped a folder: another filesystem (or a mount point), or no
+#: permission to read it.
+SKIP_MOUNT = "mount"
+SKIP_UNREADABLE = "unreadable"
+
+
 class Scan(msgspec.Struct):
     """What :func:`scan_dest` found in a destination."""
 
@@ -430,12 +438,42 @@ class Scan(msgspec.Struct):
     stale: int = 0
     #: Every regular file found (temps aside), in the version or not.
     files: set[str] = set()
+    #: Folders not entered, never deleted: (path, ``SKIP_MOUNT`` or ``SKIP_UNREADABLE``).
+    skipped: list[tuple[str, str]] = []
 
 
-def scan_dest(tree: DestTree, files: set[str], dirs: set[str]) -> Scan:
+def mount_points(real_dest: str) -> set[str]:
+    """The paths, relative to ``real_dest``, where something is mounted below it (another
+    filesystem, or a bind mount of the same one, which has the same device number), from
+    ``/proc/self/mountinfo``; empty where there is no such file."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            data = f.read()
+    except OSError:
+        return set()
+    prefix = os.fsencode(real_dest).rstrip(b"/") + b"/"
+    out = set()
+    for line in data.splitlines():
+        fields = line.split(b" ")
+        if len(fields) > 4 and fields[4].startswith(prefix):
+            point = _MOUNT_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), fields[4])
+            out.add(os.fsdecode(point[len(prefix):]))
+    return out
+
+
+_MOUNT_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+def scan_dest(tree: DestTree, files: set[str], dirs: set[str],
+              mounts: set[str] | frozenset[str] = frozenset()) -> Scan:
     """Walk the destination without following symlinks: remove temps of killed checkouts,
-    find which version paths exist and which entries are not in the version (``extras``)."""
-    scan = Scan(set(), [], 0, set())
+    find which version paths exist and which entries are not in the version (``extras``).
+
+    The walk stays on the destination's filesystem: a folder on another device, or one of
+    ``mounts`` (see :func:`mount_points`), is neither entered nor listed as extra (so never
+    deleted), and neither is a folder that cannot be read; both go to ``skipped``."""
+    scan = Scan(set(), [], 0, set(), [])
+    root_dev = tree.ids[""][0]
 
     def walk(fd: int, rel: str, inside_extra: bool) -> None:
         with os.scandir(fd) as it:
@@ -452,8 +490,26 @@ def scan_dest(tree: DestTree, files: set[str], dirs: set[str]) -> Scan:
                         pass
                 continue
             path = join(rel, e.name)
+            if path in mounts:
+                scan.skipped.append((path, SKIP_MOUNT))
+                continue
             is_dir = e.is_dir(follow_symlinks=False)
-            if not is_dir and e.is_file(follow_symlinks=False):
+            sub = None
+            if is_dir:
+                try:
+                    sub = os.open(e.name, DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+                        continue  # swapped meanwhile: not followed
+                    if exc.errno in (errno.EACCES, errno.EPERM):
+                        scan.skipped.append((path, SKIP_UNREADABLE))
+                        continue
+                    raise
+                if os.fstat(sub).st_dev != root_dev:
+                    os.close(sub)
+                    scan.skipped.append((path, SKIP_MOUNT))
+                    continue
+            elif e.is_file(follow_symlinks=False):
                 scan.files.add(path)
             if inside_extra:
                 extra = True
@@ -468,13 +524,7 @@ def scan_dest(tree: DestTree, files: set[str], dirs: set[str]) -> Scan:
                 extra = True
             if extra:
                 scan.extras.append((path, is_dir))
-            if is_dir:
-                try:
-                    sub = os.open(e.name, DIR_FLAGS, dir_fd=fd)
-                except OSError as exc:  # swapped meanwhile: not followed
-                    if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
-                        continue
-                    raise
+            if sub is not None:
                 try:
                     walk(sub, path, extra)
                 finally:
@@ -482,6 +532,28 @@ def scan_dest(tree: DestTree, files: set[str], dirs: set[str]) -> Scan:
 
     walk(tree.root_fd, "", False)
     return scan
+
+
+def probe(tree: DestTree, scan: Scan, paths: list[str]) -> None:
+    """Add to ``scan`` which of ``paths`` (files to write) exist inside folders the walk
+    skipped (another filesystem), looked up one by one rather than walked.
+
+    Raises:
+        ConflictError: a folder on the way is a symlink or a file.
+        OSError: a folder on the way cannot be opened (EACCES).
+    """
+    skipped = [p + "/" for p, _why in scan.skipped]
+    for path in paths:
+        if not any(path.startswith(s) for s in skipped):
+            continue
+        rel_dir, _, name = path.rpartition("/")
+        try:
+            st = os.stat(name, dir_fd=tree.fd(rel_dir), follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        scan.present.add(path)
+        if stat_mod.S_ISREG(st.st_mode):
+            scan.files.add(path)
 
 
 class Extras(msgspec.Struct):
@@ -590,7 +662,7 @@ def remove_extras(tree: DestTree, extras: list[tuple[str, bool]]) -> tuple[int, 
             tree.changed.add(parent)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR,
-                             errno.ENOTDIR, errno.EPERM):
+                             errno.ENOTDIR, errno.EPERM, errno.EBUSY):
                 continue  # changed under us, or holds a running checkout's temp
             raise
     return files, dirs

@@ -4,8 +4,11 @@ nothing but the version's files is ever written into DEST."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import blake3
@@ -382,3 +385,82 @@ def test_a_failed_checkout_keeps_the_folder_cas_s(cas, tmp_path: Path, store_pat
     assert rec["state"] == "writing" and rec["files"] == ["a.bin"]
     r = cas("--json", "checkout", "q", str(dest), "--clean")
     assert r.json["removed_files"] == 1 and _listing(dest) == {"other.txt"}
+
+
+@contextlib.contextmanager
+def _mounted(target: Path, source: Path | None = None):  # type: ignore[no-untyped-def]
+    """A tmpfs (or a bind mount of ``source``) on ``target`` for the duration; the test is
+    skipped where this process may not mount."""
+    target.mkdir(parents=True, exist_ok=True)
+    argv = (["mount", "--bind", str(source), str(target)] if source is not None
+            else ["mount", "-t", "tmpfs", "-o", "size=1m", "cas-test", str(target)])
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting needs root")
+    if subprocess.run(argv, capture_output=True).returncode != 0:
+        pytest.skip("this host does not let the tests mount")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", "-l", str(target)], check=True)
+
+
+@pytest.mark.parametrize("kind", ["tmpfs", "bind"])
+def test_clean_stays_on_dest_s_filesystem(two_versions, tmp_path: Path, kind: str
+                                          ) -> None:  # type: ignore[no-untyped-def]
+    """A filesystem mounted inside DEST (another device, or a bind mount of the same one) is
+    neither walked nor cleaned, even with --force --clean."""
+    cas = two_versions
+    dest = tmp_path / "serve"
+    cas("checkout", "m@1", str(dest))
+    outside = _tree(tmp_path / "outside", {"keep.txt": b"k"}) if kind == "bind" else None
+    with _mounted(dest / "old" / "data", outside) as mnt:
+        if kind == "tmpfs":
+            _tree(mnt, {"keep.txt": b"k"})
+        (mnt / "sub").mkdir()
+        r = cas("--json", "checkout", "m@2", str(dest), "--force", "--clean")
+        warn = [w for w in r.json["warnings"] if w["code"] == "W_OTHER_FILESYSTEM"]
+        assert len(warn) == 1 and "old/data" in warn[0]["message"]
+        assert (mnt / "keep.txt").read_bytes() == b"k" and (mnt / "sub").is_dir()
+        # the files of m@1 around it are gone; the folders that hold the mount stay
+        assert not (dest / "old" / "a.txt").exists() and not (dest / "old" / "deep").exists()
+        assert {p for p in _listing(dest) if not p.startswith("old/")} == set(V2)
+
+
+def test_a_version_folder_on_another_filesystem_is_written_not_walked(
+        two_versions, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cas = two_versions
+    dest = tmp_path / "serve"
+    with _mounted(dest / "new") as mnt:
+        _tree(mnt, {"c.txt": b"theirs", "other.txt": b"o"})
+        r = cas("checkout", "m@2", str(dest), ok=False)  # new/c.txt exists: looked up
+        assert r.code == 10 and "new/c.txt exists (use --force" in r.err
+        r = cas("checkout", "m@2", str(dest), "--force", "--clean")
+        assert "[W_OTHER_FILESYSTEM]" in r.err
+        assert (mnt / "c.txt").read_bytes() == V2["new/c.txt"]
+        assert (mnt / "other.txt").read_bytes() == b"o"
+
+
+def test_an_unreadable_folder_is_skipped_not_fatal(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder that cannot be opened (EACCES; root reads anything, so the test makes open
+    fail) is reported and left alone, even by --force --clean."""
+    from cas import Store, checkouts
+
+    store = Store.init(tmp_path / "store")
+    store.add("m", _tree(tmp_path / "v2", V2))
+    dest = _tree(tmp_path / "serve", {"locked/secret.txt": b"s", "open/x.txt": b"x"})
+    real_open = os.open
+
+    def deny(path, flags, mode=0o777, *, dir_fd=None):  # type: ignore[no-untyped-def]
+        if path == "locked" and dir_fd is not None:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(checkouts.os, "open", deny)
+    r = store.checkout("m", dest, force=True, clean=True)
+    monkeypatch.undo()
+    store.close()
+    assert [w.code for w in r.warnings] == ["W_UNREADABLE"] and "locked" in r.warnings[0].message
+    assert (dest / "locked" / "secret.txt").read_bytes() == b"s"
+    assert not (dest / "open").exists()
+    assert _listing(dest) == set(V2) | {"locked/secret.txt"}
