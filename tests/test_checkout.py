@@ -142,6 +142,8 @@ def test_small_files_are_durable_before_their_names_appear(
         os.sync()
 
     monkeypatch.setattr(checkout, "_syncfs_function", lambda: recording_syncfs)
+    monkeypatch.setattr(checkout, "_syncfs_flushes", lambda fd: True)
+    monkeypatch.setattr(checkout, "FSYNC_MAX_FILES", 4)
     monkeypatch.setattr(checkout, "BATCH_BYTES", batch_bytes)
     store.checkout("m", dest)
     assert sum(n for n, _ in seen) == len(want) and all(f == 0 for _, f in seen)
@@ -181,3 +183,61 @@ def test_without_syncfs_each_small_file_is_fsynced_and_folders_are_synced(
     for rel, data in want.items():
         assert (dest / rel).read_bytes() == data
     store.close()
+
+
+@pytest.mark.parametrize("case", ["few-files", "unknown-filesystem"])
+def test_small_files_are_fsynced_one_by_one_where_syncfs_does_not_pay(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    """Fewer than FSYNC_MAX_FILES small files, or a filesystem whose syncfs is not known to
+    write files back (FUSE here): an fsync per temp before its rename, no syncfs."""
+    want = _small_tree(tmp_path / "src", n=12 if case == "few-files" else 40)
+    store = Store.init(tmp_path / "store")
+    store.add("m", tmp_path / "src")
+    syncfs_calls: list[int] = []
+    monkeypatch.setattr(checkout, "_syncfs_function", lambda: syncfs_calls.append)
+    if case == "unknown-filesystem":
+        monkeypatch.setattr(checkout, "_fs_type", lambda fd: 0x65735546)  # FUSE_SUPER_MAGIC
+    else:
+        monkeypatch.setattr(checkout, "_fs_type", lambda fd: 0xEF53)  # ext4
+    temps_synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if path.endswith(".cas-tmp"):
+            assert not os.path.exists(os.path.join(os.path.dirname(path),
+                                                   _final_name(os.path.basename(path))))
+            temps_synced.append(path)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    store.checkout("m", tmp_path / "out")
+    store.close()
+    assert syncfs_calls == [] and len(temps_synced) == len(want)
+    for rel, data in want.items():
+        assert (tmp_path / "out" / rel).read_bytes() == data
+
+
+def test_many_small_files_on_a_known_filesystem_take_one_syncfs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    want = _small_tree(tmp_path / "src", n=40)
+    store = Store.init(tmp_path / "store")
+    store.add("m", tmp_path / "src")
+    syncfs_calls: list[int] = []
+    monkeypatch.setattr(checkout, "_syncfs_function", lambda: syncfs_calls.append)
+    monkeypatch.setattr(checkout, "_fs_type", lambda fd: 0x58465342)  # xfs
+    store.checkout("m", tmp_path / "out")
+    store.close()
+    assert len(syncfs_calls) == 1 and len(want) >= checkout.FSYNC_MAX_FILES
+
+
+def test_the_filesystem_type_is_read() -> None:
+    """fstatfs's f_type, as the kernel's magic numbers (procfs: 0x9fa0)."""
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("no procfs")
+    fd = os.open("/proc/self", os.O_RDONLY)
+    try:
+        assert checkout._fs_type(fd) == 0x9FA0
+        assert not checkout._syncfs_flushes(fd)
+    finally:
+        os.close(fd)
