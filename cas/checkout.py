@@ -556,66 +556,6 @@ def _names(items: Sequence[str], limit: int = 3) -> str:
     return shown + (", ..." if len(items) > limit else "")
 
 
-def _make_dest(dest: Path) -> list[Path]:
-    """Create ``dest`` and missing parents; return the folders whose entries changed."""
-    if os.path.lexists(dest) and not dest.is_dir():
-        raise ArgsError(f"{checkouts.shown(dest)}: exists and is not a directory")
-    missing = []
-    p = dest
-    while not os.path.lexists(p) and p != p.parent:
-        missing.append(p)
-        p = p.parent
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise from_os_error(exc, f"creating {checkouts.shown(dest)}") from None
-    return [m.parent for m in missing]
-
-
-def _ancestors(path: str) -> Iterator[os.stat_result]:
-    """The stat of ``path`` and of each folder above it, the missing ones skipped."""
-    while True:
-        try:
-            yield os.stat(path)
-        except OSError:
-            pass
-        parent = os.path.dirname(path)
-        if parent == path:
-            return
-        path = parent
-
-
-def _refuse_store(store_path: Path, dest: Path) -> None:
-    """Refuse a destination that is the store, lies inside it or holds it (by folder
-    identity, so another path to the same folder is refused too): a checkout there would
-    write into the store, and ``--clean`` delete it.
-
-    Raises:
-        ArgsError: the destination is, is inside, or holds the store.
-    """
-    try:
-        st = os.stat(store_path)
-    except OSError:
-        return
-    store_id = (st.st_dev, st.st_ino)
-    real_dest = os.path.realpath(dest)
-    above = [(a.st_dev, a.st_ino) for a in _ancestors(real_dest)]
-    if store_id in above:
-        where = "is" if above[0] == store_id and os.path.lexists(real_dest) else "is inside"
-    else:
-        try:
-            d = os.stat(real_dest)
-        except OSError:
-            return
-        if not any((a.st_dev, a.st_ino) == (d.st_dev, d.st_ino)
-                   for a in _ancestors(os.path.realpath(store_path))):
-            return
-        where = "holds"
-    raise ArgsError(f"{checkouts.shown(dest)} {where} the store {checkouts.shown(store_path)}: "
-                    "a checkout there would write into it (and --clean delete it); choose "
-                    "another folder")
-
-
 def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
              clean: bool = False, include: Sequence[str] = (),
              progress: Progress | None = None, cached: bool = False) -> CheckoutResult:
@@ -651,8 +591,8 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
     all_paths = [f.path for f in manifest.files]
     dest = dest.expanduser().absolute()
     where = Path(checkouts.shown(dest))  # for messages: JSON cannot hold non-UTF-8 bytes
-    _refuse_store(store.path, dest)
-    made = _make_dest(dest)
+    checkouts.refuse_store(store.path, dest)
+    made = checkouts.make_dest(dest)
     pause = pause_hook_from_env()
     warnings: list[CasWarning] = []
     try:

@@ -39,6 +39,7 @@ import errno
 import os
 import re
 import stat as stat_mod
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -326,6 +327,72 @@ def is_stale_temp(name: str) -> bool | None:
     if m is None:
         return None
     return m.group(1) is None or not pid_alive(int(m.group(1)))
+
+
+def make_dest(dest: Path) -> list[Path]:
+    """Create ``dest`` and missing parents; return the folders whose entries changed (to be
+    fsynced once the checkout is done).
+
+    Raises:
+        ArgsError: ``dest`` exists and is not a directory.
+        DiskError | PermError: it cannot be created.
+    """
+    if os.path.lexists(dest) and not dest.is_dir():
+        raise ArgsError(f"{shown(dest)}: exists and is not a directory")
+    missing = []
+    p = dest
+    while not os.path.lexists(p) and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise from_os_error(exc, f"creating {shown(dest)}") from None
+    return [m.parent for m in missing]
+
+
+def _ancestors(path: str) -> Iterator[os.stat_result]:
+    """The stat of ``path`` and of each folder above it, the missing ones skipped."""
+    while True:
+        try:
+            yield os.stat(path)
+        except OSError:
+            pass
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        path = parent
+
+
+def refuse_store(store_path: Path, dest: Path) -> None:
+    """Refuse a destination that is the store, lies inside it or holds it (by folder
+    identity, so another path to the same folder is refused too): a checkout there would
+    write into the store, and ``--clean`` delete it.
+
+    Raises:
+        ArgsError: the destination is, is inside, or holds the store.
+    """
+    try:
+        st = os.stat(store_path)
+    except OSError:
+        return
+    store_id = (st.st_dev, st.st_ino)
+    real_dest = os.path.realpath(dest)
+    above = [(a.st_dev, a.st_ino) for a in _ancestors(real_dest)]
+    if store_id in above:
+        where = "is" if above[0] == store_id and os.path.lexists(real_dest) else "is inside"
+    else:
+        try:
+            d = os.stat(real_dest)
+        except OSError:
+            return
+        if not any((a.st_dev, a.st_ino) == (d.st_dev, d.st_ino)
+                   for a in _ancestors(os.path.realpath(store_path))):
+            return
+        where = "holds"
+    raise ArgsError(f"{shown(dest)} {where} the store {shown(store_path)}: "
+                    "a checkout there would write into it (and --clean delete it); choose "
+                    "another folder")
 
 
 class DestTree:
