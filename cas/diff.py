@@ -60,7 +60,7 @@ __all__ = ["DiffResult", "DiffStats", "FileChange", "TensorChange", "WeightDiff"
            "diff_manifests", "diff_versions"]
 
 #: Bytes of B decoded and compared by one task (with the chunks of A under them).
-WINDOW: Final = 4 << 20
+WINDOW: Final = 2 << 20
 #: Decoded chunks kept for header reads, and by the range reader that derived chunks read
 #: their base through (a window's chunks of A are found without it while the window lives).
 CACHED_CHUNKS: Final = 16
