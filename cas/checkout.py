@@ -45,15 +45,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import stat
 import sys
 from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import accumulate
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -68,7 +67,7 @@ from cas.errors import (
     from_os_error,
 )
 from cas.format.manifest import FileEntry
-from cas.fsutil import DIRECT_ALIGN, DIRECT_MIN, DurableWriter, fsync_dir, tmp_name
+from cas.fsutil import DIRECT_ALIGN, DIRECT_MIN, DurableWriter, fsync_dir
 from cas.gcpause import gc_paused
 from cas.ids import parse_hex
 from cas.names import validate_rel_path
@@ -207,7 +206,7 @@ def pause_hook_from_env() -> Pause | None:
     return pause
 
 
-class _VerifiedFile:
+class VerifiedFile:
     """The checks every reader of a manifest file makes: its chunk list adds up to the
     manifest's size (checked on construction), each chunk read is as long as the list says,
     and the SHA-256 of the bytes fed in is the manifest's (:meth:`finish`).
@@ -325,7 +324,7 @@ def _write_file(store: Store, entry: FileEntry, fd: int, writer: DurableWriter,
     """Write one file's verified bytes through ``writer`` and fsync it; return ``done``
     advanced by its size."""
     workers, hasher, io = pools
-    check = _VerifiedFile(store, entry)
+    check = VerifiedFile(store, entry)
     ids = [oid for oid, _n in check.chunks]
     lengths = [n for _oid, n in check.chunks]
     starts = [0, *accumulate(lengths)]
@@ -445,7 +444,7 @@ def read_verified(store: Store, entry: FileEntry) -> list[bytes | memoryview]:
     Raises:
         VerifyError | NotFoundError: damaged or missing chunks, or a file that differs.
     """
-    check = _VerifiedFile(store, entry)
+    check = VerifiedFile(store, entry)
     ids = [oid for oid, _n in check.chunks]
     parts = store.packs.read_many(ids) if ids else []
     for part, (oid, n) in zip(parts, check.chunks):
@@ -771,101 +770,3 @@ def _write_large(large: _LargeFiles, tree: checkouts.DestTree, entry: FileEntry,
             pass
         raise
     return done
-
-
-# -- cat ---------------------------------------------------------------------------------------
-
-#: ``cat`` reads this many chunks per group (about 1 MiB at the default chunk size).
-CAT_GROUP = 16
-
-
-class CatResult(msgspec.Struct):
-    """The file ``cat`` wrote: its version, path, size and (verified) SHA-256."""
-
-    name: str
-    seq: int
-    path: str
-    size: int
-    sha256: str
-
-
-def iter_file(store: Store, version: Version, path: str) -> Iterator[bytes | memoryview]:
-    """The bytes of one file of ``version``, in blocks, each verified against its BLAKE3
-    before it is yielded; after the last block the size and SHA-256 of the whole are
-    checked. Memory stays at a group of chunks whatever the file size.
-
-    Raises:
-        NotFoundError: no file ``path`` in the version.
-        VerifyError: a damaged chunk (before its bytes are yielded), or a whole that differs
-            from the manifest (after the last block).
-    """
-    manifest = store.manifest(version)
-    entry = next((f for f in manifest.files if f.path == path), None)
-    if entry is None:
-        raise NotFoundError(f"{version.ref} has no file {path!r} (cas show {version.ref} "
-                            "lists them)")
-    check = _VerifiedFile(store, entry)
-    for i in range(0, len(check.chunks), CAT_GROUP):
-        group = check.chunks[i : i + CAT_GROUP]
-        for data, (oid, n) in zip(store.packs.read_many([oid for oid, _n in group]), group):
-            check.chunk(data, oid, n)
-            yield data
-    check.finish()
-
-
-def cat_to_file(store: Store, version: Version, path: str, target: Path) -> CatResult:
-    """Write one file of ``version`` to the file ``target``, atomically: the bytes go to a
-    temp beside it, are verified (see :func:`iter_file`) and fsynced, and only then renamed
-    over ``target``, so a damaged file never leaves a partial file under that name (an
-    existing ``target`` is unchanged, the temp removed). A symlink is written through (its
-    target file is replaced, the link kept); an existing ``target`` keeps its mode. Something
-    that is not a regular file (a FIFO, ``/dev/stdout``) is streamed into as it is.
-
-    Raises:
-        ArgsError: ``target`` is a directory.
-        NotFoundError | VerifyError: as :func:`iter_file`; ``target`` is unchanged.
-        DiskError | PermError: ``target`` cannot be written.
-    """
-    shown = checkouts.shown(target)
-    try:
-        try:
-            st: os.stat_result | None = os.stat(target)
-        except FileNotFoundError:
-            st = None
-        if st is not None and stat.S_ISDIR(st.st_mode):
-            raise ArgsError(f"{shown} is a directory")
-        if st is not None and not stat.S_ISREG(st.st_mode):
-            with open(target, "wb") as out:
-                return cat(store, version, path, out)
-        final = Path(os.path.realpath(target))
-        tmp = tmp_name(final.parent, f".{final.name}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                result = cat(store, version, path, out)
-                if st is not None:
-                    os.fchmod(out.fileno(), stat.S_IMODE(st.st_mode))
-                os.fsync(out.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        fsync_dir(final.parent)
-        return result
-    except OSError as exc:
-        raise from_os_error(exc, f"writing {shown}") from None
-
-
-def cat(store: Store, version: Version, path: str, out: BinaryIO) -> CatResult:
-    """Write one file of ``version`` to ``out`` (see :func:`iter_file`). Errors that ``out``
-    raises (a closed pipe) propagate unchanged."""
-    size = 0
-    for block in iter_file(store, version, path):
-        out.write(block)
-        size += len(block)
-    out.flush()
-    manifest_sha = next(f.sha256 for f in store.manifest(version).files if f.path == path)
-    return CatResult(version.name, version.seq, path, size, manifest_sha)

@@ -51,7 +51,8 @@ if TYPE_CHECKING:
     from cas.catalog import DiskUsage, HistoryRow, ModelRow, VersionDetail, VersionRow
     from typing import BinaryIO
 
-    from cas.checkout import CatResult, CheckoutResult
+    from cas.cat import CatResult
+    from cas.checkout import CheckoutResult
     from cas.checkouts import CheckoutList
     from cas.diff import DiffResult
     from cas.ingest import AddOptions, AddResult
@@ -403,12 +404,15 @@ class Store:
         return checkout(self, self.resolve(spec), Path(dest), force=force, clean=clean,
                         include=include, progress=progress, cached=cached)
 
-    def cat(self, spec: str, path: str, out: BinaryIO) -> CatResult:
+    def cat(self, spec: str, path: str, out: BinaryIO | Path) -> CatResult:
         """Write the file ``path`` of ``spec`` to ``out``, streaming: every chunk is verified
         before its bytes are written, the whole file's SHA-256 at the end (``VerifyError``
-        then, after the bytes). Errors ``out`` raises propagate unchanged."""
-        from cas.checkout import cat
+        then, after the bytes). Errors a stream raises propagate unchanged. A ``Path`` is
+        written atomically (temp, verify, fsync, rename; see :func:`cas.cat.cat_to_file`)."""
+        from cas.cat import cat, cat_to_file
 
+        if isinstance(out, Path):
+            return cat_to_file(self, self.resolve(spec), path, out)
         return cat(self, self.resolve(spec), path, out)
 
     def checkouts(self) -> CheckoutList:

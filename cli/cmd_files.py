@@ -81,9 +81,7 @@ def cat(ctx: Ctx, spec: str, path: str, output: Path | None) -> None:
         raise ArgsError("cas cat --json needs -o FILE: standard output carries the file")
     with ctx.open() as store:
         if output is not None:
-            from cas.checkout import cat_to_file
-
-            r = cat_to_file(store, store.resolve(spec), path, output)
+            r = store.cat(spec, path, Path(output))
             ctx.out.result(r, f"wrote {r.path} of {r.name}@{r.seq} to {output}: "
                               f"{human_bytes(r.size)}, SHA-256 verified")
             return

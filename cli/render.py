@@ -35,7 +35,7 @@ class Output:
                 payload = {"ok": True, **payload}
             else:
                 payload = {"ok": True, "result": payload}
-            write_out(msgspec.json.encode(payload).decode() + "\n")
+            write_out(json_line(payload))
         elif text is not None and not self.quiet:
             lines = [text] if isinstance(text, str) else text
             for line in lines:
@@ -50,6 +50,17 @@ class Output:
         if self.json or self.quiet or not sys.stderr.isatty():
             return None
         return ProgressBar()
+
+
+def json_line(doc: Any) -> str:
+    """One JSON document and a newline. Text that is not valid UTF-8 (a file name's raw bytes,
+    decoded with surrogate escapes) is written as JSON escapes instead of failing."""
+    try:
+        return msgspec.json.encode(doc).decode() + "\n"
+    except UnicodeEncodeError:
+        import json
+
+        return json.dumps(msgspec.to_builtins(doc), separators=(",", ":")) + "\n"
 
 
 class PipeClosed(Exception):
@@ -87,7 +98,7 @@ def fail(exc: BaseException, json_mode: bool, extra: dict[str, Any] | None = Non
         doc: dict[str, Any] = {"ok": False, "error": {"code": code, "message": message}}
         if extra:
             doc.update(extra)
-        sys.stdout.write(msgspec.json.encode(doc).decode() + "\n")
+        sys.stdout.write(json_line(doc))
     else:
         sys.stderr.write(f"cas: error: {message} [{code}]\n")
     return exit_code

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cas import Store
-from cas.checkout import CAT_GROUP
+from cas.cat import CAT_GROUP
 from cas.errors import NotFoundError, VerifyError
 from cas.format.manifest import Manifest
 from cas.format.pack import ENTRY_HEADER_SIZE
@@ -127,7 +127,7 @@ def test_whole_file_sha256_is_checked_at_the_end(cas, data, store_path: Path,
 
 def test_cat_streams_in_bounded_blocks(cas, data, store_path: Path
                                        ) -> None:  # type: ignore[no-untyped-def]
-    from cas.checkout import iter_file
+    from cas.cat import iter_file
 
     store = Store.open(store_path)
     blocks = [len(b) for b in iter_file(store, store.resolve("m"), "w/big.bin")]
