@@ -12,9 +12,9 @@ Invariants:
 * Bounded: a safetensors header over 100 MiB, a GGUF with more than 1e6 tensors or key/value
   pairs, a GGUF string over 64 MiB, or any count that cannot fit in the rest of the file is
   malformed. ``config.json`` is read only when it is under 1 MiB.
-* Total: neither public function raises on bad or unreadable input. Malformed headers leave the
-  affected fields ``None`` (or empty) and are reported by :func:`describe` (file and reason);
-  they never abort the whole description.
+* Total: :func:`describe`, :func:`detect_format` and the per-file helpers never raise on bad
+  or unreadable input. Malformed headers leave the affected fields ``None`` (or empty) and are
+  reported by :func:`describe` (file and reason); they never abort the whole description.
 * Checked: a header is believed only if it is consistent with the file. A safetensors header
   must give each tensor exactly ``product(shape) x dtype size`` bytes, and its tensors must tile
   the data section (no overlap, no hole, nothing past the end), as the safetensors library
