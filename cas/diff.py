@@ -18,11 +18,15 @@ Reading is driven by the chunk lists, so that the cost follows what changed, not
   of a shifted tensor (same ids, same offset from the tensor), so only its edges are read.
 * What must be read is gathered, for all tensors of a file, into windows: whole chunks of B (at
   most :data:`WINDOW` bytes, neighbouring tensors that share a chunk in one window) and the
-  chunks of A under them. Two worker threads each take a window, decode and verify A's chunks
-  into one buffer and B's into another (runs of chunks stored back to back are read with one
-  ``pread``; decompression, BLAKE3 and numpy release the GIL) and count the differing bytes of
-  each tensor in it with numpy. A chunk of B stored as a residual against A is predicted from
-  A's chunks of the same window, which are already decoded: they are not read twice.
+  chunks of A under them. A window's chunks of A are decoded and verified into one array and
+  B's into another (runs of chunks stored back to back are read with one ``pread`` and decoded
+  in place), and the differing bytes of each tensor in it are counted with numpy. A chunk of B
+  stored as a residual against A is predicted from A's chunks of the same window, which are
+  already decoded: they are not read twice.
+* Windows run on :data:`WORKERS` threads. One, because a chunk's decode is many short calls
+  (a zstd frame and a numpy copy per byte stream, the Python between them) that hold the GIL
+  a third to a half of the time: measured on two cores, a second thread added 30-45% CPU time in GIL
+  hand-offs and made no diff faster (a residual-heavy one about 10% slower).
 * Memory is bounded by the windows in flight and a small cache of chunks.
 
 Every byte read is verified against its BLAKE3 (as every pack read is). Nothing is written.
@@ -64,8 +68,8 @@ WINDOW: Final = 2 << 20
 #: Decoded chunks kept for header reads, and by the range reader that derived chunks read
 #: their base through (a window's chunks of A are found without it while the window lives).
 CACHED_CHUNKS: Final = 16
-#: Threads decoding and comparing windows.
-WORKERS: Final = 2
+#: Threads decoding and comparing windows (see the module docstring for why one).
+WORKERS: Final = 1
 
 class FileChange(msgspec.Struct, omit_defaults=True):
     """One file that differs. ``status`` is ``added``, ``removed``, ``modified`` (same path,
@@ -193,8 +197,9 @@ class _Reader:
         self._lists: dict[bytes, ChunkList] = {}
         self._lock = threading.Lock()
         self._cache: OrderedDict[bytes, bytes | memoryview] = OrderedDict()
-        #: chunk id -> [its bytes in a held window, its derivation depth, holders]
-        self._held: dict[bytes, list[Any]] = {}
+        #: chunk id -> (its bytes in a held window, its derivation depth, the window's array)
+        #: per window holding it
+        self._held: dict[bytes, list[tuple[memoryview, int, Any]]] = {}
         self._ranges = RangeReader(self._read_object, self._chunk_list, CACHED_CHUNKS)
         self.bytes_read = 0
         self.objects_read = 0
@@ -233,11 +238,15 @@ class _Reader:
         return raw, derive.depth_of_payload(stored)
 
     def _read_object(self, oid: bytes) -> tuple[bytes | memoryview, int]:
-        """The range reader's source: a held window's copy, else a read from a pack."""
+        """The range reader's source: a copy of a held chunk, else a read from a pack.
+
+        The copy is taken under the lock: once released, the array a chunk is held in may be
+        reused for another window at any time.
+        """
         with self._lock:
             held = self._held.get(oid)
-        if held is not None:
-            return held[0], held[1]
+            if held:
+                return bytes(held[-1][0]), held[-1][1]
         return self._decode_located(self._locate(oid))
 
     def open(self, entry: FileEntry) -> _StoredFile:
@@ -293,8 +302,8 @@ class _Reader:
 
         Chunks stored back to back in a pack are read with one ``pread`` and decoded in
         place. With ``hold``, the chunks are what derived chunks predicted from them get
-        until :meth:`release` is called with ``locs``; the range reader may keep them after
-        that, so a held array must not be reused.
+        until :meth:`release` is called with ``locs`` and the returned array (the range
+        reader gets copies).
 
         Raises:
             VerifyError: a chunk is damaged, or its length is not the chunk list's.
@@ -333,20 +342,19 @@ class _Reader:
         if hold:
             with self._lock:
                 for loc, out, depth in zip(locs, outs, depths):
-                    held = self._held.get(loc.entry.oid)
-                    if held is None:
-                        self._held[loc.entry.oid] = [out, depth, 1]
-                    else:
-                        held[2] += 1
+                    self._held.setdefault(loc.entry.oid, []).append((out, depth, buf))
         return buf
 
-    def release(self, locs: list[Located]) -> None:
-        """Undo one :meth:`decode` with ``hold`` of these chunks."""
+    def release(self, locs: list[Located], buf: Any) -> None:
+        """Undo one :meth:`decode` with ``hold`` of these chunks, which returned ``buf``.
+        Another window may hold the same chunk in its own array: that copy stays."""
         with self._lock:
             for loc in locs:
-                held = self._held[loc.entry.oid]
-                held[2] -= 1
-                if held[2] == 0:
+                held = self._held.get(loc.entry.oid)
+                if held is None:
+                    continue  # the window named it twice
+                held[:] = [h for h in held if h[2] is not buf]
+                if not held:
                     del self._held[loc.entry.oid]
 
 
@@ -434,7 +442,7 @@ class _Comparer:
         """
         pieces = sorted((b0 + lo, b0 + hi, a0 - b0, k)
                         for k, (a0, b0, parts) in enumerate(regions) for lo, hi in parts)
-        # Largest first, so that the threads finish together.
+        # Largest first, so that several threads would finish together.
         windows = sorted(_windows(fb, pieces), key=lambda w: fb.starts[w.j0] - fb.starts[w.j1])
         futures = [self.pool.submit(self._compare_window, fa, fb, w) for w in windows]
         counts = [0] * len(regions)
@@ -462,24 +470,23 @@ class _Comparer:
         sa = fa.span(a_lo, a_hi - a_lo)
         locs_b = self.reader.locate(fb, w.j0, w.j1)
         locs_a = self.reader.locate(fa, sa.start, sa.stop)
-        # The arrays are this thread's, reused (fresh pages cost more than decoding into
-        # them), except A's when B has derived chunks: A's chunks are then held for them,
-        # and the range reader may keep them.
+        # The arrays are this thread's, reused: fresh pages cost more than decoding into
+        # them. A's chunks are held for B's derived chunks, which are predicted from them.
         derived = any(loc.entry.codec == CODEC_DERIVED for loc in locs_b)
         local = self._local
-        if getattr(local, "b", None) is None or len(local.b) < b_hi - b_lo:
-            local.b = np.empty(b_hi - b_lo, dtype="u1")
-            local.ne = np.empty(b_hi - b_lo, dtype=bool)
         a_len = fa.starts[sa.stop] - fa.starts[sa.start]
-        if not derived and (getattr(local, "a", None) is None or len(local.a) < a_len):
-            local.a = np.empty(a_len, dtype="u1")
-        buf_a = self.reader.decode(fa, sa.start, locs_a, into=None if derived else local.a,
-                                   hold=derived)
+        if getattr(local, "b", None) is None or len(local.b) < b_hi - b_lo or \
+                len(local.a) < a_len:
+            size = max(b_hi - b_lo, a_len, WINDOW) * 5 // 4
+            local.a = np.empty(size, dtype="u1")
+            local.b = np.empty(size, dtype="u1")
+            local.ne = np.empty(size, dtype=bool)
+        buf_a = self.reader.decode(fa, sa.start, locs_a, into=local.a, hold=derived)
         try:
             buf_b = self.reader.decode(fb, w.j0, locs_b, into=local.b)
         finally:
             if derived:
-                self.reader.release(locs_a)
+                self.reader.release(locs_a, buf_a)
         a_at = fa.starts[sa.start] - w.shift  # where buf_a starts, in B's offsets
         out = []
         for k, lo, hi in w.pieces:

@@ -360,16 +360,20 @@ def _expected_differences(a: Path, b: Path) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("derive", [True, False])
-@pytest.mark.parametrize("window", [256 * 1024, 700 * 1024])
+@pytest.mark.parametrize(("window", "workers"), [(256 * 1024, 2), (700 * 1024, 1)])
 def test_windows_smaller_than_a_tensor_count_exactly(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, derive: bool, window: int) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, derive: bool, window: int,
+        workers: int) -> None:
     import cas.diff
 
     root, a, b = _two_versions(tmp_path, derive, ["layer.02.", "layer.03.", "layer.06."])
     expected = _expected_differences(a, b)
     with Store.open(root) as store:
         whole = store.diff("org/m@1", "org/m@2")
+        # Small windows on several threads: neighbouring windows share chunks of A, which
+        # each holds for its derived chunks of B while the other reuses its arrays.
         monkeypatch.setattr(cas.diff, "WINDOW", window)
+        monkeypatch.setattr(cas.diff, "WORKERS", workers)
         cut = store.diff("org/m@1", "org/m@2")
     for r in (whole, cut):
         (w,) = r.weights
@@ -438,3 +442,22 @@ def test_gguf_duplicate_tensor_name_is_a_warning(cas, tmp_path: Path) -> None:
     assert doc["weights"] == []
     (warning,) = doc["warnings"]
     assert warning["code"] == "W_DIFF_HEADER" and "appears twice" in warning["message"]
+
+
+def test_a_chunk_held_by_two_windows_stays_readable_when_one_lets_go(tmp_path: Path) -> None:
+    import cas.diff
+
+    root, _, _ = _two_versions(tmp_path, True, ["layer.01."])
+    with Store.open(root) as store:
+        reader = cas.diff._Reader(store)
+        f = reader.open(store.manifest(store.resolve("org/m@1")).files[0])
+        locs = reader.locate(f, 3, 6)
+        first = reader.decode(f, 3, locs, into=np.empty(f.starts[6] - f.starts[3], "u1"),
+                              hold=True)
+        second = reader.decode(f, 4, locs[1:], hold=True)  # another window, chunks 4 and 5
+        chunk4 = bytes(first[f.starts[4] - f.starts[3] : f.starts[5] - f.starts[3]])
+        reader.release(locs, first)
+        first[:] = 0  # the first window's array is reused for the next window
+        assert reader._read_object(locs[1].entry.oid) == (chunk4, 0)
+        reader.release(locs[1:], second)
+        assert reader._held == {}
