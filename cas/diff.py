@@ -23,10 +23,11 @@ Reading is driven by the chunk lists, so that the cost follows what changed, not
   in place), and the differing bytes of each tensor in it are counted with numpy. A chunk of B
   stored as a residual against A is predicted from A's chunks of the same window, which are
   already decoded: they are not read twice.
-* Windows run on :data:`WORKERS` threads. One, because a chunk's decode is many short calls
-  (a zstd frame and a numpy copy per byte stream, the Python between them) that hold the GIL
-  a third to a half of the time: measured on two cores, a second thread added 30-45% CPU time in GIL
-  hand-offs and made no diff faster (a residual-heavy one about 10% slower).
+* Windows run in the calling thread (:data:`WORKERS` is one), because a chunk's decode is many
+  short calls (a zstd frame and a numpy copy per byte stream, the Python between them) that
+  hold the GIL a third to a half of the time: measured on two cores, a second thread added
+  30-45% CPU time in GIL hand-offs and made no diff faster (a residual-heavy one about 10%
+  slower). With more workers, windows run on a thread pool.
 * Memory is bounded by the windows in flight and a small cache of chunks.
 
 Every byte read is verified against its BLAKE3 (as every pack read is). Nothing is written.
@@ -401,7 +402,7 @@ class _Comparer:
 
     Counters are updated by the calling thread only: workers return what they did."""
 
-    def __init__(self, reader: _Reader, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, reader: _Reader, pool: ThreadPoolExecutor | None) -> None:
         self.reader = reader
         self.pool = pool
         self.stats = DiffStats()
@@ -435,7 +436,8 @@ class _Comparer:
     def count_differences(self, fa: _StoredFile, fb: _StoredFile,
                           regions: list[tuple[int, int, list[tuple[int, int]]]]) -> list[int]:
         """For each region ``(a0, b0, parts)``, how many bytes of its ``parts`` (offsets from
-        ``a0`` in A and ``b0`` in B) differ. The windows run on the pool.
+        ``a0`` in A and ``b0`` in B) differ. The windows run on the pool, if there is one,
+        else in this thread.
 
         Raises:
             NotFoundError | VerifyError: a chunk that must be read is missing or damaged.
@@ -444,13 +446,21 @@ class _Comparer:
                         for k, (a0, b0, parts) in enumerate(regions) for lo, hi in parts)
         # Largest first, so that several threads would finish together.
         windows = sorted(_windows(fb, pieces), key=lambda w: fb.starts[w.j0] - fb.starts[w.j1])
-        futures = [self.pool.submit(self._compare_window, fa, fb, w) for w in windows]
         counts = [0] * len(regions)
+
+        def add(done: list[tuple[int, int, int]]) -> None:
+            for k, differ, n in done:
+                counts[k] += differ
+                self.stats.bytes_compared += n
+
+        if self.pool is None:
+            for w in windows:
+                add(self._compare_window(fa, fb, w))
+            return counts
+        futures = [self.pool.submit(self._compare_window, fa, fb, w) for w in windows]
         try:
             for fut in futures:
-                for k, differ, n in fut.result():
-                    counts[k] += differ
-                    self.stats.bytes_compared += n
+                add(fut.result())
         finally:
             for fut in futures:
                 fut.cancel()  # after an error: windows not started yet are not read
@@ -694,8 +704,9 @@ def diff_manifests(store: Store, ma: Manifest, mb: Manifest, a: str = "a",
     reader = _Reader(store)
     weights: list[WeightDiff] = []
     warnings: list[CasWarning] = []
-    with ThreadPoolExecutor(WORKERS, thread_name_prefix="cas-diff") as pool:
-        cmp = _Comparer(reader, pool)
+    pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="cas-diff") if WORKERS > 1 else None
+    cmp = _Comparer(reader, pool)
+    try:
         for ea, eb in modified:
             fa, fb = reader.open(ea), reader.open(eb)
             wa, why_a = _parse_weights(reader, fa, ea.path)
@@ -712,6 +723,9 @@ def diff_manifests(store: Store, ma: Manifest, mb: Manifest, a: str = "a",
                     f"{b}; compared as a whole file"))
                 continue
             weights.append(_diff_tensors(cmp, fa, wa, fb, wb, eb.path))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
     stats = cmp.stats
     stats.bytes_read, stats.objects_read = reader.bytes_read, reader.objects_read
     return DiffResult(a, b, identical=not files, files=files, weights=weights,
