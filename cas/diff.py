@@ -150,7 +150,6 @@ class DiffResult(msgspec.Struct):
     warnings: list[CasWarning] = []
 
 
-
 # -- reading stored files ---------------------------------------------------------------------
 
 
@@ -376,8 +375,9 @@ class _Window:
 def _windows(fb: _StoredFile, pieces: list[tuple[int, int, int, int]]) -> list[_Window]:
     """Group ``(start, end, shift, region)`` pieces of B (sorted by start) into windows of
     whole chunks of B, each at most about :data:`WINDOW` bytes. Pieces with the same shift
-    that share or neighbour a chunk go into one window, so that no chunk of B is decoded
-    twice; a piece longer than a window is cut at chunk boundaries."""
+    that share or neighbour a chunk go into one window, so that a chunk of B is decoded once
+    (twice only where a window fills up inside it); a piece longer than a window is cut at
+    chunk boundaries."""
     starts = fb.starts
     out: list[_Window] = []
     cur: _Window | None = None
