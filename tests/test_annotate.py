@@ -32,7 +32,7 @@ def test_annotate_merges_metadata_keeps_files(cas, tmp_path):
     assert after["tags"] == ["prod"] and after["annotated_at"]
     history = cas("--json", "log", "org/m").json["history"]
     assert history[0]["action"] == "annotate" and "eval done" in history[0]["message"]
-    assert "metric      acc = 0.91" in cas("show", "org/m").out
+    assert "metric       acc = 0.91" in cas("show", "org/m").out
     assert cas("--json", "verify", "org/m").json["ok"]
 
 

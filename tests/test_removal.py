@@ -185,7 +185,7 @@ def test_show_names_parents_by_number(cas, tmp_path):
     doc = cas("--json", "show", "tuned/m").json
     assert doc["parents"] == ["base/m@1"]
     assert doc["manifest"]["metadata"]["parents"][0].startswith("base/m@")
-    assert "parents     base/m@1" in cas("show", "tuned/m").out
+    assert "parents      base/m@1" in cas("show", "tuned/m").out
 
 
 def test_author_from_flag_env_and_git(cas, tmp_path):
