@@ -1,5 +1,6 @@
-"""The quick-start demo: register a real model and a fine-tuned variant, show the dedupe,
-check out, verify. Run with ``python -m cas.demo`` after ``pip install '.[demo]'``.
+"""The quick-start demo: register a real model and a fine-tuned variant, show which tensors
+changed and the dedupe, check out, verify. Run with ``python -m cas.demo`` after
+``pip install '.[demo]'``.
 
 Every step runs the installed ``cas`` command, not ``python -m cas.cli.main``: run from a source
 checkout, ``python -m`` puts the working directory first on ``sys.path``, where the folder
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
              "--role", "finetune", "--base-model", BASE_NAME,
              "--parent", f"{BASE_NAME}@upstream", "--metric", "accuracy=0.912")
         _run(cas, "ls")
+        _run(cas, "diff", BASE_NAME, TUNED_NAME)
         _run(cas, "du", TUNED_NAME)
         _run(cas, "du")
         _run(cas, "show", TUNED_NAME)
