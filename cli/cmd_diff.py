@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 from cas.cli.app import Ctx, cli, pass_ctx
 from cas.cli.render import human_bytes
 
-from cas.diff import DiffResult, TensorChange, WeightDiff
+if TYPE_CHECKING:  # imported when a diff runs: numpy and the header parsers cost start-up
+    from cas.diff import DiffResult, TensorChange, WeightDiff
 
 #: Exit code of ``diff --exit-code`` when the versions differ (as ``git diff --exit-code``).
 DIFFER_EXIT_CODE = 1
