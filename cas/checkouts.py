@@ -528,6 +528,9 @@ def mount_points(real_dest: str) -> set[str]:
     return out
 
 
+#: Names a version can never hold (see cas.names.validate_rel_path), which a checkout therefore
+#: never lists as extra nor deletes.
+KEPT_NAMES = frozenset({".git", ".cas"})
 _MOUNT_ESCAPE = re.compile(rb"\\([0-7]{3})")
 
 
@@ -538,7 +541,9 @@ def scan_dest(tree: DestTree, files: set[str], dirs: set[str],
 
     The walk stays on the destination's filesystem: a folder on another device, or one of
     ``mounts`` (see :func:`mount_points`), is neither entered nor listed as extra (so never
-    deleted), and neither is a folder that cannot be read; both go to ``skipped``."""
+    deleted), and neither is a folder that cannot be read; both go to ``skipped``. Entries
+    named in ``KEPT_NAMES`` (``.git``, ``.cas``: no version can hold them) are ignored
+    whatever the flags, so ``--force --clean`` in a git working tree keeps its repository."""
     scan = Scan(set(), [], 0, set(), [])
     root_dev = tree.ids[""][0]
 
@@ -546,6 +551,8 @@ def scan_dest(tree: DestTree, files: set[str], dirs: set[str],
         with os.scandir(fd) as it:
             entries = list(it)
         for e in entries:
+            if e.name in KEPT_NAMES:
+                continue  # a repository's own data: never extra, never deleted
             stale = is_stale_temp(e.name)
             if stale is not None and not e.is_dir(follow_symlinks=False):
                 if stale:

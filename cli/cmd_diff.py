@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 from cas.cli.app import Ctx, cli, pass_ctx
+from cas.cli.complete import complete_spec
 from cas.cli.render import human_bytes
 
 if TYPE_CHECKING:  # imported when a diff runs: numpy and the header parsers cost start-up
@@ -82,8 +83,8 @@ def render(r: DiffResult) -> list[str]:
 
 
 @cli.command()
-@click.argument("a", metavar="A")
-@click.argument("b", metavar="B")
+@click.argument("a", metavar="A", shell_complete=complete_spec)
+@click.argument("b", metavar="B", shell_complete=complete_spec)
 @click.option("--exit-code", is_flag=True,
               help=f"Exit with {DIFFER_EXIT_CODE} if the versions differ, 0 if not "
                    "(default: 0 either way).")

@@ -464,3 +464,12 @@ def test_an_unreadable_folder_is_skipped_not_fatal(tmp_path: Path,
     assert (dest / "locked" / "secret.txt").read_bytes() == b"s"
     assert not (dest / "open").exists()
     assert _listing(dest) == set(V2) | {"locked/secret.txt"}
+
+
+def test_force_clean_keeps_a_git_repository_in_dest(two_versions, tmp_path: Path
+                                                    ) -> None:  # type: ignore[no-untyped-def]
+    cas = two_versions
+    dest = _tree(tmp_path / "repo", {".git/HEAD": b"ref: refs/heads/main\n", "notes.txt": b"x"})
+    r = cas("checkout", "m@2", str(dest), "--clean", "--force")
+    assert (dest / ".git" / "HEAD").read_bytes() == b"ref: refs/heads/main\n"
+    assert not (dest / "notes.txt").exists() and ".git" not in r.err
