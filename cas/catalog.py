@@ -177,6 +177,8 @@ def list_versions(store: Store, models: list[ModelRow]) -> list[VersionRow]:
 
 
 def show(store: Store, version: Version) -> VersionDetail:
+    """``version`` with its manifest (annotations merged), tags, parents as ``NAME@N`` and
+    when it was last annotated."""
     manifest = store.manifest(version)
     parents = [_parent_ref(store, p) for p in manifest.metadata.parents]
     annotated = None
@@ -240,6 +242,8 @@ def _objects_of(store: Store, manifest: Manifest, sizes: dict[bytes, int]) -> li
 
 
 def disk_usage(store: Store, name: str | None = None) -> DiskUsage:
+    """Logical and stored bytes of the whole store, or of model ``name`` per version; each
+    object counted once (see the module docstring for unique and shared)."""
     if name is not None:
         validate_model_name(name)
     sizes: dict[bytes, int] = {}

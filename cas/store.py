@@ -458,6 +458,7 @@ class Store:
         return list_versions(self, models)
 
     def show(self, spec: str) -> VersionDetail:
+        """Metadata (annotations merged), tags and files of version ``spec``."""
         from cas.catalog import show
 
         return show(self, self.resolve(spec))
@@ -531,6 +532,7 @@ class Store:
         return diff_versions(self, self.resolve(a), self.resolve(b))
 
     def du(self, name: str | None = None) -> DiskUsage:
+        """Disk usage of the store, or of model ``name`` with a row per version."""
         from cas.catalog import disk_usage
 
         return disk_usage(self, name)
