@@ -42,7 +42,10 @@ def validate_model_name(name: str) -> str:
     for seg in name.split("/"):
         if not seg:
             raise ArgsError(f"model name {name!r} has an empty segment")
-        if not _SEGMENT.match(seg) or seg.endswith(".") or seg.endswith(".lock"):
+        if seg.endswith((".", ".lock")) and _SEGMENT.match(seg):
+            raise ArgsError(f"model name {name!r}: segment {seg!r} may not end in '.' or "
+                            "'.lock' (git reserves those names)")
+        if not _SEGMENT.match(seg):
             raise ArgsError(
                 f"model name {name!r}: segment {seg!r} must start with a letter or digit and "
                 "use only letters, digits, '.', '_' and '-'"
