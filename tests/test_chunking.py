@@ -148,7 +148,8 @@ def test_cut_stream_matches_cut_bytes(which, random_data, low_data):
     chunker = Chunker()
     bounds = list(chunker.cut_bytes(data))
     # The memoryviews are only valid until the next chunk: hash each one immediately.
-    streamed = [(len(mv), blake3.blake3(mv).digest()) for mv in chunker.cut_stream(io.BytesIO(data))]
+    streamed = [(len(mv), blake3.blake3(mv).digest())
+                for mv in chunker.cut_stream(io.BytesIO(data))]
     assert [n for n, _ in streamed] == [n for _, n in bounds]
     assert [h for _, h in streamed] == chunk_ids(data, bounds)
 
