@@ -16,10 +16,26 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from cas.errors import LockError, from_os_error
+from cas.errors import ArgsError, LockError, from_os_error
 
 #: How long a writer waits for another writer by default, in seconds.
 DEFAULT_TIMEOUT = 60.0
+
+
+#: Longest wait a writer accepts (a day): beyond it a typo, not a plan.
+MAX_TIMEOUT = 86400.0
+
+
+def check_timeout(seconds: float) -> float:
+    """Return ``seconds`` if it is a usable lock timeout (0 to a day), else raise ArgsError.
+    NaN would wait forever and a negative value means nothing."""
+    import math
+
+    if not isinstance(seconds, (int, float)) or math.isnan(seconds) or not \
+            0 <= seconds <= MAX_TIMEOUT:
+        raise ArgsError(f"lock timeout {seconds!r} must be a number of seconds from 0 to "
+                        f"{MAX_TIMEOUT:g}")
+    return float(seconds)
 
 
 class WriteLock:
@@ -32,7 +48,7 @@ class WriteLock:
 
     def __init__(self, path: Path, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.path = path
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)
         self._fd: int | None = None
 
     def acquire(self) -> None:

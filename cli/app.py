@@ -147,7 +147,9 @@ def cli(click_ctx: click.Context, store: str | None, json_mode: bool, quiet: boo
       cas add org/model ./checkpoint -m "run 7" --tag candidate --metric eval/acc=0.91
       cas checkout org/model@candidate ./serve
     """
-    click_ctx.obj = Ctx(store, json_mode, quiet, lock_timeout)
+    from cas.locking import check_timeout
+
+    click_ctx.obj = Ctx(store, json_mode, quiet, check_timeout(lock_timeout))
 
 
 
