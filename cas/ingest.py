@@ -48,7 +48,14 @@ import msgspec
 
 from cas.chunking import BufferPool, Chunker
 from cas.compression import CODEC_DERIVED, CODEC_RAW, Compressor
-from cas.errors import CasError, CasWarning, ConflictError, from_os_error
+from cas.errors import (
+    CasError,
+    CasWarning,
+    ConflictError,
+    DiskError,
+    PermError,
+    from_os_error,
+)
 from cas.format.chunklist import ChunkList
 from cas.format.manifest import FileEntry, Manifest, Metadata, Provenance
 from cas.format.pack import KIND_CHUNK, KIND_CHUNK_LIST
@@ -548,13 +555,32 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
                                     "count or dtypes from this file"))
             version = _commit_new(store, name, path, options, entries, detected, parents)
             created = True
+        # The version is committed: what fails from here on is reported as a warning, never
+        # as an error that would make a script retry a success.
+        set_tags = []
         for t in tags:
-            if tagged.get(t) != version.commit:
+            if tagged.get(t) == version.commit:
+                set_tags.append(t)
+                continue
+            try:
                 registry.set_tag(version, t, force=t in tagged)
+                set_tags.append(t)
+            except (DiskError, PermError, OSError) as exc:
+                why = exc.message if isinstance(exc, CasError) else exc.strerror or str(exc)
+                warnings.append(CasWarning(
+                    "W_TAG_NOT_SET", f"{version.ref} is registered but tag {t!r} was not set: "
+                                     f"{why}; run 'cas tag {version.ref} {t}'"))
+        tags = set_tags
         if not unchanged or content_id is None:
             content_id = fingerprint(found, scan.files)
         cache.remember_content(version.commit, content_id)
-        cache.save()
+        try:
+            cache.save()
+        except (DiskError, PermError, OSError) as exc:
+            why = exc.message if isinstance(exc, CasError) else exc.strerror or str(exc)
+            warnings.append(CasWarning(
+                "W_STAT_CACHE_NOT_SAVED", f"{version.ref} is registered; the stat cache was "
+                                          f"not saved ({why}): the next add re-reads the files"))
     return AddResult(
         name=name,
         seq=version.seq,

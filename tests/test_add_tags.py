@@ -115,3 +115,16 @@ def test_a_tag_differing_only_in_case_is_refused_before_anything_is_stored(cas, 
     assert r["error"]["code"] == "E_CONFLICT" and "case" in r["error"]["message"]
     assert _packs(store_path) == before
     assert [v["seq"] for v in cas("--json", "ls", "-l").json["versions"]] == [1]
+
+
+def test_a_failure_after_the_commit_point_is_a_warning_not_an_error(cas, store_path, tmp_path):
+    """The stat cache cannot be saved (its path is a folder): the version is registered, so
+    the add exits 0 with W_STAT_CACHE_NOT_SAVED instead of E_DISK (a script would retry a
+    success)."""
+    (store_path / "cache" / "stat.msgpack" / "blocker").mkdir(parents=True)
+    r = cas("--json", "add", "m", str(_model(tmp_path / "a", 1, 1000)), "--tag", "prod")
+    assert r.json["created"] and r.json["tags"] == ["prod"]
+    assert [w["code"] for w in r.json["warnings"]] == ["W_STAT_CACHE_NOT_SAVED"]
+    assert cas("--json", "show", "m@prod").json["seq"] == 1
+    text = cas("add", "m2", str(_model(tmp_path / "b", 2, 1000)))
+    assert text.code == 0 and "W_STAT_CACHE_NOT_SAVED" in text.err
