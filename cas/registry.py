@@ -415,6 +415,11 @@ class Registry:
             gone = [r for r in st.removed.values() if sel in r.tags]
             if tag is not None:
                 seq = self.version_of_commit(name, tag).seq
+                if seq not in st.added or st.added[seq].commit != tag:
+                    raise SchemaError(
+                        f"tag {name}@{sel} points at commit {tag[:12]}, which did not add a "
+                        f"version of {name} (a damaged or crafted tag; delete it with "
+                        f"'cas tag {name} {sel} --delete')")
             elif gone:  # a tag that an rm --force deleted (and recorded)
                 r = gone[0]
                 if removed_ok:

@@ -301,3 +301,21 @@ def test_name_folders_differing_only_in_case_refused(two_versions, tmp_path):
     r = cas("--json", "add", "ORG/other", str(_files(tmp_path, "o", b"o")), ok=False).json
     assert r["error"]["code"] == "E_CONFLICT" and "'ORG'" in r["error"]["message"]
     cas("add", "org/other", str(_files(tmp_path, "o", b"o")))  # same folder, same case: fine
+
+
+def test_a_tag_pointing_at_another_models_commit_is_refused(two_versions, tmp_path):
+    from cas import Store
+    from cas.names import parse_version_spec
+
+    cas = two_versions
+    cas("add", "other/m", str(_files(tmp_path, "x", b"other model" * 100)))
+    store = Store.open(cas.store)
+    with store.writing():
+        foreign = store.registry.resolve(parse_version_spec("other/m@1"))
+        forged = type(foreign)("org/m", 1, foreign.commit, "", 0, "")
+        store.registry.set_tag(forged, "evil", record=False)
+    store.close()
+    r = cas("--json", "checkout", "org/m@evil", str(tmp_path / "out"), ok=False).json
+    assert r["error"]["code"] == "E_SCHEMA" and "did not add a version" in r["error"]["message"]
+    assert not (tmp_path / "out").exists()
+    cas("tag", "org/m", "evil", "--delete")
