@@ -108,6 +108,8 @@ class Settings:
             raw = msgspec.json.decode(data)
         except msgspec.DecodeError as exc:
             raise SchemaError(f"{path}: not valid JSON ({exc}); fix or delete it") from None
+        except RecursionError:
+            raise SchemaError(f"{path}: JSON nests too deeply; fix or delete it") from None
         if not isinstance(raw, dict):
             raise SchemaError(f"{path}: not a JSON object; fix or delete it")
         for key, setting in SETTINGS.items():

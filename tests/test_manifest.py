@@ -599,3 +599,16 @@ def test_verify_checks_the_whole_file_blake3_of_older_manifests(tmp_path):
     assert not report.bad_objects  # every chunk is fine: only the recorded hash disagrees
     assert any("whole-file hash" in why for b in report.broken_versions for why in b.reasons)
     store.close()
+
+
+@pytest.mark.parametrize("depth", [1000, 100_000])
+def test_deeply_nested_json_is_a_schema_error(depth):
+    """Unknown optional fields are accepted, so their nesting must not crash the reader."""
+    deep = "[" * depth + "]" * depth
+    doc = ('{"schema":"cas.manifest","version":3,"name":"a","seq":1,"files":[],'
+           f'"total_size":0,"surprise":{deep}}}').encode()
+    with pytest.raises(SchemaError, match="nests too deeply"):
+        Manifest.decode(doc)
+    cfg = json.dumps(config_doc())[:-1] + f', "surprise": {deep}}}'
+    with pytest.raises(SchemaError, match="nests too deeply"):
+        StoreConfig.decode(cfg.encode())

@@ -124,6 +124,8 @@ def _raw(data: bytes) -> object:
         return msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
         raise SchemaError(f"store config is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise SchemaError("store config JSON nests too deeply") from None
 
 
 def upgraded(data: bytes) -> tuple[bytes, StoreConfig]:

@@ -112,6 +112,8 @@ class Manifest(msgspec.Struct, frozen=True):
             head = msgspec.json.decode(data)
         except msgspec.DecodeError as exc:
             raise SchemaError(f"manifest is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise SchemaError("manifest JSON nests too deeply") from None
         if not isinstance(head, dict) or head.get("schema") != SCHEMA:
             raise SchemaError("not a cas manifest (schema field missing or wrong)")
         version = head.get("version")
