@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from datetime import UTC, datetime
 
 import msgspec
+
+from cas.clock import iso_utc
 
 from cas.errors import ArgsError, CasError, FormatError, NotFoundError, SchemaError
 from cas.format.manifest import FORMATS, Manifest
@@ -96,10 +97,6 @@ class DiskUsage(msgspec.Struct):
     pack_bytes: int = 0
 
 
-def _iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
 SORT_KEYS = ("name", "date", "size", "versions")
 
 
@@ -139,14 +136,14 @@ def list_models(store: Store, pattern: str | None = None, *, format: str | None 
             # One unreadable manifest must not hide the rest of the catalog.
             if not (format or role):
                 rows.append(ModelRow(name, latest.seq, len(versions), 0, "other", None, tags,
-                                     _iso(latest.timestamp), error=exc.message))
+                                     iso_utc(latest.timestamp), error=exc.message))
             continue
         if format and m.metadata.format != format:
             continue
         if role and m.metadata.role != role:
             continue
         rows.append(ModelRow(name, latest.seq, len(versions), m.total_size, m.metadata.format,
-                             m.metadata.role, tags, _iso(latest.timestamp)))
+                             m.metadata.role, tags, iso_utc(latest.timestamp)))
     key = {"name": lambda r: r.name, "date": lambda r: r.updated_at,
            "size": lambda r: r.size, "versions": lambda r: r.versions}[sort]
     rows.sort(key=key, reverse=sort != "name")
@@ -171,7 +168,7 @@ def list_versions(store: Store, models: list[ModelRow]) -> list[VersionRow]:
                 size, fmt, err = m.total_size, m.metadata.format, None
             except (SchemaError, FormatError) as exc:
                 size, fmt, err = 0, "other", exc.message
-            out.append(VersionRow(v.name, v.seq, _iso(v.timestamp), v.author, size, fmt,
+            out.append(VersionRow(v.name, v.seq, iso_utc(v.timestamp), v.author, size, fmt,
                                   sorted(by_seq.get(v.seq, [])), v.message, err))
     return out
 
@@ -184,10 +181,10 @@ def show(store: Store, version: Version) -> VersionDetail:
     annotated = None
     for h in store.registry.history(version.name):
         if h.action == "annotate" and version.seq in h.versions:
-            annotated = _iso(h.timestamp)
+            annotated = iso_utc(h.timestamp)
             break
     return VersionDetail(version.name, version.seq, version.commit, version.author,
-                         _iso(version.timestamp), version.message,
+                         iso_utc(version.timestamp), version.message,
                          store.registry.tags_of(version), manifest, parents, annotated)
 
 
@@ -216,7 +213,7 @@ def history(store: Store, spec: str) -> list[HistoryRow]:
         if only is not None and only not in h.versions:
             continue
         tags = sorted(t for t, s in h.tags if only is None or s == only)
-        rows.append(HistoryRow(h.action, h.seq, h.commit, h.author, _iso(h.timestamp),
+        rows.append(HistoryRow(h.action, h.seq, h.commit, h.author, iso_utc(h.timestamp),
                                h.message, tags, list(h.versions)))
     return rows
 

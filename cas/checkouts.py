@@ -40,11 +40,11 @@ import os
 import re
 import stat as stat_mod
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 
+from cas.clock import iso_utc
 from cas.errors import ArgsError, CasWarning, ConflictError, SchemaError, from_os_error
 from cas.fsutil import atomic_write, fsync_dir
 
@@ -113,8 +113,8 @@ class CheckoutList(msgspec.Struct):
 
 
 def now() -> str:
-    """The current UTC time as ISO 8601 to the second (the records' time format)."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    """The current time as records hold it."""
+    return iso_utc()
 
 
 def shown(path: str | Path) -> str:

@@ -40,7 +40,6 @@ import stat as stat_mod
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,6 +47,7 @@ import msgspec
 
 from cas.chunking import BufferPool, Chunker
 from cas.compression import CODEC_DERIVED, CODEC_RAW, Compressor
+from cas.clock import iso_utc
 from cas.errors import (
     CasError,
     CasWarning,
@@ -686,7 +686,7 @@ def _commit_new(store: Store, name: str, path: Path, options: AddOptions,
         metrics=dict(options.metrics),
         license=options.license,
         source=options.source or str(path.absolute()),
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        created_at=iso_utc(),
         created_on=socket.gethostname(),
         extra=dict(options.extra),
         provenance=options.provenance,

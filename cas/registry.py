@@ -35,6 +35,7 @@ from dulwich.errors import NotGitRepository, NotTreeError, ObjectFormatException
 from dulwich.objects import Blob, Commit, ShaFile, Tag, Tree
 from dulwich.repo import Repo
 
+from cas.clock import iso_utc
 from cas.errors import ArgsError, ConflictError, NotFoundError, SchemaError
 from cas.names import VersionSpec, validate_model_name, validate_tag
 
@@ -749,4 +750,4 @@ class Registry:
 
 
 def _day(ts: int) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+    return iso_utc(ts)[:10]

@@ -13,11 +13,11 @@ A tagged version, and a model with tagged versions, is removed only with ``force
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import msgspec
 
+from cas.clock import iso_utc
 from cas.errors import ArgsError, CasError, CasWarning, ConflictError, NotFoundError
 from cas.names import parse_version_spec, validate_model_name
 from cas.registry import RemovedVersion, check_message, resolve_identity
@@ -63,10 +63,6 @@ class RemovedList(msgspec.Struct):
     warnings: list[CasWarning] = []
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
 def remove(store: Store, spec: str, *, force: bool = False, message: str = "",
            author: str | None = None) -> RemoveResult:
     """Remove version ``NAME@V``, or every live version of model ``NAME``.
@@ -97,7 +93,7 @@ def remove(store: Store, spec: str, *, force: bool = False, message: str = "",
         commit = reg.remove_versions(parsed.name, versions, tags, message, identity)
         left = reg.versions(parsed.name)
     return RemoveResult(parsed.name, [v.ref for v in versions], [t for t, _ in tags],
-                        not left, commit, _iso(time.time() + window))
+                        not left, commit, iso_utc(time.time() + window))
 
 
 def removed_versions(store: Store, pattern: str | None = None) -> RemovedList:
@@ -119,8 +115,8 @@ def removed_versions(store: Store, pattern: str | None = None) -> RemovedList:
                                        f"{exc.message}"))
             continue
         for seq, r in sorted(state.removed.items()):
-            rows.append(RemovedRow(name, seq, r.version.ref, _iso(r.removed_at), r.removed_by,
-                                   _iso(r.removed_at + window), _expired(r, window, now),
+            rows.append(RemovedRow(name, seq, r.version.ref, iso_utc(r.removed_at), r.removed_by,
+                                   iso_utc(r.removed_at + window), _expired(r, window, now),
                                    list(r.tags)))
     rows.sort(key=lambda r: (r.removed_at, r.name, r.seq), reverse=True)
     return RemovedList(rows, warnings)
@@ -176,7 +172,7 @@ def restore(store: Store, spec: str, *, author: str | None = None) -> RestoreRes
         if expired:
             r = expired[0]
             raise NotFoundError(
-                f"{r.version.ref} was removed on {_iso(r.removed_at)[:10]}, beyond the restore "
+                f"{r.version.ref} was removed on {iso_utc(r.removed_at)[:10]}, beyond the restore "
                 f"window ({store.settings.get('restore_window')}); its data may be collected")
         chosen.sort(key=lambda r: r.version.seq)
         commit, tags = reg.restore_versions(parsed.name, chosen, identity)

@@ -20,12 +20,12 @@ import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
 
+from cas.clock import iso_utc
 from cas.errors import (
     CasError,
     ConflictError,
@@ -173,7 +173,7 @@ class Store:
                                                        path / "tmp")
             cfg = StoreConfig.create(
                 derive=True if derive is None else derive,
-                created_at=datetime.now(UTC).isoformat(timespec="seconds"))
+                created_at=iso_utc())
             # config.json is written last: a directory without it is not yet a store.
             atomic_write(path / CONFIG, cfg.encode(), path / "tmp")
             fsync_dir(path)
