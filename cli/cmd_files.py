@@ -9,13 +9,9 @@ from pathlib import Path
 import click
 from cas.cli.app import Ctx, cli, pass_ctx, progress_for
 from cas.cli.complete import complete_spec
-from cas.cli.render import format_table, human_bytes, human_time
+from cas.cli.render import count, format_table, human_bytes, human_time
 
 from cas.errors import ArgsError
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 @cli.command()
@@ -54,8 +50,8 @@ def checkout(ctx: Ctx, spec: str, dest: Path, force: bool, clean: bool,
     text = (f"checked out {r.name}@{r.seq} to {r.dest}: {r.files} files, "
             f"{human_bytes(r.bytes_written)}, SHA-256 verified")
     if r.removed_files or r.removed_dirs:
-        text += (f"; removed {_count(r.removed_files, 'file')} and "
-                 f"{_count(r.removed_dirs, 'folder')} not in the version")
+        text += (f"; removed {count(r.removed_files, 'file')} and "
+                 f"{count(r.removed_dirs, 'folder')} not in the version")
     ctx.out.result(r, text)
 
 
