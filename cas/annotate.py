@@ -71,18 +71,9 @@ def annotate(store: Store, spec: str, ann: Annotation) -> AnnotateResult:
         old = Manifest.decode(raw_bytes)
         md = old.metadata
         changed: list[str] = []
-        metrics = dict(md.metrics)
-        for k in ann.unset_metrics:
-            if k not in metrics:
-                raise ArgsError(f"{version.ref} has no metric {k!r}")
-            del metrics[k]
-        metrics.update(ann.metrics)
-        extra = dict(md.extra)
-        for k in ann.unset_extra:
-            if k not in extra:
-                raise ArgsError(f"{version.ref} has no --meta key {k!r}")
-            del extra[k]
-        extra.update(ann.extra)
+        metrics = _merged(md.metrics, ann.unset_metrics, ann.metrics,
+                          f"{version.ref} has no metric")
+        extra = _merged(md.extra, ann.unset_extra, ann.extra, f"{version.ref} has no --meta key")
         prov = md.provenance
         p = ann.provenance
         prov = msgspec.structs.replace(
@@ -119,6 +110,19 @@ def annotate(store: Store, spec: str, ann: Annotation) -> AnnotateResult:
         Manifest.decode(data)  # what is committed must read back
         commit = store.registry.annotate_version(version, data, ann.message, identity)
     return AnnotateResult(version.name, version.seq, commit, changed)
+
+
+def _merged(old: dict[str, Any], unset: list[str], new: dict[str, Any], missing: str
+            ) -> dict[str, Any]:
+    """``old`` without the keys ``unset`` (each must be there: ``missing`` + key is the error),
+    then updated with ``new``."""
+    out = dict(old)
+    for k in unset:
+        if k not in out:
+            raise ArgsError(f"{missing} {k!r}")
+        del out[k]
+    out.update(new)
+    return out
 
 
 def _carry_unknown(new: Any, old: Any, struct: type = Manifest) -> Any:
