@@ -203,13 +203,12 @@ def history(store: Store, spec: str) -> list[HistoryRow]:
     models keep their history."""
     parsed = parse_version_spec(spec)
     reg = store.registry
-    if reg.head(parsed.name) is None:
-        reg.state(parsed.name)  # raises NotFoundError, with a did-you-mean
+    st = reg.state(parsed.name)  # one walk of the history; NotFoundError with a did-you-mean
     only: int | None = None
     if parsed.selector is not None:
-        only = reg.resolve(parsed, removed_ok=True).seq
+        only = reg.resolve(parsed, removed_ok=True, state=st).seq
     rows = []
-    for h in reg.history(parsed.name):
+    for h in st.history:
         if only is not None and only not in h.versions:
             continue
         tags = sorted(t for t, s in h.tags if only is None or s == only)

@@ -389,19 +389,21 @@ class Registry:
             c.message.decode(errors="replace").split("\n", 1)[0],
         )
 
-    def resolve(self, spec: VersionSpec, *, removed_ok: bool = False) -> Version:
+    def resolve(self, spec: VersionSpec, *, removed_ok: bool = False,
+                state: ModelState | None = None) -> Version:
         """Find the version ``spec`` names.
 
         ``NAME`` is the latest live version; ``NAME@3`` sequence number 3; ``NAME@TAG`` a tag;
         ``NAME@<hex>`` a commit prefix of at least 4 characters. A removed version is refused
-        (naming ``cas restore``) unless ``removed_ok``.
+        (naming ``cas restore``) unless ``removed_ok``. ``state``: the model's
+        :meth:`state` if the caller walked its history already (it is not walked again).
 
         Raises:
             NotFoundError: no such model, version, tag or commit, or the version was removed.
             ArgsError: a commit prefix that matches several versions.
         """
         name, sel = spec.name, spec.selector
-        st = self.state(name)
+        st = state if state is not None and state.name == name else self.state(name)
         if sel is None:
             if not st.live:
                 raise NotFoundError(
