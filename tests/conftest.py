@@ -69,3 +69,27 @@ def git() -> str:
     if exe is None:
         pytest.skip("git is not installed")
     return exe
+
+
+def damage_chunk(store_path: Path, spec: str, path: str, index: int = 0) -> int:
+    """Flip a byte in the middle of the stored bytes of chunk ``index`` of file ``path`` of
+    version ``spec``, in its pack; return the offset in the file where that chunk starts."""
+    from cas import Store
+    from cas.format.pack import ENTRY_HEADER_SIZE
+    from cas.ids import parse_hex
+    from cas.packs import pack_path
+
+    store = Store.open(store_path)
+    entry = next(f for f in store.manifest(store.resolve(spec)).files if f.path == path)
+    chunks = store.read_chunk_list(parse_hex(entry.chunks)).chunks
+    loc = store.packs.locate(chunks[index][0])
+    assert loc is not None
+    pack_file = pack_path(store_path / "packs", loc.pack.id, "pack")
+    offset = loc.entry.offset + ENTRY_HEADER_SIZE + loc.entry.stored_len // 2
+    store.close()
+    with open(pack_file, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x40]))
+    return sum(n for _oid, n in chunks[:index])

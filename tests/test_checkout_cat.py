@@ -11,14 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import damage_chunk
 
 from cas import Store
 from cas.cat import CAT_GROUP
 from cas.errors import NotFoundError, VerifyError
 from cas.format.manifest import Manifest
-from cas.format.pack import ENTRY_HEADER_SIZE
-from cas.ids import parse_hex
-from cas.packs import pack_path
 
 BIG = 3_000_000  # about 45 chunks of the default 64 KiB average
 
@@ -73,23 +71,9 @@ def test_broken_pipe_ends_quietly(cas, data, store_path: Path) -> None:  # type:
 
 
 def _damage_chunk(store_path: Path, path: str, index: int) -> int:
-    """Flip a byte of chunk ``index`` of ``path`` in its pack; return the file offset where
-    that chunk starts."""
-    store = Store.open(store_path)
-    version = store.resolve("m")
-    entry = next(f for f in store.manifest(version).files if f.path == path)
-    chunks = store.read_chunk_list(parse_hex(entry.chunks)).chunks
-    loc = store.packs.locate(chunks[index][0])
-    assert loc is not None
-    pack_file = pack_path(store_path / "packs", loc.pack.id, "pack")
-    offset = loc.entry.offset + ENTRY_HEADER_SIZE + loc.entry.stored_len // 2
-    store.close()
-    with open(pack_file, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0x40]))
-    return sum(n for _oid, n in chunks[:index])
+    """Flip a byte of chunk ``index`` of ``path`` in ``m``; return the file offset where that
+    chunk starts."""
+    return damage_chunk(store_path, "m", path, index)
 
 
 def test_a_damaged_chunk_is_never_written(cas, data, store_path: Path

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import blake3
 import pytest
+from conftest import damage_chunk
 
 
 def _tree(root: Path, files: dict[str, bytes]) -> Path:
@@ -344,23 +345,7 @@ def test_a_step_conflict_is_found_before_anything_changes(two_versions, tmp_path
 
 def _damage(store_path: Path, spec: str, path: str) -> None:
     """Flip a byte in the middle of the stored bytes of the first chunk of ``path``."""
-    from cas import Store
-    from cas.format.pack import ENTRY_HEADER_SIZE
-    from cas.ids import parse_hex
-    from cas.packs import pack_path
-
-    store = Store.open(store_path)
-    entry = next(f for f in store.manifest(store.resolve(spec)).files if f.path == path)
-    loc = store.packs.locate(store.read_chunk_list(parse_hex(entry.chunks)).chunks[0][0])
-    assert loc is not None
-    pack_file = pack_path(store_path / "packs", loc.pack.id, "pack")
-    offset = loc.entry.offset + ENTRY_HEADER_SIZE + loc.entry.stored_len // 2
-    store.close()
-    with open(pack_file, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0x40]))
+    damage_chunk(store_path, spec, path)
 
 
 def test_a_failed_checkout_keeps_the_folder_cas_s(cas, tmp_path: Path, store_path: Path
