@@ -28,7 +28,6 @@ import errno
 import os
 import re
 import stat as stat_mod
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -38,7 +37,7 @@ from typing import Any
 import msgspec
 
 from cas.errors import ArgsError, CasWarning, NotFoundError, from_os_error
-from cas.names import MAX_PATH_LEN, validate_rel_path
+from cas.names import MAX_PATH_LEN, path_key, validate_rel_path
 
 #: The ignore file read at the top of an added folder.
 IGNORE_FILE = ".casignore"
@@ -264,7 +263,7 @@ def scan_input(path: Path, *, store_dir: Path | None = None,
                         "W_DANGLING_SYMLINK",
                         f"{shown}: dangling symlink (-> {_link_target(e.path)}); skipped"))
                 continue
-            other = folded.setdefault(unicodedata.normalize("NFC", name).casefold(), name)
+            other = folded.setdefault(path_key(name), name)
             if other is not name:
                 first, second = sorted((prefix + other, rel))
                 raise ArgsError(f"file paths {first!r} and {second!r} differ only in case or "

@@ -460,13 +460,9 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
         registry = store.registry
         parents = _parse_parents(store, options.parents)
         latest = _latest(registry, name)
-        existing = registry.tags(name)
         for t in tags:
-            for (_m, other) in existing:
-                if other != t and other.casefold() == t.casefold():
-                    raise ConflictError(f"tag {name}@{t} differs only in case from existing "
-                                        f"tag {name}@{other}")
-        tagged = {t: c for (_, t), c in existing.items() if t in tags}
+            registry.check_tag_case(name, t)
+        tagged = {t: c for (_, t), c in registry.tags(name).items() if t in tags}
         on_latest = check_tags(name, tagged, latest, options.force_tag)
         cache = StatCache(store.cache_dir / "stat.msgpack", store.tmp_dir)
         old: Manifest | None = None

@@ -131,6 +131,12 @@ def validate_rel_path(path: str, *, user_input: bool = False) -> str:
     return path
 
 
+def path_key(path: str) -> str:
+    """What two paths must differ in to be two files everywhere: equal keys collide on a
+    case-insensitive or normalising filesystem (macOS writes NFD names)."""
+    return unicodedata.normalize("NFC", path).casefold()
+
+
 def check_unique_paths(paths: Iterable[str], *, user_input: bool = False) -> None:
     """Refuse duplicate paths, paths equal up to case or Unicode normalisation (NFC/NFD, as
     macOS writes names), and a path that is also a directory of another path (``a`` and
@@ -140,7 +146,7 @@ def check_unique_paths(paths: Iterable[str], *, user_input: bool = False) -> Non
     dirs: set[str] = set()
     plist = list(paths)
     for p in plist:
-        key = unicodedata.normalize("NFC", p).casefold()
+        key = path_key(p)
         if key in seen:
             if seen[key] == p:
                 raise err(f"file path {p!r} appears twice")

@@ -649,11 +649,7 @@ class Registry:
         except KeyError:
             old = None
         if old is None:
-            for (_m, other) in self.tags(version.name):
-                if other != tag and other.casefold() == tag.casefold():
-                    raise ConflictError(
-                        f"tag {version.name}@{tag} differs only in case from existing tag "
-                        f"{version.name}@{other}")
+            self.check_tag_case(version.name, tag)
         was = None
         if old is not None:
             obj = self._object(old, ShaFile, "tag")
@@ -687,6 +683,18 @@ class Registry:
                                 _message(subject, "tag", [version.seq], [(tag, version.seq)]),
                                 identity)
         return True
+
+    def check_tag_case(self, name: str, tag: str) -> None:
+        """Refuse a new tag of ``name`` that differs only in case from one it has (tag refs
+        are files, which collide on case-insensitive filesystems).
+
+        Raises:
+            ConflictError: naming the existing tag.
+        """
+        for (_m, other) in self.tags(name):
+            if other != tag and other.casefold() == tag.casefold():
+                raise ConflictError(f"tag {name}@{tag} differs only in case from existing tag "
+                                    f"{name}@{other}")
 
     def delete_tag(self, name: str, tag: str, identity: tuple[str, str] | None = None
                    ) -> Version | None:
