@@ -22,7 +22,7 @@ Steps, all under the store write lock except the first:
    ones (:mod:`cas.derive`, planned on its own thread); a writer thread appends the results to
    the pack in order. At most ``MAX_BLOCKS_IN_FLIGHT`` blocks are held at once, so memory
    stays bounded whatever the file size. Each file's chunk list is stored as an object.
-5. :meth:`cas.packs.PackWriter.finish` makes every pack durable and visible; only then is the
+5. :meth:`cas.packwriter.PackWriter.finish` makes every pack durable and visible; only then is the
    manifest committed (:mod:`cas.metadata` describes the model from headers only), the model
    ref moved, the tags set, and the stat cache saved.
 
@@ -64,7 +64,7 @@ from cas.ids import blake3_id, parse_hex
 from cas.ignore import Skipped, scan_input
 from cas.metadata import describe, float_ranges, format_of
 from cas.names import parse_version_spec, validate_model_name, validate_tag
-from cas.packs import PackWriter
+from cas.packwriter import PackWriter
 from cas.registry import Version, check_message, resolve_identity
 from cas.statcache import FileDigest, StatCache
 from cas.unchanged import (

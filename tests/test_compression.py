@@ -162,7 +162,8 @@ def test_corrupted_frame_never_returns_wrong_bytes(tmp_path: Path):
     raises VerifyError or returns the original bytes, never different ones."""
     from cas.format import pack as fmt
     from cas.ids import blake3_id
-    from cas.packs import PackSet, PackWriter, scan_pack
+    from cas.packs import PackSet, scan_pack
+    from cas.packwriter import PackWriter
 
     (tmp_path / "packs").mkdir()
     (tmp_path / "tmp").mkdir()

@@ -17,7 +17,8 @@ from cas.errors import SchemaError, VerifyError
 from cas.format import midx as fmt
 from cas.format.pack import KIND_CHUNK
 from cas.ids import blake3_id
-from cas.packs import PackSet, PackWriter
+from cas.packs import PackSet
+from cas.packwriter import PackWriter
 
 
 def make_packs(packs: Path, tmp: Path, n_packs: int, per_pack: int, seed: int) -> list[bytes]:

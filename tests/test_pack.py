@@ -16,7 +16,8 @@ from cas.compression import CODEC_RAW, CODEC_ZSTD, Compressor
 from cas.errors import NotFoundError, SchemaError, VerifyError
 from cas.format import pack as fmt
 from cas.ids import blake3_id
-from cas.packs import PackSet, PackWriter, pack_path, scan_pack
+from cas.packs import PackSet, pack_path, scan_pack
+from cas.packwriter import PackWriter
 
 
 def test_layout_sizes():
