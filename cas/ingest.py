@@ -66,7 +66,7 @@ from cas.metadata import describe, float_ranges, format_of
 from cas.names import parse_version_spec, validate_model_name, validate_tag
 from cas.packwriter import PackWriter
 from cas.registry import Version, check_message, resolve_identity
-from cas.statcache import FileDigest, StatCache
+from cas.statcache import FileDigest, StatCache, unconfirmed
 from cas.unchanged import (
     changed,
     check_tags,
@@ -464,7 +464,8 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
             registry.check_tag_case(name, t)
         tagged = {t: c for (_, t), c in registry.tags(name).items() if t in tags}
         on_latest = check_tags(name, tagged, latest, options.force_tag)
-        cache = StatCache(store.cache_dir / "stat.msgpack", store.tmp_dir)
+        cache = StatCache(store.cache_dir / "stat.msgpack", store.tmp_dir, store.config.uuid)
+        warnings.extend(cache.warnings)
         old: Manifest | None = None
 
         def latest_manifest() -> Manifest:
@@ -495,14 +496,12 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
             else:
                 unchanged = same_content(found, scan.files, latest_manifest())
         if not unchanged and hits:
-            # A new version will name these chunk lists: trust a cached digest only if its
-            # chunk list is (still) in the store.
-            for rel, apath, st in scan.files:
-                d = found.get(rel)
-                if d is not None and not store.has_object(parse_hex(d.chunks,
-                                                                    what="chunk list id")):
-                    del found[rel]
-                    todo.append((rel, apath, st, d))
+            # A new version will name these chunk lists: trust a cached digest only if what
+            # it vouches for is confirmed (its chunk list is in the store, and agrees).
+            for rel, apath, st, d in unconfirmed(store, found, scan.files,
+                                                 latest_manifest() if latest else None):
+                del found[rel]
+                todo.append((rel, apath, st, d))
             hits = len(found)
         if on_latest and not unchanged:
             assert latest is not None
@@ -510,7 +509,7 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
                             cache)
             unchanged, todo = True, []
 
-        writer = PackWriter(store.packs_dir, store.tmp_dir, store.config.pack_target_bytes)
+        writer = PackWriter(store.backend, store.config.pack_target_bytes)
         ing = _Ingester(store, writer, progress, sum(st.st_size for _, _, st, _ in todo)) \
             if todo else None
         stale: list[str] = []

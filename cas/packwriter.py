@@ -1,51 +1,33 @@
 """Writing packs durably: objects appended to a temp pack, closed with a trailer and an index.
 
-Write order (see ``docs/format.md``): entries are appended to a temp pack; ``finish`` appends the
-trailer and fsyncs it, writes the index to a temp file and fsyncs it, renames the pack, renames
-the index, and fsyncs the directory. Readers only look at packs that have an index, so a pack is
-visible only once both files are complete and durable.
+Write order (see ``docs/format.md``): entries are appended to a new backend object; closing a
+pack appends the trailer and commits the pack (durable, renamed into place), then writes its
+index the same way. Readers only look at packs that have an index, so a pack is visible only
+once both are complete and durable.
 """
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 from cas.errors import CasError, SchemaError, from_os_error
 from cas.format import pack as fmt
-from cas.fsutil import fsync_dir, tmp_name
-from cas.packs import pack_path
+from cas.packs import PACK_PREFIX
+from cas.storage import Backend, ObjectWriter
 
 
 class _OpenPack:
-    """The pack being appended to: its temp file, entries so far, and running pack id."""
+    """The pack being appended to: its writer, entries so far, and running pack id."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    def __init__(self, writer: ObjectWriter) -> None:
+        self.writer = writer
         self.entries: list[fmt.Entry] = []
         self.hasher = fmt.PackIdHasher()
         self.offset = 0
 
     def write(self, *parts: bytes | memoryview) -> None:
-        """Append ``parts`` with one writev (no copy into a user-space buffer)."""
-        views = [memoryview(p).cast("B") for p in parts]
-        while views:
-            n = os.writev(self.fd, views)
-            self.offset += n
-            while views and n >= len(views[0]):
-                n -= len(views[0])
-                views.pop(0)
-            if views and n:
-                views[0] = views[0][n:]
-
-    def discard(self) -> None:
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
-        self.tmp.unlink(missing_ok=True)
+        self.writer.write(*parts)
+        self.offset += sum(len(p) for p in parts)
 
 
 class PackWriter:
@@ -57,9 +39,8 @@ class PackWriter:
     pack being filled; packs already closed stay (complete and harmless).
     """
 
-    def __init__(self, packs_dir: Path, tmp_dir: Path, target_bytes: int) -> None:
-        self.packs_dir = packs_dir
-        self.tmp_dir = tmp_dir
+    def __init__(self, backend: Backend, target_bytes: int) -> None:
+        self.backend = backend
         self.target_bytes = min(target_bytes, fmt.MAX_PACK_BYTES - (64 << 20))
         self.written: dict[bytes, int] = {}  # oid -> stored length, for this writer's lifetime
         self.finished: list[str] = []
@@ -95,8 +76,9 @@ class PackWriter:
             return
         try:
             if self._open is None:
-                self._open = _OpenPack(tmp_name(self.tmp_dir, "pack"))
-                self._open.write(fmt.pack_header())
+                opened = _OpenPack(self.backend.open_write("pack"))
+                self._open = opened
+                opened.write(fmt.pack_header())
             pack = self._open
             offset = pack.offset
             parts: list[bytes | memoryview] = []
@@ -106,8 +88,7 @@ class PackWriter:
                 pack.entries.append(fmt.Entry(oid, offset, len(stored), raw_len, kind, codec))
                 pack.hasher.add(oid)
                 offset += fmt.ENTRY_HEADER_SIZE + len(stored)
-            for i in range(0, len(parts), 512):  # stay well under IOV_MAX (1024)
-                pack.write(*parts[i : i + 512])
+            pack.write(*parts)
         except OSError as exc:
             for oid, *_ in fresh:
                 self.written.pop(oid, None)
@@ -143,7 +124,7 @@ class PackWriter:
         if self._open is not None:
             for e in self._open.entries:
                 self.written.pop(e.oid, None)
-            self._open.discard()
+            self._open.writer.abort()
             self._open = None
         try:
             self._wait_closing()
@@ -151,23 +132,19 @@ class PackWriter:
             pass  # abort runs while another error propagates
 
     def _close_pack(self, pack: _OpenPack) -> str:
-        """Trailer, fsync, index (temp, fsync), rename pack, rename index, fsync the folder."""
+        """Trailer, commit the pack (durable, renamed into place), then its index.
+
+        A crash between the two leaves a pack without an index, which the next writer indexes
+        (see the crash table in ``docs/format.md``); readers never see a pack without one.
+        """
         pack_id = pack.hasher.digest()
         hex_id = pack_id.hex()
-        idx_tmp = tmp_name(self.tmp_dir, "idx")
         try:
             pack.write(fmt.pack_trailer(len(pack.entries), pack_id))
-            os.fsync(pack.fd)
-            os.close(pack.fd)
-            with open(idx_tmp, "xb") as f:
-                f.write(fmt.encode_index(pack.entries, pack_id))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(pack.tmp, pack_path(self.packs_dir, hex_id, "pack"))
-            os.replace(idx_tmp, pack_path(self.packs_dir, hex_id, "idx"))
-            fsync_dir(self.packs_dir)
+            pack.writer.commit(f"packs/{PACK_PREFIX}{hex_id}.pack")
+            self.backend.write(f"packs/{PACK_PREFIX}{hex_id}.idx",
+                               fmt.encode_index(pack.entries, pack_id))
         except OSError as exc:
-            idx_tmp.unlink(missing_ok=True)
-            pack.discard()
+            pack.writer.abort()
             raise from_os_error(exc, "finishing a pack") from None
         return hex_id

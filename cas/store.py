@@ -42,6 +42,8 @@ from cas.fsutil import atomic_write, clean_tmp, fsync_dir
 from cas.locking import DEFAULT_TIMEOUT, WriteLock
 from cas.names import VersionSpec, parse_version_spec
 from cas.packs import PackSet, pack_path, scan_pack
+from cas.storage import Backend
+from cas.storage.local import LocalBackend
 from cas.registry import Registry, Version
 from cas.settings import FILE as SETTINGS_FILE
 from cas.settings import Settings
@@ -99,9 +101,11 @@ class Store:
     Use :meth:`init` to create one and :meth:`open` to open one.
     """
 
-    def __init__(self, path: Path, config: StoreConfig) -> None:
+    def __init__(self, path: Path, config: StoreConfig, backend: Backend | None = None) -> None:
         self.path = path
         self.config = config
+        #: Where the store's bytes live; everything a writer changes goes through it.
+        self.backend: Backend = backend if backend is not None else LocalBackend(path)
         self.packs_dir = path / "packs"
         self.tmp_dir = path / "tmp"
         self.cache_dir = path / "cache"

@@ -164,6 +164,7 @@ def test_corrupted_frame_never_returns_wrong_bytes(tmp_path: Path):
     from cas.ids import blake3_id
     from cas.packs import PackSet, scan_pack
     from cas.packwriter import PackWriter
+    from cas.storage.local import LocalBackend
 
     (tmp_path / "packs").mkdir()
     (tmp_path / "tmp").mkdir()
@@ -171,7 +172,7 @@ def test_corrupted_frame_never_returns_wrong_bytes(tmp_path: Path):
     codec, stored = Compressor().compress(data)
     assert codec == CODEC_ZSTD
     oid = blake3_id(data)
-    writer = PackWriter(tmp_path / "packs", tmp_path / "tmp", 1 << 20)
+    writer = PackWriter(LocalBackend(tmp_path), 1 << 20)
     writer.add(oid, fmt.KIND_CHUNK, codec, len(data), stored)
     writer.finish()
     pack_file = tmp_path / "packs" / f"pack-{writer.finished[0]}.pack"

@@ -19,13 +19,14 @@ from cas.format.pack import KIND_CHUNK
 from cas.ids import blake3_id
 from cas.packs import PackSet
 from cas.packwriter import PackWriter
+from cas.storage.local import LocalBackend
 
 
 def make_packs(packs: Path, tmp: Path, n_packs: int, per_pack: int, seed: int) -> list[bytes]:
     rng = random.Random(seed)
     ids = []
     for _ in range(n_packs):
-        writer = PackWriter(packs, tmp, 1 << 30)
+        writer = PackWriter(LocalBackend(packs.parent), 1 << 30)
         for _ in range(per_pack):
             data = rng.randbytes(200)
             oid = blake3_id(data)

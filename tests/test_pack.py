@@ -12,12 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cas.compression import CODEC_RAW, CODEC_ZSTD, Compressor
+from cas.compression import CODEC_RAW, CODEC_ZSTD, CODECS, Compressor
 from cas.errors import NotFoundError, SchemaError, VerifyError
 from cas.format import pack as fmt
 from cas.ids import blake3_id
 from cas.packs import PackSet, pack_path, scan_pack
 from cas.packwriter import PackWriter
+from cas.storage.local import LocalBackend
 
 
 def test_layout_sizes():
@@ -59,7 +60,7 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
 def write_objects(
     packs: Path, tmp: Path, objects: list[bytes], target: int = 1 << 30
 ) -> tuple[PackWriter, list[bytes], dict[bytes, int]]:
-    writer = PackWriter(packs, tmp, target)
+    writer = PackWriter(LocalBackend(packs.parent), target)
     comp = Compressor()
     ids = []
     codecs = {}
@@ -140,7 +141,7 @@ def test_duplicate_add_is_noop(dirs):
     packs, tmp = dirs
     data = b"same bytes" * 100
     oid = blake3_id(data)
-    writer = PackWriter(packs, tmp, 1 << 30)
+    writer = PackWriter(LocalBackend(packs.parent), 1 << 30)
     writer.add(oid, fmt.KIND_CHUNK, CODEC_RAW, len(data), data)
     writer.add(oid, fmt.KIND_CHUNK, CODEC_RAW, len(data), data)
     assert oid in writer
@@ -151,7 +152,7 @@ def test_duplicate_add_is_noop(dirs):
 
 def test_finish_twice_and_empty_finish(dirs):
     packs, tmp = dirs
-    writer = PackWriter(packs, tmp, 1 << 30)
+    writer = PackWriter(LocalBackend(packs.parent), 1 << 30)
     assert writer.finish() == []
     assert os.listdir(packs) == []
     data = b"x" * 10
@@ -369,8 +370,8 @@ def test_index_naming_another_pack_refused(dirs):
 @settings(max_examples=40, deadline=None)
 @given(
     st.binary(min_size=32, max_size=32),
-    st.integers(0, 255),
-    st.integers(0, 255),
+    st.sampled_from(sorted(fmt.KINDS)),
+    st.sampled_from(sorted(CODECS)),
     st.integers(0, 2**32 - 1),
     st.integers(0, 2**32 - 1),
     st.integers(0, 47),
@@ -537,7 +538,7 @@ def test_scan_pack_refuses_missing_trailer_and_bad_magic(dirs, tmp_path):
 
 def test_abort_leaves_no_temp_and_nothing_visible(dirs):
     packs, tmp = dirs
-    writer = PackWriter(packs, tmp, 1 << 30)
+    writer = PackWriter(LocalBackend(packs.parent), 1 << 30)
     objects = make_objects(3)
     for data in objects:
         writer.add(blake3_id(data), fmt.KIND_CHUNK, CODEC_RAW, len(data), data)
@@ -555,7 +556,7 @@ def test_abort_leaves_no_temp_and_nothing_visible(dirs):
 def test_abort_after_roll_over_keeps_closed_packs(dirs):
     packs, tmp = dirs
     objects = make_objects(5, size=30000, seed=9)
-    writer = PackWriter(packs, tmp, 65000)
+    writer = PackWriter(LocalBackend(packs.parent), 65000)
     for data in objects:
         writer.add(blake3_id(data), fmt.KIND_CHUNK, CODEC_RAW, len(data), data)
     writer.abort()  # waits for the packs closed in the background at each roll-over
@@ -580,7 +581,7 @@ def test_abort_after_roll_over_keeps_closed_packs(dirs):
 def test_objects_invisible_until_finish_and_refresh(dirs):
     packs, tmp = dirs
     ps = PackSet(packs)
-    writer = PackWriter(packs, tmp, 1 << 30)
+    writer = PackWriter(LocalBackend(packs.parent), 1 << 30)
     data = b"later" * 1000
     oid = blake3_id(data)
     writer.add(oid, fmt.KIND_CHUNK, CODEC_RAW, len(data), data)

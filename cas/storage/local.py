@@ -1,0 +1,261 @@
+"""The local directory backend: a store's bytes as files under one folder.
+
+Durability follows one order everywhere: write a temp file in ``tmp/``, fsync it, rename it
+into place, fsync the folder (and every folder the rename had to create). A crash leaves the
+old object or the new one under the final name, plus at most a temp that :meth:`sweep`
+removes. ``swap`` locks a name as git does (``NAME.lock`` created with ``O_EXCL``, renamed over
+``NAME``), so git itself and dulwich see the same locks on the registry's refs; names ending
+in ``.lock`` are therefore reserved and never listed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+from cas.fsutil import fsync_dir, tmp_name
+from cas.storage import ANY, Expected, check_name
+
+TMP = "tmp"
+LOCK_SUFFIX = ".lock"
+#: Folders with fewer components are never removed when they empty (``registry/refs``).
+_KEEP_DEPTH = 3
+
+
+class LocalWriter:
+    """A new object in a temp file; :meth:`commit` fsyncs and renames it into place."""
+
+    def __init__(self, backend: LocalBackend, hint: str) -> None:
+        self._backend = backend
+        self.tmp = tmp_name(backend.tmp_dir, hint)
+        self.fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
+    def write(self, *parts: bytes | memoryview) -> None:
+        """Append ``parts`` with one ``writev`` (no copy into a user-space buffer)."""
+        assert self.fd is not None, "write after commit or abort"
+        views = [memoryview(p).cast("B") for p in parts if len(p)]
+        while views:
+            n = os.writev(self.fd, views[:512])  # stay well under IOV_MAX (1024)
+            while views and n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            if views and n:
+                views[0] = views[0][n:]
+
+    def commit(self, name: str) -> None:
+        assert self.fd is not None, "commit after commit or abort"
+        try:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = None
+            self._backend._place(self.tmp, name)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+        self.tmp.unlink(missing_ok=True)
+
+
+class LocalBackend:
+    """A store's bytes as files under ``root`` (temps in ``root/tmp``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp_dir = root / TMP
+
+    def __repr__(self) -> str:
+        return f"LocalBackend({str(self.root)!r})"
+
+    def path(self, name: str) -> Path:
+        """The file that holds ``name`` (for the readers that stay outside the seam)."""
+        return self.root / check_name(name)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def list(self, folder: str) -> list[str]:
+        base = self.root / check_name(folder) if folder else self.root
+        prefix = f"{folder}/" if folder else ""
+        try:
+            entries = list(os.scandir(base))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(prefix + e.name for e in entries
+                      if e.is_file(follow_symlinks=False) and not e.name.endswith(LOCK_SUFFIX))
+
+    def list_tree(self, folder: str) -> list[str]:
+        base = self.root / check_name(folder)
+        found = []
+        for top, dirs, files in os.walk(base):
+            rel = os.path.relpath(top, self.root).replace(os.sep, "/")
+            dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(top, d))]
+            found += [f"{rel}/{f}" for f in files if not f.endswith(LOCK_SUFFIX)
+                      and os.path.isfile(os.path.join(top, f))
+                      and not os.path.islink(os.path.join(top, f))]
+        return sorted(found)
+
+    def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        fd = os.open(self.path(name), os.O_RDONLY)
+        try:
+            if length is None:
+                length = max(os.fstat(fd).st_size - offset, 0)
+            parts = []
+            while length > 0:
+                part = os.pread(fd, length, offset)
+                if not part:
+                    break
+                parts.append(part)
+                offset += len(part)
+                length -= len(part)
+            return b"".join(parts)
+        finally:
+            os.close(fd)
+
+    def size(self, name: str) -> int | None:
+        try:
+            st = os.stat(self.path(name), follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return st.st_size if not _is_dir(st) else None
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def write(self, name: str, data: bytes | memoryview) -> None:
+        writer = self.open_write(name.rsplit("/", 1)[-1])
+        try:
+            writer.write(data)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.commit(name)
+
+    def open_write(self, hint: str) -> LocalWriter:
+        return LocalWriter(self, hint.replace("/", "_"))
+
+    def _place(self, tmp: Path, name: str) -> None:
+        """Rename the durable temp ``tmp`` to ``name`` and make the rename durable."""
+        target = self.path(name)
+        self._make_parents(target)
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+
+    def _make_parents(self, target: Path) -> None:
+        """Create the missing folders above ``target``, each made durable in its parent."""
+        missing = []
+        parent = target.parent
+        while not parent.is_dir():
+            missing.append(parent)
+            if parent == self.root:
+                break
+            parent = parent.parent
+        for folder in reversed(missing):
+            try:
+                os.mkdir(folder)
+            except FileExistsError:
+                if not folder.is_dir():
+                    raise NotADirectoryError(errno.ENOTDIR, "a file is in the way",
+                                             str(folder)) from None
+                continue
+            fsync_dir(folder.parent)
+
+    def swap(self, name: str, expected: Expected, new: bytes | None) -> bool:
+        target = self.path(name)
+        lock = target.with_name(target.name + LOCK_SUFFIX)
+        self._make_parents(target)
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        renamed = False
+        try:
+            current = self._current(target)
+            if expected is not ANY and current != expected:
+                return False
+            if new is None:
+                if current is not None:
+                    os.unlink(target)
+                    fsync_dir(target.parent)
+                    self._prune(target.parent)
+                return True
+            view = memoryview(new)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+            os.replace(lock, target)
+            renamed = True
+            fsync_dir(target.parent)
+            return True
+        finally:
+            os.close(fd)
+            if not renamed:
+                lock.unlink(missing_ok=True)
+
+    def _current(self, target: Path) -> bytes | None:
+        """What ``target`` holds; an empty folder in its place (left by a crash between the two
+        steps of a deletion, by this backend or by git) counts as absent and is removed."""
+        try:
+            with open(target, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+        except IsADirectoryError:
+            try:
+                os.rmdir(target)
+            except OSError:
+                raise IsADirectoryError(errno.EISDIR, "a folder is in the way",
+                                        str(target)) from None
+            fsync_dir(target.parent)
+            return None
+
+    def delete(self, name: str) -> None:
+        target = self.path(name)
+        try:
+            os.unlink(target)
+        except FileNotFoundError:
+            return
+        fsync_dir(target.parent)
+        self._prune(target.parent)
+
+    def _prune(self, folder: Path) -> None:
+        """Remove ``folder`` and its parents while they are empty (not the top folders)."""
+        while len(folder.relative_to(self.root).parts) >= _KEEP_DEPTH:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                return
+            fsync_dir(folder.parent)
+            folder = folder.parent
+
+    def sweep(self) -> int:
+        removed = 0
+        try:
+            temps = list(os.scandir(self.tmp_dir))
+        except FileNotFoundError:
+            temps = []
+        for entry in temps:
+            if entry.name.endswith(".tmp"):
+                try:
+                    os.unlink(entry.path)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+        for top, dirs, files in os.walk(self.root):
+            if top == str(self.root):
+                dirs[:] = [d for d in dirs if d not in (TMP, "packs")]
+            for f in files:
+                if f.endswith(LOCK_SUFFIX):
+                    try:
+                        os.unlink(os.path.join(top, f))
+                        removed += 1
+                    except FileNotFoundError:
+                        pass
+        return removed
+
+
+def _is_dir(st: os.stat_result) -> bool:
+    return stat.S_ISDIR(st.st_mode)
