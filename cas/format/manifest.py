@@ -16,9 +16,11 @@ version 3 added ``requires``, provenance and the rule above.
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 
-from cas.errors import FormatError, SchemaError
+from cas.errors import ArgsError, FormatError, SchemaError
 from cas.ids import is_hex
 from cas.names import check_unique_paths, validate_model_name, validate_rel_path
 
@@ -141,8 +143,8 @@ class Manifest(msgspec.Struct, frozen=True):
         """Raise SchemaError unless every field is consistent."""
         try:
             validate_model_name(self.name)
-        except Exception as exc:
-            raise SchemaError(f"manifest: {exc}") from None
+        except ArgsError as exc:
+            raise SchemaError(f"manifest: {exc.message}") from None
         if self.seq < 1:
             raise SchemaError(f"manifest: sequence number {self.seq} < 1")
         for f in self.files:
@@ -162,6 +164,11 @@ class Manifest(msgspec.Struct, frozen=True):
             raise SchemaError(f"manifest: total_size {self.total_size} != sum of sizes {total}")
         if self.metadata.format not in FORMATS:
             raise SchemaError(f"manifest: unknown format {self.metadata.format!r}")
+        for key, value in self.metadata.metrics.items():
+            # JSON has no infinity or NaN: such a metric would be written as null and the
+            # manifest could not be read back.
+            if not math.isfinite(value):
+                raise SchemaError(f"manifest: metric {key!r} is not a finite number")
 
     def same_content(self, other: Manifest) -> bool:
         """True if both versions hold the same files with the same bytes and modes."""

@@ -98,8 +98,15 @@ class Midx:
         self.count = count
         self.pack_ids = [bytes(buf[HEADER_SIZE + 32 * i : HEADER_SIZE + 32 * (i + 1)])
                          for i in range(packs)]
+        if any(a >= b for a, b in zip(self.pack_ids, self.pack_ids[1:])):
+            raise VerifyError(f"midx {name}: pack ids are not sorted and unique")
         self._fanout_at = HEADER_SIZE + 32 * packs
         self._records_at = self._fanout_at + FANOUT_SIZE
+        # A lookup bisects the range the fanout gives: checked here so it never leaves the
+        # records, whatever the bytes say.
+        fanout = _FANOUT.unpack_from(buf, self._fanout_at)
+        if fanout[-1] != count or list(fanout) != sorted(fanout):
+            raise VerifyError(f"midx {name}: damaged fanout table")
 
     def _range(self, first: int) -> tuple[int, int]:
         hi = struct.unpack_from("<Q", self.buf, self._fanout_at + 8 * first)[0]
@@ -110,7 +117,7 @@ class Midx:
 
     def _id(self, i: int) -> bytes:
         at = self._records_at + RECORD_SIZE * i
-        return self.buf[at : at + 32]
+        return bytes(self.buf[at : at + 32])
 
     def lookup(self, oid: bytes) -> bytes | None:
         """The id of the pack holding ``oid`` according to this midx, or None."""
@@ -127,23 +134,48 @@ class Midx:
                 return self.pack_ids[number]
         return None
 
+    def _records(self) -> Iterator[tuple[bytes, int]]:
+        """Every ``(id, pack number)``, unpacked a block at a time (memory stays small)."""
+        block = RECORD_SIZE * 65536
+        end = self._records_at + RECORD_SIZE * self.count
+        for at in range(self._records_at, end, block):
+            yield from _RECORD.iter_unpack(bytes(self.buf[at : min(at + block, end)]))
+
     def pairs(self) -> Iterator[tuple[bytes, bytes]]:
-        """All ``(id, pack id)`` in id order (for merging midxs)."""
+        """All ``(id, pack id)`` in id order (for merging midxs).
+
+        Raises:
+            VerifyError: a record names a pack number beyond the pack list.
+        """
         for i in range(self.count):
             oid, number = _RECORD.unpack_from(self.buf, self._records_at + RECORD_SIZE * i)
+            if number >= len(self.pack_ids):
+                raise VerifyError(f"midx {self.name}: record {i} names pack {number} of "
+                                  f"{len(self.pack_ids)}")
             yield bytes(oid), self.pack_ids[number]
 
     def verify(self) -> None:
-        """Check the trailer checksum and record order; raise VerifyError if wrong."""
+        """Check the trailer checksum, the record order, every record's pack number and the
+        fanout against the records; raise VerifyError if anything is wrong."""
         body = len(self.buf) - TRAILER_SIZE
         if blake3.blake3(self.buf[:body]).digest() != bytes(self.buf[body:]):
             raise VerifyError(f"midx {self.name}: checksum mismatch")
+        per_byte = [0] * 256
         prev = b""
-        for i in range(self.count):
-            oid = bytes(self._id(i))
+        for i, (oid, number) in enumerate(self._records()):
             if oid <= prev:
                 raise VerifyError(f"midx {self.name}: records out of order at {i}")
+            if number >= len(self.pack_ids):
+                raise VerifyError(f"midx {self.name}: record {i} names pack {number} of "
+                                  f"{len(self.pack_ids)}")
             prev = oid
+            per_byte[oid[0]] += 1
+        total = 0
+        fanout = _FANOUT.unpack_from(self.buf, self._fanout_at)
+        for b in range(256):
+            total += per_byte[b]
+            if fanout[b] != total:
+                raise VerifyError(f"midx {self.name}: fanout does not match the records")
 
 
 def encode(pairs: Iterable[tuple[bytes, bytes]], pack_ids: list[bytes]) -> bytes:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import blake3
 import xxhash
 
+from cas.compression import CODECS
 from cas.errors import SchemaError, VerifyError
 
 PACK_MAGIC = b"CASPACK\x00"
@@ -36,6 +37,7 @@ MAX_OBJECT_BYTES = (1 << 32) - 1
 
 KIND_CHUNK = 1
 KIND_CHUNK_LIST = 2
+KINDS = {KIND_CHUNK: "chunk", KIND_CHUNK_LIST: "chunk list"}
 
 _PACK_HEADER = struct.Struct("<8sII")  # magic, version, reserved
 _ENTRY_HEADER = struct.Struct("<32sBBHII")  # id, kind, codec, reserved, raw_len, stored_len
@@ -94,16 +96,36 @@ def encode_entry_header(oid: bytes, kind: int, codec: int, raw_len: int, stored_
     return head + _ENTRY_CHECK.pack(xxhash.xxh32_intdigest(head))
 
 
-def decode_entry_header(data: bytes, offset: int, name: str) -> Entry:
-    """Decode the 48-byte header of the entry at ``offset``; raise VerifyError if it is damaged."""
+def decode_entry_header(data: bytes | memoryview, offset: int, name: str) -> Entry:
+    """Decode the 48-byte header of the entry at ``offset``.
+
+    The checksum, then the kind, codec and reserved field are checked: a kind or codec this
+    build does not know is refused rather than guessed at (a new one comes with a feature name
+    in the store's config, which a reader that lacks it refuses first), so in a store this
+    build opens it can only be damage or a crafted pack.
+
+    Raises:
+        VerifyError: truncated, damaged (checksum), or an unknown kind, codec or reserved value.
+    """
     if len(data) < ENTRY_HEADER_SIZE:
         raise VerifyError(f"pack {name}: truncated entry header at offset {offset}")
     head = bytes(data[: _ENTRY_HEADER.size])
     (check,) = _ENTRY_CHECK.unpack_from(data, _ENTRY_HEADER.size)
     if xxhash.xxh32_intdigest(head) != check:
         raise VerifyError(f"pack {name}: damaged entry header at offset {offset}")
-    oid, kind, codec, _, raw_len, stored_len = _ENTRY_HEADER.unpack(head)
+    oid, kind, codec, reserved, raw_len, stored_len = _ENTRY_HEADER.unpack(head)
+    _check_kind_codec(kind, codec, reserved, f"pack {name}: entry at offset {offset}")
     return Entry(oid, offset, stored_len, raw_len, kind, codec)
+
+
+def _check_kind_codec(kind: int, codec: int, reserved: int, where: str) -> None:
+    """Refuse a kind, codec or reserved value that no writer of this format produces."""
+    if kind not in KINDS:
+        raise VerifyError(f"{where} has unknown kind {kind}")
+    if codec not in CODECS:
+        raise VerifyError(f"{where} has unknown codec {codec}")
+    if reserved:
+        raise VerifyError(f"{where} has a non-zero reserved field")
 
 
 def pack_trailer(count: int, pack_id: bytes) -> bytes:
@@ -160,12 +182,26 @@ def index_size(count: int) -> int:
 
 
 def check_index_header(buf: bytes | memoryview, name: str, file_size: int) -> int:
-    """Validate an index's header and size; return its record count.
+    """Validate an index's header, size and fanout; return its record count.
 
-    This is the cheap check done at open: magic, version, and a file size that matches the
-    count. The full checksum is checked by :func:`verify_index`.
+    This is the cheap check done at open: magic, version, a file size that matches the count,
+    and a fanout that never decreases and ends at the count (so a lookup never bisects outside
+    the records). The checksum and the records are checked by :func:`verify_index`.
+
+    Raises:
+        VerifyError: truncated, bad magic, a size or fanout that does not match the count.
+        SchemaError: an unknown index version.
     """
-    if file_size < IDX_RECORDS_START + IDX_TRAILER_SIZE:
+    count = _check_index_size(buf, name, file_size)
+    fanout = _IDX_FANOUT.unpack_from(buf, IDX_HEADER_SIZE)
+    if fanout[-1] != count or list(fanout) != sorted(fanout):
+        raise VerifyError(f"index {name}: damaged fanout table")
+    return count
+
+
+def _check_index_size(buf: bytes | memoryview, name: str, file_size: int) -> int:
+    """Magic, version and a size that matches the record count; return the count."""
+    if file_size < IDX_RECORDS_START + IDX_TRAILER_SIZE or len(buf) < file_size:
         raise VerifyError(f"index {name}: truncated")
     magic, version, count = _IDX_HEADER.unpack_from(buf)
     if magic != IDX_MAGIC:
@@ -204,18 +240,39 @@ def index_pack_id(buf: bytes | memoryview, count: int) -> bytes:
 
 
 def verify_index(buf: bytes | memoryview, name: str) -> None:
-    """Check an index's checksum and record order; raise VerifyError if either is wrong."""
-    count = check_index_header(buf, name, len(buf))
+    """Check an index's checksum and records; raise VerifyError if anything is wrong.
+
+    Beyond :func:`check_index_header`: the BLAKE3 trailer, ids strictly ascending, a fanout
+    that counts the records' first bytes, and in every record a known kind and codec and a zero
+    reserved field.
+    """
+    count = _check_index_size(buf, name, len(buf))
     body_end = IDX_RECORDS_START + count * IDX_RECORD_SIZE + 32
     want = bytes(buf[body_end : body_end + 32])
     if blake3.blake3(buf[:body_end]).digest() != want:
         raise VerifyError(f"index {name}: checksum mismatch")
+    per_byte = [0] * 256
     prev = b""
-    for i in range(count):
-        oid = index_record_id(buf, i)
+    for i, (oid, _, _, _, kind, codec, reserved) in enumerate(_index_records(buf, count)):
         if oid <= prev:
             raise VerifyError(f"index {name}: records out of order at {i}")
         prev = oid
+        per_byte[oid[0]] += 1
+        _check_kind_codec(kind, codec, reserved, f"index {name}: record {i}")
+    total = 0
+    fanout = _IDX_FANOUT.unpack_from(buf, IDX_HEADER_SIZE)
+    for b in range(256):
+        total += per_byte[b]
+        if fanout[b] != total:
+            raise VerifyError(f"index {name}: fanout does not match the records")
+
+
+def _index_records(buf: bytes | memoryview, count: int) -> Iterator[tuple]:
+    """Every record as a tuple, unpacked a block at a time (memory stays small)."""
+    block = IDX_RECORD_SIZE * 65536
+    end = IDX_RECORDS_START + count * IDX_RECORD_SIZE
+    for at in range(IDX_RECORDS_START, end, block):
+        yield from _IDX_RECORD.iter_unpack(bytes(buf[at : min(at + block, end)]))
 
 
 def iter_index(buf: bytes | memoryview) -> Iterator[Entry]:
