@@ -10,29 +10,62 @@ problem). ``--rehash`` bypasses the cache and refreshes it.
 The cache also keeps, for the last ``MAX_VERSIONS`` versions an add registered or found
 unchanged, a fingerprint of their content (see ``cas.ingest``): an add whose files are all
 recognised compares fingerprints instead of reading the latest manifest.
+
+The cache can never make an add register a wrong version (layout in ``docs/format.md``, "Stat
+cache"):
+
+- The file ends with the BLAKE3 of everything before it, so a damaged file (a flipped digit,
+  two chunk-list ids swapped, a truncation) is discarded whole, with a ``W_STAT_CACHE_DAMAGED``
+  warning, and rebuilt: it costs a rehash, never a wrong digest.
+- It names the store it was written for (its UUID): a cache copied along with another store's
+  folder is discarded.
+- Every entry is validated on load (hex digits and lengths of the ids, sizes that agree);
+  an invalid one is dropped and reported the same way.
+- Before an add names a cached chunk list in a new version, :func:`unconfirmed` checks what is
+  cheap to check without reading the file: the chunk list is in the store, describes a file of
+  the cached size, and, where the latest version holds the same chunk list, pairs it with the
+  same SHA-256. An entry that fails is re-read like a miss.
 """
 
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 
+from cas.errors import CasError, CasWarning
 from cas.fsutil import atomic_write
+from cas.ids import blake3_id, is_hex, parse_hex
+
+if TYPE_CHECKING:
+    from cas.format.manifest import Manifest
+    from cas.store import Store
 
 RACY_MARGIN_NS = 1_000_000_000
-VERSION = 3
+MAGIC = b"CASSTAT\x00"
+VERSION = 4
+_HEADER = struct.Struct("<8sII")  # magic, version, reserved
+HEADER_SIZE = _HEADER.size  # 16
+CHECKSUM_SIZE = 32
 MAX_VERSIONS = 64
+DAMAGED = "W_STAT_CACHE_DAMAGED"
+
+_Hex64 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+_Hex40 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{40}$")]
+_Size = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+_Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 
 class StatKey(msgspec.Struct, frozen=True, array_like=True):
-    size: int
-    mtime_ns: int
-    ino: int
-    mode: int
+    size: _Size
+    mtime_ns: _Int64
+    ino: _Size
+    mode: _Size
     #: ctime changes on every write and cannot be set back by tools such as ``touch -d``.
-    ctime_ns: int
+    ctime_ns: _Int64
 
     @classmethod
     def of(cls, st: os.stat_result) -> StatKey:
@@ -42,9 +75,9 @@ class StatKey(msgspec.Struct, frozen=True, array_like=True):
 class FileDigest(msgspec.Struct, frozen=True, array_like=True):
     """What ingesting a file produced; enough to write its manifest entry."""
 
-    size: int
-    sha256: str
-    chunks: str
+    size: _Size
+    sha256: _Hex64
+    chunks: _Hex64
     executable: bool
 
 
@@ -53,29 +86,136 @@ class _Entry(msgspec.Struct, array_like=True):
     digest: FileDigest
 
 
-class _File(msgspec.Struct):
-    version: int
+class _Body(msgspec.Struct):
+    #: UUID of the store the cache belongs to ("" for a store of format 1 or 2).
+    store: str
     entries: dict[str, _Entry]
     #: Registry commit of a version -> fingerprint of its content, oldest first.
+    contents: dict[_Hex40, _Hex64] = {}
+
+
+class _LooseBody(msgspec.Struct):
+    """The body with its entries not yet validated, to drop the invalid ones one by one."""
+
+    store: str
+    entries: dict[str, msgspec.Raw]
+    contents: dict[str, msgspec.Raw] = {}
+
+
+def encode(store_id: str, entries: dict[str, _Entry], contents: dict[str, str]) -> bytes:
+    """The bytes of a stat cache file: header, msgpack body, BLAKE3 of both."""
+    out = _HEADER.pack(MAGIC, VERSION, 0) + msgspec.msgpack.encode(
+        _Body(store_id, entries, contents))
+    return out + blake3_id(out)
+
+
+def decode(data: bytes, store_id: str) -> tuple[dict[str, _Entry], dict[str, str], str | None]:
+    """Parse a stat cache file: ``(entries, contents, damage)``.
+
+    ``damage`` says why the file or some entries were discarded, or is None. A file of another
+    layout (an older cas's), of a newer version or of another store is discarded without a
+    word: it is not damaged, only not this cache. Never raises.
+    """
+    if len(data) < HEADER_SIZE + CHECKSUM_SIZE or data[:8] != MAGIC:
+        return {}, {}, None if _older_layout(data) else "not a stat cache file"
+    # The checksum first: a flipped bit in the version field is damage, not a newer layout.
+    if blake3_id(memoryview(data)[:-CHECKSUM_SIZE]) != data[-CHECKSUM_SIZE:]:
+        return {}, {}, "checksum mismatch"
+    _, version, reserved = _HEADER.unpack_from(data)
+    if (version, reserved) != (VERSION, 0):
+        return {}, {}, None
+    body = memoryview(data)[HEADER_SIZE:-CHECKSUM_SIZE]
+    try:
+        full = msgspec.msgpack.decode(body, type=_Body)
+    except msgspec.ValidationError:
+        full = None
+    except msgspec.DecodeError:
+        return {}, {}, "body is not msgpack"
+    if full is not None:
+        if full.store != store_id:
+            return {}, {}, None
+        dropped = _mismatched_sizes(full.entries)
+        return full.entries, full.contents, _dropped(dropped)
+    return _decode_loosely(body, store_id)
+
+
+def _decode_loosely(body: memoryview, store_id: str
+                    ) -> tuple[dict[str, _Entry], dict[str, str], str | None]:
+    """Keep the entries that validate, drop the others (a writer's bug, or a crafted file)."""
+    try:
+        loose = msgspec.msgpack.decode(body, type=_LooseBody)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return {}, {}, "body is not a stat cache"
+    if loose.store != store_id:
+        return {}, {}, None
+    entries: dict[str, _Entry] = {}
     contents: dict[str, str] = {}
+    dropped = 0
+    for path, raw in loose.entries.items():
+        try:
+            entries[path] = msgspec.msgpack.decode(raw, type=_Entry)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            dropped += 1
+    for commit, raw in loose.contents.items():
+        try:
+            fp = msgspec.msgpack.decode(raw, type=_Hex64)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            fp = ""
+        if fp and is_hex(commit, 40):
+            contents[commit] = fp
+        else:
+            dropped += 1
+    dropped += _mismatched_sizes(entries)
+    return entries, contents, _dropped(dropped)
+
+
+def _mismatched_sizes(entries: dict[str, _Entry]) -> int:
+    """Drop (in place) the entries whose digest's size is not the stat key's size, or whose
+    path is not absolute; return how many."""
+    bad = [p for p, e in entries.items() if e.digest.size != e.key.size or not p.startswith("/")]
+    for p in bad:
+        del entries[p]
+    return len(bad)
+
+
+def _dropped(n: int) -> str | None:
+    return f"{n} invalid {'entry' if n == 1 else 'entries'} dropped" if n else None
+
+
+def _older_layout(data: bytes) -> bool:
+    """True for the msgpack map an older cas wrote (``{"version": 3, ...}``)."""
+    try:
+        raw = msgspec.msgpack.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        return False
+    return isinstance(raw, dict) and type(raw.get("version")) is int
 
 
 class StatCache:
-    """Loaded once per add; saved atomically by the writer that holds the store lock."""
+    """Loaded once per add; saved atomically by the writer that holds the store lock.
 
-    def __init__(self, path: Path, tmp_dir: Path) -> None:
+    ``warnings`` holds a ``W_STAT_CACHE_DAMAGED`` warning when the file or some of its
+    entries were discarded on load.
+    """
+
+    def __init__(self, path: Path, tmp_dir: Path, store_id: str = "") -> None:
         self.path = path
         self.tmp_dir = tmp_dir
+        self.store_id = store_id
         self.entries: dict[str, _Entry] = {}
         self.contents: dict[str, str] = {}
+        self.warnings: list[CasWarning] = []
         self.dirty = False
         try:
-            data = msgspec.msgpack.decode(path.read_bytes(), type=_File)
-            if data.version == VERSION:
-                self.entries, self.contents = data.entries, data.contents
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
-            # A missing or damaged cache only costs a rehash.
-            self.entries, self.contents = {}, {}
+            data = path.read_bytes()
+        except OSError:
+            return  # a missing or unreadable cache only costs a rehash
+        self.entries, self.contents, damage = decode(data, store_id)
+        if damage is not None:
+            self.dirty = True  # rewritten without what was discarded
+            self.warnings.append(CasWarning(DAMAGED, (
+                f"the stat cache {path} was damaged ({damage}) and is rebuilt: files it "
+                "vouched for are read again")))
 
     def get(self, path: str, st: os.stat_result) -> FileDigest | None:
         entry = self.entries.get(path)
@@ -106,6 +246,37 @@ class StatCache:
 
     def save(self) -> None:
         if self.dirty:
-            atomic_write(self.path, msgspec.msgpack.encode(
-                _File(VERSION, self.entries, self.contents)), self.tmp_dir)
+            atomic_write(self.path, encode(self.store_id, self.entries, self.contents),
+                         self.tmp_dir)
             self.dirty = False
+
+
+def unconfirmed(store: Store, found: dict[str, FileDigest],
+                files: list[tuple[str, str, os.stat_result]], old: Manifest | None
+                ) -> list[tuple[str, str, os.stat_result, FileDigest]]:
+    """The cache hits in ``found`` that a new version may not name as they are, because what
+    they vouch for does not hold: their chunk list is not in the store (or cannot be read), it
+    describes a file of another size, or the latest version ``old`` pairs the same chunk list
+    with another size or SHA-256. Costs an index lookup and a read of each hit's chunk list
+    (no file is read). The caller re-reads the files returned.
+    """
+    pairs: dict[str, tuple[int, str]] = {}
+    if old is not None:
+        pairs = {f.chunks: (f.size, f.sha256) for f in old.files}
+    out = []
+    for rel, apath, st in files:
+        d = found.get(rel)
+        if d is None:
+            continue
+        recorded = pairs.get(d.chunks)
+        if recorded is not None and recorded != (d.size, d.sha256):
+            out.append((rel, apath, st, d))
+            continue
+        try:
+            clist = store.read_chunk_list(parse_hex(d.chunks, what="chunk list id"))
+        except CasError:
+            out.append((rel, apath, st, d))
+            continue
+        if clist.size != d.size:
+            out.append((rel, apath, st, d))
+    return out
