@@ -8,6 +8,12 @@ sees either the old file or the new one. A missing file means every setting is a
 Keys this build does not know (written by a newer cas on the same store) are kept as they are
 when the file is rewritten and listed by ``config list``; ``set`` refuses them, since this build
 cannot validate them.
+
+The file is sealed like ``config.json``: ``set`` writes a ``checksum`` field (the BLAKE3 of the
+canonical encoding of the other keys, :mod:`cas.format.canonical`), and a file that does not
+match it (a hand edit, a misspelled key that would silently mean "default", damage) is refused
+with ``E_VERIFY`` naming the file. A file without a checksum (written before it existed) is
+read as before and sealed by the next ``set``.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from pathlib import Path
 
 import msgspec
 
-from cas.errors import ArgsError, SchemaError, from_os_error
+from cas.errors import ArgsError, SchemaError, VerifyError, from_os_error
+from cas.format.canonical import CHECKSUM, checksum
 from cas.fsutil import atomic_write
 
 FILE = "settings.json"
@@ -96,6 +103,7 @@ class Settings:
 
         Raises:
             SchemaError: the file is not a JSON object of settings (named in the message).
+            VerifyError: the file does not match its checksum (edited or damaged).
         """
         path = store_path / FILE
         try:
@@ -112,6 +120,17 @@ class Settings:
             raise SchemaError(f"{path}: JSON nests too deeply; fix or delete it") from None
         if not isinstance(raw, dict):
             raise SchemaError(f"{path}: not a JSON object; fix or delete it")
+        if CHECKSUM in raw:
+            try:
+                actual = checksum(raw)
+            except SchemaError as exc:
+                raise SchemaError(f"{path}: {exc.message}; fix or delete it") from None
+            if raw.pop(CHECKSUM) != actual:
+                raise VerifyError(
+                    f"{path} does not match its checksum: it was edited or damaged. Undo the "
+                    "edit and change settings with 'cas config set'; if the file is right as "
+                    "it is, delete its \"checksum\" line (the next 'cas config set' seals it "
+                    "again)", actual=actual)
         for key, setting in SETTINGS.items():
             if key in raw:
                 try:
@@ -160,10 +179,16 @@ class Settings:
         else:
             stored = setting.normalise(value)
             values[key] = stored
-        atomic_write(self.path, msgspec.json.format(msgspec.json.encode(values), indent=2)
-                     + b"\n", tmp_dir)
+        atomic_write(self.path, encode(values), tmp_dir)
         self.values = values
         return stored
+
+
+def encode(values: dict[str, object]) -> bytes:
+    """``settings.json`` holding ``values``: indented JSON with ``checksum`` last."""
+    doc = {k: v for k, v in values.items() if k != CHECKSUM}
+    doc[CHECKSUM] = checksum(doc)
+    return msgspec.json.format(msgspec.json.encode(doc), indent=2) + b"\n"
 
 
 def _known(key: str) -> Setting:

@@ -198,6 +198,7 @@ class Store:
                 store config, or a folder whose ``config.json`` belongs to something else,
                 such as a Hugging Face model folder).
             FormatError | SchemaError: the store's format is unknown or its config is corrupt.
+            VerifyError: ``config.json`` does not match its checksum (edited or damaged).
         """
         path = Path(path).expanduser().absolute()
         try:
@@ -217,6 +218,9 @@ class Store:
             raise FormatError(f"{path}: {exc.message}") from None
         except SchemaError as exc:
             raise SchemaError(f"{path}: {exc.message}") from None
+        except VerifyError as exc:
+            raise VerifyError(f"{path}: {exc.message}", expected=exc.expected,
+                              actual=exc.actual) from None
         return cls(path, config)
 
     def upgrade(self) -> tuple[int, int]:

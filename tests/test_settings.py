@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from cas import Store
-from cas.format.config import FORMAT_VERSION, StoreConfig
+from cas.format.canonical import checksum
+from cas.format.config import FORMAT_VERSION, StoreConfig, seal
 
 
 def test_new_store_has_uuid_and_features(cas):
@@ -43,7 +44,7 @@ def test_config_set_get_validates_and_writes_atomically(cas):
     cas("config", "set", "restore_window", "--unset")
     assert cas("config", "get", "restore_window").out.strip() == "14d"
     doc = json.loads((cas.store / "settings.json").read_text())
-    assert doc == {"description": "training box 3"}
+    assert doc == {"description": "training box 3", "checksum": checksum(doc)}
     assert not list((cas.store / "tmp").iterdir())
 
 
@@ -52,8 +53,8 @@ def test_settings_keep_keys_of_a_newer_cas(cas):
     listing = cas("--json", "config", "list").json["settings"]
     assert listing["quota"] == {"value": "50G", "default": None, "set": True, "known": False}
     cas("config", "set", "description", "y")
-    assert json.loads((cas.store / "settings.json").read_text()) == {
-        "quota": "50G", "description": "y"}
+    doc = json.loads((cas.store / "settings.json").read_text())
+    assert doc == {"quota": "50G", "description": "y", "checksum": checksum(doc)}
 
 
 def test_damaged_settings_named_in_a_clear_error(cas):
@@ -98,7 +99,7 @@ def _old_store(tmp_path: Path, version: int) -> Path:
     store = Store.init(path)
     store.close()
     cfg = json.loads((path / "config.json").read_text())
-    del cfg["uuid"], cfg["features"]
+    del cfg["uuid"], cfg["features"], cfg["checksum"]  # written before checksums existed
     cfg["version"] = version
     if version == 1:
         del cfg["compression"]["derive"]
@@ -148,10 +149,11 @@ def test_unknown_required_store_feature_refused(cas):
 
 
 def test_unknown_optional_config_key_accepted(cas):
+    """A newer cas seals the fields it adds: this build accepts them (checksum and all)."""
     cfg = json.loads((cas.store / "config.json").read_text())
     cfg["hint_from_newer_cas"] = True
     cfg["compression"]["dictionary"] = "none"
-    (cas.store / "config.json").write_text(json.dumps(cfg))
+    (cas.store / "config.json").write_bytes(seal(cfg))
     assert cas("--json", "ls").json["models"] == []
 
 

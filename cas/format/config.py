@@ -7,6 +7,13 @@ before anything else is read, and so is a store that lists a required feature th
 not know (``features``). Keys this build does not know are optional by definition: they are
 accepted, and ``upgrade`` carries them over when it rewrites the file.
 
+The file is sealed: its ``checksum`` field is the BLAKE3 of the canonical encoding of the other
+fields (:mod:`cas.format.canonical`), so an edit or damage that leaves valid JSON (a misspelled
+key read as an unknown optional one, a changed parameter) is refused with ``E_VERIFY`` instead
+of being reinterpreted. Configs written before the checksum existed have none and keep opening,
+but must then hold every field their version defines (a misspelled key leaves one missing);
+``upgrade`` seals them.
+
 Versions: 1 (cas 0.1); 2 added derived chunks (pack codec 3, see :mod:`cas.derive`); 3 added
 the store UUID and the ``features`` list, the evolution rule in ``docs/format.md``. Versions 1
 and 2 are still read and written as they are; ``cas upgrade`` brings them to 3.
@@ -21,7 +28,8 @@ import uuid as uuid_mod
 import msgspec
 
 from cas.chunking import ChunkerParams
-from cas.errors import FormatError, SchemaError
+from cas.errors import FormatError, SchemaError, VerifyError
+from cas.format.canonical import CHECKSUM, checksum
 
 FORMAT_NAME = "cas-store"
 FORMAT_VERSION = 3
@@ -31,6 +39,14 @@ SUPPORTED_VERSIONS = frozenset({1, 2, 3})
 #: that lists any other (``E_FORMAT``): it could misread data written with it.
 FEATURE_DERIVED = "derived-chunks"
 KNOWN_FEATURES = frozenset({FEATURE_DERIVED})
+
+#: Fields every writer of a version has written (so a config without a checksum that lacks
+#: one was damaged or mistyped): top level, and in ``compression``.
+_ALWAYS = ("format", "version", "hash", "chunker", "compression", "pack_target_bytes",
+           "created_at")
+_ALWAYS_V3 = (*_ALWAYS, "uuid", "features")
+_COMPRESSION_ALWAYS = ("codec", "level")
+_COMPRESSION_ALWAYS_V3 = (*_COMPRESSION_ALWAYS, "derive")
 
 
 class CompressionParams(msgspec.Struct, frozen=True):
@@ -68,7 +84,8 @@ class StoreConfig(msgspec.Struct, frozen=True):
         return self.version >= 2 and self.compression.derive
 
     def encode(self) -> bytes:
-        return msgspec.json.format(msgspec.json.encode(self), indent=2) + b"\n"
+        """``config.json`` as ``init`` writes it: every field, then ``checksum``."""
+        return seal(msgspec.to_builtins(self))
 
     @classmethod
     def create(cls, *, derive: bool, created_at: str) -> StoreConfig:
@@ -78,11 +95,14 @@ class StoreConfig(msgspec.Struct, frozen=True):
 
     @classmethod
     def decode(cls, data: bytes) -> StoreConfig:
-        """Parse config.json; refuse unknown formats, versions and required features.
+        """Parse config.json; refuse unknown formats, versions and required features, then
+        check the fields, then the checksum (or, in a config without one, that every field of
+        its version is present).
 
         Raises:
             FormatError: not a cas store config, or one this build cannot read.
-            SchemaError: a cas store config with malformed fields.
+            SchemaError: a cas store config with malformed or missing fields.
+            VerifyError: the config does not match its checksum (edited or damaged).
         """
         raw = _raw(data)
         if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
@@ -116,7 +136,52 @@ class StoreConfig(msgspec.Struct, frozen=True):
                 uuid_mod.UUID(cfg.uuid)
             except ValueError:
                 raise SchemaError(f"store config: uuid {cfg.uuid!r} is not a UUID") from None
+        if CHECKSUM in raw:
+            _check_seal(raw)
+        else:
+            _check_complete(raw, cfg.version)
         return cfg
+
+
+def seal(doc: dict[str, object]) -> bytes:
+    """``doc`` (a config's fields) as the bytes of a sealed config.json: indented JSON with
+    ``checksum`` last."""
+    doc = {k: v for k, v in doc.items() if k != CHECKSUM}
+    doc[CHECKSUM] = checksum(doc)
+    return msgspec.json.format(msgspec.json.encode(doc), indent=2) + b"\n"
+
+
+def _check_seal(raw: dict[str, object]) -> None:
+    expected = raw[CHECKSUM]
+    try:
+        actual = checksum(raw)
+    except SchemaError as exc:
+        raise SchemaError(f"store config: {exc.message}") from None
+    if expected != actual:
+        raise VerifyError(
+            "config.json does not match its checksum: it was edited or damaged. Restore it "
+            "from a backup or undo the edit (a store's format parameters never change); if "
+            "the file is right as it is, delete its \"checksum\" line and run 'cas upgrade' "
+            "to seal it again",
+            expected=str(expected), actual=actual)
+
+
+def _check_complete(raw: dict[str, object], version: int) -> None:
+    """A config without a checksum (written before it existed) holds every field its version
+    defines: one missing is a misspelled or damaged key, not a default to assume."""
+    compression = raw.get("compression")
+    missing = [k for k in (_ALWAYS_V3 if version >= 3 else _ALWAYS) if k not in raw]
+    if isinstance(compression, dict):
+        missing += [f"compression.{k}" for k in
+                    (_COMPRESSION_ALWAYS_V3 if version >= 3 else _COMPRESSION_ALWAYS)
+                    if k not in compression]
+    if missing:
+        known = {f.name for f in msgspec.structs.fields(StoreConfig)}
+        unknown = sorted(k for k in raw if k not in known)
+        hint = f" (unknown: {', '.join(map(repr, unknown))}: misspelled?)" if unknown else ""
+        raise SchemaError(
+            f"store config: {', '.join(map(repr, missing))} missing{hint}; config.json must "
+            "hold every field of its version: fix the key, then run 'cas upgrade' to seal it")
 
 
 def _raw(data: bytes) -> object:
@@ -133,18 +198,21 @@ def upgraded(data: bytes) -> tuple[bytes, StoreConfig]:
 
     Keys this build does not know are carried over unchanged; the store gets a new UUID; a
     version-2 store that derives gets the ``derived-chunks`` feature; a version-1 store never
-    derives. Raises what :meth:`StoreConfig.decode` raises.
+    derives. A current config without a checksum is sealed (nothing else changes); a sealed
+    one is returned as it is. Raises what :meth:`StoreConfig.decode` raises.
     """
     old = StoreConfig.decode(data)
     raw = _raw(data)
     assert isinstance(raw, dict)
     if old.version == FORMAT_VERSION:
-        return data, old
-    derive = old.derives
-    raw["version"] = FORMAT_VERSION
-    raw["uuid"] = new_store_id()
-    raw["features"] = [FEATURE_DERIVED] if derive else []
-    compression = raw.get("compression") if isinstance(raw.get("compression"), dict) else {}
-    raw["compression"] = {**compression, "derive": derive}
-    out = msgspec.json.format(msgspec.json.encode(raw), indent=2) + b"\n"
+        if CHECKSUM in raw:
+            return data, old
+    else:
+        derive = old.derives
+        raw["version"] = FORMAT_VERSION
+        raw["uuid"] = new_store_id()
+        raw["features"] = [FEATURE_DERIVED] if derive else []
+        compression = raw.get("compression") if isinstance(raw.get("compression"), dict) else {}
+        raw["compression"] = {**compression, "derive": derive}
+    out = seal(raw)
     return out, StoreConfig.decode(out)

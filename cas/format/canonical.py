@@ -1,0 +1,118 @@
+"""Canonical JSON and the checksum that seals a JSON record against edits and damage.
+
+``config.json`` and ``settings.json`` carry a ``checksum`` field: the hex BLAKE3-256 of the
+canonical encoding of the record without that field. The canonical encoding is RFC 8785 (JSON
+Canonicalization Scheme): no whitespace, object members sorted by the UTF-16 code units of
+their names, strings with only ``"``, ``\\`` and control characters escaped (``\\b \\f \\n \\r
+\\t`` short, others ``\\u00xx``), numbers as ECMAScript writes them, with one difference:
+integers are written exactly, in decimal, whatever their size (RFC 8785 would round those
+beyond 2**53 through a double; no record here holds one). So any implementation of RFC 8785
+reproduces the checksum of any record cas writes, whatever its whitespace and member order.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+
+import blake3
+
+from cas.errors import SchemaError
+
+CHECKSUM = "checksum"
+_SHORT = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
+          "\t": "\\t"}
+
+
+def canonical_json(value: object) -> bytes:
+    """The RFC 8785 encoding of a decoded JSON value (see the module docstring).
+
+    Raises:
+        SchemaError: a value JSON cannot hold (a lone surrogate, a non-finite number), or
+            nesting too deep to walk.
+    """
+    out: list[str] = []
+    try:
+        _write(value, out)
+        return "".join(out).encode("utf-8")
+    except RecursionError:
+        raise SchemaError("JSON nests too deeply") from None
+    except UnicodeEncodeError:
+        raise SchemaError("JSON holds a string that is not valid Unicode") from None
+
+
+def checksum(doc: dict[str, object]) -> str:
+    """The hex BLAKE3-256 of the canonical encoding of ``doc`` without its ``checksum``
+    member. Raises what :func:`canonical_json` raises."""
+    return blake3.blake3(canonical_json(
+        {k: v for k, v in doc.items() if k != CHECKSUM})).hexdigest()
+
+
+def _write(value: object, out: list[str]) -> None:
+    if value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif isinstance(value, int):
+        out.append(str(value))
+    elif isinstance(value, float):
+        out.append(_number(value))
+    elif isinstance(value, str):
+        out.append(_string(value))
+    elif isinstance(value, list):
+        out.append("[")
+        for i, item in enumerate(value):
+            if i:
+                out.append(",")
+            _write(item, out)
+        out.append("]")
+    elif isinstance(value, dict):
+        out.append("{")
+        for i, key in enumerate(sorted(value, key=lambda k: k.encode("utf-16-be"))):
+            if i:
+                out.append(",")
+            out.append(_string(key))
+            out.append(":")
+            _write(value[key], out)
+        out.append("}")
+    else:  # pragma: no cover - decoded JSON holds nothing else
+        raise TypeError(f"not a JSON value: {type(value).__name__}")
+
+
+def _string(s: str) -> str:
+    parts = ['"']
+    for ch in s:
+        if ch in _SHORT:
+            parts.append(_SHORT[ch])
+        elif ch < " ":
+            parts.append(f"\\u{ord(ch):04x}")
+        else:
+            parts.append(ch)
+    parts.append('"')
+    return "".join(parts)
+
+
+def _number(x: float) -> str:
+    """ECMAScript's Number::toString (shortest round-trip digits; RFC 8785, 3.2.2.3)."""
+    if not math.isfinite(x):
+        raise SchemaError("JSON holds a number that is not finite")
+    if x == 0:
+        return "0"
+    sign = "-" if x < 0 else ""
+    t = Decimal(repr(abs(x))).as_tuple()
+    digits = "".join(map(str, t.digits)).rstrip("0") or "0"
+    k = len(digits)
+    n = len(t.digits) + int(t.exponent)  # x = 0.d1d2...dk * 10**n
+    if k <= n <= 21:
+        body = digits + "0" * (n - k)
+    elif 0 < n <= 21:
+        body = digits[:n] + "." + digits[n:]
+    elif -6 < n <= 0:
+        body = "0." + "0" * -n + digits
+    else:
+        e = n - 1
+        body = digits[0] + ("." + digits[1:] if k > 1 else "") + \
+            "e" + ("+" if e >= 0 else "-") + str(abs(e))
+    return sign + body
