@@ -120,7 +120,8 @@ class Manifest(msgspec.Struct, frozen=True):
             raise SchemaError("not a cas manifest (schema field missing or wrong)")
         version = head.get("version")
         newer = type(version) is int and version > max(SUPPORTED_VERSIONS)
-        if version not in SUPPORTED_VERSIONS or type(version) is not int:
+        # The type first: a list or an object is unhashable, and True == 1.
+        if type(version) is not int or version not in SUPPORTED_VERSIONS:
             raise (FormatError if newer else SchemaError)(
                 f"manifest version {head.get('version')!r} is not supported by this cas "
                 f"(supports {sorted(SUPPORTED_VERSIONS)}); upgrade cas"
