@@ -137,14 +137,22 @@ class ChunkList:
 
     @classmethod
     def decode(cls, data: bytes | bytearray | memoryview) -> ChunkList:
-        """Parse an encoded list; raise SchemaError on any inconsistency."""
+        """Parse an encoded list.
+
+        Raises:
+            SchemaError: a bad magic, version or reserved field, a byte length other than the
+                count's, an empty chunk, or lengths that do not sum to the file size.
+        """
         if len(data) < HEADER_SIZE:
             raise SchemaError("chunk list: truncated header")
-        magic, version, _, count, size = _HEADER.unpack_from(data)
+        magic, version, reserved, count, size = _HEADER.unpack_from(data)
         if magic != MAGIC:
             raise SchemaError("chunk list: bad magic")
         if version != VERSION:
             raise SchemaError(f"chunk list: unknown version {version}")
+        if reserved:
+            # One encoding per list: its id names the content, so equal lists have equal ids.
+            raise SchemaError("chunk list: non-zero reserved field")
         if len(data) != HEADER_SIZE + count * ITEM_SIZE:
             raise SchemaError(f"chunk list: {len(data)} bytes do not hold {count} chunks")
         data = bytes(data)  # kept: a view would pin the buffer it was read into
