@@ -12,8 +12,9 @@ cannot validate them.
 The file is sealed like ``config.json``: ``set`` writes a ``checksum`` field (the BLAKE3 of the
 canonical encoding of the other keys, :mod:`cas.format.canonical`), and a file that does not
 match it (a hand edit, a misspelled key that would silently mean "default", damage) is refused
-with ``E_VERIFY`` naming the file. A file without a checksum (written before it existed) is
-read as before and sealed by the next ``set``.
+with ``E_VERIFY`` naming the file. A file without a checksum (written before it existed, when
+every writer knew every key) is read as before, except that an unknown key in it is refused as
+a misspelling (``E_SCHEMA``); the next ``set`` seals it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from cas.format.canonical import CHECKSUM, checksum
 from cas.fsutil import atomic_write
 
 FILE = "settings.json"
-_DURATION = re.compile(r"\s*(\d+)\s*([smhdw]?)\s*\Z")
+#: At most 15 digits: int() of thousands of digits raises ValueError, not ArgsError.
+_DURATION = re.compile(r"\s*(\d{1,15})\s*([smhdw]?)\s*\Z")
 #: Longest duration a setting takes (dates beyond it overflow the calendar).
 MAX_DURATION = 100 * 366 * 86400
 _UNITS = {"": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -112,6 +114,15 @@ class Settings:
             return cls(path, {})
         except OSError as exc:
             raise from_os_error(exc, f"reading {path}") from None
+        return cls.parse(path, data)
+
+    @classmethod
+    def parse(cls, path: Path, data: bytes) -> Settings:
+        """The settings held by ``data``, the bytes of the file ``path`` (named in errors).
+
+        Raises:
+            SchemaError | VerifyError: as :meth:`load`.
+        """
         try:
             raw = msgspec.json.decode(data)
         except msgspec.DecodeError as exc:
@@ -131,6 +142,14 @@ class Settings:
                     "edit and change settings with 'cas config set'; if the file is right as "
                     "it is, delete its \"checksum\" line (the next 'cas config set' seals it "
                     "again)", actual=actual)
+        else:
+            # Written before the checksum existed, when every writer knew every key: an
+            # unknown one is misspelled, and would silently leave its setting at the default.
+            unknown = sorted(k for k in raw if k not in SETTINGS)
+            if unknown:
+                raise SchemaError(
+                    f"{path}: unknown setting {', '.join(map(repr, unknown))} (misspelled? "
+                    f"known: {', '.join(SETTINGS)}); fix or delete it")
         for key, setting in SETTINGS.items():
             if key in raw:
                 try:

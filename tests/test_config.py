@@ -100,18 +100,21 @@ def test_a_config_written_before_checksums_opens_and_upgrade_seals_it(cas, tmp_p
 
 
 @pytest.mark.parametrize("key, where", [("features", "top"), ("derive", "compression"),
-                                        ("pack_target_bytes", "top")])
+                                        ("pack_target_bytes", "top"), ("checksum", "top")])
 def test_a_misspelled_key_in_a_config_without_checksum_is_refused(cas, key, where):
+    """Without a checksum (a config from before it, or one whose checksum key is the one
+    misspelled) the config must hold exactly the fields of its version."""
     cfg = _config(cas.store)
-    del cfg["checksum"]
+    if key != "checksum":
+        del cfg["checksum"]
     target = cfg if where == "top" else cfg["compression"]
     target[key[:-1]] = target.pop(key)
     (cas.store / "config.json").write_text(json.dumps(cfg))
-    name = key if where == "top" else f"compression.{key}"
     r = cas("--json", "ls", ok=False)
-    _expect(r, "E_SCHEMA", 5, "config.json", repr(name), "missing")
-    if where == "top":
-        assert repr(key[:-1]) in r.json["error"]["message"]  # the likely misspelling
+    prefix = "" if where == "top" else "compression."
+    _expect(r, "E_SCHEMA", 5, "config.json", f"unknown '{prefix}{key[:-1]}'", "misspelled")
+    if key != "checksum":
+        assert f"'{prefix}{key}' missing" in r.json["error"]["message"]
 
 
 def test_the_escape_hatch_accepts_a_deliberate_edit(cas):
@@ -157,6 +160,13 @@ def test_a_misspelled_settings_key_is_refused_not_ignored(cas):
                 "cas config set")
     path.write_text(text)
     assert cas("config", "get", "restore_window").out.strip() == "60d"
+
+
+def test_a_misspelled_key_in_settings_without_checksum_is_refused(cas):
+    path = cas.store / "settings.json"
+    path.write_text(json.dumps({"restore_windw": "60d"}))
+    _expect(cas("--json", "config", "list", ok=False), "E_SCHEMA", 5, "settings.json",
+            "'restore_windw'", "restore_window")
 
 
 def test_settings_written_before_checksums_are_read_and_sealed_by_set(cas):

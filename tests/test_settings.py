@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from cas import Store
+from cas.errors import SchemaError
 from cas.format.canonical import checksum
 from cas.format.config import FORMAT_VERSION, StoreConfig, seal
+from cas.settings import encode as encode_settings
 
 
 def test_new_store_has_uuid_and_features(cas):
@@ -49,7 +51,9 @@ def test_config_set_get_validates_and_writes_atomically(cas):
 
 
 def test_settings_keep_keys_of_a_newer_cas(cas):
-    (cas.store / "settings.json").write_text(json.dumps({"quota": "50G", "description": "x"}))
+    """A newer cas seals what it writes: its keys are listed, and kept by 'config set'."""
+    (cas.store / "settings.json").write_bytes(
+        encode_settings({"quota": "50G", "description": "x"}))
     listing = cas("--json", "config", "list").json["settings"]
     assert listing["quota"] == {"value": "50G", "default": None, "set": True, "known": False}
     cas("config", "set", "description", "y")
@@ -129,14 +133,15 @@ def test_older_stores_work_and_upgrade(cas, tmp_path, version):
     assert run("--json", "show", "old/m").json["seq"] == 1
 
 
-def test_upgrade_carries_unknown_config_keys(tmp_path):
+def test_upgrade_refuses_unknown_keys_in_a_config_without_checksum(tmp_path):
+    """No cas ever wrote a key it did not know into a config without a checksum: one there
+    is a misspelling, not an optional field to carry (newer fields come sealed)."""
     path = _old_store(tmp_path, 2)
     cfg = json.loads((path / "config.json").read_text())
     cfg["future_hint"] = {"a": 1}
     (path / "config.json").write_text(json.dumps(cfg))
-    with Store.open(path) as store:
-        store.upgrade()
-    assert json.loads((path / "config.json").read_text())["future_hint"] == {"a": 1}
+    with pytest.raises(SchemaError, match="unknown 'future_hint'"):
+        Store.open(path)
 
 
 def test_unknown_required_store_feature_refused(cas):

@@ -96,8 +96,8 @@ class StoreConfig(msgspec.Struct, frozen=True):
     @classmethod
     def decode(cls, data: bytes) -> StoreConfig:
         """Parse config.json; refuse unknown formats, versions and required features, then
-        check the fields, then the checksum (or, in a config without one, that every field of
-        its version is present).
+        check the fields, then the checksum (or, in a config without one, that it holds exactly
+        the fields of its version).
 
         Raises:
             FormatError: not a cas store config, or one this build cannot read.
@@ -139,7 +139,7 @@ class StoreConfig(msgspec.Struct, frozen=True):
         if CHECKSUM in raw:
             _check_seal(raw)
         else:
-            _check_complete(raw, cfg.version)
+            _check_unsealed(raw, cfg.version)
         return cfg
 
 
@@ -166,22 +166,27 @@ def _check_seal(raw: dict[str, object]) -> None:
             expected=str(expected), actual=actual)
 
 
-def _check_complete(raw: dict[str, object], version: int) -> None:
-    """A config without a checksum (written before it existed) holds every field its version
-    defines: one missing is a misspelled or damaged key, not a default to assume."""
+def _check_unsealed(raw: dict[str, object], version: int) -> None:
+    """A config without a checksum was written before the checksum existed, when every
+    writer wrote exactly the fields of its version: one missing or one unknown is a
+    misspelled or damaged key, not a default to assume or an optional field to carry."""
     compression = raw.get("compression")
-    missing = [k for k in (_ALWAYS_V3 if version >= 3 else _ALWAYS) if k not in raw]
+    expected = _ALWAYS_V3 if version >= 3 else _ALWAYS
+    expected_compression = _COMPRESSION_ALWAYS_V3 if version >= 3 else _COMPRESSION_ALWAYS
+    missing = [k for k in expected if k not in raw]
+    unknown = [k for k in raw if k not in expected]
     if isinstance(compression, dict):
-        missing += [f"compression.{k}" for k in
-                    (_COMPRESSION_ALWAYS_V3 if version >= 3 else _COMPRESSION_ALWAYS)
-                    if k not in compression]
-    if missing:
-        known = {f.name for f in msgspec.structs.fields(StoreConfig)}
-        unknown = sorted(k for k in raw if k not in known)
-        hint = f" (unknown: {', '.join(map(repr, unknown))}: misspelled?)" if unknown else ""
+        missing += [f"compression.{k}" for k in expected_compression if k not in compression]
+        # version 1 and 2 configs may say "derive" (2 added it; 1 ignores it)
+        unknown += [f"compression.{k}" for k in compression
+                    if k not in _COMPRESSION_ALWAYS_V3]
+    if missing or unknown:
+        what = "; ".join(part for part in (
+            f"{', '.join(map(repr, missing))} missing" if missing else "",
+            f"unknown {', '.join(map(repr, unknown))}" if unknown else "") if part)
         raise SchemaError(
-            f"store config: {', '.join(map(repr, missing))} missing{hint}; config.json must "
-            "hold every field of its version: fix the key, then run 'cas upgrade' to seal it")
+            f"store config: {what} (a misspelled key?); a config.json without a checksum must "
+            "hold exactly the fields of its version: fix it, then run 'cas upgrade' to seal it")
 
 
 def _raw(data: bytes) -> object:
