@@ -279,10 +279,11 @@ def main() -> int:
                 # The same store once a writer has covered its packs with a multi-pack index.
                 from cas.multipack import maintain
                 from cas.packs import PackSet
+                from cas.storage.local import LocalBackend
 
                 t0 = time.perf_counter()
                 pset = PackSet(store / "packs")
-                maintain(pset, store / "tmp")
+                maintain(pset, LocalBackend(store), store / "tmp")
                 pset.close()
                 midx_s = time.perf_counter() - t0
                 log(f"  multi-pack index over {packs} packs written in {midx_s:.1f} s")

@@ -77,9 +77,14 @@ class WriteLock:
                     ) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.2)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        except OSError:
+            # Who holds the lock is only for the message of a writer that waits; the flock is
+            # what excludes. A full disk must not stop the one writer that could free space.
+            pass
 
     def release(self) -> None:
         if self._fd is not None:

@@ -24,10 +24,11 @@ import blake3
 
 from cas.errors import CasError, from_os_error
 from cas.format import midx as fmt
-from cas.fsutil import fsync_dir, tmp_name
+from cas.fsutil import tmp_name
 
 if TYPE_CHECKING:
     from cas.packs import Pack, PackSet
+    from cas.storage import Backend
 
 PREFIX = "midx-"
 SUFFIX = ".midx"
@@ -65,57 +66,55 @@ def _pack_pairs(pack: Pack) -> Iterator[tuple[bytes, bytes]]:
         yield oid, pack_id
 
 
-def write_midx(packs_dir: Path, tmp_dir: Path, sources: Iterable[Iterator[tuple[bytes, bytes]]],
-               pack_ids: list[bytes]) -> Path:
-    """Merge sorted ``(id, pack id)`` streams into a new midx file; return its path.
+def write_midx(backend: Backend, tmp_dir: Path,
+               sources: Iterable[Iterator[tuple[bytes, bytes]]], pack_ids: list[bytes]) -> str:
+    """Merge sorted ``(id, pack id)`` streams into a new midx object; return its file name.
 
-    Records stream through a temp file, so memory stays small whatever the record count.
+    Records stream through a scratch file in ``tmp_dir``, so memory stays small whatever the
+    record count; the midx itself is written through ``backend``.
     """
-    writer = fmt.MidxWriter(pack_ids)
+    midx = fmt.MidxWriter(pack_ids)
     records_tmp = tmp_name(tmp_dir, "midx-records")
-    final_tmp = tmp_name(tmp_dir, "midx")
+    out = None
     try:
-        with open(records_tmp, "wb", buffering=1 << 20) as out:
+        with open(records_tmp, "wb", buffering=1 << 20) as records:
             for oid, pack_id in heapq.merge(*sources):
-                rec = writer.record(oid, pack_id)
+                rec = midx.record(oid, pack_id)
                 if rec is not None:
-                    out.write(rec)
+                    records.write(rec)
         hasher = blake3.blake3()
-        with open(final_tmp, "xb", buffering=1 << 20) as out, open(records_tmp, "rb") as rec_in:
-            prefix = writer.prefix()
+        out = backend.open_write("midx")
+        with open(records_tmp, "rb") as rec_in:
+            prefix = midx.prefix()
             out.write(prefix)
             hasher.update(prefix)
-            while block := rec_in.read(1 << 20):
+            while block := rec_in.read(4 << 20):
                 out.write(block)
                 hasher.update(block)
-            digest = hasher.digest()
-            out.write(digest)
-            out.flush()
-            os.fsync(out.fileno())
-        path = packs_dir / f"{PREFIX}{digest.hex()}{SUFFIX}"
-        os.replace(final_tmp, path)
-        fsync_dir(packs_dir)
-        return path
+        digest = hasher.digest()
+        out.write(digest)
+        name = f"{PREFIX}{digest.hex()}{SUFFIX}"
+        out.commit(f"packs/{name}")
+        return name
     except OSError as exc:
+        if out is not None:
+            out.abort()
         raise from_os_error(exc, "writing a multi-pack index") from None
     finally:
         records_tmp.unlink(missing_ok=True)
-        final_tmp.unlink(missing_ok=True)
 
 
-def maintain(packset: PackSet, tmp_dir: Path) -> list[str]:
+def maintain(packset: PackSet, backend: Backend, tmp_dir: Path) -> list[str]:
     """Cover new packs with a midx and merge midxs geometrically (write lock held).
 
     Returns the names of the midx files written.
     """
     packs = packset.packs
-    packs_dir = packset.packs_dir
     written = []
     uncovered = [packs[h] for h in packset.uncovered()]
     if len(uncovered) >= BATCH:
-        path = write_midx(packs_dir, tmp_dir, [_pack_pairs(p) for p in uncovered],
-                          [bytes.fromhex(p.id) for p in uncovered])
-        written.append(path.name)
+        written.append(write_midx(backend, tmp_dir, [_pack_pairs(p) for p in uncovered],
+                                  [bytes.fromhex(p.id) for p in uncovered]))
         packset.refresh()
     midxs = sorted(packset.midxs, key=lambda m: m.midx.count)
     total = 0
@@ -128,11 +127,12 @@ def maintain(packset: PackSet, tmp_dir: Path) -> list[str]:
     if take >= 2:
         group = midxs[:take]
         pack_ids = sorted({p for m in group for p in m.midx.pack_ids})
-        path = write_midx(packs_dir, tmp_dir, [m.midx.pairs() for m in group], pack_ids)
-        written.append(path.name)
+        written.append(write_midx(backend, tmp_dir, [m.midx.pairs() for m in group], pack_ids))
         for m in group:
             packset.drop_midx(m)
-            m.path.unlink(missing_ok=True)
-        fsync_dir(packs_dir)
+            try:
+                backend.delete(f"packs/{m.path.name}")
+            except OSError as exc:
+                raise from_os_error(exc, "removing a merged multi-pack index") from None
         packset.refresh()
     return written

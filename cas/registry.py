@@ -29,15 +29,26 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dulwich.errors import NotGitRepository, NotTreeError, ObjectFormatException
 from dulwich.objects import Blob, Commit, ShaFile, Tag, Tree
 from dulwich.repo import Repo
 
 from cas.clock import iso_utc
-from cas.errors import ArgsError, ConflictError, NotFoundError, SchemaError
+from cas.errors import (
+    ArgsError,
+    CasError,
+    ConflictError,
+    LockError,
+    NotFoundError,
+    SchemaError,
+    from_os_error,
+)
 from cas.names import VersionSpec, validate_model_name, validate_tag
+
+if TYPE_CHECKING:
+    from cas.storage import Backend
 
 MODEL_REF_PREFIX = b"refs/models/"
 TAG_REF_PREFIX = b"refs/tags/"
@@ -232,21 +243,33 @@ def _versions_text(seqs: list[int]) -> str:
 class Registry:
     """Read and write model refs, versions and tags in a bare git repository."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, backend: Backend | None = None, folder: str = "registry"
+                 ) -> None:
+        """Open the registry at ``path``; with ``backend`` (whose ``folder`` is ``path``),
+        loose objects and refs are read and written through it (:mod:`cas.registry_storage`)."""
         self.path = path
         try:
             self.repo = Repo(str(path))
         except (NotGitRepository, OSError) as exc:
             raise NotFoundError(f"registry at {path} cannot be opened: {exc}") from None
-        # Objects must be durable before a ref names them. Set here rather than in the repo
-        # config, where git itself warns that core.fsyncObjectFiles is deprecated.
-        self.repo.object_store.fsync_object_files = True
+        if backend is not None:
+            from cas.registry_storage import BackendObjectStore, BackendRefsContainer
+
+            self.repo.object_store.close()
+            self.repo.object_store = BackendObjectStore(
+                str(path / "objects"), backend, f"{folder}/objects")
+            self.repo.refs = BackendRefsContainer(str(path), backend, folder)
+        else:
+            # Objects must be durable before a ref names them. Set here rather than in the
+            # repo config, where git itself warns that core.fsyncObjectFiles is deprecated.
+            self.repo.object_store.fsync_object_files = True
 
     @classmethod
-    def init(cls, path: Path) -> Registry:
+    def init(cls, path: Path, backend: Backend | None = None, folder: str = "registry"
+             ) -> Registry:
         path.mkdir(parents=True, exist_ok=True)
         Repo.init_bare(str(path)).close()
-        return cls(path)
+        return cls(path, backend, folder)
 
     def close(self) -> None:
         self.repo.close()
@@ -537,8 +560,18 @@ class Registry:
         return root
 
     def _move_ref(self, ref: bytes, old: bytes | None, new: bytes) -> None:
-        if not self.repo.refs.set_if_equals(ref, old, new):
+        try:
+            moved = self.repo.refs.set_if_equals(ref, old, new)
+        except OSError as exc:
+            raise _ref_error(exc, ref, "moving") from None
+        if not moved:
             raise ConflictError(f"{ref.decode()} moved while this command ran; try again")
+
+    def _delete_ref(self, ref: bytes) -> None:
+        try:
+            self.repo.refs.remove_if_equals(ref, None)
+        except OSError as exc:
+            raise _ref_error(exc, ref, "deleting") from None
 
     def _commit_change(self, name: str, head: bytes | None, changes: dict[int, bytes | None],
                        message: str, identity: tuple[str, str] | None) -> bytes:
@@ -604,7 +637,7 @@ class Registry:
         commit = self._commit_change(name, head, dict.fromkeys(seqs),
                                      _message(subject, "rm", seqs, sorted(tags)), identity)
         for tag, _seq in tags:
-            self.repo.refs.remove_if_equals(tag_ref(name, tag), None)
+            self._delete_ref(tag_ref(name, tag))
         return commit.decode()
 
     def restore_versions(self, name: str, removed: list[RemovedVersion],
@@ -712,7 +745,7 @@ class Registry:
             version: Version | None = self.version_of_commit(name, target)
         except (NotFoundError, SchemaError):
             version = None
-        self.repo.refs.remove_if_equals(ref, None)
+        self._delete_ref(ref)
         if version is not None and self.head(name) is not None:
             self._commit_change(name, self.head(name), {},
                                 _message(f"untag {name}@{tag} (was v{version.seq})", "untag",
@@ -757,6 +790,19 @@ class Registry:
             for seq, r in sorted(st.removed.items()):
                 if r.removed_at >= removed_since and (name, r.version.commit) not in tagged:
                     yield name, seq, self.blob(r.blob.encode())
+
+
+def _ref_error(exc: OSError, ref: bytes, doing: str) -> CasError:
+    """The error of a failed ref update: a folder or file in the ref's place is a conflict
+    (someone's files in the registry), a leftover lock a lock error, the rest disk errors."""
+    name = ref.decode(errors="replace")
+    if isinstance(exc, (IsADirectoryError, NotADirectoryError)):
+        return ConflictError(f"cannot move registry ref {name}: {exc.strerror} "
+                             f"({exc.filename}); move that aside")
+    if isinstance(exc, FileExistsError):
+        return LockError(f"registry ref {name} is locked by another writer ({exc.filename}); "
+                         "if no cas or git command is running, delete that file")
+    return from_os_error(exc, f"{doing} registry ref {name}")
 
 
 def _day(ts: int) -> str:

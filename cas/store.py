@@ -110,7 +110,7 @@ class Store:
         self.tmp_dir = path / "tmp"
         self.cache_dir = path / "cache"
         self.packs = PackSet(self.packs_dir)
-        self.registry = Registry(path / "registry")
+        self.registry = Registry(path / "registry", self.backend)
         self.lock_timeout = DEFAULT_TIMEOUT
         #: True if :meth:`init` created this store just now.
         self.created = False
@@ -293,7 +293,7 @@ class Store:
         from cas.multipack import maintain
 
         try:
-            return maintain(self.packs, self.tmp_dir)
+            return maintain(self.packs, self.backend, self.tmp_dir)
         except (CasError, OSError):
             return []
 
@@ -307,29 +307,33 @@ class Store:
                      *(reg / "objects").rglob("*.lock")]:
             lock.unlink(missing_ok=True)
             removed += 1
-        rebuilt = 0
-        for name in os.listdir(self.packs_dir):
-            if name.endswith(".pack") and not (self.packs_dir / (name[:-5] + ".idx")).exists():
-                self.rebuild_index(name[len("pack-") : -5])
+        from cas.quarantine import index_or_quarantine
+
+        rebuilt = quarantined = 0
+        # Packs without an index (a writer killed between its two renames, or a stray file)
+        # and indexes whose header is unusable are rebuilt from the pack; a pack that cannot
+        # be indexed is moved to packs/quarantine/ so that it never blocks a writer.
+        unindexed = [name[len("pack-") : -5] for name in sorted(os.listdir(self.packs_dir))
+                     if name.startswith("pack-") and name.endswith(".pack")
+                     and not (self.packs_dir / (name[:-5] + ".idx")).exists()]
+        for pack_id in dict.fromkeys([*unindexed, *self.packs.broken]):
+            if index_or_quarantine(self, pack_id):
+                quarantined += 1
+            else:
                 rebuilt += 1
-        # Indexes whose header is unusable are rebuilt too; a pack too damaged to scan keeps
-        # its index as it is, for verify to report.
-        for pack_id in list(self.packs.broken):
-            try:
-                self.rebuild_index(pack_id)
-                rebuilt += 1
-            except (CasError, OSError):
-                pass
-        return {"temp_files_removed": removed, "indexes_rebuilt": rebuilt}
+        return {"temp_files_removed": removed, "indexes_rebuilt": rebuilt,
+                "packs_quarantined": quarantined}
 
     def repair_indexes(self, pack_ids: list[str],
                        midx_names: Sequence[str] = ()) -> list[str]:
         """Rebuild the given packs' indexes from the packs, and replace the given damaged
         multi-pack indexes (write lock taken here).
 
-        Returns the pack ids whose index was rebuilt; packs too damaged to scan are left for
-        ``verify`` to report.
+        Returns the pack ids whose index was rebuilt; packs too damaged to be indexed are
+        moved to ``packs/quarantine/`` (reported by ``verify``), never deleted.
         """
+        from cas.quarantine import index_or_quarantine
+
         done = []
         with self.writing():
             for name in midx_names:
@@ -340,8 +344,13 @@ class Store:
                 self.packs.broken_midx.pop(name, None)
             for pack_id in dict.fromkeys(pack_ids):
                 try:
-                    self.rebuild_index(pack_id)
-                    done.append(pack_id)
+                    if pack_id in self.packs.packs:
+                        # Its index opens: rebuild it if the pack can be scanned, else keep
+                        # it (its objects stay readable; verify reports the pack).
+                        self.rebuild_index(pack_id)
+                        done.append(pack_id)
+                    elif not index_or_quarantine(self, pack_id):
+                        done.append(pack_id)
                 except (CasError, OSError):
                     continue
         return done
@@ -430,25 +439,29 @@ class Store:
         return list_checkouts(self.path)
 
     def verify(self, spec: str | None = None, progress: Progress | None = None, *,
-               repair: bool = False) -> VerifyReport:
-        """Verify one version (``spec``) or, with ``spec=None``, every object and manifest.
+               repair: bool = False, files: bool = False) -> VerifyReport:
+        """Verify one version (``spec``) or, with ``spec=None``, everything a restore reads
+        (see :mod:`cas.verify`); ``files`` adds the whole-file SHA-256 of every live version.
 
         With ``repair`` (whole-store only), indexes found missing or damaged are rebuilt from
-        their packs and the store is verified again; the report lists what was rebuilt.
+        their packs, packs that cannot be indexed are moved to quarantine, and the store is
+        verified again; the report lists what was rebuilt and what is in quarantine.
         """
+        from cas.errors import ArgsError
         from cas.verify import verify_all, verify_version
 
         if spec is None:
-            report = verify_all(self, progress)
+            report = verify_all(self, progress, files=files)
             if repair and (report.bad_indexes or report.bad_midx):
                 repaired = self.repair_indexes(report.bad_indexes, report.bad_midx)
-                report = verify_all(self, progress)
+                report = verify_all(self, progress, files=files)
                 report.repaired_indexes = repaired
             return report
         if repair:
-            from cas.errors import ArgsError
-
             raise ArgsError("--repair works on the whole store: use verify --all --repair")
+        if files:
+            raise ArgsError("--files works on the whole store (verify NAME@V always hashes "
+                            "whole files): use verify --all --files")
         return verify_version(self, self.resolve(spec), progress)
 
     def ls(self, pattern: str | None = None, *, format: str | None = None,

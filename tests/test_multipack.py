@@ -70,7 +70,7 @@ def test_midx_answers_like_the_packs(dirs):
     ids = make_packs(packs, tmp, 20, 30, seed=2)
     ps = PackSet(packs)
     before = {oid: ps.locate(oid).pack.id for oid in ids}
-    written = multipack.maintain(ps, tmp)
+    written = multipack.maintain(ps, LocalBackend(packs.parent), tmp)
     assert written and ps.midxs and ps.uncovered() == []
     for oid in ids:
         loc = ps.locate(oid)
@@ -90,7 +90,7 @@ def test_geometric_merging_keeps_few_midxs(dirs):
     for round_ in range(12):
         ids += make_packs(packs, tmp, multipack.BATCH, 5, seed=100 + round_)
         ps.refresh()
-        multipack.maintain(ps, tmp)
+        multipack.maintain(ps, LocalBackend(packs.parent), tmp)
         assert len(ps.midxs) <= 4, [m.midx.count for m in ps.midxs]
     assert ps.uncovered() == []
     assert len(multipack.list_midx(packs)) == len(ps.midxs)
@@ -103,7 +103,7 @@ def test_stale_and_damaged_midxs_never_hide_objects(dirs):
     packs, tmp = dirs
     ids = make_packs(packs, tmp, 9, 20, seed=3)
     ps = PackSet(packs)
-    multipack.maintain(ps, tmp)
+    multipack.maintain(ps, LocalBackend(packs.parent), tmp)
     (path,) = multipack.list_midx(packs)
     ps.close()
     # Damage a record's pack number: the midx points a lookup at the wrong pack.
