@@ -30,6 +30,7 @@ cache"):
 from __future__ import annotations
 
 import os
+import re
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -53,8 +54,11 @@ CHECKSUM_SIZE = 32
 MAX_VERSIONS = 64
 DAMAGED = "W_STAT_CACHE_DAMAGED"
 
-_Hex64 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
-_Hex40 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{40}$")]
+# Lengths are checked while decoding; hex digits afterwards, all at once (a pattern per
+# string would make loading the cache several times slower).
+_Hex64 = Annotated[str, msgspec.Meta(min_length=64, max_length=64)]
+_Hex40 = Annotated[str, msgspec.Meta(min_length=40, max_length=40)]
+_HEX_RUN = re.compile("[0-9a-f]*")
 _Size = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 _Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
@@ -134,7 +138,7 @@ def decode(data: bytes, store_id: str) -> tuple[dict[str, _Entry], dict[str, str
     if full is not None:
         if full.store != store_id:
             return {}, {}, None
-        dropped = _mismatched_sizes(full.entries)
+        dropped = _drop_invalid(full.entries, full.contents)
         return full.entries, full.contents, _dropped(dropped)
     return _decode_loosely(body, store_id)
 
@@ -161,21 +165,31 @@ def _decode_loosely(body: memoryview, store_id: str
             fp = msgspec.msgpack.decode(raw, type=_Hex64)
         except (msgspec.ValidationError, msgspec.DecodeError):
             fp = ""
-        if fp and is_hex(commit, 40):
+        if fp and len(commit) == 40:
             contents[commit] = fp
         else:
             dropped += 1
-    dropped += _mismatched_sizes(entries)
+    dropped += _drop_invalid(entries, contents)
     return entries, contents, _dropped(dropped)
 
 
-def _mismatched_sizes(entries: dict[str, _Entry]) -> int:
-    """Drop (in place) the entries whose digest's size is not the stat key's size, or whose
-    path is not absolute; return how many."""
-    bad = [p for p, e in entries.items() if e.digest.size != e.key.size or not p.startswith("/")]
-    for p in bad:
+def _drop_invalid(entries: dict[str, _Entry], contents: dict[str, str]) -> int:
+    """Drop (in place) what decoding could not check: ids with a character that is not a
+    lowercase hex digit, an entry whose two sizes differ or whose path is not absolute.
+    Returns how many were dropped."""
+    bad = [p for p, e in entries.items() if e.digest.size != e.key.size or p[:1] != "/"]
+    if not _HEX_RUN.fullmatch("".join([e.digest.sha256 + e.digest.chunks
+                                        for e in entries.values()])):
+        bad += [p for p, e in entries.items()
+                if not (is_hex(e.digest.sha256) and is_hex(e.digest.chunks))]
+    for p in set(bad):
         del entries[p]
-    return len(bad)
+    bad_contents = []
+    if not _HEX_RUN.fullmatch("".join(contents) + "".join(contents.values())):
+        bad_contents = [c for c, fp in contents.items() if not (is_hex(c, 40) and is_hex(fp))]
+    for c in bad_contents:
+        del contents[c]
+    return len(set(bad)) + len(bad_contents)
 
 
 def _dropped(n: int) -> str | None:
