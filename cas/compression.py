@@ -8,6 +8,7 @@ and every decompressed chunk is then checked against its BLAKE3 id by the caller
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 import zstandard
 
@@ -86,6 +87,22 @@ class Compressor:
 
 
 _dlocal = threading.local()
+#: Above this many claimed bytes, a zstd frame is decompressed piece by piece: memory then
+#: follows what the frame really produces (at most the claim), not what the record claims.
+STREAM_ABOVE = 4 << 20
+
+
+def _decompress_growing(ctx: zstandard.ZstdDecompressor, stored: bytes | memoryview,
+                        raw_len: int) -> bytes:
+    """Decompress one frame in 1 MiB pieces, stopping one byte past ``raw_len``."""
+    out = bytearray()
+    with ctx.stream_reader(stored, read_across_frames=False) as reader:
+        while len(out) <= raw_len:
+            piece = reader.read(min(1 << 20, raw_len + 1 - len(out)))
+            if not piece:
+                break
+            out += piece
+    return bytes(out)
 
 
 def decompress(codec: int, stored: bytes, raw_len: int, *, object_id: str = "?",
@@ -118,7 +135,10 @@ def decompress(codec: int, stored: bytes, raw_len: int, *, object_id: str = "?",
                     expected=str(raw_len),
                     actual=str(declared),
                 )
-            out = ctx.decompress(stored, max_output_size=raw_len)
+            if raw_len > STREAM_ABOVE and into is None:
+                out = _decompress_growing(ctx, stored, raw_len)
+            else:
+                out = ctx.decompress(stored, max_output_size=raw_len)
         except zstandard.ZstdError as exc:
             raise VerifyError(
                 f"object {object_id}: zstd frame is corrupt ({exc})", object_id=object_id
@@ -142,3 +162,38 @@ def decompress(codec: int, stored: bytes, raw_len: int, *, object_id: str = "?",
         into[:] = out
         return into
     return out
+
+
+def iter_frame(stored: bytes | memoryview, raw_len: int, *, object_id: str = "?",
+               piece: int = 1 << 20) -> Iterator[bytes]:
+    """The decompressed bytes of one zstd frame in pieces of at most ``piece`` bytes, for a
+    reader that hashes them without holding the whole (memory stays at one piece whatever
+    the frame or its record claims).
+
+    Raises:
+        VerifyError: a corrupt frame, or one that does not produce exactly ``raw_len`` bytes.
+    """
+    ctx = getattr(_dlocal, "ctx", None)
+    if ctx is None:
+        ctx = _dlocal.ctx = zstandard.ZstdDecompressor()
+    done = 0
+    try:
+        declared = zstandard.frame_content_size(stored)
+        if declared not in (-1, raw_len):
+            raise VerifyError(f"object {object_id}: zstd frame declares {declared} bytes, "
+                              f"record says {raw_len}", object_id=object_id)
+        with ctx.stream_reader(stored, read_across_frames=False) as reader:
+            while done <= raw_len:
+                out = reader.read(min(piece, raw_len + 1 - done))
+                if not out:
+                    break
+                done += len(out)
+                if done <= raw_len:
+                    yield out
+    except zstandard.ZstdError as exc:
+        raise VerifyError(f"object {object_id}: zstd frame is corrupt ({exc})",
+                          object_id=object_id) from None
+    if done != raw_len:
+        got = str(done) if done < raw_len else f"more than {raw_len}"
+        raise VerifyError(f"object {object_id}: decoded to {got} bytes, record says {raw_len}",
+                          object_id=object_id)

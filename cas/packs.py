@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cas.compression import CODEC_DERIVED, decompress
+from cas.compression import CODEC_DERIVED, CODECS, decompress
 from cas.errors import (
     CasError,
     DiskError,
@@ -38,6 +39,10 @@ if TYPE_CHECKING:
     from cas.derive import RangeReader
 
 PACK_PREFIX = "pack-"
+#: The largest chunk any valid chunker configuration cuts (``ChunkerParams.validate`` caps
+#: ``max_size`` here). A chunk record claiming more is damage, refused before any byte of it is
+#: decompressed: the claimed length is what decompression would allocate.
+MAX_CHUNK_BYTES = 16 * 1024 * 1024
 
 
 def pack_path(packs_dir: Path, pack_id: str, ext: str) -> Path:
@@ -121,6 +126,7 @@ class Pack:
 
     def read_stored(self, entry: fmt.Entry) -> bytes | memoryview:
         """Read an entry's stored bytes after checking its header against the index record."""
+        self.check_record(entry)
         return self._check_stored(entry, self._pread(fmt.ENTRY_HEADER_SIZE + entry.stored_len,
                                                      entry.offset))
 
@@ -170,9 +176,46 @@ class Pack:
             out.append(self._decode(e, stored, outs[i] if outs is not None else None))
         return out
 
+    def check_record(self, entry: fmt.Entry) -> None:
+        """Refuse a record this build cannot read or that claims an impossible length, before
+        anything is read or allocated for it.
+
+        Raises:
+            VerifyError: an unknown kind or codec, or a chunk longer than any chunker cuts
+                (the message names the pack).
+        """
+        oid_hex = entry.oid.hex()
+        if entry.kind not in (fmt.KIND_CHUNK, fmt.KIND_CHUNK_LIST):
+            raise VerifyError(f"object {oid_hex}: pack {self.id} record has unknown kind "
+                              f"{entry.kind}", object_id=oid_hex)
+        if entry.codec not in CODECS:
+            raise VerifyError(f"object {oid_hex}: pack {self.id} record has unknown codec "
+                              f"{entry.codec}", object_id=oid_hex)
+        if entry.kind == fmt.KIND_CHUNK and entry.raw_len > MAX_CHUNK_BYTES:
+            raise VerifyError(f"chunk {oid_hex}: pack {self.id} record claims {entry.raw_len} "
+                              f"bytes, more than any chunk can hold ({MAX_CHUNK_BYTES})",
+                              object_id=oid_hex, actual=str(entry.raw_len))
+
+    def decode(self, entry: fmt.Entry, stored: bytes | memoryview) -> bytes | memoryview:
+        """Decompress and verify the stored bytes of ``entry`` (read by the caller, for
+        example while walking the pack).
+
+        Raises:
+            VerifyError: as :meth:`read`.
+        """
+        return self._decode(entry, stored)
+
     def _decode(self, entry: fmt.Entry, stored: bytes | memoryview,
                 into: memoryview | None = None) -> bytes | memoryview:
         oid_hex = entry.oid.hex()
+        self.check_record(entry)
+        if into is not None and len(into) != entry.raw_len:
+            # The reader's chunk list and this pack disagree on the chunk's length: refused
+            # before decompressing, so the list, not the record, bounds the memory spent.
+            raise VerifyError(
+                f"chunk {oid_hex}: pack {self.id} records {entry.raw_len} bytes, the chunk "
+                f"list says {len(into)}", object_id=oid_hex, expected=str(len(into)),
+                actual=str(entry.raw_len))
         if entry.codec == CODEC_DERIVED and self.owner is not None:
             from cas import derive
 
@@ -216,6 +259,7 @@ class PackSet:
         self._covered: set[str] = set()
         self._uncovered: list[Pack] = []
         self._ranges: RangeReader | None = None
+        self._refresh_lock = threading.Lock()
         self.refresh()
 
     @property
@@ -228,8 +272,15 @@ class PackSet:
             self._ranges = RangeReader(self.read_with_depth, self.read_chunk_list)
         return self._ranges
 
-    def refresh(self) -> None:
-        """Open indexes and midxs that appeared since the last refresh."""
+    def refresh(self) -> bool:
+        """Open indexes and midxs that appeared since the last refresh; return True if any
+        did. Safe to call from several threads."""
+        with self._refresh_lock:
+            before = (len(self.packs), len(self.broken), len(self.midxs))
+            self._refresh()
+            return (len(self.packs), len(self.broken), len(self.midxs)) != before
+
+    def _refresh(self) -> None:
         try:
             names = os.listdir(self.packs_dir)
         except OSError as exc:
@@ -305,6 +356,34 @@ class PackSet:
                 return Located(pack, entry)
         return None
 
+    def find(self, oid: bytes) -> Located | None:
+        """Find ``oid`` as :meth:`locate`, then in every pack index, then once more after
+        re-listing the folder if packs appeared there since it was last listed (a writer may
+        just have landed the pack that holds it)."""
+        loc = self.locate(oid) or self.locate_everywhere(oid)
+        if loc is None and self.refresh():
+            loc = self.locate(oid) or self.locate_everywhere(oid)
+        return loc
+
+    def missing(self, oid: bytes, what: str = "object") -> CasError:
+        """The error for ``oid`` found in no readable pack: ``E_VERIFY`` naming the damaged
+        or missing indexes when there are any (the object may be in their packs), else
+        ``E_NOT_FOUND``."""
+        unusable = [f"index of pack {p} is damaged ({why})"
+                     for p, why in sorted(self.broken.items())]
+        try:
+            names = set(os.listdir(self.packs_dir))
+        except OSError:
+            names = set()
+        unusable += [f"pack {n[len(PACK_PREFIX):-5]} has no index" for n in sorted(names)
+                     if n.startswith(PACK_PREFIX) and n.endswith(".pack")
+                     and n[:-5] + ".idx" not in names]
+        if unusable:
+            return VerifyError(f"{what} {oid.hex()} is in no readable pack: "
+                               + "; ".join(unusable)
+                               + " (run 'cas verify --all --repair')", object_id=oid.hex())
+        return NotFoundError(f"{what} {oid.hex()} is not in the store")
+
     def has(self, oid: bytes) -> bool:
         return self.locate(oid) is not None
 
@@ -322,9 +401,9 @@ class PackSet:
         run_pack: Pack | None = None
         first = 0
         for i, oid in enumerate(oids):
-            loc = self.locate(oid) or self.locate_everywhere(oid)
+            loc = self.find(oid)
             if loc is None:
-                raise NotFoundError(f"object {oid.hex()} is not in the store")
+                raise self.missing(oid)
             if run and (loc.pack is not run_pack or loc.entry.offset !=
                         run[-1].offset + fmt.ENTRY_HEADER_SIZE + run[-1].stored_len):
                 out.extend(run_pack.read_run(  # type: ignore[union-attr]
@@ -341,9 +420,9 @@ class PackSet:
     def read_with_depth(self, oid: bytes) -> tuple[bytes, int]:
         """:meth:`read`, plus the object's chain depth: 0, or the depth a derived chunk
         records (see :mod:`cas.derive`), taken from the bytes already read."""
-        loc = self.locate(oid) or self.locate_everywhere(oid)
+        loc = self.find(oid)
         if loc is None:
-            raise NotFoundError(f"object {oid.hex()} is not in the store")
+            raise self.missing(oid)
         stored = loc.pack.read_stored(loc.entry)
         depth = 0
         if loc.entry.codec == CODEC_DERIVED:
@@ -357,11 +436,13 @@ class PackSet:
 
         Raises:
             NotFoundError: no visible pack holds it.
-            VerifyError | SchemaError: it is damaged or is not a chunk list.
+            VerifyError: it is damaged or is not a chunk list, or it is in no readable pack
+                while some pack's index is damaged or missing (named in the message).
+            SchemaError: it does not decode as a chunk list.
         """
-        loc = self.locate(oid) or self.locate_everywhere(oid)
+        loc = self.find(oid)
         if loc is None:
-            raise NotFoundError(f"chunk list {oid.hex()} is not in the store")
+            raise self.missing(oid, "chunk list")
         if loc.entry.kind != fmt.KIND_CHUNK_LIST:
             raise VerifyError(f"object {oid.hex()} is not a chunk list", object_id=oid.hex())
         return ChunkList.decode(loc.pack.read(loc.entry))
@@ -371,9 +452,72 @@ class PackSet:
 
         Raises:
             NotFoundError: no visible pack holds it.
-            VerifyError: the stored bytes are damaged.
+            VerifyError: the stored bytes are damaged, or it is in no readable pack while
+                some pack's index is damaged or missing (named in the message).
         """
         return self.read_with_depth(oid)[0]
+
+
+class PackWalk:
+    """Reads a pack front to back: header, each entry (its header checked; its stored bytes
+    too when ``data``), then the trailer, which must count the entries and name the pack id
+    they hash to. ``pack_id`` is set once :meth:`entries` is exhausted without error.
+
+    Raises (from :meth:`entries`, after yielding every sound entry before the damage):
+        VerifyError: bad magic, a damaged or truncated entry header, a missing or cut
+            trailer, or a trailer that disagrees with the entries.
+        SchemaError: an unknown pack version.
+        NotFoundError | DiskError | PermError: the file cannot be read.
+    """
+
+    def __init__(self, path: Path, *, data: bool) -> None:
+        self.path = path
+        self.name = path.name
+        self.data = data
+        self.pack_id: bytes | None = None
+        #: Offset of the first byte not yet accounted for (where damage was found).
+        self.offset = 0
+
+    def entries(self) -> Iterator[tuple[fmt.Entry, bytes | None]]:
+        name = self.name
+        hasher = fmt.PackIdHasher()
+        count = 0
+        try:
+            f = open(self.path, "rb", buffering=1 << 20)
+        except OSError as exc:
+            raise from_os_error(exc, f"opening pack {name}") from None
+        with f:
+            try:
+                size = os.fstat(f.fileno()).st_size
+                if self.data and hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                fmt.check_pack_header(f.read(fmt.PACK_HEADER_SIZE), name)
+                offset = self.offset = fmt.PACK_HEADER_SIZE
+                while offset + fmt.PACK_TRAILER_SIZE < size:
+                    if offset + fmt.ENTRY_HEADER_SIZE > size - fmt.PACK_TRAILER_SIZE:
+                        raise VerifyError(f"pack {name}: truncated at offset {offset}")
+                    if not self.data:
+                        f.seek(offset)
+                    entry = fmt.decode_entry_header(f.read(fmt.ENTRY_HEADER_SIZE), offset, name)
+                    end = offset + fmt.ENTRY_HEADER_SIZE + entry.stored_len
+                    if end > size - fmt.PACK_TRAILER_SIZE:
+                        raise VerifyError(f"pack {name}: entry at offset {offset} runs past "
+                                          "the end of the pack (cut or damaged trailer)")
+                    stored = f.read(entry.stored_len) if self.data else None
+                    hasher.add(entry.oid)
+                    count += 1
+                    yield entry, stored
+                    offset = self.offset = end
+                f.seek(offset)
+                trailer = fmt.decode_pack_trailer(f.read(fmt.PACK_TRAILER_SIZE))
+            except OSError as exc:
+                raise from_os_error(exc, f"reading pack {name}") from None
+        if trailer is None:
+            raise VerifyError(f"pack {name}: missing or damaged trailer (cut or incomplete "
+                              "pack)")
+        if trailer[0] != count or trailer[1] != hasher.digest():
+            raise VerifyError(f"pack {name}: trailer does not match its entries")
+        self.pack_id = trailer[1]
 
 
 def scan_pack(path: Path) -> tuple[list[fmt.Entry], bytes]:
@@ -384,27 +528,10 @@ def scan_pack(path: Path) -> tuple[list[fmt.Entry], bytes]:
     Raises:
         VerifyError: bad magic, a damaged entry header, a missing trailer, or a trailer whose
             id or count disagrees with the entries.
+        SchemaError: an unknown pack version.
+        NotFoundError | DiskError | PermError: the file cannot be read.
     """
-    name = path.name
-    entries: list[fmt.Entry] = []
-    hasher = fmt.PackIdHasher()
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        fmt.check_pack_header(f.read(fmt.PACK_HEADER_SIZE), name)
-        offset = fmt.PACK_HEADER_SIZE
-        while offset + fmt.PACK_TRAILER_SIZE != size:
-            if offset + fmt.ENTRY_HEADER_SIZE > size:
-                raise VerifyError(f"pack {name}: truncated at offset {offset}")
-            f.seek(offset)
-            entry = fmt.decode_entry_header(f.read(fmt.ENTRY_HEADER_SIZE), offset, name)
-            entries.append(entry)
-            hasher.add(entry.oid)
-            offset += fmt.ENTRY_HEADER_SIZE + entry.stored_len
-        f.seek(offset)
-        trailer = fmt.decode_pack_trailer(f.read(fmt.PACK_TRAILER_SIZE))
-    if trailer is None:
-        raise VerifyError(f"pack {name}: missing trailer (incomplete pack)")
-    count, pack_id = trailer
-    if count != len(entries) or pack_id != hasher.digest():
-        raise VerifyError(f"pack {name}: trailer does not match its entries")
-    return entries, pack_id
+    walk = PackWalk(path, data=False)
+    entries = [e for e, _ in walk.entries()]
+    assert walk.pack_id is not None
+    return entries, walk.pack_id

@@ -63,3 +63,21 @@ def test_repair_only_on_the_whole_store(tmp_path):
     store, _, _ = populated(tmp_path)
     code, doc = cas(store, "verify", "m", "--repair")
     assert code == 2 and doc["error"]["code"] == "E_ARGS"
+
+
+def test_checkout_with_a_damaged_index_says_e_verify_naming_it(tmp_path):
+    store, idx, data = populated(tmp_path)
+    pack_id = idx.name[5:-4]
+    idx.write_bytes(b"garbage")
+    code, doc = cas(store, "checkout", "m", str(tmp_path / "out"))
+    assert code == 4 and doc["error"]["code"] == "E_VERIFY", doc
+    assert f"index of pack {pack_id} is damaged" in doc["error"]["message"]
+    assert "--repair" in doc["error"]["message"]
+
+
+def test_checkout_with_a_missing_index_says_e_verify_naming_the_pack(tmp_path):
+    store, idx, data = populated(tmp_path)
+    idx.unlink()
+    code, doc = cas(store, "checkout", "m", str(tmp_path / "out"))
+    assert code == 4 and doc["error"]["code"] == "E_VERIFY", doc
+    assert f"pack {idx.name[5:-4]} has no index" in doc["error"]["message"]
