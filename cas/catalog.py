@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from collections.abc import Iterator
 
 import msgspec
 
 from cas.clock import iso_utc
 
-from cas.errors import ArgsError, CasError, FormatError, NotFoundError, SchemaError
+from cas.errors import ArgsError, CasError, NotFoundError
 from cas.format.manifest import FORMATS, Manifest
 from cas.ids import parse_hex
 from cas.names import parse_version_spec, validate_model_name
-from cas.registry import Version
+from cas.registry import Registry, Version
 from cas.store import Store
 
 
@@ -86,6 +87,14 @@ class VersionUsage(msgspec.Struct):
     new_stored: int
 
 
+class ModelError(msgspec.Struct):
+    """A model a whole-store command could not read, and why (``code``: its error code)."""
+
+    name: str
+    code: str
+    message: str
+
+
 class DiskUsage(msgspec.Struct):
     scope: str
     logical: int
@@ -95,6 +104,8 @@ class DiskUsage(msgspec.Struct):
     dedupe_ratio: float
     versions: list[VersionUsage] = []
     pack_bytes: int = 0
+    #: Models left out of the counts because their versions cannot be read.
+    errors: list[ModelError] = []
 
 
 SORT_KEYS = ("name", "date", "size", "versions")
@@ -110,7 +121,13 @@ def list_models(store: Store, pattern: str | None = None, *, format: str | None 
     if sort not in SORT_KEYS:
         raise ArgsError(f"unknown sort key {sort!r} (one of {', '.join(SORT_KEYS)})")
     reg = store.registry
-    all_tags = reg.tags()
+    tags_error = None
+    try:
+        all_tags = reg.tags()
+    except CasError as exc:
+        # A damaged tag must not hide the catalog: models are listed without tags, each
+        # saying why.
+        all_tags, tags_error = {}, f"tags unreadable: {exc.message}"
     rows = []
     for name in reg.model_names():
         if pattern and not fnmatch.fnmatchcase(name, pattern):
@@ -132,7 +149,7 @@ def list_models(store: Store, pattern: str | None = None, *, format: str | None 
             continue
         try:
             m = store.manifest(latest)
-        except (SchemaError, FormatError) as exc:
+        except CasError as exc:
             # One unreadable manifest must not hide the rest of the catalog.
             if not (format or role):
                 rows.append(ModelRow(name, latest.seq, len(versions), 0, "other", None, tags,
@@ -143,7 +160,8 @@ def list_models(store: Store, pattern: str | None = None, *, format: str | None 
         if role and m.metadata.role != role:
             continue
         rows.append(ModelRow(name, latest.seq, len(versions), m.total_size, m.metadata.format,
-                             m.metadata.role, tags, iso_utc(latest.timestamp)))
+                             m.metadata.role, tags, iso_utc(latest.timestamp),
+                             error=tags_error))
     key = {"name": lambda r: r.name, "date": lambda r: r.updated_at,
            "size": lambda r: r.size, "versions": lambda r: r.versions}[sort]
     rows.sort(key=key, reverse=sort != "name")
@@ -166,7 +184,7 @@ def list_versions(store: Store, models: list[ModelRow]) -> list[VersionRow]:
             try:
                 m = store.manifest(v)
                 size, fmt, err = m.total_size, m.metadata.format, None
-            except (SchemaError, FormatError) as exc:
+            except CasError as exc:
                 size, fmt, err = 0, "other", exc.message
             out.append(VersionRow(v.name, v.seq, iso_utc(v.timestamp), v.author, size, fmt,
                                   sorted(by_seq.get(v.seq, [])), v.message, err))
@@ -245,15 +263,13 @@ def disk_usage(store: Store, name: str | None = None) -> DiskUsage:
     sizes: dict[bytes, int] = {}
     users: dict[bytes, set[str]] = {}
     per_version: dict[str, list[tuple[str, int, list[bytes]]]] = {}
-    for model, seq, blob in store.registry.all_manifest_blobs():
-        try:
-            m = Manifest.decode(blob)
-        except (SchemaError, FormatError):
-            continue  # counted by nobody; `cas verify --all` names the unreadable manifest
-        ids = _objects_of(store, m, sizes)
-        for oid in ids:
-            users.setdefault(oid, set()).add(model)
-        per_version.setdefault(model, []).append((f"{model}@{seq}", m.total_size, ids))
+    errors: list[ModelError] = []
+    for model, manifests in _manifests_by_model(store, name, errors):
+        for seq, m in manifests:
+            ids = _objects_of(store, m, sizes)
+            for oid in ids:
+                users.setdefault(oid, set()).add(model)
+            per_version.setdefault(model, []).append((f"{model}@{seq}", m.total_size, ids))
     pack_bytes = sum(os.path.getsize(store.packs_dir / n) for n in os.listdir(store.packs_dir)
                      if n.endswith((".pack", ".idx")))
     if name is None:
@@ -261,8 +277,9 @@ def disk_usage(store: Store, name: str | None = None) -> DiskUsage:
         stored = sum(sizes[o] for o in users)
         unique = sum(sizes[o] for o, who in users.items() if len(who) == 1)
         return DiskUsage("store", logical, stored, unique, stored - unique,
-                         round(logical / stored, 3) if stored else 0.0, [], pack_bytes)
-    if name not in per_version:
+                         round(logical / stored, 3) if stored else 0.0, [], pack_bytes,
+                         errors)
+    if name not in per_version and not errors:
         if store.registry.head(name) is None:
             raise NotFoundError(f"model {name!r} is not registered")
     versions = sorted(per_version.get(name, []), key=lambda v: int(v[0].rsplit("@", 1)[1]))
@@ -276,4 +293,45 @@ def disk_usage(store: Store, name: str | None = None) -> DiskUsage:
     unique = sum(sizes[o] for o in mine if users[o] == {name})
     logical = sum(v[1] for v in versions)
     return DiskUsage(name, logical, stored, unique, stored - unique,
-                     round(logical / stored, 3) if stored else 0.0, rows, pack_bytes)
+                     round(logical / stored, 3) if stored else 0.0, rows, pack_bytes, errors)
+
+
+def commit_versions(reg: Registry, commit: str) -> dict[int, bytes]:
+    """``seq -> manifest blob id`` in the tree of one registry commit.
+
+    Raises:
+        SchemaError: the commit or its trees are missing, damaged or of the wrong shape.
+    """
+    # The registry has no public reader of one commit's tree; these are its own checked
+    # readers (every object is type-checked, damage is SchemaError).
+    return reg._tree_versions(reg._commit(commit.encode()).tree)
+
+
+def _manifests_by_model(store: Store, only: str | None, errors: list[ModelError]
+                        ) -> Iterator[tuple[str, list[tuple[int, Manifest]]]]:
+    """Per model, the manifests that keep data alive (live versions, and tagged ones that a
+    crash mid-``rm`` left tagged), read model by model: a model any of whose manifests
+    cannot be read is left out and recorded in ``errors``, and the others are still read."""
+    reg = store.registry
+    try:
+        tags = reg.tags(only)
+    except CasError as exc:
+        errors.append(ModelError("(tags)", exc.code, exc.message))
+        tags = {}
+    for model in reg.model_names():
+        if only is not None and model != only:
+            continue
+        try:
+            head = reg.head(model)
+            blobs = commit_versions(reg, head.decode()) if head is not None else {}
+            out = [(seq, Manifest.decode(reg.blob(b))) for seq, b in sorted(blobs.items())]
+            for (name, _tag), commit in sorted(tags.items()):
+                if name != model:
+                    continue
+                v = reg.version_of_commit(name, commit)
+                if v.seq not in blobs and v.seq not in {s for s, _ in out}:
+                    out.append((v.seq, Manifest.decode(reg.manifest_bytes(v))))
+        except CasError as exc:
+            errors.append(ModelError(model, exc.code, exc.message))
+            continue
+        yield model, out

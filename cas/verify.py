@@ -1,10 +1,24 @@
 """Verify: prove that stored bytes are what their ids and manifests say.
 
-``verify_all`` reads every object of every pack (decompress, BLAKE3), checks every index, and
-then checks every manifest that keeps data alive (live and tagged versions, and versions
-removed within the restore window, which ``restore`` can bring back): its chunk lists
-decode, their lengths sum to the file sizes, and every chunk they name is present and sound.
-It names each bad chunk and each model version that a bad or missing chunk breaks.
+``verify_all`` checks everything a restore reads, in an order that never reports a sound store
+as broken while a writer commits:
+
+1. It snapshots the registry first: every model's history is walked from its tip (every commit
+   parsed, its trailers checked; every tree and manifest blob read; each manifest's name and
+   sequence number checked against the ref and path it was read from), and the tags are read.
+   The versions that keep data alive (live, tagged, removed within the restore window) are
+   taken from this snapshot. A model whose history cannot be read is reported by name and the
+   other models are still checked.
+2. Then it lists the packs and walks each one front to back: header, every entry (header
+   checksum, record validation, decompression, BLAKE3), and trailer (entry count and pack id);
+   each index record must match the entry at its offset. Files that could not be indexed and
+   were moved to quarantine are reported as warnings.
+3. Last, each snapshot version's chunk lists must decode, add up to the file sizes, and name
+   chunks that are present, sound and as long as the list says. A writer lands packs before it
+   moves a ref, so every object a snapshot version needs is in a pack listed after the
+   snapshot; an object not found is looked for again after re-listing the packs before it is
+   called missing. With ``files``, the whole-file SHA-256 of every live version is computed,
+   once per distinct chunk list.
 
 ``verify_version`` streams every file of one version, verifying each chunk and the whole file's
 SHA-256 and BLAKE3 against the manifest.
@@ -14,25 +28,34 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import blake3
 import msgspec
 
-from cas.checkout import WORKERS
-from cas.errors import CasError, FormatError, SchemaError
+from cas.catalog import commit_versions
+from cas.checkout import WORKERS, pause_hook_from_env
+from cas.compression import CODEC_ZSTD, STREAM_ABOVE, iter_frame
+from cas.errors import CasError, CasWarning, FormatError, SchemaError, VerifyError
+from cas.format.chunklist import HEADER_SIZE as CLIST_HEADER
+from cas.format.chunklist import ITEM_SIZE as CLIST_ITEM
 from cas.format.manifest import FileEntry, Manifest
 from cas.format.pack import KIND_CHUNK_LIST, Entry
 from cas.gcpause import gc_paused
 from cas.ids import parse_hex
-from cas.packs import scan_pack
-from cas.registry import Version
+from cas.quarantine import FOLDER, quarantined
+from cas.packs import Located, Pack, PackWalk, scan_pack
+from cas.registry import ModelState, Registry, Version
 from cas.store import Progress, Store
 
 #: Chunks read ahead of the hashing of one file.
 READ_AHEAD = 32
+#: Chunks read at once by ``--files``.
+FILES_BATCH = 64
 
 
 class BadObject(msgspec.Struct):
@@ -62,12 +85,25 @@ class VerifyReport(msgspec.Struct):
     repaired_indexes: list[str] = []
     #: Multi-pack indexes that are damaged (derived data: repair deletes and rewrites them).
     bad_midx: list[str] = []
+    #: Packs whose header, entry structure or trailer is damaged (their indexed objects may
+    #: still be readable; the pack can no longer be re-indexed).
+    bad_packs: list[str] = []
+    #: Models whose history cannot be read, each with its error.
+    bad_models: list[str] = []
+    #: Files moved to quarantine (now or by an earlier recovery), relative to ``packs/``.
+    quarantined: list[str] = []
+    #: Distinct chunk lists whose whole-file SHA-256 was computed (``--files``).
+    files_checked: int = 0
+    warnings: list[CasWarning] = []
 
     def summary(self) -> str:
         if self.ok:
-            return (f"ok: {self.scope}: {_count(self.objects_checked, 'object')}, "
+            text = (f"ok: {self.scope}: {_count(self.objects_checked, 'object')}, "
                     f"{_count(self.bytes_checked, 'byte')}, "
                     f"{_count(self.versions_checked, 'version')} verified")
+            if self.files_checked:
+                text += f", {_count(self.files_checked, 'whole file')} hashed"
+            return text
         parts = []
         if self.bad_objects:
             parts.append(_count(len(self.bad_objects), "bad object"))
@@ -82,18 +118,230 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def verify_all(store: Store, progress: Progress | None = None) -> VerifyReport:
-    report = VerifyReport(ok=True, scope="all")
-    store.packs.refresh()
-    bad: dict[bytes, BadObject] = {}
+# -- the registry snapshot -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Root:
+    """A version whose data must be restorable, as the snapshot saw it."""
+
+    ref: str
+    blob: bytes
+    live: bool
+
+
+class _Snapshot:
+    """What one read of the registry saw: the versions to check and their manifests."""
+
+    def __init__(self) -> None:
+        self.roots: list[_Root] = []
+        #: Decoded manifest, or the error that kept it from decoding, per blob id.
+        self.manifests: dict[bytes, Manifest | CasError] = {}
+
+
+def _snapshot(store: Store, report: VerifyReport) -> _Snapshot:
+    reg = store.registry
+    snap = _Snapshot()
+    since = time.time() - store.settings.restore_window_seconds()
+    try:
+        names = reg.model_names()
+    except CasError as exc:
+        report.problems.append(f"registry: {exc.message}")
+        return snap
+    try:
+        tags = reg.tags()
+    except CasError as exc:
+        report.problems.append(f"registry tags: {exc.message}")
+        tags = {}
+    for name in names:
+        try:
+            st = reg.state(name)
+            _walk_history(reg, st, snap, report)
+            _take_roots(reg, st, tags, since, snap, report)
+        except CasError as exc:
+            report.problems.append(f"model {name}: {exc.message}")
+            report.bad_models.append(name)
+    for (name, tag) in sorted(tags):
+        if name not in names:
+            report.problems.append(f"tag {name}@{tag}: names a model that does not exist")
+    return snap
+
+
+def _walk_history(reg: Registry, st: ModelState, snap: _Snapshot,
+                  report: VerifyReport) -> None:
+    """Read every tree and manifest blob of every commit of one model (what ``log``, ``show``,
+    ``restore`` and checkouts of removed or tagged versions read); check each manifest against
+    the ref and path it was read from."""
+    name = st.name
+    seen: set[tuple[int, bytes]] = set()
+    for h in st.history:
+        try:
+            versions = commit_versions(reg, h.commit)
+        except CasError as exc:
+            report.problems.append(f"model {name}: commit {h.commit[:12]}: {exc.message}")
+            continue
+        if h.action in ("add", "annotate", "restore"):
+            for seq in h.versions:
+                if seq not in versions:
+                    report.problems.append(
+                        f"model {name}: commit {h.commit[:12]} ({h.action} v{seq}) has no "
+                        f"versions/{seq:06d}.json")
+        for seq, blob in versions.items():
+            if (seq, blob) in seen:
+                continue
+            seen.add((seq, blob))
+            m = _manifest(reg, blob, snap)
+            if isinstance(m, CasError):
+                report.problems.append(f"model {name}: commit {h.commit[:12]} "
+                                       f"versions/{seq:06d}.json: {m.message}")
+            elif m.name != name or m.seq != seq:
+                report.problems.append(
+                    f"model {name}: commit {h.commit[:12]} versions/{seq:06d}.json holds the "
+                    f"manifest of {m.name}@{m.seq}")
+
+
+def _manifest(reg: Registry, blob: bytes, snap: _Snapshot) -> Manifest | CasError:
+    got = snap.manifests.get(blob)
+    if got is None:
+        try:
+            got = Manifest.decode(reg.blob(blob))
+        except CasError as exc:
+            got = exc
+        snap.manifests[blob] = got
+    return got
+
+
+def _take_roots(reg: Registry, st: ModelState, tags: dict[tuple[str, str], str], since: float,
+                snap: _Snapshot, report: VerifyReport) -> None:
+    """The versions of one model that keep data alive: live, tagged, removed in the window."""
+    name = st.name
+    for seq, blob in sorted(st.live.items()):
+        snap.roots.append(_Root(f"{name}@{seq}", blob, True))
+    added = {h.commit: seq for seq, h in st.added.items()}
+    tagged: set[int] = set()
+    for (model, tag), commit in sorted(tags.items()):
+        if model != name:
+            continue
+        seq = added.get(commit)
+        if seq is None:
+            report.problems.append(f"tag {name}@{tag}: points at commit {commit[:12]}, which "
+                                   f"did not add a version of {name}")
+            continue
+        tagged.add(seq)
+        if seq in st.live:
+            continue
+        if seq in st.removed:
+            blob: bytes | None = st.removed[seq].blob.encode()
+        else:
+            blob = commit_versions(reg, commit).get(seq)
+        if blob is None:
+            continue  # the history walk reported the add commit without its manifest
+        snap.roots.append(_Root(f"{name}@{seq} (tagged)", blob, True))
+    for seq, r in sorted(st.removed.items()):
+        if seq not in tagged and r.removed_at >= since:
+            snap.roots.append(_Root(f"{name}@{seq} (removed)", r.blob.encode(), False))
+
+
+# -- packs ---------------------------------------------------------------------------------------
+
+
+class _Packs:
+    """The pack phase's state: bad objects found, and progress."""
+
+    def __init__(self, store: Store, report: VerifyReport, progress: Progress | None) -> None:
+        self.store = store
+        self.report = report
+        self.progress = progress
+        self.bad: dict[bytes, BadObject] = {}
+        self.done = 0
+        self.total = 0
+
+    def check_object(self, pack: Pack, entry: Entry, stored: bytes | memoryview) -> None:
+        self.report.objects_checked += 1
+        try:
+            if entry.codec == CODEC_ZSTD and entry.raw_len > STREAM_ABOVE:
+                # A large claim (a chunk list: chunks are capped far lower) is hashed as it
+                # decompresses, never held: memory does not follow what a record claims.
+                pack.check_record(entry)
+                h = blake3.blake3()
+                for piece in iter_frame(stored, entry.raw_len, object_id=entry.oid.hex()):
+                    h.update(piece)
+                if h.digest() != entry.oid:
+                    raise VerifyError(f"chunk {entry.oid.hex()}: content hashes to "
+                                      f"{h.hexdigest()} (pack {pack.id})")
+            else:
+                pack.decode(entry, stored)
+            self.report.bytes_checked += entry.raw_len
+        except CasError as exc:
+            self.bad.setdefault(entry.oid, BadObject(entry.oid.hex(), pack.id, exc.message))
+        self.done += entry.raw_len
+        if self.progress is not None:
+            self.progress(self.done, self.total, f"pack {pack.id[:12]}")
+
+    def read_indexed(self, pack: Pack, entries: Iterable[Entry]) -> None:
+        """Check objects through the index (where the pack itself cannot be walked)."""
+        for entry in entries:
+            try:
+                stored = pack.read_stored(entry)
+            except CasError as exc:
+                self.report.objects_checked += 1
+                self.bad.setdefault(entry.oid, BadObject(entry.oid.hex(), pack.id, exc.message))
+                continue
+            self.check_object(pack, entry, stored)
+
+    def verify_pack(self, pack: Pack) -> None:
+        """Walk one pack front to back and hold its index against it."""
+        report = self.report
+        index_ok = True
+        try:
+            pack.verify_index()
+        except CasError as exc:
+            report.problems.append(f"{exc.message} (repair with 'cas verify --all --repair')")
+            report.bad_indexes.append(pack.id)
+            index_ok = False
+        records = {e.offset: e for e in pack.entries()}
+        walk = PackWalk(pack.pack_path, data=True)
+        mismatched = 0
+        try:
+            for entry, stored in walk.entries():
+                if records.pop(entry.offset, None) != entry:
+                    mismatched += 1
+                assert stored is not None
+                self.check_object(pack, entry, stored)
+        except CasError as exc:
+            report.problems.append(f"{exc.message}; its indexed objects are checked through "
+                                   "the index")
+            report.bad_packs.append(pack.id)
+            self.read_indexed(pack, sorted((e for e in records.values()
+                                            if e.offset >= walk.offset),
+                                           key=lambda e: e.offset))
+            records.clear()
+        else:
+            if walk.pack_id is not None and walk.pack_id.hex() != pack.id:
+                report.problems.append(f"pack {pack.id}: its trailer names pack "
+                                       f"{walk.pack_id.hex()}")
+                report.bad_packs.append(pack.id)
+        if (mismatched or records) and index_ok:
+            report.problems.append(
+                f"index {pack.id}: {mismatched + len(records)} records disagree with the pack "
+                "(repair with 'cas verify --all --repair')")
+            report.bad_indexes.append(pack.id)
+
+
+def _check_pack_folder(store: Store, report: VerifyReport) -> None:
+    """Indexes that cannot be opened, packs without an index, midxs, quarantine."""
     for pack_id, why in store.packs.broken.items():
         report.problems.append(f"pack {pack_id}: index unusable: {why}")
         report.bad_indexes.append(pack_id)
-        _scan_broken_pack(store, pack_id, report)
+        _scan_unindexed(store, pack_id, report)
     for name in sorted(os.listdir(store.packs_dir)):
-        if name.endswith(".pack") and not (store.packs_dir / (name[:-5] + ".idx")).exists():
-            report.problems.append(f"{name}: pack has no index (run a write command to rebuild)")
-            report.bad_indexes.append(name[len("pack-") : -len(".pack")])
+        if name.startswith("pack-") and name.endswith(".pack") and \
+                not (store.packs_dir / (name[:-5] + ".idx")).exists():
+            pack_id = name[len("pack-") : -len(".pack")]
+            report.bad_indexes.append(pack_id)
+            if _scan_unindexed(store, pack_id, report):
+                report.problems.append(f"{name}: pack has no index (rebuilt by the next write "
+                                       "command or 'cas verify --all --repair')")
     for name, why in store.packs.broken_midx.items():
         report.problems.append(f"{name}: unusable multi-pack index: {why}")
         report.bad_midx.append(name)
@@ -103,103 +351,154 @@ def verify_all(store: Store, progress: Progress | None = None) -> VerifyReport:
         except CasError as exc:
             report.problems.append(f"{exc.message} (repair with 'cas verify --all --repair')")
             report.bad_midx.append(opened.path.name)
-    packs = list(store.packs.packs.values())
-    total = sum(e.raw_len for p in packs for e in p.entries())
-    done = 0
-    for pack in packs:
-        entries: Iterable[Entry]
-        try:
-            pack.verify_index()
-            entries = pack.entries()
-        except CasError as exc:
-            # Check the objects as the pack itself lays them out, not as the damaged index
-            # says, so a bad index does not make sound chunks look bad.
-            report.problems.append(f"{exc.message} (repair with 'cas verify --all --repair')")
-            report.bad_indexes.append(pack.id)
-            try:
-                entries, _ = scan_pack(pack.pack_path)
-            except (CasError, OSError) as scan_exc:
-                report.problems.append(f"pack {pack.id}: {scan_exc}")
-                continue
-        for entry in entries:
-            report.objects_checked += 1
-            try:
-                pack.read(entry)
-                report.bytes_checked += entry.raw_len
-            except CasError as exc:
-                bad.setdefault(entry.oid, BadObject(entry.oid.hex(), pack.id, exc.message))
-            done += entry.raw_len
-            if progress is not None:
-                progress(done, total, f"pack {pack.id[:12]}")
-    report.bad_objects = list(bad.values())
-    bad_ids = set(bad)
-    for name, seq, data, ref in _roots(store, report):
-        report.versions_checked += 1
-        try:
-            manifest = Manifest.decode(data)
-        except (SchemaError, FormatError) as exc:
-            report.broken_versions.append(BrokenVersion(ref, [], [exc.message]))
-            continue
-        files: list[str] = []
-        reasons: list[str] = []
-        for f in manifest.files:
-            why = _check_file(store, f.chunks, f.size, bad_ids)
-            if why:
-                files.append(f.path)
-                reasons.append(f"{f.path}: {why}")
-        if files:
-            report.broken_versions.append(BrokenVersion(ref, files, reasons))
-    report.ok = not (report.bad_objects or report.broken_versions or report.problems)
-    return report
+    report.quarantined = quarantined(store.packs_dir)
+    if report.quarantined:
+        report.warnings.append(CasWarning(
+            "W_QUARANTINED",
+            f"{_count(len(report.quarantined), 'file')} in {store.packs_dir / FOLDER} could "
+            "not be indexed and were set aside (inspect, then delete them)"))
 
 
-def _roots(store: Store, report: VerifyReport) -> Iterator[tuple[str, int, bytes, str]]:
-    """Every version a checkout or a restore could read: live and tagged versions, then those
-    removed within the restore window (named ``NAME@V (removed)``). A registry that cannot be
-    walked is a problem of the report, not a crash."""
-    import time
-
-    try:
-        for name, seq, data in store.registry.all_manifest_blobs():
-            yield name, seq, data, f"{name}@{seq}"
-        since = time.time() - store.settings.restore_window_seconds()
-        for name, seq, data in store.registry.restorable_manifest_blobs(since):
-            yield name, seq, data, f"{name}@{seq} (removed)"
-    except CasError as exc:
-        report.problems.append(f"registry: {exc.message}")
-
-
-def _scan_broken_pack(store: Store, pack_id: str, report: VerifyReport) -> None:
+def _scan_unindexed(store: Store, pack_id: str, report: VerifyReport) -> bool:
+    """Whether a pack whose index is missing or unusable can be re-indexed; if not, say so."""
     try:
         scan_pack(store.packs_dir / f"pack-{pack_id}.pack")
-    except (CasError, OSError) as exc:
-        report.problems.append(f"pack {pack_id}: {exc}")
+        return True
+    except CasError as exc:
+        report.problems.append(f"pack {pack_id}: cannot be indexed: {exc.message} "
+                               "('cas verify --all --repair' moves it to quarantine)")
+        return False
 
 
-def _check_file(store: Store, clist_hex: str, size: int, bad: set[bytes]) -> str | None:
+# -- versions ------------------------------------------------------------------------------------
+
+
+class _Finder:
+    """Finds objects for the version phase, re-listing the packs (once per version at most)
+    before calling an object missing: packs that landed after the listing are complete."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.relisted = False
+
+    def __call__(self, oid: bytes) -> Located | None:
+        packs = self.store.packs
+        loc = packs.locate(oid) or packs.locate_everywhere(oid)
+        if loc is None and not self.relisted:
+            self.relisted = True
+            if packs.refresh():
+                loc = packs.locate(oid) or packs.locate_everywhere(oid)
+        return loc
+
+
+def _check_file(store: Store, find: _Finder, f: FileEntry, bad: dict[bytes, BadObject]
+                ) -> str | None:
+    clist_hex = f.chunks
     oid = parse_hex(clist_hex, what="chunk list id")
     if oid in bad:
         return f"chunk list {clist_hex} is damaged"
-    loc = store.packs.locate(oid)
+    loc = find(oid)
     if loc is None:
         return f"chunk list {clist_hex} is missing"
     if loc.entry.kind != KIND_CHUNK_LIST:
         return f"object {clist_hex} is not a chunk list"
+    # The file size bounds the list: every chunk but the last holds at least one byte (and
+    # any chunker's minimum), so a record claiming more is refused before it is decompressed.
+    most = CLIST_HEADER + CLIST_ITEM * (f.size // store.config.chunker.min_size + 1)
+    if loc.entry.raw_len > most:
+        return (f"chunk list {clist_hex} claims {loc.entry.raw_len} bytes, more than a file "
+                f"of {f.size} bytes needs")
     try:
         clist = store.read_chunk_list(oid)
     except CasError as exc:
         return exc.message
-    if clist.size != size:
-        return f"chunk list holds {clist.size} bytes, manifest says {size}"
+    if clist.size != f.size:
+        return f"chunk list holds {clist.size} bytes, manifest says {f.size}"
     for cid, n in clist.chunks:
         if cid in bad:
             return f"chunk {cid.hex()} is damaged"
-        loc = store.packs.locate(cid)
+        loc = find(cid)
         if loc is None:
             return f"chunk {cid.hex()} is missing"
         if loc.entry.raw_len != n:
             return f"chunk {cid.hex()} is {loc.entry.raw_len} bytes, list says {n}"
     return None
+
+
+def _whole_file(store: Store, f: FileEntry, done: dict[str, tuple[str, str] | str]
+                ) -> str | None:
+    """Compare the whole-file SHA-256 (and BLAKE3, if recorded) with the manifest, hashing
+    each distinct chunk list once."""
+    got = done.get(f.chunks)
+    if got is None:
+        sha = hashlib.sha256()
+        whole = blake3.blake3()
+        try:
+            clist = store.read_chunk_list(parse_hex(f.chunks, what="chunk list id"))
+            ids = [cid for cid, _ in clist.chunks]
+            for i in range(0, len(ids), FILES_BATCH):
+                for part in store.packs.read_many(ids[i : i + FILES_BATCH]):
+                    sha.update(part)
+                    whole.update(part)
+            got = (sha.hexdigest(), whole.hexdigest())
+        except CasError as exc:
+            got = exc.message
+        done[f.chunks] = got
+    if isinstance(got, str):
+        return got
+    if got[0] != f.sha256:
+        return f"SHA-256 of the content is {got[0]}, manifest says {f.sha256}"
+    if f.blake3 is not None and got[1] != f.blake3:
+        return f"BLAKE3 of the content is {got[1]}, manifest says {f.blake3}"
+    return None
+
+
+def verify_all(store: Store, progress: Progress | None = None, *,
+               files: bool = False) -> VerifyReport:
+    """Verify the whole store (see the module docstring); with ``files``, also the whole-file
+    SHA-256 of every live version. Never raises for damage: the report names it."""
+    report = VerifyReport(ok=True, scope="all")
+    pause = pause_hook_from_env()
+    snap = _snapshot(store, report)
+    if pause is not None:
+        pause("verify-snapshot")
+    store.packs.refresh()
+    _check_pack_folder(store, report)
+    phase = _Packs(store, report, progress)
+    packs = list(store.packs.packs.values())
+    phase.total = sum(e.raw_len for p in packs for e in p.entries())
+    for pack in packs:
+        phase.verify_pack(pack)
+    report.bad_objects = list(phase.bad.values())
+    if pause is not None:
+        pause("verify-packs-read")
+    hashed: dict[str, tuple[str, str] | str] = {}
+    for root in snap.roots:
+        report.versions_checked += 1
+        m = snap.manifests.get(root.blob)
+        if m is None:
+            m = _manifest(store.registry, root.blob, snap)
+        if isinstance(m, CasError):
+            report.broken_versions.append(BrokenVersion(root.ref, [], [m.message]))
+            continue
+        find = _Finder(store)
+        broken: list[str] = []
+        reasons: list[str] = []
+        for f in m.files:
+            why = _check_file(store, find, f, phase.bad)
+            if why is None and files and root.live:
+                why = _whole_file(store, f, hashed)
+            if why:
+                broken.append(f.path)
+                reasons.append(f"{f.path}: {why}")
+        if broken:
+            report.broken_versions.append(BrokenVersion(root.ref, broken, reasons))
+    report.files_checked = len(hashed)
+    report.ok = not (report.bad_objects or report.broken_versions or report.problems)
+    return report
+
+
+# -- one version ---------------------------------------------------------------------------------
 
 
 def verify_version(store: Store, version: Version,
@@ -243,13 +542,16 @@ def _verify_file(store: Store, f: FileEntry, pool: ThreadPoolExecutor,
     sha = hashlib.sha256()
     whole = blake3.blake3() if f.blake3 is not None else None
     problems: list[str] = []
-    ahead: deque[tuple[bytes, Future[bytes]]] = deque()
+    ahead: deque[tuple[bytes, int, Future[bytes]]] = deque()
 
     def take() -> None:
-        cid, fut = ahead.popleft()
+        cid, n, fut = ahead.popleft()
         report.objects_checked += 1
         try:
             data = fut.result()
+            if len(data) != n:
+                raise VerifyError(f"chunk {cid.hex()} is {len(data)} bytes, the chunk list "
+                                  f"says {n}", object_id=cid.hex())
         except CasError as exc:
             problems.append(exc.message)
             loc = store.packs.locate(cid)
@@ -262,8 +564,8 @@ def _verify_file(store: Store, f: FileEntry, pool: ThreadPoolExecutor,
             if whole is not None:
                 whole.update(data)
 
-    for cid, _n in clist.chunks:
-        ahead.append((cid, pool.submit(store.read_object, cid)))
+    for cid, n in clist.chunks:
+        ahead.append((cid, n, pool.submit(store.read_object, cid)))
         if len(ahead) >= READ_AHEAD:
             take()
     while ahead:

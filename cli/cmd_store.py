@@ -10,7 +10,7 @@ from cas.cli.app import Ctx, NonEmptyPath, ReportedFailure, cli, pass_ctx, progr
 from cas.cli.complete import complete_model, complete_spec
 from cas.cli.render import human_bytes
 
-from cas.errors import ArgsError, VerifyError
+from cas.errors import ALL_ERRORS, ArgsError, CasError, SchemaError, VerifyError
 from cas.store import Store
 
 
@@ -147,26 +147,37 @@ def config_list(ctx: Ctx) -> None:
 
 @cli.command()
 @click.argument("spec", metavar="[NAME[@V]]", required=False, shell_complete=complete_spec)
-@click.option("--all", "all_", is_flag=True, help="Verify every object and every version.")
+@click.option("--all", "all_", is_flag=True,
+              help="Verify everything a restore reads: every pack (header, objects, trailer), "
+                   "index and midx, and every version and registry commit.")
+@click.option("--files", is_flag=True,
+              help="With --all: also hash every live version's files whole (SHA-256 against "
+                   "the manifest, once per distinct file); recommended for periodic deep checks.")
 @click.option("--repair", is_flag=True,
-              help="With --all: rebuild missing or damaged pack indexes from their packs.")
+              help="With --all: rebuild missing or damaged pack indexes from their packs; move "
+                   "packs that cannot be indexed to packs/quarantine/.")
 @pass_ctx
-def verify(ctx: Ctx, spec: str | None, all_: bool, repair: bool) -> None:
+def verify(ctx: Ctx, spec: str | None, all_: bool, files: bool, repair: bool) -> None:
     """Verify one version, or with --all the whole store; name every bad chunk.
+
+    Exits 0 when everything is sound (files set aside in quarantine are a warning), else
+    E_VERIFY (exit 4) after listing every problem found.
 
     \b
     Examples:
       cas verify org/model@prod
-      cas verify --all --repair
+      cas verify --all --files
     """
     if bool(spec) == all_:
         raise ArgsError("give either NAME[@V] or --all")
     with ctx.open() as store, progress_for(ctx) as bar:
-        report = store.verify(spec, bar, repair=repair)
+        report = store.verify(spec, bar, repair=repair, files=files)
     for pack_id in report.repaired_indexes:
         ctx.out.note(f"rebuilt the index of pack {pack_id}")
     if not report.ok:
         if not ctx.out.json:
+            for w in report.warnings:
+                sys.stderr.write(f"cas: warning: {w.message} [{w.code}]\n")
             for b in report.bad_objects:
                 sys.stderr.write(f"bad chunk {b.id} in pack {b.pack}: {b.reason}\n")
             for bv in report.broken_versions:
@@ -185,6 +196,9 @@ def verify(ctx: Ctx, spec: str | None, all_: bool, repair: bool) -> None:
 def du(ctx: Ctx, name: str | None) -> None:
     """Disk usage of the store or of model NAME: logical, stored, unique and shared bytes.
 
+    A model whose history or manifests cannot be read is left out of the counts and named
+    on stderr; the command then exits with that model's error code after printing the rest.
+
     \b
     Examples:
       cas du
@@ -192,6 +206,9 @@ def du(ctx: Ctx, name: str | None) -> None:
     """
     with ctx.open() as store:
         u = store.du(name)
+    if u.errors and not ctx.out.json:
+        for e in u.errors:
+            sys.stderr.write(f"cas: error: model {e.name}: {e.message} [{e.code}]\n")
     lines = [(f"{u.scope}: logical {human_bytes(u.logical)}, stored {human_bytes(u.stored)} "
              f"(unique {human_bytes(u.unique)}, shared {human_bytes(u.shared)}), "
              f"dedupe {u.dedupe_ratio:.2f}x")]
@@ -200,4 +217,25 @@ def du(ctx: Ctx, name: str | None) -> None:
                      f"stored, new to this model {human_bytes(v.new_stored):>10}")
     if name is None:
         lines.append(f"  pack files on disk: {human_bytes(u.pack_bytes)}")
+    if u.errors:
+        # Counted without the unreadable models; the exit code is the first one's error.
+        if not ctx.out.json:
+            for line in lines:
+                sys.stdout.write(line + "\n")
+        first = u.errors[0]
+        raise ReportedFailure(_error_of(first.code, f"{_count_models(len(u.errors))} could "
+                                        f"not be counted: {first.name}: {first.message}"),
+                              {"usage": u})
     ctx.out.result(u, lines)
+
+
+def _count_models(n: int) -> str:
+    return f"{n} model{'' if n == 1 else 's'}"
+
+
+def _error_of(code: str, message: str) -> CasError:
+    """A CasError of the class whose code is ``code`` (E_SCHEMA when unknown)."""
+    for cls in ALL_ERRORS:
+        if cls.code == code:
+            return cls(message)
+    return SchemaError(message)

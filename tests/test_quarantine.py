@@ -1,0 +1,94 @@
+"""Recovery never bricks the store: a pack that cannot be indexed (a stray empty file, a cut
+pack without its index, a damaged pack whose index is unreadable) is moved to
+``packs/quarantine/``, reported by ``verify``, never deleted; writers go on."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CAS = [sys.executable, "-m", "cas.cli.main"]
+
+
+def run(store: Path, *args: str) -> tuple[int, dict]:
+    proc = subprocess.run([*CAS, "--store", str(store), "--json", *args], capture_output=True,
+                          text=True, timeout=300)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    st = tmp_path / "store"
+    assert run(st, "init")[0] == 0
+    src = tmp_path / "w.bin"
+    src.write_bytes(random.Random(1).randbytes(600_000))
+    assert run(st, "add", "m", str(src))[0] == 0
+    return st
+
+
+def new_file(tmp_path: Path, seed: int) -> Path:
+    src = tmp_path / f"n{seed}.bin"
+    src.write_bytes(random.Random(seed).randbytes(300_000))
+    return src
+
+
+def test_stray_empty_pack_is_quarantined_and_writers_go_on(store: Path, tmp_path: Path) -> None:
+    stray = store / "packs" / f"pack-{'ab' * 32}.pack"
+    stray.touch()
+    code, doc = run(store, "add", "n", str(new_file(tmp_path, 2)))
+    assert code == 0, doc
+    assert not stray.exists()
+    assert (store / "packs" / "quarantine" / stray.name).stat().st_size == 0
+    code, doc = run(store, "verify", "--all")
+    assert code == 0, doc  # nothing a version needs was in it
+    assert doc["quarantined"] == [f"quarantine/{stray.name}"]
+    assert [w["code"] for w in doc["warnings"]] == ["W_QUARANTINED"]
+
+
+def test_cut_pack_without_index_is_quarantined(store: Path, tmp_path: Path) -> None:
+    (pack,) = (store / "packs").glob("pack-*.pack")
+    (idx,) = (store / "packs").glob("pack-*.idx")
+    data = pack.read_bytes()
+    idx.unlink()
+    pack.write_bytes(data[: len(data) // 2])
+    code, doc = run(store, "verify", "--all")
+    assert code == 4
+    assert any("cannot be indexed" in p for p in doc["report"]["problems"])
+    code, doc = run(store, "verify", "--all", "--repair")
+    assert code == 4  # m@1's chunks are gone: the version is named as broken
+    report = doc["report"]
+    assert report["quarantined"] == [f"quarantine/{pack.name}"]
+    assert [b["version"] for b in report["broken_versions"]] == ["m@1"]
+    assert (store / "packs" / "quarantine" / pack.name).read_bytes() == data[: len(data) // 2]
+    assert run(store, "add", "n", str(new_file(tmp_path, 3)))[0] == 0
+    assert run(store, "checkout", "n", str(tmp_path / "out"))[0] == 0
+
+
+def test_damaged_pack_with_unreadable_index_is_quarantined_by_any_writer(
+        store: Path, tmp_path: Path) -> None:
+    (pack,) = (store / "packs").glob("pack-*.pack")
+    (idx,) = (store / "packs").glob("pack-*.idx")
+    with open(pack, "r+b") as f:
+        f.write(b"garbage!")  # header: the pack cannot be scanned
+    idx.write_bytes(b"not an index")
+    assert run(store, "tag", "m", "kept")[0] == 0  # a writer: recovery runs first
+    moved = sorted(p.name for p in (store / "packs" / "quarantine").iterdir())
+    assert moved == sorted([pack.name, idx.name])
+    code, doc = run(store, "verify", "--all")
+    assert code == 4 and [b["version"] for b in doc["report"]["broken_versions"]] == ["m@1"]
+    assert doc["report"]["bad_indexes"] == []  # nothing left to repair
+
+
+def test_same_name_twice_keeps_both(store: Path, tmp_path: Path) -> None:
+    stray = store / "packs" / f"pack-{'cd' * 32}.pack"
+    for seed in (4, 5):
+        stray.write_bytes(b"x" * seed)
+        assert run(store, "add", f"n{seed}", str(new_file(tmp_path, seed)))[0] == 0
+    q = store / "packs" / "quarantine"
+    assert sorted(p.read_bytes() for p in q.iterdir()) == [b"x" * 4, b"x" * 5]
