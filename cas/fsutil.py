@@ -2,7 +2,7 @@
 
 Every mutable file the store writes goes through :func:`atomic_write` or follows the same order
 by hand (packs). A crash leaves either the old file or the new one under the final name, plus at
-most a temp file that the next writer removes (:func:`clean_tmp`).
+most a temp file that the next writer removes (:meth:`cas.storage.local.LocalBackend.sweep`).
 """
 
 from __future__ import annotations
@@ -46,26 +46,6 @@ def atomic_write(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise from_os_error(exc, f"writing {path.name}") from None
-
-
-def clean_tmp(tmp_dir: Path) -> int:
-    """Remove temp files left by killed writers. Call only while holding the write lock.
-
-    Returns the number of files removed.
-    """
-    removed = 0
-    try:
-        entries = list(os.scandir(tmp_dir))
-    except FileNotFoundError:
-        return 0
-    for entry in entries:
-        if entry.name.endswith(".tmp"):
-            try:
-                os.unlink(entry.path)
-                removed += 1
-            except FileNotFoundError:
-                pass
-    return removed
 
 
 #: Alignment of direct writes: the largest logical block size of common disks.

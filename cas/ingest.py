@@ -464,7 +464,7 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
             registry.check_tag_case(name, t)
         tagged = {t: c for (_, t), c in registry.tags(name).items() if t in tags}
         on_latest = check_tags(name, tagged, latest, options.force_tag)
-        cache = StatCache(store.cache_dir / "stat.msgpack", store.tmp_dir, store.config.uuid)
+        cache = StatCache(store.backend, store_id=store.config.uuid)
         warnings.extend(cache.warnings)
         old: Manifest | None = None
 

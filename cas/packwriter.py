@@ -139,12 +139,22 @@ class PackWriter:
         """
         pack_id = pack.hasher.digest()
         hex_id = pack_id.hex()
+        name = f"packs/{PACK_PREFIX}{hex_id}"
         try:
             pack.write(fmt.pack_trailer(len(pack.entries), pack_id))
-            pack.writer.commit(f"packs/{PACK_PREFIX}{hex_id}.pack")
-            self.backend.write(f"packs/{PACK_PREFIX}{hex_id}.idx",
-                               fmt.encode_index(pack.entries, pack_id))
+            pack.writer.commit(f"{name}.pack")
         except OSError as exc:
             pack.writer.abort()
             raise from_os_error(exc, "finishing a pack") from None
+        try:
+            self.backend.write(f"{name}.idx", fmt.encode_index(pack.entries, pack_id))
+        except OSError as exc:
+            # Without its index the pack is invisible and nothing names its objects yet;
+            # removing it spares verify a pack to report. If that fails too, the next writer
+            # indexes it.
+            try:
+                self.backend.delete(f"{name}.pack")
+            except OSError:
+                pass
+            raise from_os_error(exc, "writing a pack index") from None
         return hex_id

@@ -248,6 +248,9 @@ class Registry:
         """Open the registry at ``path``; with ``backend`` (whose ``folder`` is ``path``),
         loose objects and refs are read and written through it (:mod:`cas.registry_storage`)."""
         self.path = path
+        #: Objects this process wrote, by id: read back from memory (once a ref names one,
+        #: the command has committed, and a failing read must not turn that into an error).
+        self._written: dict[bytes, ShaFile] = {}
         try:
             self.repo = Repo(str(path))
         except (NotGitRepository, OSError) as exc:
@@ -303,8 +306,10 @@ class Registry:
         Raises:
             SchemaError: it is missing, unreadable or of another kind (named in the message).
         """
+        obj = self._written.get(sha)
         try:
-            obj = self.repo[sha]
+            if obj is None:
+                obj = self.repo[sha]
         except (KeyError, ValueError, zlib.error, ObjectFormatException):
             raise SchemaError(f"registry {what} {sha.decode(errors='replace')} is missing or "
                               "damaged") from None
@@ -525,6 +530,11 @@ class Registry:
                 if a != b:
                     break
 
+    def _store(self, obj: ShaFile) -> None:
+        """Write ``obj`` durably (before any ref can name it) and remember it."""
+        self.repo.object_store.add_object(obj)
+        self._written[obj.id] = obj
+
     def _make_commit(
         self, tree: Tree, parent: bytes | None, message: str, identity: tuple[str, str]
     ) -> bytes:
@@ -539,7 +549,7 @@ class Registry:
         c.author_timezone = c.commit_timezone = time.localtime(now).tm_gmtoff
         c.encoding = b"UTF-8"
         c.message = message.encode()
-        self.repo.object_store.add_object(c)
+        self._store(c)
         return c.id
 
     def _tree_with(self, base_tree: bytes | None, changes: dict[int, bytes | None]) -> Tree:
@@ -554,9 +564,9 @@ class Registry:
             sub = Tree()
             for seq, blob_sha in versions.items():
                 sub.add(f"{seq:06d}.json".encode(), 0o100644, blob_sha)
-            self.repo.object_store.add_object(sub)
+            self._store(sub)
             root.add(VERSIONS_DIR, 0o040000, sub.id)
-        self.repo.object_store.add_object(root)
+        self._store(root)
         return root
 
     def _move_ref(self, ref: bytes, old: bytes | None, new: bytes) -> None:
@@ -595,7 +605,7 @@ class Registry:
         if head is None:
             self._check_name_free(name)
         blob = Blob.from_string(manifest_json)
-        self.repo.object_store.add_object(blob)
+        self._store(blob)
         subject = f"add {name} v{seq}" + (f": {message}" if message else "")
         commit = self._commit_change(name, head, {seq: blob.id},
                                      _message(subject, "add", [seq], []), identity)
@@ -613,7 +623,7 @@ class Registry:
         if head is None or version.seq not in self._tree_versions(self._commit(head).tree):
             raise NotFoundError(f"{version.ref} is not a live version")
         blob = Blob.from_string(manifest_json)
-        self.repo.object_store.add_object(blob)
+        self._store(blob)
         subject = f"annotate {version.name} v{version.seq}" + (f": {message}" if message else "")
         return self._commit_change(version.name, head, {version.seq: blob.id},
                                    _message(subject, "annotate", [version.seq], []),
@@ -705,7 +715,7 @@ class Registry:
         t.name = f"{version.name}@{tag}".encode()
         t.object = (Commit, version.commit.encode())
         t.message = f"{version.name}@{tag} -> version {version.seq}\n".encode()
-        self.repo.object_store.add_object(t)
+        self._store(t)
         self._move_ref(ref, old or b"0" * 40, t.id)
         if record:
             # The ref is the truth; the event follows it (a crash in between loses only the

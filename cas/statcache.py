@@ -32,20 +32,21 @@ from __future__ import annotations
 import os
 import re
 import struct
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 
 from cas.errors import CasError, CasWarning
-from cas.fsutil import atomic_write
 from cas.ids import blake3_id, is_hex, parse_hex
+from cas.storage import ANY, Backend
 
 if TYPE_CHECKING:
     from cas.format.manifest import Manifest
     from cas.store import Store
 
 RACY_MARGIN_NS = 1_000_000_000
+#: The cache's object name in the store's backend.
+NAME = "cache/stat.msgpack"
 MAGIC = b"CASSTAT\x00"
 VERSION = 4
 _HEADER = struct.Struct("<8sII")  # magic, version, reserved
@@ -212,23 +213,23 @@ class StatCache:
     entries were discarded on load.
     """
 
-    def __init__(self, path: Path, tmp_dir: Path, store_id: str = "") -> None:
-        self.path = path
-        self.tmp_dir = tmp_dir
+    def __init__(self, backend: Backend, name: str = NAME, store_id: str = "") -> None:
+        self.backend = backend
+        self.name = name
         self.store_id = store_id
         self.entries: dict[str, _Entry] = {}
         self.contents: dict[str, str] = {}
         self.warnings: list[CasWarning] = []
         self.dirty = False
         try:
-            data = path.read_bytes()
+            data = backend.read(name)
         except OSError:
             return  # a missing or unreadable cache only costs a rehash
         self.entries, self.contents, damage = decode(data, store_id)
         if damage is not None:
             self.dirty = True  # rewritten without what was discarded
             self.warnings.append(CasWarning(DAMAGED, (
-                f"the stat cache {path} was damaged ({damage}) and is rebuilt: files it "
+                f"the stat cache {name} was damaged ({damage}) and is rebuilt: files it "
                 "vouched for are read again")))
 
     def get(self, path: str, st: os.stat_result) -> FileDigest | None:
@@ -260,8 +261,8 @@ class StatCache:
 
     def save(self) -> None:
         if self.dirty:
-            atomic_write(self.path, encode(self.store_id, self.entries, self.contents),
-                         self.tmp_dir)
+            self.backend.swap(self.name, ANY, encode(self.store_id, self.entries,
+                                                    self.contents))
             self.dirty = False
 
 

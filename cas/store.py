@@ -38,7 +38,7 @@ from cas.errors import (
 from cas.format.chunklist import ChunkList
 from cas.format.config import FORMAT_NAME, StoreConfig
 from cas.format.manifest import Manifest
-from cas.fsutil import atomic_write, clean_tmp, fsync_dir
+from cas.fsutil import atomic_write, fsync_dir
 from cas.locking import DEFAULT_TIMEOUT, WriteLock
 from cas.names import VersionSpec, parse_version_spec
 from cas.packs import PackSet, pack_path, scan_pack
@@ -299,14 +299,12 @@ class Store:
 
     def recover(self) -> dict[str, int]:
         """Clean up after a killed writer. Call only while holding the write lock."""
-        removed = clean_tmp(self.tmp_dir)
-        # git lock files of a killed writer would block every later ref update; only writers
-        # create them and we hold the store lock, so any that exist are stale.
-        reg = self.path / "registry"
-        for lock in [*reg.glob("*.lock"), *(reg / "refs").rglob("*.lock"),
-                     *(reg / "objects").rglob("*.lock")]:
-            lock.unlink(missing_ok=True)
-            removed += 1
+        # Temps and swap locks (git's ref locks) of a killed writer would block every later
+        # update; only writers create them and we hold the store lock, so any left are stale.
+        try:
+            removed = self.backend.sweep()
+        except OSError as exc:
+            raise from_os_error(exc, "removing what a killed writer left") from None
         from cas.quarantine import index_or_quarantine
 
         rebuilt = quarantined = 0

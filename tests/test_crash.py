@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cas.format.config import seal
+
 MB = 1 << 20
 
 _SCRIPT = Path(sys.executable).parent / "cas"
@@ -101,7 +103,7 @@ def test_sigkill_during_add_never_breaks_the_store(tmp_path: Path, pack_target: 
     if pack_target is not None:
         cfg = json.loads((store / "config.json").read_text())
         cfg["pack_target_bytes"] = pack_target
-        (store / "config.json").write_text(json.dumps(cfg))
+        (store / "config.json").write_bytes(seal(cfg))
     expected: dict[str, dict[str, str]] = {}  # input dir -> files
     first = tmp_path / "in-first"
     expected[str(first)] = make_input(first, 1000, 8 * MB)

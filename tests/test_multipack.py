@@ -17,6 +17,7 @@ from cas.errors import SchemaError, VerifyError
 from cas.format import midx as fmt
 from cas.format.pack import KIND_CHUNK
 from cas.ids import blake3_id
+from cas.format.config import seal
 from cas.packs import PackSet
 from cas.packwriter import PackWriter
 from cas.storage.local import LocalBackend
@@ -131,7 +132,7 @@ def test_store_with_many_packs_end_to_end(tmp_path):
     assert subprocess.run([*cli, "init"], capture_output=True).returncode == 0
     cfg = json.loads((store / "config.json").read_text())
     cfg["pack_target_bytes"] = 1 << 20  # many small packs
-    (store / "config.json").write_text(json.dumps(cfg))
+    (store / "config.json").write_bytes(seal(cfg))
     src = tmp_path / "w.bin"
     src.write_bytes(random.Random(4).randbytes(28 << 20))
     assert subprocess.run([*cli, "add", "m", str(src)], capture_output=True).returncode == 0

@@ -207,16 +207,17 @@ def test_invalid_entries_are_dropped_and_the_others_kept(tmp_path):
     }
     from cas.ids import blake3_id
     from cas.statcache import _HEADER, MAGIC, VERSION
+    from cas.storage.local import LocalBackend
 
     raw = _HEADER.pack(MAGIC, VERSION, 0) + msgspec.msgpack.encode(body)
-    path = tmp_path / "stat.msgpack"
-    path.write_bytes(raw + blake3_id(raw))
-    cache = StatCache(path, tmp_path)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "stat.msgpack").write_bytes(raw + blake3_id(raw))
+    cache = StatCache(LocalBackend(tmp_path))
     assert list(cache.entries) == ["/ok"] and cache.contents == {"c" * 40: "d" * 64}
     assert [w.code for w in cache.warnings] == [DAMAGED]
     assert "8 invalid entries" in cache.warnings[0].message
     cache.save()  # rewritten without them
-    again = StatCache(path, tmp_path)
+    again = StatCache(LocalBackend(tmp_path))
     assert list(again.entries) == ["/ok"] and again.warnings == []
 
 

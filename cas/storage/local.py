@@ -171,7 +171,7 @@ class LocalBackend:
         lock = target.with_name(target.name + LOCK_SUFFIX)
         self._make_parents(target)
         fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        renamed = False
+        renamed = deleted = False
         try:
             current = self._current(target)
             if expected is not ANY and current != expected:
@@ -180,7 +180,7 @@ class LocalBackend:
                 if current is not None:
                     os.unlink(target)
                     fsync_dir(target.parent)
-                    self._prune(target.parent)
+                    deleted = True
                 return True
             view = memoryview(new)
             while view:
@@ -194,6 +194,8 @@ class LocalBackend:
             os.close(fd)
             if not renamed:
                 lock.unlink(missing_ok=True)
+            if deleted:
+                self._prune(target.parent)
 
     def _current(self, target: Path) -> bytes | None:
         """What ``target`` holds; an empty folder in its place (left by a crash between the two
@@ -204,11 +206,7 @@ class LocalBackend:
         except FileNotFoundError:
             return None
         except IsADirectoryError:
-            try:
-                os.rmdir(target)
-            except OSError:
-                raise IsADirectoryError(errno.EISDIR, "a folder is in the way",
-                                        str(target)) from None
+            _remove_empty_tree(target)
             fsync_dir(target.parent)
             return None
 
@@ -255,6 +253,15 @@ class LocalBackend:
                     except FileNotFoundError:
                         pass
         return removed
+
+
+def _remove_empty_tree(folder: Path) -> None:
+    """Remove ``folder`` if it holds nothing but empty folders, else raise IsADirectoryError."""
+    for top, _dirs, files in os.walk(folder):
+        if files or os.path.islink(top):
+            raise IsADirectoryError(errno.EISDIR, "a folder is in the way", str(folder))
+    for top, _dirs, _files in os.walk(folder, topdown=False):
+        os.rmdir(top)
 
 
 def _is_dir(st: os.stat_result) -> bool:
