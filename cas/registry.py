@@ -398,10 +398,22 @@ class Registry:
             model, sep, tag = key.decode().rpartition("@")
             if not sep or (name is not None and model != name):
                 continue
-            obj = self._object(sha, ShaFile, "tag")
-            target = obj.object[1] if isinstance(obj, Tag) else sha
-            out[(model, tag)] = target.decode()
+            out[(model, tag)] = self._tag_target(model, tag, sha)
         return out
+
+    def _tag_target(self, model: str, tag: str, sha: bytes) -> str:
+        """The commit a tag ref's value ``sha`` names (an annotated tag object is peeled).
+
+        Raises:
+            SchemaError: the object is missing or damaged; the message names the tag.
+        """
+        try:
+            obj = self._object(sha, ShaFile, "tag")
+        except SchemaError as exc:
+            raise SchemaError(f"tag {model}@{tag}: {exc.message}; 'cas tag {model} {tag} "
+                              "--delete' removes the tag") from None
+        target = obj.object[1] if isinstance(obj, Tag) else sha
+        return target.decode()
 
     def version_of_commit(self, name: str, commit: str) -> Version:
         c = self._commit(commit.encode())
@@ -748,13 +760,15 @@ class Registry:
             NotFoundError: there is no such tag.
         """
         ref = tag_ref(name, tag)
-        target = self.tags(name).get((name, tag))
-        if target is None:
-            raise NotFoundError(f"tag {name}@{tag} does not exist")
         try:
-            version: Version | None = self.version_of_commit(name, target)
+            sha = self.repo.refs[ref]
+        except KeyError:
+            raise NotFoundError(f"tag {name}@{tag} does not exist") from None
+        try:
+            version: Version | None = self.version_of_commit(
+                name, self._tag_target(name, tag, sha))
         except (NotFoundError, SchemaError):
-            version = None
+            version = None  # a damaged tag can still be deleted
         self._delete_ref(ref)
         if version is not None and self.head(name) is not None:
             self._commit_change(name, self.head(name), {},

@@ -28,7 +28,7 @@ import msgspec
 
 from cas.errors import ArgsError, SchemaError, VerifyError, from_os_error
 from cas.format.canonical import CHECKSUM, checksum
-from cas.fsutil import atomic_write
+from cas.storage import ANY, Backend
 
 FILE = "settings.json"
 #: At most 15 digits: int() of thousands of digits raises ValueError, not ArgsError.
@@ -100,8 +100,9 @@ class Settings:
         self.values = values
 
     @classmethod
-    def load(cls, store_path: Path) -> Settings:
-        """Read ``settings.json`` (absent: all defaults).
+    def load(cls, store_path: Path, backend: Backend) -> Settings:
+        """Read ``settings.json`` of the store at ``store_path`` from its ``backend`` (absent:
+        all defaults).
 
         Raises:
             SchemaError: the file is not a JSON object of settings (named in the message).
@@ -109,7 +110,7 @@ class Settings:
         """
         path = store_path / FILE
         try:
-            data = path.read_bytes()
+            data = backend.read(FILE)
         except FileNotFoundError:
             return cls(path, {})
         except OSError as exc:
@@ -182,7 +183,7 @@ class Settings:
                 out[key] = {"value": value, "default": None, "set": True, "known": False}
         return out
 
-    def set(self, key: str, value: str | None, tmp_dir: Path) -> str | None:
+    def set(self, key: str, value: str | None, backend: Backend) -> str | None:
         """Set (or with ``value=None`` reset to its default) a known setting and write the
         file atomically. The caller holds the store write lock. Returns the stored value.
 
@@ -198,7 +199,10 @@ class Settings:
         else:
             stored = setting.normalise(value)
             values[key] = stored
-        atomic_write(self.path, encode(values), tmp_dir)
+        try:
+            backend.swap(FILE, ANY, encode(values))
+        except OSError as exc:
+            raise from_os_error(exc, f"writing {self.path}") from None
         self.values = values
         return stored
 

@@ -174,7 +174,7 @@ class Store:
                 Registry.init(path / "registry").close()
             if description:
                 Settings(path / SETTINGS_FILE, {}).set("description", description,
-                                                       path / "tmp")
+                                                       LocalBackend(path))
             cfg = StoreConfig.create(
                 derive=True if derive is None else derive,
                 created_at=iso_utc())
@@ -226,20 +226,26 @@ class Store:
     def upgrade(self) -> tuple[int, int]:
         """Bring the store's format to the current version (write lock taken here).
 
-        Only ``config.json`` changes (atomically: temp, fsync, rename, directory fsync); see
-        the crash table in ``docs/format.md``. Idempotent. Returns ``(old, new)`` versions.
+        Only ``config.json`` changes (a compare-and-swap through the backend: temp, fsync,
+        rename, directory fsync); see the crash table in ``docs/format.md``. Idempotent.
+        Returns ``(old, new)`` versions.
         """
         from cas.format.config import upgraded
 
         with self.writing():
             try:
-                data = (self.path / CONFIG).read_bytes()
+                data = self.backend.read(CONFIG)
             except OSError as exc:
                 raise from_os_error(exc, "reading the store config") from None
             new_data, cfg = upgraded(data)
             old = self.config.version
             if new_data != data:
-                atomic_write(self.path / CONFIG, new_data, self.tmp_dir)
+                try:
+                    if not self.backend.swap(CONFIG, data, new_data):
+                        raise ConflictError(f"{CONFIG} changed while 'cas upgrade' ran; "
+                                            "run it again")
+                except OSError as exc:
+                    raise from_os_error(exc, f"writing {CONFIG}") from None
             self.config = cfg
             return old, cfg.version
 
@@ -252,14 +258,14 @@ class Store:
     def settings(self) -> Settings:
         """The store's mutable settings, read once per opened store."""
         if self._settings is None:
-            self._settings = Settings.load(self.path)
+            self._settings = Settings.load(self.path, self.backend)
         return self._settings
 
     def set_setting(self, key: str, value: str | None) -> str | None:
         """Set (``None``: reset) one setting, validated, written atomically under the lock."""
         with self.writing():
-            self._settings = Settings.load(self.path)
-            return self._settings.set(key, value, self.tmp_dir)
+            self._settings = Settings.load(self.path, self.backend)
+            return self._settings.set(key, value, self.backend)
 
     def close(self) -> None:
         self.packs.close()

@@ -76,7 +76,7 @@ def read_manifest(store: Store, version: Version) -> Manifest:
     raw = store.registry.manifest_bytes(version)
     try:
         m = msgspec.json.decode(raw, type=Manifest)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return Manifest.decode(raw)
     if m.schema != SCHEMA or m.version not in SUPPORTED_VERSIONS or \
             not set(m.requires) <= KNOWN_FEATURES:

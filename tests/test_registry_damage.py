@@ -247,15 +247,7 @@ LATEST_INTACT = {"tag_to_missing_object"}
 
 #: (scenario, command) pairs that fail today, with what breaks. Keep them strict: a fix makes
 #: the test pass, and the mark must go.
-KNOWN: dict[tuple[str, str], str] = {
-    ("manifest_nested_1000", "add"): (
-        "cas.unchanged.read_manifest decodes the latest manifest with msgspec.json.decode("
-        "raw, type=Manifest) and catches only DecodeError/ValidationError: a manifest nested "
-        "1000 levels raises RecursionError (E_BUG) instead of going through Manifest.decode"),
-    ("tag_to_missing_object", "verify --all"): (
-        "verify --all reports 'registry tags: registry tag <sha> is missing or damaged': it "
-        "names the missing object, not the tag ref (org/bad@stable) to delete"),
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def _params(names: list[str]) -> list:
@@ -300,3 +292,14 @@ def test_other_models_keep_working(make_store, scenario: str) -> None:
         code, doc, err = run(store, *args)
         assert code == 0 and doc.get("ok"), f"cas {' '.join(args)} after {scenario}: {doc} {err}"
     assert (store.parent / "good-dest" / "weights.bin").read_bytes().startswith(b"org/good")
+
+
+def test_a_tag_to_a_missing_object_is_named_and_can_be_deleted(make_store) -> None:
+    store = make_store("tag_to_missing_object")
+    code, doc, _ = run(store, "show", f"{BAD}@stable")
+    assert code != 0 and f"tag {BAD}@stable" in doc["error"]["message"]
+    assert f"cas tag {BAD} stable --delete" in doc["error"]["message"]
+    code, doc, err = run(store, "tag", BAD, "stable", "--delete")
+    assert code == 0, (doc, err)
+    code, doc, err = run(store, "verify", "--all")
+    assert code == 0 and doc["ok"], (doc, err)

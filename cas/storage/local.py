@@ -30,7 +30,12 @@ class LocalWriter:
     def __init__(self, backend: LocalBackend, hint: str) -> None:
         self._backend = backend
         self.tmp = tmp_name(backend.tmp_dir, hint)
-        self.fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        try:
+            self.fd: int | None = os.open(self.tmp, flags, 0o644)
+        except FileNotFoundError:
+            os.makedirs(backend.tmp_dir, exist_ok=True)
+            self.fd = os.open(self.tmp, flags, 0o644)
 
     def write(self, *parts: bytes | memoryview) -> None:
         """Append ``parts`` with one ``writev`` (no copy into a user-space buffer)."""
