@@ -1,6 +1,7 @@
 """The registry: a bare git repository of manifests, written with dulwich.
 
-This is the only module that imports dulwich. Layout (see ``docs/format.md``):
+With its storage adapter (:mod:`cas.registry_storage`), the only module that imports
+dulwich. Layout (see ``docs/format.md``):
 
 - a model ``NAME`` is the ref ``refs/models/NAME``;
 - the tree of that ref's tip holds ``versions/<seq:06d>.json`` for every live version, so the
