@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 FOLDER = "quarantine"
 
 
-def index_or_quarantine(store: Store, pack_id: str) -> list[str]:
+def index_or_quarantine(store: Store, pack_id: str) -> str:
     """Rebuild the index of pack ``pack_id`` from the pack; if the pack cannot be indexed
     (cut, damaged, empty, or naming another pack), move it and its index to quarantine.
     Call only while holding the write lock.
@@ -35,8 +35,8 @@ def index_or_quarantine(store: Store, pack_id: str) -> list[str]:
     Only for a pack whose index is missing or cannot be opened: a pack with a usable index
     keeps it (its objects stay readable), whatever the pack's own damage.
 
-    Returns the names moved to quarantine (empty when the index was rebuilt, or when the pack
-    is gone).
+    Returns what was done: ``"rebuilt"``, ``"quarantined"``, ``"kept"`` (its index opens) or
+    ``"gone"`` (no such pack).
 
     Raises:
         DiskError | PermError: the pack cannot be read (an I/O error is not damage: nothing
@@ -44,14 +44,15 @@ def index_or_quarantine(store: Store, pack_id: str) -> list[str]:
     """
     try:
         store.rebuild_index(pack_id)
-        return []
+        return "rebuilt"
     except NotFoundError:
-        return []
+        return "gone"
     except (VerifyError, SchemaError):
         if pack_id in store.packs.packs:
-            return []
+            return "kept"
     store.packs.broken.pop(pack_id, None)
-    return quarantine_pack(store.packs_dir, pack_id)
+    quarantine_pack(store.packs_dir, pack_id)
+    return "quarantined"
 
 
 def quarantine_pack(packs_dir: Path, pack_id: str) -> list[str]:

@@ -311,6 +311,7 @@ class Store:
             removed = self.backend.sweep()
         except OSError as exc:
             raise from_os_error(exc, "removing what a killed writer left") from None
+        from cas.errors import DiskError, PermError
         from cas.quarantine import index_or_quarantine
 
         rebuilt = quarantined = 0
@@ -321,10 +322,12 @@ class Store:
                      if name.startswith("pack-") and name.endswith(".pack")
                      and not (self.packs_dir / (name[:-5] + ".idx")).exists()]
         for pack_id in dict.fromkeys([*unindexed, *self.packs.broken]):
-            if index_or_quarantine(self, pack_id):
-                quarantined += 1
-            else:
-                rebuilt += 1
+            try:
+                done = index_or_quarantine(self, pack_id)
+            except (DiskError, PermError):
+                continue  # unreadable, not damaged: left for verify to report
+            quarantined += done == "quarantined"
+            rebuilt += done == "rebuilt"
         return {"temp_files_removed": removed, "indexes_rebuilt": rebuilt,
                 "packs_quarantined": quarantined}
 
@@ -353,7 +356,7 @@ class Store:
                         # it (its objects stay readable; verify reports the pack).
                         self.rebuild_index(pack_id)
                         done.append(pack_id)
-                    elif not index_or_quarantine(self, pack_id):
+                    elif index_or_quarantine(self, pack_id) == "rebuilt":
                         done.append(pack_id)
                 except (CasError, OSError):
                     continue

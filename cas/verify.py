@@ -245,36 +245,100 @@ def _take_roots(reg: Registry, st: ModelState, tags: dict[tuple[str, str], str],
 # -- packs ---------------------------------------------------------------------------------------
 
 
-class _Packs:
-    """The pack phase's state: bad objects found, and progress."""
+#: Bytes of objects (as their records claim, chunks being capped) decoding at once in the pack
+#: phase: bounds its memory whatever the records say.
+IN_FLIGHT_BYTES = 48 << 20
+#: Objects are handed to the workers in batches of about this many bytes (one hand-off per
+#: object would cost more than the decoding of small ones).
+BATCH_BYTES = 4 << 20
 
-    def __init__(self, store: Store, report: VerifyReport, progress: Progress | None) -> None:
+
+def _decode_object(pack: Pack, entry: Entry, stored: bytes | memoryview) -> str | None:
+    """Decode and hash one object; return why it is bad, or None."""
+    try:
+        if entry.codec == CODEC_ZSTD and entry.raw_len > STREAM_ABOVE:
+            # A large claim (a chunk list: chunks are capped far lower) is hashed as it
+            # decompresses, never held: memory does not follow what a record claims.
+            pack.check_record(entry)
+            h = blake3.blake3()
+            for piece in iter_frame(stored, entry.raw_len, object_id=entry.oid.hex()):
+                h.update(piece)
+            if h.digest() != entry.oid:
+                raise VerifyError(f"chunk {entry.oid.hex()}: content hashes to "
+                                  f"{h.hexdigest()} (pack {pack.id})")
+        else:
+            pack.decode(entry, stored)
+    except CasError as exc:
+        return exc.message
+    return None
+
+
+def _decode_batch(pack: Pack, batch: list[tuple[Entry, bytes | memoryview]]
+                  ) -> list[str | None]:
+    """:func:`_decode_object` of each object of a batch, on a worker thread (zstd, the
+    byte-group decoder's copies and BLAKE3 release the GIL)."""
+    return [_decode_object(pack, entry, stored) for entry, stored in batch]
+
+
+def _cost(entry: Entry) -> int:
+    return min(entry.raw_len, STREAM_ABOVE) + entry.stored_len
+
+
+class _Packs:
+    """The pack phase: objects are read in pack order by one thread and decoded and hashed by
+    ``WORKERS`` threads, in batches, with at most ``IN_FLIGHT_BYTES`` claimed bytes in flight."""
+
+    def __init__(self, store: Store, report: VerifyReport, progress: Progress | None,
+                 pool: ThreadPoolExecutor) -> None:
         self.store = store
         self.report = report
         self.progress = progress
+        self.pool = pool
         self.bad: dict[bytes, BadObject] = {}
         self.done = 0
         self.total = 0
+        self._batch: list[tuple[Entry, bytes | memoryview]] = []
+        self._batch_pack: Pack | None = None
+        self._batch_bytes = 0
+        self._ahead: deque[tuple[Pack, list[Entry], Future[list[str | None]], int]] = deque()
+        self._ahead_bytes = 0
 
     def check_object(self, pack: Pack, entry: Entry, stored: bytes | memoryview) -> None:
-        self.report.objects_checked += 1
-        try:
-            if entry.codec == CODEC_ZSTD and entry.raw_len > STREAM_ABOVE:
-                # A large claim (a chunk list: chunks are capped far lower) is hashed as it
-                # decompresses, never held: memory does not follow what a record claims.
-                pack.check_record(entry)
-                h = blake3.blake3()
-                for piece in iter_frame(stored, entry.raw_len, object_id=entry.oid.hex()):
-                    h.update(piece)
-                if h.digest() != entry.oid:
-                    raise VerifyError(f"chunk {entry.oid.hex()}: content hashes to "
-                                      f"{h.hexdigest()} (pack {pack.id})")
+        if self._batch and pack is not self._batch_pack:
+            self._flush()
+        self._batch.append((entry, stored))
+        self._batch_pack = pack
+        self._batch_bytes += _cost(entry)
+        if self._batch_bytes >= BATCH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._batch:
+            return
+        while self._ahead and self._ahead_bytes + self._batch_bytes > IN_FLIGHT_BYTES:
+            self._take()
+        pack = self._batch_pack
+        assert pack is not None
+        fut = self.pool.submit(_decode_batch, pack, self._batch)
+        self._ahead.append((pack, [e for e, _ in self._batch], fut, self._batch_bytes))
+        self._ahead_bytes += self._batch_bytes
+        self._batch, self._batch_bytes = [], 0
+
+    def drain(self) -> None:
+        self._flush()
+        while self._ahead:
+            self._take()
+
+    def _take(self) -> None:
+        pack, entries, fut, cost = self._ahead.popleft()
+        self._ahead_bytes -= cost
+        for entry, why in zip(entries, fut.result()):
+            self.report.objects_checked += 1
+            if why is None:
+                self.report.bytes_checked += entry.raw_len
             else:
-                pack.decode(entry, stored)
-            self.report.bytes_checked += entry.raw_len
-        except CasError as exc:
-            self.bad.setdefault(entry.oid, BadObject(entry.oid.hex(), pack.id, exc.message))
-        self.done += entry.raw_len
+                self.bad.setdefault(entry.oid, BadObject(entry.oid.hex(), pack.id, why))
+            self.done += entry.raw_len
         if self.progress is not None:
             self.progress(self.done, self.total, f"pack {pack.id[:12]}")
 
@@ -464,11 +528,14 @@ def verify_all(store: Store, progress: Progress | None = None, *,
         pause("verify-snapshot")
     store.packs.refresh()
     _check_pack_folder(store, report)
-    phase = _Packs(store, report, progress)
     packs = list(store.packs.packs.values())
-    phase.total = sum(e.raw_len for p in packs for e in p.entries())
-    for pack in packs:
-        phase.verify_pack(pack)
+    with ThreadPoolExecutor(WORKERS, thread_name_prefix="cas-verify") as pool:
+        phase = _Packs(store, report, progress, pool)
+        if progress is not None:
+            phase.total = sum(e.raw_len for p in packs for e in p.entries())
+        for pack in packs:
+            phase.verify_pack(pack)
+        phase.drain()
     report.bad_objects = list(phase.bad.values())
     if pause is not None:
         pause("verify-packs-read")

@@ -64,6 +64,7 @@ def test_cut_pack_without_index_is_quarantined(store: Path, tmp_path: Path) -> N
     assert code == 4  # m@1's chunks are gone: the version is named as broken
     report = doc["report"]
     assert report["quarantined"] == [f"quarantine/{pack.name}"]
+    assert report["repaired_indexes"] == []  # set aside, not rebuilt
     assert [b["version"] for b in report["broken_versions"]] == ["m@1"]
     assert (store / "packs" / "quarantine" / pack.name).read_bytes() == data[: len(data) // 2]
     assert run(store, "add", "n", str(new_file(tmp_path, 3)))[0] == 0

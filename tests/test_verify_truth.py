@@ -209,6 +209,41 @@ def test_record_claiming_a_huge_length_costs_no_memory(store: Path, tmp_path: Pa
         assert max(before, peak_kib) < 150 * 1024, (args, peak_kib)
 
 
+def test_chunk_list_record_expanding_to_1_gib_is_hashed_in_bounded_memory(
+        store: Path, tmp_path: Path) -> None:
+    """A ~32 KB zstd frame that really expands to 1 GiB of zeros, recorded as a chunk list:
+    verify hashes it as it decompresses (and names it bad) instead of holding 1 GiB."""
+    import zstandard
+
+    from cas.format.pack import KIND_CHUNK_LIST
+
+    bomb = tmp_path / "bomb.zst"
+    with zstandard.ZstdCompressor(level=3).stream_writer(open(bomb, "wb"),
+                                                         size=1 << 30) as w:
+        for _ in range(1024):
+            w.write(bytes(1 << 20))
+    frame = bomb.read_bytes()
+    assert len(frame) < 100_000
+    body = bytearray(fmt.pack_header())
+    oid = bytes([7]) * 32
+    entry = fmt.Entry(oid, len(body), len(frame), 1 << 30, KIND_CHUNK_LIST, 1)
+    body += fmt.encode_entry_header(oid, KIND_CHUNK_LIST, 1, 1 << 30, len(frame)) + frame
+    h = fmt.PackIdHasher()
+    h.add(oid)
+    pid = h.digest()
+    body += fmt.pack_trailer(1, pid)
+    (store / "packs" / f"pack-{pid.hex()}.pack").write_bytes(bytes(body))
+    (store / "packs" / f"pack-{pid.hex()}.idx").write_bytes(fmt.encode_index([entry], pid))
+    proc = subprocess.run([*CAS, "--store", str(store), "--json", "verify", "--all"],
+                          capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in proc.stderr
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert peak_kib < 150 * 1024, peak_kib
+    assert proc.returncode == 4
+    (bad,) = json.loads(proc.stdout)["report"]["bad_objects"]
+    assert bad["id"] == oid.hex() and "hashes to" in bad["reason"]
+
+
 # -- registry history ----------------------------------------------------------------------------
 
 
