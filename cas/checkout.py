@@ -555,6 +555,32 @@ def _names(items: Sequence[str], limit: int = 3) -> str:
     return shown + (", ..." if len(items) > limit else "")
 
 
+def _check_name_lengths(dest: Path, paths: Sequence[str], what: str) -> None:
+    """Refuse, before anything is written, a version whose paths the destination's filesystem
+    cannot hold: a path component longer than its name limit (a manifest made elsewhere).
+
+    Raises:
+        ArgsError: naming the path and both lengths.
+    """
+    probe = dest
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        limit = os.pathconf(probe, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return  # no limit known: the writes themselves report what fails
+    for path in paths:
+        for part in path.split("/"):
+            size = len(os.fsencode(part))
+            if size > limit:
+                shown = part if len(part) <= 40 else f"{part[:20]}...{part[-12:]}"
+                whole = path if len(path) <= 80 else f"{path[:40]}...{path[-30:]}"
+                raise ArgsError(
+                    f"{what}: cannot check out {whole!r}: its name {shown!r} is {size} "
+                    f"bytes, longer than the {limit} the filesystem of {checkouts.shown(dest)} "
+                    "allows; check out the other files with --include")
+
+
 def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
              clean: bool = False, include: Sequence[str] = (),
              progress: Progress | None = None, cached: bool = False) -> CheckoutResult:
@@ -591,6 +617,7 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
     dest = dest.expanduser().absolute()
     where = Path(checkouts.shown(dest))  # for messages: JSON cannot hold non-UTF-8 bytes
     checkouts.refuse_store(store.path, dest)
+    _check_name_lengths(dest, all_paths if clean else [f.path for f in chosen], version.ref)
     made = checkouts.make_dest(dest)
     pause = pause_hook_from_env()
     warnings: list[CasWarning] = []

@@ -269,6 +269,31 @@ def test_checkout_through_symlinked_parent_is_refused(store: Path, tmp_path: Pat
         assert not [n for n in all_files(dest) if "cas-tmp" in n]
 
 
+def test_path_component_longer_than_the_name_limit_is_refused_before_writing(
+        store: Path, tmp_path: Path) -> None:
+    """A manifest made on a filesystem with a longer name limit (here: crafted) names a folder
+    this filesystem cannot hold: checkout says so, naming it, and writes nothing."""
+    import msgspec
+
+    from cas.store import Store
+
+    src = write_model(tmp_path / "src", {"a.txt": b"short name\n"})
+    ok(store, "add", "org/long", str(src))
+    with Store.open(store) as s:
+        m = s.manifest(s.resolve("org/long"))
+        long_dir = "d" * 300
+        crafted = msgspec.structs.replace(
+            m, seq=2, files=[msgspec.structs.replace(m.files[0], path=f"{long_dir}/a.txt")])
+        s.registry.add_version("org/long", 2, crafted.encode(), "made elsewhere")
+    dest = tmp_path / "dest"
+    r = cas(store, "checkout", "org/long@2", str(dest))
+    expect_error(r, "E_ARGS", 2)
+    assert "300 bytes" in r.doc["error"]["message"] and "--include" in r.doc["error"]["message"]
+    assert not dest.exists()
+    ok(store, "checkout", "org/long@1", str(dest))  # the version before still checks out
+    assert (dest / "a.txt").read_bytes() == b"short name\n"
+
+
 def test_checkout_refuses_overwrite_without_force(store: Path, tmp_path: Path) -> None:
     files = {"a.bin": model_bytes(6, 2 * MB), "d/b.bin": model_bytes(7, MB)}
     src = write_model(tmp_path / "src", files)

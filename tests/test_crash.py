@@ -303,6 +303,32 @@ def test_stale_registry_ref_lock_is_recovered(tmp_path: Path, lock_file: str,
     ok(store, "verify", "--all")
 
 
+@pytest.mark.parametrize("folder, command", [
+    ("refs/models/n", ["add", "n", "{src}"]),
+    ("refs/models/org/n/deeper", ["add", "org/n", "{src}"]),
+    ("refs/tags/m@t", ["tag", "m@1", "t"]),
+], ids=["model-ref", "nested-model-ref", "tag-ref"])
+def test_empty_folder_left_where_a_ref_belongs(tmp_path: Path, folder: str,
+                                              command: list[str]) -> None:
+    """A crash between the two steps of a ref deletion (the ref unlinked, its folder not yet
+    pruned; git leaves the same) leaves empty folders: they count as no ref."""
+    store = tmp_path / "S"
+    ok(store, "init")
+    first = tmp_path / "first"
+    make_input(first, 92, MB)
+    ok(store, "add", "m", str(first))
+    (store / "registry" / folder).mkdir(parents=True)
+    assert [m["name"] for m in ok(store, "ls")["models"]] == ["m"]
+    ok(store, *[c.format(src=first) for c in command])
+    ok(store, "verify", "--all")
+    # A folder that holds someone's file is never removed: a clear conflict instead.
+    (store / "registry" / "refs/models/x/y").mkdir(parents=True)
+    (store / "registry" / "refs/models/x/y/notes.txt").write_text("keep")
+    rc, doc, _ = run(store, "add", "x/y", str(first))
+    assert rc == 10 and doc["error"]["code"] == "E_CONFLICT", doc
+    assert (store / "registry" / "refs/models/x/y/notes.txt").read_text() == "keep"
+
+
 @pytest.mark.slow  # a 256 MB input
 def test_ctrl_c_during_add_is_a_clean_e_interrupted(tmp_path: Path) -> None:
     """SIGINT (Ctrl-C) mid-add: exit 130 with E_INTERRUPTED, nothing half-visible, no temp files.
