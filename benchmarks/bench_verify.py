@@ -180,9 +180,9 @@ def main() -> None:
         for key, label in (("verify", "verify --all"), ("files", "verify --all --files")):
             print(f"{label:<28}{med[key]:>10.3f}{med[key] / med['floor']:>9.2f}"
                   f"{rss[key] / MB:>13.0f}")
-        work = (med["verify"] - med["startup"]) / (med["floor"] - med["floor_startup"])
+        net = (med["verify"] - med["startup"]) / (med["floor"] - med["floor_startup"])
         print(f"start-up: floor {med['floor_startup']:.3f} s, cas {med['startup']:.3f} s; "
-              f"verify --all without start-up: {work:.2f}x the floor without start-up")
+              f"verify --all without start-up: {net:.2f}x the floor without start-up")
 
         craft_claims(store)
         r = run_cas(["--store", str(store), "--json", "verify", "--all"], check=False)
@@ -191,7 +191,7 @@ def main() -> None:
               f"{r['maxrss'] / MB:>13.0f}   exit {r['rc']}, {len(bad)} bad objects named")
         results = {
             "verify_over_floor": med["verify"] / med["floor"],
-            "verify_over_floor_without_startup": work,
+            "verify_over_floor_without_startup": net,
             "files_over_floor": med["files"] / med["floor"],
             "verify_rss_mb": rss["verify"] / MB,
             "claims_rss_mb": r["maxrss"] / MB,

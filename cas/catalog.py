@@ -16,7 +16,7 @@ import msgspec
 
 from cas.clock import iso_utc
 
-from cas.errors import ArgsError, CasError, NotFoundError
+from cas.errors import ArgsError, CasError, CasWarning, NotFoundError
 from cas.format.manifest import FORMATS, Manifest
 from cas.ids import parse_hex
 from cas.names import parse_version_spec, validate_model_name
@@ -104,8 +104,10 @@ class DiskUsage(msgspec.Struct):
     dedupe_ratio: float
     versions: list[VersionUsage] = []
     pack_bytes: int = 0
-    #: Models left out of the counts because their versions cannot be read.
+    #: Models left out of the counts because their versions cannot be read (for ``du NAME``:
+    #: only ``NAME`` itself; other models' are warnings, as they only blur unique and shared).
     errors: list[ModelError] = []
+    warnings: list[CasWarning] = []
 
 
 SORT_KEYS = ("name", "date", "size", "versions")
@@ -264,7 +266,7 @@ def disk_usage(store: Store, name: str | None = None) -> DiskUsage:
     users: dict[bytes, set[str]] = {}
     per_version: dict[str, list[tuple[str, int, list[bytes]]]] = {}
     errors: list[ModelError] = []
-    for model, manifests in _manifests_by_model(store, name, errors):
+    for model, manifests in _manifests_by_model(store, errors):
         for seq, m in manifests:
             ids = _objects_of(store, m, sizes)
             for oid in ids:
@@ -279,7 +281,11 @@ def disk_usage(store: Store, name: str | None = None) -> DiskUsage:
         return DiskUsage("store", logical, stored, unique, stored - unique,
                          round(logical / stored, 3) if stored else 0.0, [], pack_bytes,
                          errors)
-    if name not in per_version and not errors:
+    own = [e for e in errors if e.name == name]
+    warnings = [CasWarning("W_MODEL_UNREADABLE",
+                           f"model {e.name} is not counted as a user of shared bytes: {e.message}")
+                for e in errors if e.name != name]
+    if name not in per_version and not own:
         if store.registry.head(name) is None:
             raise NotFoundError(f"model {name!r} is not registered")
     versions = sorted(per_version.get(name, []), key=lambda v: int(v[0].rsplit("@", 1)[1]))
@@ -293,7 +299,8 @@ def disk_usage(store: Store, name: str | None = None) -> DiskUsage:
     unique = sum(sizes[o] for o in mine if users[o] == {name})
     logical = sum(v[1] for v in versions)
     return DiskUsage(name, logical, stored, unique, stored - unique,
-                     round(logical / stored, 3) if stored else 0.0, rows, pack_bytes, errors)
+                     round(logical / stored, 3) if stored else 0.0, rows, pack_bytes, own,
+                     warnings)
 
 
 def commit_versions(reg: Registry, commit: str) -> dict[int, bytes]:
@@ -307,20 +314,18 @@ def commit_versions(reg: Registry, commit: str) -> dict[int, bytes]:
     return reg._tree_versions(reg._commit(commit.encode()).tree)
 
 
-def _manifests_by_model(store: Store, only: str | None, errors: list[ModelError]
+def _manifests_by_model(store: Store, errors: list[ModelError]
                         ) -> Iterator[tuple[str, list[tuple[int, Manifest]]]]:
     """Per model, the manifests that keep data alive (live versions, and tagged ones that a
     crash mid-``rm`` left tagged), read model by model: a model any of whose manifests
     cannot be read is left out and recorded in ``errors``, and the others are still read."""
     reg = store.registry
     try:
-        tags = reg.tags(only)
+        tags = reg.tags()
     except CasError as exc:
         errors.append(ModelError("(tags)", exc.code, exc.message))
         tags = {}
     for model in reg.model_names():
-        if only is not None and model != only:
-            continue
         try:
             head = reg.head(model)
             blobs = commit_versions(reg, head.decode()) if head is not None else {}

@@ -92,8 +92,11 @@ def test_du_counts_the_others_and_names_the_bad_model(store: Path, kind: str) ->
     usage = doc["usage"]
     assert [e["name"] for e in usage["errors"]] == ["b"]
     assert usage["logical"] == 2 * 150_000  # a and c are counted
-    code, doc = run(store, "du", "a")
+    code, doc = run(store, "du", "a")  # b only blurs a's shared bytes: a warning
     assert code == 0 and doc["logical"] == 150_000
+    assert [w["code"] for w in doc["warnings"]] == ["W_MODEL_UNREADABLE"]
+    code, doc = run(store, "du", "b")
+    assert code == 5 and doc["usage"]["errors"][0]["name"] == "b"
 
 
 @pytest.mark.parametrize("kind", sorted(DAMAGE))
