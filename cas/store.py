@@ -512,15 +512,16 @@ class Store:
                 version = self.resolve(parsed)
                 changed = self.registry.set_tag(version, tag, force=force, identity=identity)
                 return TagResult(version.name, version.seq, version.commit, tag, False, changed)
-            target = self.registry.tags(parsed.name).get((parsed.name, tag))
-            if target is not None and parsed.selector is not None:
+            if parsed.selector is not None:
+                # Only NAME@V reads where the tag points: a damaged tag stays deletable by NAME.
+                target = self.registry.tags(parsed.name).get((parsed.name, tag))
                 wanted = self.registry.resolve(parsed, removed_ok=True)
-                if wanted.commit != target:
+                if target is not None and wanted.commit != target:
                     raise ConflictError(f"tag {parsed.name}@{tag} does not name {wanted.ref}; "
                                         f"'cas tag {parsed.name} {tag} --delete' deletes it")
             named = self.registry.delete_tag(parsed.name, tag, identity)
-            return TagResult(parsed.name, named.seq if named else 0, target or "", tag, True,
-                             True)
+            return TagResult(parsed.name, named.seq if named else 0,
+                             named.commit if named else "", tag, True, True)
 
     def rm(self, spec: str, *, force: bool = False, message: str = "",
            author: str | None = None) -> RemoveResult:

@@ -121,7 +121,8 @@ def test_a_failure_after_the_commit_point_is_a_warning_not_an_error(cas, store_p
     """The stat cache cannot be saved (its path is a folder): the version is registered, so
     the add exits 0 with W_STAT_CACHE_NOT_SAVED instead of E_DISK (a script would retry a
     success)."""
-    (store_path / "cache" / "stat.msgpack" / "blocker").mkdir(parents=True)
+    (store_path / "cache" / "stat.msgpack").mkdir(parents=True)
+    (store_path / "cache" / "stat.msgpack" / "someone's file").write_text("kept")
     r = cas("--json", "add", "m", str(_model(tmp_path / "a", 1, 1000)), "--tag", "prod")
     assert r.json["created"] and r.json["tags"] == ["prod"]
     assert [w["code"] for w in r.json["warnings"]] == ["W_STAT_CACHE_NOT_SAVED"]
