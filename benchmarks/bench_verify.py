@@ -157,29 +157,37 @@ def main() -> None:
         stored = sum(p.stat().st_size for p in packs)
         times: dict[str, list[float]] = {"floor": [], "verify": [], "files": [],
                                          "startup": [], "floor_startup": []}
+        cpu: dict[str, list[float]] = {"floor": [], "verify": [], "files": []}
         rss: dict[str, int] = {"verify": 0, "files": 0}
         floor(packs)  # warm the page cache
         for _ in range(args.runs):
             times["floor_startup"].append(floor([])["wall"])
             times["startup"].append(run_cas(["--store", str(store), "--version"])["wall"])
-            times["floor"].append(floor(packs)["wall"])
+            f = floor(packs)
+            times["floor"].append(f["wall"])
+            cpu["floor"].append(f["utime"] + f["stime"])
             r = run_cas(["--store", str(store), "--json", "verify", "--all"])
             assert r["json"]["ok"], r["json"]
             times["verify"].append(r["wall"])
+            cpu["verify"].append(r["utime"] + r["stime"])
             rss["verify"] = max(rss["verify"], r["maxrss"])
             r = run_cas(["--store", str(store), "--json", "verify", "--all", "--files"])
             assert r["json"]["ok"], r["json"]
             times["files"].append(r["wall"])
+            cpu["files"].append(r["utime"] + r["stime"])
             rss["files"] = max(rss["files"], r["maxrss"])
         med = {k: statistics.median(v) for k, v in times.items()}
+        mcpu = {k: statistics.median(v) for k, v in cpu.items()}
         raw = r["json"]["bytes_checked"]
         print(f"store: {len(packs)} packs, {stored / MB:.0f} MB stored, {raw / MB:.0f} MB of "
               f"objects, {r['json']['versions_checked']} versions")
-        print(f"{'step':<28}{'median s':>10}{'x floor':>9}{'peak RSS MB':>13}")
-        print(f"{'floor (read+decode+hash)':<28}{med['floor']:>10.3f}{1.0:>9.2f}{'':>13}")
+        print(f"{'step':<28}{'median s':>10}{'x floor':>9}{'peak RSS MB':>13}"
+              f"{'CPU s':>8}{'x floor':>9}")
+        print(f"{'floor (read+decode+hash)':<28}{med['floor']:>10.3f}{1.0:>9.2f}{'':>13}"
+              f"{mcpu['floor']:>8.3f}{1.0:>9.2f}")
         for key, label in (("verify", "verify --all"), ("files", "verify --all --files")):
             print(f"{label:<28}{med[key]:>10.3f}{med[key] / med['floor']:>9.2f}"
-                  f"{rss[key] / MB:>13.0f}")
+                  f"{rss[key] / MB:>13.0f}{mcpu[key]:>8.3f}{mcpu[key] / mcpu['floor']:>9.2f}")
         net = (med["verify"] - med["startup"]) / (med["floor"] - med["floor_startup"])
         print(f"start-up: floor {med['floor_startup']:.3f} s, cas {med['startup']:.3f} s; "
               f"verify --all without start-up: {net:.2f}x the floor without start-up")
@@ -192,6 +200,7 @@ def main() -> None:
         results = {
             "verify_over_floor": med["verify"] / med["floor"],
             "verify_over_floor_without_startup": net,
+            "verify_cpu_over_floor_cpu": mcpu["verify"] / mcpu["floor"],
             "files_over_floor": med["files"] / med["floor"],
             "verify_rss_mb": rss["verify"] / MB,
             "claims_rss_mb": r["maxrss"] / MB,
