@@ -13,12 +13,13 @@ as broken while a writer commits:
    checksum, record validation, decompression, BLAKE3), and trailer (entry count and pack id);
    each index record must match the entry at its offset. Files that could not be indexed and
    were moved to quarantine are reported as warnings.
-3. Last, each snapshot version's chunk lists must decode, add up to the file sizes, and name
-   chunks that are present, sound and as long as the list says. A writer lands packs before it
-   moves a ref, so every object a snapshot version needs is in a pack listed after the
-   snapshot; an object not found is looked for again after re-listing the packs before it is
-   called missing. With ``files``, the whole-file SHA-256 of every live version is computed,
-   once per distinct chunk list.
+3. Meanwhile (and again afterwards, if the walk found damaged objects), each snapshot
+   version's chunk lists must decode, add up to the file sizes, and name chunks that are
+   present, sound and as long as the list says. A writer lands packs before it moves a ref, so
+   every object a snapshot version needs is in a pack listed after the snapshot; an object not
+   found is looked for again after re-listing the packs before it is called missing. With
+   ``files``, the whole-file SHA-256 of every live version is computed last, once per distinct
+   chunk list.
 
 ``verify_version`` streams every file of one version, verifying each chunk and the whole file's
 SHA-256 and BLAKE3 against the manifest.

@@ -305,6 +305,12 @@ def test_files_catches_a_manifest_whose_sha256_is_wrong(store: Path) -> None:
     assert "SHA-256" in bv["reasons"][0]
 
 
+def test_files_and_repair_work_on_the_whole_store_only(store: Path) -> None:
+    for flag in ("--files", "--repair"):
+        code, doc, _ = run(store, "verify", "b", flag)
+        assert code == 2 and doc["error"]["code"] == "E_ARGS" and "--all" in doc["error"]["message"]
+
+
 def test_files_hashes_each_distinct_file_once(store: Path, tmp_path: Path) -> None:
     code, doc = report_of(store, "--files")
     assert code == 0
