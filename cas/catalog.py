@@ -16,7 +16,7 @@ import msgspec
 
 from cas.clock import iso_utc
 
-from cas.errors import ArgsError, CasError, CasWarning, NotFoundError
+from cas.errors import ArgsError, CasError, CasWarning, NotFoundError, SchemaError
 from cas.format.manifest import FORMATS, Manifest
 from cas.ids import parse_hex
 from cas.names import parse_version_spec, validate_model_name
@@ -35,7 +35,9 @@ class ModelRow(msgspec.Struct):
     tags: dict[str, int]
     #: When the latest version was registered (UTC, ISO 8601).
     updated_at: str
+    #: Why the model could not be read whole (then ``error_code`` is that error's code).
     error: str | None = None
+    error_code: str | None = None
 
 
 class VersionRow(msgspec.Struct):
@@ -50,6 +52,7 @@ class VersionRow(msgspec.Struct):
     tags: list[str]
     message: str
     error: str | None = None
+    error_code: str | None = None
 
 
 class VersionDetail(msgspec.Struct):
@@ -123,13 +126,10 @@ def list_models(store: Store, pattern: str | None = None, *, format: str | None 
     if sort not in SORT_KEYS:
         raise ArgsError(f"unknown sort key {sort!r} (one of {', '.join(SORT_KEYS)})")
     reg = store.registry
-    tags_error = None
-    try:
-        all_tags = reg.tags()
-    except CasError as exc:
-        # A damaged tag must not hide the catalog: models are listed without tags, each
-        # saying why.
-        all_tags, tags_error = {}, f"tags unreadable: {exc.message}"
+    # A damaged tag must not hide the catalog: its model is listed without it, saying why.
+    damaged: list[tuple[str, str, SchemaError]] = []
+    all_tags = reg.tags(damaged=damaged)
+    tag_errors = {model: exc for model, _tag, exc in damaged}
     rows = []
     for name in reg.model_names():
         if pattern and not fnmatch.fnmatchcase(name, pattern):
@@ -139,7 +139,8 @@ def list_models(store: Store, pattern: str | None = None, *, format: str | None 
         except CasError as exc:
             # One model with an unreadable history must not hide the rest of the catalog.
             if not (format or role or tag):
-                rows.append(ModelRow(name, 0, 0, 0, "other", None, {}, "", error=exc.message))
+                rows.append(ModelRow(name, 0, 0, 0, "other", None, {}, "", error=exc.message,
+                                     error_code=exc.code))
             continue
         if not versions:
             continue
@@ -155,15 +156,18 @@ def list_models(store: Store, pattern: str | None = None, *, format: str | None 
             # One unreadable manifest must not hide the rest of the catalog.
             if not (format or role):
                 rows.append(ModelRow(name, latest.seq, len(versions), 0, "other", None, tags,
-                                     iso_utc(latest.timestamp), error=exc.message))
+                                     iso_utc(latest.timestamp), error=exc.message,
+                                     error_code=exc.code))
             continue
         if format and m.metadata.format != format:
             continue
         if role and m.metadata.role != role:
             continue
+        tag_error = tag_errors.get(name)
         rows.append(ModelRow(name, latest.seq, len(versions), m.total_size, m.metadata.format,
                              m.metadata.role, tags, iso_utc(latest.timestamp),
-                             error=tags_error))
+                             error=tag_error.message if tag_error else None,
+                             error_code=tag_error.code if tag_error else None))
     key = {"name": lambda r: r.name, "date": lambda r: r.updated_at,
            "size": lambda r: r.size, "versions": lambda r: r.versions}[sort]
     rows.sort(key=key, reverse=sort != "name")
@@ -177,7 +181,8 @@ def list_versions(store: Store, models: list[ModelRow]) -> list[VersionRow]:
         try:
             versions = store.registry.versions(row.name)
         except CasError as exc:
-            out.append(VersionRow(row.name, 0, "", "", 0, "other", [], "", exc.message))
+            out.append(VersionRow(row.name, 0, "", "", 0, "other", [], "", exc.message,
+                                  exc.code))
             continue
         by_seq: dict[int, list[str]] = {}
         for t, seq in row.tags.items():
@@ -185,11 +190,11 @@ def list_versions(store: Store, models: list[ModelRow]) -> list[VersionRow]:
         for v in versions:
             try:
                 m = store.manifest(v)
-                size, fmt, err = m.total_size, m.metadata.format, None
+                size, fmt, err, code = m.total_size, m.metadata.format, None, None
             except CasError as exc:
-                size, fmt, err = 0, "other", exc.message
+                size, fmt, err, code = 0, "other", exc.message, exc.code
             out.append(VersionRow(v.name, v.seq, iso_utc(v.timestamp), v.author, size, fmt,
-                                  sorted(by_seq.get(v.seq, [])), v.message, err))
+                                  sorted(by_seq.get(v.seq, [])), v.message, err, code))
     return out
 
 
@@ -320,11 +325,9 @@ def _manifests_by_model(store: Store, errors: list[ModelError]
     crash mid-``rm`` left tagged), read model by model: a model any of whose manifests
     cannot be read is left out and recorded in ``errors``, and the others are still read."""
     reg = store.registry
-    try:
-        tags = reg.tags()
-    except CasError as exc:
-        errors.append(ModelError("(tags)", exc.code, exc.message))
-        tags = {}
+    damaged: list[tuple[str, str, SchemaError]] = []
+    tags = reg.tags(damaged=damaged)
+    errors += [ModelError(model, exc.code, exc.message) for model, _tag, exc in damaged]
     for model in reg.model_names():
         try:
             head = reg.head(model)

@@ -164,6 +164,15 @@ ALL_ERRORS: tuple[type[CasError], ...] = (
 )
 
 
+def error_of_code(code: str, message: str) -> CasError:
+    """A CasError of the class whose code is ``code`` (``E_SCHEMA`` for a code not known), for
+    reporting again an error recorded in a result (a model ``ls`` or ``du`` could not read)."""
+    for cls in ALL_ERRORS:
+        if cls.code == code:
+            return cls(message)
+    return SchemaError(message)
+
+
 def from_os_error(exc: OSError, what: str) -> CasError:
     """Translate an OSError met while doing ``what`` into the matching CasError.
 

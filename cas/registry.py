@@ -392,14 +392,26 @@ class Registry:
         """Live versions of ``name``, oldest first (empty for a removed model)."""
         return self.state(name).live_versions()
 
-    def tags(self, name: str | None = None) -> dict[tuple[str, str], str]:
-        """Map ``(model, tag)`` to the commit it points at, for one model or all."""
+    def tags(self, name: str | None = None,
+             damaged: list[tuple[str, str, SchemaError]] | None = None
+             ) -> dict[tuple[str, str], str]:
+        """Map ``(model, tag)`` to the commit it points at, for one model or all.
+
+        Raises:
+            SchemaError: a tag's object is missing or damaged (named in the message); with a
+                ``damaged`` list, such tags are left out and appended to it instead.
+        """
         out: dict[tuple[str, str], str] = {}
         for key, sha in self.repo.refs.as_dict(base=TAG_REF_PREFIX.rstrip(b"/")).items():
             model, sep, tag = key.decode().rpartition("@")
             if not sep or (name is not None and model != name):
                 continue
-            out[(model, tag)] = self._tag_target(model, tag, sha)
+            try:
+                out[(model, tag)] = self._tag_target(model, tag, sha)
+            except SchemaError as exc:
+                if damaged is None:
+                    raise
+                damaged.append((model, tag, exc))
         return out
 
     def _tag_target(self, model: str, tag: str, sha: bytes) -> str:

@@ -155,11 +155,16 @@ def _snapshot(store: Store, report: VerifyReport) -> _Snapshot:
     except CasError as exc:
         report.problems.append(f"registry: {exc.message}")
         return snap
+    damaged: list[tuple[str, str, SchemaError]] = []
     try:
-        tags = reg.tags()
+        tags = reg.tags(damaged=damaged)
     except CasError as exc:
         report.problems.append(f"registry tags: {exc.message}")
         tags = {}
+    for name, _tag, exc in damaged:
+        report.problems.append(exc.message)
+        if name not in report.bad_models:
+            report.bad_models.append(name)
     for name in names:
         try:
             st = reg.state(name)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
 from cas.cli.app import (
     Ctx,
+    ReportedFailure,
     cli,
     parse_metrics,
     parse_pairs,
@@ -17,7 +19,7 @@ from cas.cli.app import (
 from cas.cli.complete import complete_model, complete_spec
 from cas.cli.render import format_table, human_bytes, human_time
 
-from cas.errors import ArgsError
+from cas.errors import ArgsError, error_of_code
 
 
 def _tags_text(tags: dict[str, int]) -> str:
@@ -82,10 +84,13 @@ def ls_cmd(ctx: Ctx, pattern: str | None, format_: str | None, role: str | None,
     if long_:
         rows = [[f"{v.name}@{v.seq}", human_time(v.registered_at), human_bytes(v.size),
                  v.format, ", ".join(v.tags),
-                 f"unreadable manifest: {v.error}" if v.error else v.message]
+                 f"error: {v.error}" if v.error else v.message]
                 for v in versions]
         lines = format_table(["VERSION", "REGISTERED", "SIZE", "FORMAT", "TAGS", "MESSAGE"],
                              rows, right=frozenset({2}))
+        _fail_after_listing(ctx, [(f"{v.name}@{v.seq}", v.error_code, v.error)
+                                  for v in versions], {"models": models, "versions": versions},
+                            lines)
         ctx.out.result({"models": models, "versions": versions},
                        lines if versions else "no models")
         return
@@ -93,13 +98,30 @@ def ls_cmd(ctx: Ctx, pattern: str | None, format_: str | None, role: str | None,
     for r in models:
         if r.error:
             rows.append([r.name, f"@{r.latest}", str(r.versions), "-", "-", "-",
-                         f"unreadable manifest: {r.error}"])
+                         f"error: {r.error}"])
             continue
         rows.append([r.name, f"@{r.latest}", str(r.versions), human_bytes(r.size), r.format,
                      human_time(r.updated_at), _tags_text(r.tags)])
     lines = format_table(["NAME", "LATEST", "VERS", "SIZE", "FORMAT", "UPDATED", "TAGS"], rows,
                          right=frozenset({1, 2, 3}))
+    _fail_after_listing(ctx, [(m.name, m.error_code, m.error) for m in models],
+                        {"models": models}, lines)
     ctx.out.result({"models": models}, lines if models else "no models")
+
+
+def _fail_after_listing(ctx: Ctx, rows: list[tuple[str, str | None, str | None]],
+                        doc: dict[str, object], lines: list[str]) -> None:
+    """One bad model never hides the others, but the exit code must say something is wrong:
+    print the whole listing, then fail with the first unreadable row's error."""
+    bad = [(what, code, message) for what, code, message in rows if message]
+    if not bad:
+        return
+    if not ctx.out.json:
+        for line in lines:
+            sys.stdout.write(line + "\n")
+    what, code, message = bad[0]
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    raise ReportedFailure(error_of_code(code or "E_SCHEMA", f"{what}: {message}{more}"), doc)
 
 
 @cli.command()

@@ -10,7 +10,7 @@ from cas.cli.app import Ctx, NonEmptyPath, ReportedFailure, cli, pass_ctx, progr
 from cas.cli.complete import complete_model, complete_spec
 from cas.cli.render import human_bytes
 
-from cas.errors import ALL_ERRORS, ArgsError, CasError, SchemaError, VerifyError
+from cas.errors import ArgsError, VerifyError, error_of_code
 from cas.store import Store
 
 
@@ -223,19 +223,12 @@ def du(ctx: Ctx, name: str | None) -> None:
             for line in lines:
                 sys.stdout.write(line + "\n")
         first = u.errors[0]
-        raise ReportedFailure(_error_of(first.code, f"{_count_models(len(u.errors))} could "
-                                        f"not be counted: {first.name}: {first.message}"),
+        raise ReportedFailure(error_of_code(first.code, f"{_count_models(len(u.errors))} "
+                                            f"could not be counted: {first.name}: "
+                                            f"{first.message}"),
                               {"usage": u})
     ctx.out.result(u, lines)
 
 
 def _count_models(n: int) -> str:
     return f"{n} model{'' if n == 1 else 's'}"
-
-
-def _error_of(code: str, message: str) -> CasError:
-    """A CasError of the class whose code is ``code`` (E_SCHEMA when unknown)."""
-    for cls in ALL_ERRORS:
-        if cls.code == code:
-            return cls(message)
-    return SchemaError(message)

@@ -465,9 +465,18 @@ def test_manifest_of_unknown_version_is_refused(populated: Path, tmp_path: Path)
     dest = tmp_path / "dest"
     expect_error(cas(populated, "checkout", "future", str(dest)), "E_FORMAT", 11)
     # One unreadable manifest does not hide the rest of the catalog.
-    rows = {row["name"]: row for row in ok(populated, "ls")["models"]}
-    assert "99" in rows["future"]["error"] and rows["m"]["error"] is None
-    assert ok(populated, "du")["logical"] > 0
+    # Listed and counted with the others, and the exit code says one could not be read.
+    r = cas(populated, "ls")
+    expect_error(r, "E_FORMAT", 11)
+    rows = {row["name"]: row for row in r.doc["models"]}
+    assert "99" in rows["future"]["error"] and rows["future"]["error_code"] == "E_FORMAT"
+    assert rows["m"]["error"] is None and rows["m"]["size"] > 0
+    human = cas(populated, "ls", json_mode=False)
+    assert human.rc == 11 and "m " in human.out and "future" in human.out
+    assert human.err.startswith("cas: error: future: ") and human.err.count("\n") == 1
+    r = cas(populated, "du")
+    expect_error(r, "E_FORMAT", 11)
+    assert r.doc["usage"]["logical"] > 0
     expect_error(cas(populated, "verify", "--all"), "E_VERIFY", 4)
     assert not dest.exists()
     # Other models stay readable.

@@ -126,7 +126,11 @@ def test_a_dangling_tag_does_not_hide_the_catalog(store: Path) -> None:
     dangling_tag(store, "b")
     code, doc = run(store, "ls")
     assert [r["name"] for r in doc["models"]] == ["a", "b", "c"]
+    # Only the tag's model carries the error, naming the tag; the exit code says so.
+    assert code != 0 and [r["name"] for r in doc["models"] if r["error"]] == ["b"]
+    assert "tag b@" in doc["error"]["message"]
     code, doc = run(store, "du")
     assert code != 0 and doc["usage"]["logical"] == 3 * 150_000
     code, doc = run(store, "verify", "--all")
-    assert code == 4 and any("tags" in p for p in doc["report"]["problems"])
+    assert code == 4 and any(p.startswith("tag b@") for p in doc["report"]["problems"])
+    assert doc["report"]["bad_models"] == ["b"]
