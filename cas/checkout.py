@@ -216,7 +216,8 @@ class VerifiedFile:
     """
 
     def __init__(self, store: Store, entry: FileEntry) -> None:
-        clist = store.read_chunk_list(parse_hex(entry.chunks, what="chunk list id"))
+        clist = store.read_chunk_list(parse_hex(entry.chunks, what="chunk list id"),
+                                      entry.size)
         if clist.size != entry.size:
             raise VerifyError(
                 f"{entry.path}: chunk list size {clist.size} != manifest size {entry.size}")
@@ -254,8 +255,12 @@ def _decode_part(store: Store, ids: list[bytes], starts: list[int], lengths: lis
     for start, n in zip(starts, lengths):
         outs.append(window[start - lo : start - lo + n] if lo <= start and start + n <= hi
                     else None)
-    for start, n, data, out in zip(starts, lengths, store.packs.read_many(ids, outs), outs):
+    for oid, start, n, data, out in zip(ids, starts, lengths, store.packs.read_many(ids, outs),
+                                        outs):
         if out is None:
+            if len(data) != n:
+                raise VerifyError(f"chunk {oid.hex()} is {len(data)} bytes, the chunk list "
+                                  f"says {n}", object_id=oid.hex())
             a, b = max(start, lo), min(start + n, hi)
             window[a - lo : b - lo] = memoryview(data)[a - start : b - start]
 

@@ -29,7 +29,7 @@ from cas.errors import (
     from_os_error,
 )
 from cas.format import pack as fmt
-from cas.format.chunklist import ChunkList
+from cas.format.chunklist import ChunkList, max_encoded_size
 from cas.ids import blake3_id
 from cas.multipack import PREFIX as MIDX_PREFIX
 from cas.multipack import SUFFIX as MIDX_SUFFIX
@@ -431,13 +431,14 @@ class PackSet:
             depth = depth_of_payload(stored)
         return loc.pack._decode(loc.entry, stored), depth  # type: ignore[return-value]
 
-    def read_chunk_list(self, oid: bytes) -> ChunkList:
-        """The chunk list ``oid``.
+    def read_chunk_list(self, oid: bytes, file_size: int | None = None) -> ChunkList:
+        """The chunk list ``oid`` (of a ``file_size``-byte file, when the caller knows it: a
+        record claiming more than such a list can take is refused before it is read).
 
         Raises:
             NotFoundError: no visible pack holds it.
-            VerifyError: it is damaged or is not a chunk list, or it is in no readable pack
-                while some pack's index is damaged or missing (named in the message).
+            VerifyError: it is damaged, too large or not a chunk list, or it is in no readable
+                pack while some pack's index is damaged or missing (named in the message).
             SchemaError: it does not decode as a chunk list.
         """
         loc = self.find(oid)
@@ -445,6 +446,9 @@ class PackSet:
             raise self.missing(oid, "chunk list")
         if loc.entry.kind != fmt.KIND_CHUNK_LIST:
             raise VerifyError(f"object {oid.hex()} is not a chunk list", object_id=oid.hex())
+        if file_size is not None and loc.entry.raw_len > max_encoded_size(file_size):
+            raise VerifyError(f"chunk list {oid.hex()} claims {loc.entry.raw_len} bytes, more "
+                              f"than a file of {file_size} bytes needs", object_id=oid.hex())
         return ChunkList.decode(loc.pack.read(loc.entry))
 
     def read(self, oid: bytes) -> bytes:

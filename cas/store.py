@@ -389,8 +389,8 @@ class Store:
     def has_object(self, oid: bytes) -> bool:
         return self.packs.has(oid)
 
-    def read_chunk_list(self, oid: bytes) -> ChunkList:
-        return self.packs.read_chunk_list(oid)
+    def read_chunk_list(self, oid: bytes, file_size: int | None = None) -> ChunkList:
+        return self.packs.read_chunk_list(oid, file_size)
 
     # -- registry helpers --------------------------------------------------------------------
 

@@ -43,8 +43,7 @@ from cas.catalog import commit_versions
 from cas.checkout import WORKERS, pause_hook_from_env
 from cas.compression import CODEC_ZSTD, STREAM_ABOVE, iter_frame
 from cas.errors import CasError, CasWarning, FormatError, SchemaError, VerifyError
-from cas.format.chunklist import HEADER_SIZE as CLIST_HEADER
-from cas.format.chunklist import ITEM_SIZE as CLIST_ITEM
+from cas.format.chunklist import max_encoded_size
 from cas.format.manifest import FileEntry, Manifest
 from cas.format.pack import KIND_CHUNK_LIST, Entry
 from cas.gcpause import gc_paused
@@ -56,9 +55,6 @@ from cas.store import Progress, Store
 
 T = TypeVar("T")
 
-#: The smallest ``min_size`` a chunker configuration may have (``ChunkerParams.validate``):
-#: every chunk of a file but the last is at least this long, whichever store cut it.
-SMALLEST_CHUNK = 64
 #: Chunks read ahead of the hashing of one file.
 READ_AHEAD = 32
 #: Chunks read at once by ``--files``.
@@ -478,11 +474,9 @@ def _check_file(store: Store, find: _Finder, f: FileEntry, bad: dict[bytes, BadO
         return f"chunk list {clist_hex} is missing"
     if loc.entry.kind != KIND_CHUNK_LIST:
         return f"object {clist_hex} is not a chunk list"
-    # The file size bounds the list: every chunk but the last holds at least the smallest
-    # minimum any chunker configuration allows, so a record claiming more is refused before
-    # it is decompressed.
-    most = CLIST_HEADER + CLIST_ITEM * (f.size // SMALLEST_CHUNK + 1)
-    if loc.entry.raw_len > most:
+    # The file size bounds the list: a record claiming more is refused before it is
+    # decompressed.
+    if loc.entry.raw_len > max_encoded_size(f.size):
         return (f"chunk list {clist_hex} claims {loc.entry.raw_len} bytes, more than a file "
                 f"of {f.size} bytes needs")
     try:

@@ -294,6 +294,51 @@ def test_path_component_longer_than_the_name_limit_is_refused_before_writing(
     assert (dest / "a.txt").read_bytes() == b"short name\n"
 
 
+def test_chunk_list_length_disagreeing_with_a_record_at_a_window_edge(
+        store: Path, tmp_path: Path) -> None:
+    """A crafted chunk list that moves one byte from a chunk to the chunk crossing checkout's
+    8 MiB window edge (the total still matches the manifest): a clear E_VERIFY naming the
+    chunk, never a traceback, and nothing left at the destination."""
+    import msgspec
+
+    from cas.checkout import WINDOW
+    from cas.compression import CODEC_RAW
+    from cas.format.chunklist import ChunkList
+    from cas.format.pack import KIND_CHUNK_LIST
+    from cas.ids import blake3_id
+    from cas.packwriter import PackWriter
+    from cas.store import Store
+
+    src = write_model(tmp_path / "src", {"w.bin": model_bytes(11, 3 * WINDOW // 2)})
+    ok(store, "add", "org/edge", str(src))
+    with Store.open(store) as s:
+        m = s.manifest(s.resolve("org/edge"))
+        f = m.files[0]
+        clist = s.read_chunk_list(bytes.fromhex(f.chunks))
+        chunks = list(clist.chunks)
+        start, i = 0, 0
+        while start + chunks[i][1] <= WINDOW:  # find the chunk crossing the edge
+            start += chunks[i][1]
+            i += 1
+        (a, na), (b, nb) = chunks[i], chunks[i + 1]
+        chunks[i], chunks[i + 1] = (a, na + 1), (b, nb - 1)
+        data = ChunkList(clist.size, tuple(chunks)).encode()
+        oid = blake3_id(data)
+        writer = PackWriter(s.backend, 1 << 30)
+        writer.add(oid, KIND_CHUNK_LIST, CODEC_RAW, len(data), data)
+        writer.finish()
+        crafted = msgspec.structs.replace(
+            m, seq=2, files=[msgspec.structs.replace(f, chunks=oid.hex())])
+        s.registry.add_version("org/edge", 2, crafted.encode(), "crafted")
+    dest = tmp_path / "dest"
+    r = cas(store, "checkout", "org/edge@2", str(dest))
+    expect_error(r, "E_VERIFY", 4)
+    # Found in the first window, at the crossing chunk itself (its neighbour, checked in the
+    # next window, would only name itself).
+    assert a.hex() in r.doc["error"]["message"], r.doc
+    assert not (dest / "w.bin").exists()
+
+
 def test_checkout_refuses_overwrite_without_force(store: Path, tmp_path: Path) -> None:
     files = {"a.bin": model_bytes(6, 2 * MB), "d/b.bin": model_bytes(7, MB)}
     src = write_model(tmp_path / "src", files)

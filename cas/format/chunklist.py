@@ -29,6 +29,18 @@ _ID_SIZE = 32
 _BLOCK = 1024
 
 
+#: The smallest ``min_size`` a chunker configuration may have (``ChunkerParams.validate``):
+#: every chunk of a file but the last is at least this long, whichever store cut it.
+SMALLEST_CHUNK = 64
+
+
+def max_encoded_size(file_size: int) -> int:
+    """The most bytes the chunk list of a ``file_size``-byte file can take: a record claiming
+    more is refused before it is decompressed (a small record cannot make a reader allocate
+    what its claim says)."""
+    return HEADER_SIZE + ITEM_SIZE * (file_size // SMALLEST_CHUNK + 1)
+
+
 @lru_cache(maxsize=4)
 def _lengths_struct(count: int) -> struct.Struct:
     """Unpacks the lengths of ``count`` consecutive items (skipping their ids)."""
