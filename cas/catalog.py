@@ -20,7 +20,7 @@ from cas.errors import ArgsError, CasError, CasWarning, NotFoundError, SchemaErr
 from cas.format.manifest import FORMATS, Manifest
 from cas.ids import parse_hex
 from cas.names import parse_version_spec, validate_model_name
-from cas.registry import Registry, Version
+from cas.registry import Version
 from cas.store import Store
 
 
@@ -308,17 +308,6 @@ def disk_usage(store: Store, name: str | None = None) -> DiskUsage:
                      warnings)
 
 
-def commit_versions(reg: Registry, commit: str) -> dict[int, bytes]:
-    """``seq -> manifest blob id`` in the tree of one registry commit.
-
-    Raises:
-        SchemaError: the commit or its trees are missing, damaged or of the wrong shape.
-    """
-    # The registry has no public reader of one commit's tree; these are its own checked
-    # readers (every object is type-checked, damage is SchemaError).
-    return reg._tree_versions(reg._commit(commit.encode()).tree)
-
-
 def _manifests_by_model(store: Store, errors: list[ModelError]
                         ) -> Iterator[tuple[str, list[tuple[int, Manifest]]]]:
     """Per model, the manifests that keep data alive (live versions, and tagged ones that a
@@ -331,7 +320,7 @@ def _manifests_by_model(store: Store, errors: list[ModelError]
     for model in reg.model_names():
         try:
             head = reg.head(model)
-            blobs = commit_versions(reg, head.decode()) if head is not None else {}
+            blobs = reg.commit_versions(head.decode()) if head is not None else {}
             out = [(seq, Manifest.decode(reg.blob(b))) for seq, b in sorted(blobs.items())]
             for (name, _tag), commit in sorted(tags.items()):
                 if name != model:

@@ -321,6 +321,14 @@ class Registry:
     def _commit(self, sha: bytes) -> Commit:
         return self._object(sha, Commit, "commit")
 
+    def commit_versions(self, commit: str) -> dict[int, bytes]:
+        """``seq -> manifest blob id`` in the tree of one registry commit.
+
+        Raises:
+            SchemaError: the commit or its trees are missing, damaged or of the wrong shape.
+        """
+        return self._tree_versions(self._commit(commit.encode()).tree)
+
     def _tree_versions(self, tree_sha: bytes) -> dict[int, bytes]:
         """Map seq -> blob sha of the manifests in a commit's tree."""
         tree = self._object(tree_sha, Tree, "tree")

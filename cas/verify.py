@@ -39,7 +39,6 @@ from typing import Any, TypeVar
 import blake3
 import msgspec
 
-from cas.catalog import commit_versions
 from cas.checkout import WORKERS, pause_hook_from_env
 from cas.compression import CODEC_ZSTD, STREAM_ABOVE, iter_frame
 from cas.errors import CasError, CasWarning, FormatError, SchemaError, VerifyError
@@ -184,7 +183,7 @@ def _walk_history(reg: Registry, st: ModelState, snap: _Snapshot,
     seen: set[tuple[int, bytes]] = set()
     for h in st.history:
         try:
-            versions = commit_versions(reg, h.commit)
+            versions = reg.commit_versions(h.commit)
         except CasError as exc:
             report.problems.append(f"model {name}: commit {h.commit[:12]}: {exc.message}")
             continue
@@ -241,7 +240,7 @@ def _take_roots(reg: Registry, st: ModelState, tags: dict[tuple[str, str], str],
         if seq in st.removed:
             blob: bytes | None = st.removed[seq].blob.encode()
         else:
-            blob = commit_versions(reg, commit).get(seq)
+            blob = reg.commit_versions(commit).get(seq)
         if blob is None:
             continue  # the history walk reported the add commit without its manifest
         snap.roots.append(_Root(f"{name}@{seq} (tagged)", blob, True))
