@@ -223,12 +223,13 @@ class Store:
                               actual=exc.actual) from None
         return cls(path, config)
 
-    def upgrade(self) -> tuple[int, int]:
+    def upgrade(self) -> tuple[int, int, bool]:
         """Bring the store's format to the current version (write lock taken here).
 
         Only ``config.json`` changes (a compare-and-swap through the backend: temp, fsync,
         rename, directory fsync); see the crash table in ``docs/format.md``. Idempotent.
-        Returns ``(old, new)`` versions.
+        Returns ``(old, new, changed)``: the versions, and whether config.json was rewritten
+        (a current config written before checksums existed is sealed, nothing else).
         """
         from cas.format.config import upgraded
 
@@ -247,7 +248,7 @@ class Store:
                 except OSError as exc:
                     raise from_os_error(exc, f"writing {CONFIG}") from None
             self.config = cfg
-            return old, cfg.version
+            return old, cfg.version, new_data != data
 
     @property
     def uuid(self) -> str | None:

@@ -62,11 +62,16 @@ def upgrade(ctx: Ctx) -> None:
       cas upgrade --store /data/cas --json
     """
     with ctx.open() as store:
-        old, new = store.upgrade()
+        old, new, changed = store.upgrade()
         doc = {"store": str(store.path), "from_version": old, "to_version": new,
-               "uuid": store.uuid, "derive": store.config.derives}
-    text = (f"upgraded {doc['store']} from format version {old} to {new} (uuid {doc['uuid']})"
-            if old != new else f"{doc['store']} is already at format version {new}")
+               "uuid": store.uuid, "derive": store.config.derives, "changed": changed}
+    if old != new:
+        text = f"upgraded {doc['store']} from format version {old} to {new} (uuid {doc['uuid']})"
+    elif changed:
+        text = (f"{doc['store']} is at format version {new}; sealed its config.json with a "
+                "checksum")
+    else:
+        text = f"{doc['store']} is already at format version {new}"
     ctx.out.result(doc, text)
 
 

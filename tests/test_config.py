@@ -91,11 +91,13 @@ def test_a_config_written_before_checksums_opens_and_upgrade_seals_it(cas, tmp_p
     _unsealed(cas.store)
     assert cas("--json", "ls").json["models"] == []
     up = cas("--json", "upgrade").json
-    assert up["from_version"] == up["to_version"] == 3
+    assert up["from_version"] == up["to_version"] == 3 and up["changed"] is True
     cfg = _config(cas.store)
     assert cfg["checksum"] == checksum(cfg)
     assert list(cfg)[-1] == "checksum"
-    assert cas("--json", "upgrade").json["uuid"] == cfg["uuid"]  # sealed: nothing to do
+    again = cas("--json", "upgrade").json
+    assert again["uuid"] == cfg["uuid"] and again["changed"] is False  # sealed: nothing to do
+    assert "already at format version 3" in cas("upgrade").out
     assert _config(cas.store) == cfg
 
 
@@ -203,3 +205,8 @@ def test_canonical_json_is_rfc_8785(value, text):
 def test_canonical_json_refuses_what_json_cannot_hold(value):
     with pytest.raises(SchemaError):
         canonical_json(value)
+
+
+def test_upgrade_says_when_it_only_sealed_the_config(cas):
+    _unsealed(cas.store)
+    assert "sealed its config.json with a checksum" in cas("upgrade").out
