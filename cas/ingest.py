@@ -558,9 +558,9 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
                 set_tags.append(t)
                 continue
             try:
-                registry.set_tag(version, t, force=t in tagged)
+                registry.set_tag(version, t, force=t in tagged, warnings=warnings)
                 set_tags.append(t)
-            except (DiskError, PermError, OSError) as exc:
+            except (CasError, OSError) as exc:
                 why = exc.message if isinstance(exc, CasError) else exc.strerror or str(exc)
                 warnings.append(CasWarning(
                     "W_TAG_NOT_SET", f"{version.ref} is registered but tag {t!r} was not set: "

@@ -291,6 +291,11 @@ class PackSet:
             pack_id = name[len(PACK_PREFIX) : -4]
             if pack_id in self.packs or pack_id in self.broken:
                 continue
+            if f"{PACK_PREFIX}{pack_id}.pack" not in names:
+                # A pack is renamed into place before its index, so this is damage (or a
+                # file put there by hand): the index must not vouch for objects no pack holds.
+                self.broken[pack_id] = "its pack file is missing"
+                continue
             try:
                 self.packs[pack_id] = Pack(self.packs_dir, pack_id)
                 self.packs[pack_id].owner = self

@@ -149,12 +149,8 @@ class PackWriter:
         try:
             self.backend.write(f"{name}.idx", fmt.encode_index(pack.entries, pack_id))
         except OSError as exc:
-            # Without its index the pack is invisible and nothing names its objects yet;
-            # removing it spares verify a pack to report. If that fails too, the next writer
-            # indexes it.
-            try:
-                self.backend.delete(f"{name}.pack")
-            except OSError:
-                pass
+            # The pack stays: the index may have landed before the failure (a folder fsync
+            # that failed after the rename), and an index must never outlive its pack. A pack
+            # without an index is invisible, and the next writer indexes it.
             raise from_os_error(exc, "writing a pack index") from None
         return hex_id

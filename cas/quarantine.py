@@ -46,8 +46,13 @@ def index_or_quarantine(store: Store, pack_id: str) -> str:
         store.rebuild_index(pack_id)
         return "rebuilt"
     except NotFoundError:
-        return "gone"
-    except (VerifyError, SchemaError):
+        if not (store.packs_dir / f"pack-{pack_id}.idx").exists():
+            return "gone"
+        # An index whose pack is missing vouches for objects nothing holds: set it aside.
+    except SchemaError:
+        # An unknown pack version is a newer cas's pack, not damage: never moved.
+        return "kept"
+    except VerifyError:
         if pack_id in store.packs.packs:
             return "kept"
     store.packs.broken.pop(pack_id, None)

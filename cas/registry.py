@@ -40,6 +40,7 @@ from cas.clock import iso_utc
 from cas.errors import (
     ArgsError,
     CasError,
+    CasWarning,
     ConflictError,
     LockError,
     NotFoundError,
@@ -606,7 +607,16 @@ class Registry:
         try:
             moved = self.repo.refs.set_if_equals(ref, old, new)
         except OSError as exc:
-            raise _ref_error(exc, ref, "moving") from None
+            # A failure after the rename (the folder's fsync) leaves the ref moved: then the
+            # change is made and visible, and reporting it as failed would make a caller
+            # retry what is done.
+            try:
+                landed = self.repo.refs.read_loose_ref(ref) == new
+            except (OSError, CasError):
+                landed = False
+            if not landed:
+                raise _ref_error(exc, ref, "moving") from None
+            moved = True
         if not moved:
             raise ConflictError(f"{ref.decode()} moved while this command ran; try again")
 
@@ -714,10 +724,16 @@ class Registry:
         force: bool = False,
         identity: tuple[str, str] | None = None,
         record: bool = True,
+        warnings: list[CasWarning] | None = None,
     ) -> bool:
         """Point ``NAME@tag`` at ``version`` with an annotated tag; with ``record``, then
         commit a ``tag`` event (same tree) to the model's history. Returns False, doing
-        nothing, if the tag already names ``version``."""
+        nothing, if the tag already names ``version``.
+
+        The tag ref is the truth and moves first. If the event cannot be committed after it
+        moved, the tag is set: with a ``warnings`` list, ``W_TAG_EVENT_NOT_RECORDED`` is added
+        there and True returned; without one, the error is raised.
+        """
         validate_tag(tag)
         ref = tag_ref(version.name, tag)
         try:
@@ -755,9 +771,17 @@ class Registry:
             # history line, never the tag).
             subject = f"tag {version.name}@{tag} -> v{version.seq}" + (
                 f" (was v{was})" if was else "")
-            self._commit_change(version.name, self.head(version.name), {},
-                                _message(subject, "tag", [version.seq], [(tag, version.seq)]),
-                                identity)
+            try:
+                self._commit_change(version.name, self.head(version.name), {},
+                                    _message(subject, "tag", [version.seq],
+                                             [(tag, version.seq)]), identity)
+            except CasError as exc:
+                if warnings is None:
+                    raise
+                warnings.append(CasWarning(
+                    "W_TAG_EVENT_NOT_RECORDED",
+                    f"tag {version.name}@{tag} is set, but the model's history does not "
+                    f"record it: {exc.message}"))
         return True
 
     def check_tag_case(self, name: str, tag: str) -> None:

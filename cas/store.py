@@ -28,6 +28,7 @@ import msgspec
 from cas.clock import iso_utc
 from cas.errors import (
     CasError,
+    CasWarning,
     ConflictError,
     FormatError,
     NotFoundError,
@@ -70,6 +71,7 @@ class TagResult(msgspec.Struct):
     deleted: bool
     #: False when the tag already named the version (nothing was done).
     changed: bool
+    warnings: list[CasWarning] = []
 
 
 #: Progress callback: ``(bytes_done, bytes_total, label)``.
@@ -374,8 +376,10 @@ class Store:
         entries, trailer_id = scan_pack(pack_path(self.packs_dir, pack_id, "pack"))
         if trailer_id.hex() != pack_id:
             raise VerifyError(f"pack {pack_id}: trailer names pack {trailer_id.hex()}")
-        atomic_write(pack_path(self.packs_dir, pack_id, "idx"), encode_index(entries, trailer_id),
-                     self.tmp_dir)
+        try:
+            self.backend.write(f"packs/pack-{pack_id}.idx", encode_index(entries, trailer_id))
+        except OSError as exc:
+            raise from_os_error(exc, f"writing the index of pack {pack_id}") from None
         old = self.packs.packs.pop(pack_id, None)
         if old is not None:
             old.close()
@@ -511,8 +515,11 @@ class Store:
         with self.writing():
             if not delete:
                 version = self.resolve(parsed)
-                changed = self.registry.set_tag(version, tag, force=force, identity=identity)
-                return TagResult(version.name, version.seq, version.commit, tag, False, changed)
+                warnings: list[CasWarning] = []
+                changed = self.registry.set_tag(version, tag, force=force, identity=identity,
+                                                warnings=warnings)
+                return TagResult(version.name, version.seq, version.commit, tag, False, changed,
+                                 warnings)
             if parsed.selector is not None:
                 # Only NAME@V reads where the tag points: a damaged tag stays deletable by NAME.
                 target = self.registry.tags(parsed.name).get((parsed.name, tag))

@@ -405,14 +405,23 @@ def _check_pack_folder(store: Store, report: VerifyReport) -> None:
         report.problems.append(f"pack {pack_id}: index unusable: {why}")
         report.bad_indexes.append(pack_id)
         _scan_unindexed(store, pack_id, report)
+    unindexed = 0
     for name in sorted(os.listdir(store.packs_dir)):
         if name.startswith("pack-") and name.endswith(".pack") and \
                 not (store.packs_dir / (name[:-5] + ".idx")).exists():
             pack_id = name[len("pack-") : -len(".pack")]
-            report.bad_indexes.append(pack_id)
-            if _scan_unindexed(store, pack_id, report):
-                report.problems.append(f"{name}: pack has no index (rebuilt by the next write "
-                                       "command or 'cas verify --all --repair')")
+            # A complete pack without an index is no damage: a writer is between its two
+            # renames right now, or was killed or failed there. It is invisible to readers,
+            # and the next writer indexes it. Only one that cannot be indexed is a problem.
+            scannable = _scan_unindexed(store, pack_id, report)
+            if not (store.packs_dir / (name[:-5] + ".idx")).exists():
+                report.bad_indexes.append(pack_id)  # for --repair: indexed or quarantined
+                unindexed += scannable
+    if unindexed:
+        report.warnings.append(CasWarning(
+            "W_PACK_UNINDEXED",
+            f"{_count(unindexed, 'complete pack')} without an index (invisible until the next "
+            "write command or 'cas verify --all --repair' indexes it)"))
     for name, why in store.packs.broken_midx.items():
         report.problems.append(f"{name}: unusable multi-pack index: {why}")
         report.bad_midx.append(name)

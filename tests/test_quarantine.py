@@ -93,3 +93,23 @@ def test_same_name_twice_keeps_both(store: Path, tmp_path: Path) -> None:
         assert run(store, "add", f"n{seed}", str(new_file(tmp_path, seed)))[0] == 0
     q = store / "packs" / "quarantine"
     assert sorted(p.read_bytes() for p in q.iterdir()) == [b"x" * 4, b"x" * 5]
+
+
+def test_an_index_whose_pack_is_gone_vouches_for_nothing(store: Path, tmp_path: Path) -> None:
+    """An index left without its pack (damage, or a file put there by hand) must not make an
+    add dedupe against objects nothing holds: readers set it aside, the next writer moves it to
+    quarantine, and the re-added bytes are stored again."""
+    src = new_file(tmp_path, 21)
+    assert run(store, "add", "n", str(src))[0] == 0
+    packs = store / "packs"
+    newest = max(packs.glob("pack-*.pack"), key=lambda p: p.stat().st_mtime_ns)
+    newest.unlink()  # its index stays
+    code, doc = run(store, "add", "again", str(src))
+    assert code == 0 and doc["new_chunks"] > 0, doc
+    assert (packs / "quarantine" / (newest.stem + ".idx")).exists()
+    code, doc = run(store, "verify", "--all")  # the bytes stored again restore n@1 too
+    assert code == 0 and doc["ok"], doc
+    assert doc["quarantined"] == [f"quarantine/{newest.stem}.idx"]
+    out = tmp_path / "out"
+    assert run(store, "checkout", "again", str(out))[0] == 0
+    assert (out / src.name).read_bytes() == src.read_bytes()

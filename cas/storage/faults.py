@@ -5,7 +5,9 @@ numbered from 0 and labelled ``"<verb> <name>"``. A plan maps step numbers to fa
 
 - ``"enospc"`` / ``"eio"``: the call raises that ``OSError`` before doing anything;
 - ``"crash"``: the process stops at that call, as ``kill -9`` would stop it (``os._exit``, so
-  no ``finally`` block and no cleanup runs).
+  no ``finally`` block and no cleanup runs);
+- ``"eio-after"`` / ``"crash-after"``: the call is made, then it raises ``EIO`` (as when the
+  last fsync of a write fails after its rename) or the process stops.
 
 With an empty plan the wrapper only records the steps, which is how a test learns how many
 calls an operation makes and what each one is.
@@ -17,10 +19,13 @@ import errno
 import os
 import threading
 from collections.abc import Callable
+from typing import TypeVar
 
 from cas.storage import Backend, Expected, ObjectWriter
 
-FAULTS = ("enospc", "eio", "crash")
+T = TypeVar("T")
+
+FAULTS = ("enospc", "eio", "crash", "eio-after", "crash-after")
 #: Exit status of a process stopped by a ``"crash"`` fault (as after SIGKILL).
 CRASH_STATUS = 137
 
@@ -36,16 +41,12 @@ class _FaultyWriter:
         self._hint = hint
 
     def write(self, *parts: bytes | memoryview) -> None:
-        self._outer._step(f"append {self._hint}")
-        self._inner.write(*parts)
+        self._outer._call(f"append {self._hint}", lambda: self._inner.write(*parts))
 
     def commit(self, name: str) -> None:
-        try:
-            self._outer._step(f"commit {name}")
-        except OSError:
-            self._inner.abort()
-            raise
-        self._inner.commit(name)
+        # A commit refused before it starts throws the object away, as a real one would.
+        self._outer._call(f"commit {name}", lambda: self._inner.commit(name),
+                          refused=self._inner.abort)
 
     def abort(self) -> None:
         self._inner.abort()
@@ -65,7 +66,8 @@ class FaultyBackend:
         self._crash = crash
         self._lock = threading.Lock()
 
-    def _step(self, label: str) -> None:
+    def _step(self, label: str) -> str | None:
+        """Count a call; apply a fault due before it; return one due after it."""
         with self._lock:
             index = len(self.steps)
             self.steps.append(label)
@@ -76,43 +78,62 @@ class FaultyBackend:
             raise OSError(errno.EIO, os.strerror(errno.EIO), label)
         if fault == "crash":
             self._crash()
+        return fault
+
+    def _after(self, fault: str | None, label: str) -> None:
+        """Apply a fault due once the call has been made."""
+        if fault == "eio-after":
+            raise OSError(errno.EIO, os.strerror(errno.EIO), label)
+        if fault == "crash-after":
+            self._crash()
+
+    def _call(self, label: str, call: Callable[[], T],
+              refused: Callable[[], None] | None = None) -> T:
+        """Make ``call`` as step ``label``, with the faults planned for it (``refused`` runs
+        when a fault stops the call before it is made)."""
+        try:
+            fault = self._step(label)
+        except OSError:
+            if refused is not None:
+                refused()
+            raise
+        try:
+            result = call()
+        except BaseException:
+            if fault == "crash-after":
+                self._crash()
+            raise  # the call's own failure wins over an injected EIO
+        self._after(fault, label)
+        return result
 
     def path(self, name: str) -> object:
         """The inner backend's file for ``name`` (readers outside the seam; not a step)."""
         return self.inner.path(name)  # type: ignore[attr-defined]
 
     def list(self, folder: str) -> list[str]:
-        self._step(f"list {folder}")
-        return self.inner.list(folder)
+        return self._call(f"list {folder}", lambda: self.inner.list(folder))
 
     def list_tree(self, folder: str) -> list[str]:
-        self._step(f"list_tree {folder}")
-        return self.inner.list_tree(folder)
+        return self._call(f"list_tree {folder}", lambda: self.inner.list_tree(folder))
 
     def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
-        self._step(f"read {name}")
-        return self.inner.read(name, offset, length)
+        return self._call(f"read {name}", lambda: self.inner.read(name, offset, length))
 
     def size(self, name: str) -> int | None:
-        self._step(f"size {name}")
-        return self.inner.size(name)
+        return self._call(f"size {name}", lambda: self.inner.size(name))
 
     def write(self, name: str, data: bytes | memoryview) -> None:
-        self._step(f"write {name}")
-        self.inner.write(name, data)
+        self._call(f"write {name}", lambda: self.inner.write(name, data))
 
     def open_write(self, hint: str) -> ObjectWriter:
-        self._step(f"open_write {hint}")
-        return _FaultyWriter(self, self.inner.open_write(hint), hint)
+        return _FaultyWriter(self, self._call(f"open_write {hint}",
+                                              lambda: self.inner.open_write(hint)), hint)
 
     def swap(self, name: str, expected: Expected, new: bytes | None) -> bool:
-        self._step(f"swap {name}")
-        return self.inner.swap(name, expected, new)
+        return self._call(f"swap {name}", lambda: self.inner.swap(name, expected, new))
 
     def delete(self, name: str) -> None:
-        self._step(f"delete {name}")
-        self.inner.delete(name)
+        self._call(f"delete {name}", lambda: self.inner.delete(name))
 
     def sweep(self) -> int:
-        self._step("sweep")
-        return self.inner.sweep()
+        return self._call("sweep", self.inner.sweep)
