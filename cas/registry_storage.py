@@ -13,19 +13,23 @@ remote store can later hold a registry the same way:
   steps of a deletion, by cas or by git) counts as no ref.
 
 Outside the adapter, read by dulwich from the local folder: git pack files and ``packed-refs``.
-cas never writes either; they appear only if someone runs ``git gc`` or ``git pack-refs`` in
-the registry, and cas keeps reading them.
+They appear only if someone runs ``git gc`` or ``git pack-refs`` in the registry, and cas keeps
+reading them; cas never writes a git pack, and rewrites ``packed-refs`` only to delete a ref
+that was packed (first, as git does). Loose ref names no ref could have (``check_ref_format``,
+not UTF-8) are ignored, as git ignores them.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from dulwich.object_store import DiskObjectStore
 from dulwich.objects import ZERO_SHA, ShaFile, sha_to_hex, valid_hexsha
-from dulwich.refs import DiskRefsContainer, Ref
+from dulwich.file import FileLocked
+from dulwich.refs import DiskRefsContainer, Ref, check_ref_format
 
 from cas.errors import from_os_error
 from cas.storage import Backend
@@ -116,7 +120,12 @@ class BackendRefsContainer(DiskRefsContainer):
         except OSError as exc:
             raise from_os_error(exc, f"listing registry refs in {folder}") from None
         for name in names:
-            yield Ref(name[len(self.folder) + 1 :].encode())
+            try:
+                ref = name[len(self.folder) + 1 :].encode()
+            except UnicodeEncodeError:
+                continue  # a file name that is not UTF-8 is not a ref git could have made
+            if check_ref_format(Ref(ref)):  # as git, ignore files no ref could be named
+                yield Ref(ref)
 
     def set_if_equals(self, name: Ref, old_ref: bytes | None, new_ref: bytes,
                       committer: bytes | None = None, timestamp: float | None = None,
@@ -148,8 +157,15 @@ class BackendRefsContainer(DiskRefsContainer):
         current = loose.split(b"\n", 1)[0].rstrip(b"\r") if loose is not None else packed
         if old_ref is not None and current != old_ref:
             return False
+        if packed is not None:
+            # As git: out of packed-refs first, so a crash in between cannot bring back the
+            # older, packed value. packed-refs is rewritten by dulwich, outside the backend:
+            # it exists only if someone ran git pack-refs in the registry.
+            try:
+                self._remove_packed_ref(name)
+            except FileLocked as exc:
+                raise FileExistsError(errno.EEXIST, "packed-refs is locked",
+                                      str(exc)) from None
         if loose is not None and not self.backend.swap(self._name(name), loose, None):
             return False
-        if packed is not None:
-            self._remove_packed_ref(name)
         return True

@@ -145,17 +145,19 @@ def _snapshot(store: Store, report: VerifyReport) -> _Snapshot:
     reg = store.registry
     snap = _Snapshot()
     since = time.time() - store.settings.restore_window_seconds()
-    try:
-        names = reg.model_names()
-    except CasError as exc:
-        report.problems.append(f"registry: {exc.message}")
-        return snap
+    # Tags before model names: a writer creates a model's ref before any tag can name it,
+    # so every tag read here has its model among the names read next.
     damaged: list[tuple[str, str, SchemaError]] = []
     try:
         tags = reg.tags(damaged=damaged)
     except CasError as exc:
         report.problems.append(f"registry tags: {exc.message}")
         tags = {}
+    try:
+        names = reg.model_names()
+    except CasError as exc:
+        report.problems.append(f"registry: {exc.message}")
+        return snap
     for name, _tag, exc in damaged:
         report.problems.append(exc.message)
         if name not in report.bad_models:

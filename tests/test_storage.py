@@ -220,3 +220,24 @@ def test_a_crash_fault_stops_at_its_step(tmp_path: Path) -> None:
     assert stopped and b.size("o/b") is None
     with pytest.raises(ValueError):
         FaultyBackend(LocalBackend(tmp_path), {0: "melt"})
+
+
+def test_local_listing_an_unreadable_folder_is_an_error(tmp_path: Path, monkeypatch) -> None:
+    """An unreadable folder must not list as empty (models under it would silently vanish)."""
+    import os
+
+    b = LocalBackend(tmp_path)
+    b.write("r/a/x", b"1")
+    real = os.scandir
+
+    def refuse(path):  # type: ignore[no-untyped-def]
+        if str(path).endswith("r/a"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    with pytest.raises(PermissionError):
+        b.list_tree("r")
+    with pytest.raises(PermissionError):
+        b.list("r/a")
+    assert b.list_tree("nowhere") == []

@@ -99,7 +99,7 @@ class LocalBackend:
     def list_tree(self, folder: str) -> list[str]:
         base = self.root / check_name(folder)
         found = []
-        for top, dirs, files in os.walk(base):
+        for top, dirs, files in os.walk(base, onerror=_raise_unless_missing):
             rel = os.path.relpath(top, self.root).replace(os.sep, "/")
             dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(top, d))]
             found += [f"{rel}/{f}" for f in files if not f.endswith(LOCK_SUFFIX)
@@ -258,6 +258,13 @@ class LocalBackend:
                     except FileNotFoundError:
                         pass
         return removed
+
+
+def _raise_unless_missing(exc: OSError) -> None:
+    """``os.walk`` error handler: a folder that vanished is empty; anything else is an error
+    (an unreadable folder must not look like one holding nothing)."""
+    if not isinstance(exc, FileNotFoundError):
+        raise exc
 
 
 def _remove_empty_tree(folder: Path) -> None:
