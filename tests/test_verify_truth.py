@@ -24,16 +24,28 @@ from cas.format.manifest import Manifest
 CAS = [sys.executable, "-m", "cas.cli.main"]
 
 
+_MEASURE = """
+import os, subprocess, sys
+p = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(p.pid, 0)
+open(sys.argv[1], "w").write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_measured(argv: list[str]) -> tuple[int, str, str, int]:
     """Run ``argv``; return (exit code, stdout, stderr, that process's peak RSS in KiB).
 
-    ``os.wait4`` reports the one child's own usage; ``RUSAGE_CHILDREN`` would be the largest
-    child the test process ever waited for (a forked copy of pytest itself, say)."""
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
-        out, err = p.stdout.read(), p.stderr.read()  # type: ignore[union-attr]
-        _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-    return p.returncode, out, err, usage.ru_maxrss
+    Measured by a small wrapper process: Linux carries a process's high-water mark across
+    ``exec``, so a child spawned straight from this (large) test process would report the
+    test process's peak, not its own."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        proc = subprocess.run([sys.executable, "-c", _MEASURE, rss.name, *argv],
+                              capture_output=True, text=True, timeout=300)
+        peak = int(rss.read() or 0)
+    return proc.returncode, proc.stdout, proc.stderr, peak
 
 
 def run(store: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict, str]:
