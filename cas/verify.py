@@ -137,7 +137,7 @@ class _Snapshot:
 
     def __init__(self) -> None:
         self.roots: list[_Root] = []
-        #: Decoded manifest, or the error that kept it from decoding, per blob id.
+        #: Decoded manifest of a root, or the error that kept it from decoding, per blob id.
         self.manifests: dict[bytes, Manifest | CasError] = {}
 
 
@@ -199,7 +199,9 @@ def _walk_history(reg: Registry, st: ModelState, snap: _Snapshot,
             if (seq, blob) in seen:
                 continue
             seen.add((seq, blob))
-            m = _manifest(reg, blob, snap)
+            # Decoded, checked and dropped: only the roots' manifests are kept (later), so
+            # memory follows what is live, not the length of history.
+            m = snap.manifests.get(blob) or _decode(reg, blob)
             if isinstance(m, CasError):
                 report.problems.append(f"model {name}: commit {h.commit[:12]} "
                                        f"versions/{seq:06d}.json: {m.message}")
@@ -209,14 +211,18 @@ def _walk_history(reg: Registry, st: ModelState, snap: _Snapshot,
                     f"manifest of {m.name}@{m.seq}")
 
 
+def _decode(reg: Registry, blob: bytes) -> Manifest | CasError:
+    try:
+        return Manifest.decode(reg.blob(blob))
+    except CasError as exc:
+        return exc
+
+
 def _manifest(reg: Registry, blob: bytes, snap: _Snapshot) -> Manifest | CasError:
+    """The manifest of a root (decoded once, kept for the checks that follow)."""
     got = snap.manifests.get(blob)
     if got is None:
-        try:
-            got = Manifest.decode(reg.blob(blob))
-        except CasError as exc:
-            got = exc
-        snap.manifests[blob] = got
+        got = snap.manifests[blob] = _decode(reg, blob)
     return got
 
 
