@@ -18,7 +18,7 @@ import msgspec
 from cas.errors import ArgsError
 from cas.format.manifest import FileEntry, Manifest, Metadata, Provenance
 from cas.names import parse_version_spec
-from cas.registry import check_message, resolve_identity
+from cas.commits import check_message, resolve_identity
 
 if TYPE_CHECKING:
     from cas.store import Store

@@ -65,7 +65,8 @@ from cas.ignore import Skipped, scan_input
 from cas.metadata import describe, float_ranges, format_of
 from cas.names import parse_version_spec, validate_model_name, validate_tag
 from cas.packwriter import PackWriter
-from cas.registry import Version, check_message, resolve_identity
+from cas.commits import check_message, resolve_identity
+from cas.registry import Version
 from cas.statcache import FileDigest, StatCache, unconfirmed
 from cas.unchanged import (
     changed,

@@ -22,9 +22,7 @@ concurrent writer that bypassed the lock cannot be silently overwritten.
 
 from __future__ import annotations
 
-import getpass
 import re
-import socket
 import time
 import zlib
 from collections.abc import Iterator
@@ -47,6 +45,12 @@ from cas.errors import (
     SchemaError,
     from_os_error,
 )
+from cas.commits import (
+    commit_message,
+    parse_trailers,
+    resolve_identity,
+    versions_text,
+)
 from cas.names import VersionSpec, validate_model_name, validate_tag
 
 if TYPE_CHECKING:
@@ -55,8 +59,6 @@ if TYPE_CHECKING:
 MODEL_REF_PREFIX = b"refs/models/"
 TAG_REF_PREFIX = b"refs/tags/"
 VERSIONS_DIR = b"versions"
-_TRAILER = re.compile(rb"^Cas-(Action|Version|Tag): ([^\n]+)$", re.MULTILINE)
-ACTIONS = ("add", "rm", "restore", "annotate", "tag", "untag")
 
 
 def version_path(seq: int) -> bytes:
@@ -69,59 +71,6 @@ def model_ref(name: str) -> bytes:
 
 def tag_ref(name: str, tag: str) -> bytes:
     return TAG_REF_PREFIX + f"{name}@{tag}".encode()
-
-
-def default_identity() -> tuple[str, str]:
-    """``(user, user@host)``: who registers versions from this process when nothing says."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no user name configured for this uid
-        user = "unknown"
-    return user, f"{user}@{socket.gethostname()}"
-
-
-_IDENTITY = re.compile(r"\s*([^<>\n]*?)\s*<([^<>\n]*)>\s*\Z")
-
-
-def parse_identity(text: str) -> tuple[str, str]:
-    """``Name <email>`` -> ``(Name, email)``; a bare name gets ``name@host`` as its email.
-
-    Raises:
-        ArgsError: empty, a newline, or angle brackets in the wrong places.
-    """
-    m = _IDENTITY.match(text)
-    if m and m.group(1):
-        return m.group(1), m.group(2)
-    if text.strip() and not any(c in text for c in "<>\n"):
-        return text.strip(), f"{text.strip().replace(' ', '.')}@{socket.gethostname()}"
-    raise ArgsError(f"author {text!r} must be 'Name <email>' or a name")
-
-
-def resolve_identity(explicit: str | None = None) -> tuple[str, str]:
-    """Who is registering: ``explicit`` (``--author``), else ``$CAS_AUTHOR``, else the git
-    identity (``user.name`` and ``user.email`` from the user's git config, also read from
-    ``$GIT_AUTHOR_NAME``/``$GIT_AUTHOR_EMAIL``), else ``user@host`` of the process."""
-    import os
-
-    if explicit:
-        return parse_identity(explicit)
-    env = os.environ.get("CAS_AUTHOR")
-    if env:
-        return parse_identity(env)
-    name = os.environ.get("GIT_AUTHOR_NAME")
-    email = os.environ.get("GIT_AUTHOR_EMAIL")
-    if not (name and email):
-        try:
-            from dulwich.config import StackedConfig
-
-            cfg = StackedConfig.default()
-            name = name or cfg.get((b"user",), b"name").decode()
-            email = email or cfg.get((b"user",), b"email").decode()
-        except (KeyError, OSError, UnicodeDecodeError, ValueError):
-            pass
-    if name and email:
-        return parse_identity(f"{name} <{email}>")
-    return default_identity()
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,50 +145,6 @@ class ModelState:
 
     def live_versions(self) -> list[Version]:
         return [self.version(seq) for seq in sorted(self.live) if seq in self.added]
-
-
-def _trailers(message: bytes) -> tuple[str, tuple[int, ...], tuple[tuple[str, int], ...]]:
-    action = None
-    versions: list[int] = []
-    tags: list[tuple[str, int]] = []
-    # Trailers are read from the message's last paragraph only: a subject can never add one.
-    block = message.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
-    try:
-        for key, value in _TRAILER.findall(block):
-            value = value.strip()
-            if key == b"Action":
-                action = value.decode()
-            elif key == b"Version":
-                versions.append(int(value))
-            else:
-                tag, seq = value.decode().split(" ")
-                tags.append((tag, int(seq)))
-    except (ValueError, UnicodeDecodeError):
-        raise SchemaError("registry commit has malformed Cas- trailers") from None
-    if action not in ACTIONS or not versions:
-        raise SchemaError("registry commit lacks Cas-Action/Cas-Version trailers")
-    return action, tuple(versions), tuple(tags)
-
-
-def check_message(message: str) -> str:
-    """Return ``message`` if it can be a commit subject: one line, no control characters, at
-    most 1000 characters. Raises ArgsError otherwise."""
-    if len(message) > 1000 or any(ord(c) < 32 or c == "\x7f" for c in message):
-        raise ArgsError("message must be one line of at most 1000 characters, "
-                        "without control characters")
-    return message
-
-
-def _message(subject: str, action: str, seqs: list[int], tags: list[tuple[str, int]]) -> str:
-    check_message(subject)
-    lines = [subject, "", f"Cas-Action: {action}"]
-    lines += [f"Cas-Version: {seq}" for seq in seqs]
-    lines += [f"Cas-Tag: {tag} {seq}" for tag, seq in tags]
-    return "\n".join(lines) + "\n"
-
-
-def _versions_text(seqs: list[int]) -> str:
-    return ", ".join(f"v{s}" for s in seqs)
 
 
 class Registry:
@@ -349,7 +254,7 @@ class Registry:
         sha = self.head(name)
         while sha is not None:
             c = self._commit(sha)
-            action, seqs, tags = _trailers(c.message)
+            action, seqs, tags = parse_trailers(c.message)
             parent = c.parents[0] if c.parents else None
             yield HistoryEntry(
                 action, seqs, tags, sha.decode(), parent.decode() if parent else None,
@@ -439,7 +344,7 @@ class Registry:
 
     def version_of_commit(self, name: str, commit: str) -> Version:
         c = self._commit(commit.encode())
-        action, seqs, _tags = _trailers(c.message)
+        action, seqs, _tags = parse_trailers(c.message)
         if action != "add":
             raise NotFoundError(f"{name}: commit {commit[:12]} does not add a version")
         return Version(
@@ -651,7 +556,7 @@ class Registry:
         self._store(blob)
         subject = f"add {name} v{seq}" + (f": {message}" if message else "")
         commit = self._commit_change(name, head, {seq: blob.id},
-                                     _message(subject, "add", [seq], []), identity)
+                                     commit_message(subject, "add", [seq], []), identity)
         c = self._commit(commit)
         return Version(name, seq, commit.decode(), c.author.decode(), c.author_time,
                        subject)
@@ -669,7 +574,7 @@ class Registry:
         self._store(blob)
         subject = f"annotate {version.name} v{version.seq}" + (f": {message}" if message else "")
         return self._commit_change(version.name, head, {version.seq: blob.id},
-                                   _message(subject, "annotate", [version.seq], []),
+                                   commit_message(subject, "annotate", [version.seq], []),
                                    identity).decode()
 
     def remove_versions(self, name: str, versions: list[Version],
@@ -686,9 +591,9 @@ class Registry:
         if head is None:
             raise NotFoundError(f"model {name!r} is not registered")
         seqs = sorted(v.seq for v in versions)
-        subject = f"rm {name} {_versions_text(seqs)}" + (f": {message}" if message else "")
+        subject = f"rm {name} {versions_text(seqs)}" + (f": {message}" if message else "")
         commit = self._commit_change(name, head, dict.fromkeys(seqs),
-                                     _message(subject, "rm", seqs, sorted(tags)), identity)
+                                     commit_message(subject, "rm", seqs, sorted(tags)), identity)
         for tag, _seq in tags:
             self._delete_ref(tag_ref(name, tag))
         return commit.decode()
@@ -709,7 +614,7 @@ class Registry:
         seqs = sorted(r.version.seq for r in removed)
         commit = self._commit_change(
             name, head, {r.version.seq: r.blob.encode() for r in removed},
-            _message(f"restore {name} {_versions_text(seqs)}", "restore", seqs, tags),
+            commit_message(f"restore {name} {versions_text(seqs)}", "restore", seqs, tags),
             identity)
         by_seq = {r.version.seq: r.version for r in removed}
         for tag, seq in tags:  # recorded by the restore commit itself
@@ -773,7 +678,7 @@ class Registry:
                 f" (was v{was})" if was else "")
             try:
                 self._commit_change(version.name, self.head(version.name), {},
-                                    _message(subject, "tag", [version.seq],
+                                    commit_message(subject, "tag", [version.seq],
                                              [(tag, version.seq)]), identity)
             except CasError as exc:
                 if warnings is None:
@@ -817,7 +722,7 @@ class Registry:
         self._delete_ref(ref)
         if version is not None and self.head(name) is not None:
             self._commit_change(name, self.head(name), {},
-                                _message(f"untag {name}@{tag} (was v{version.seq})", "untag",
+                                commit_message(f"untag {name}@{tag} (was v{version.seq})", "untag",
                                          [version.seq], [(tag, version.seq)]), identity)
         return version
 

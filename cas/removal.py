@@ -20,7 +20,8 @@ import msgspec
 from cas.clock import iso_utc
 from cas.errors import ArgsError, CasError, CasWarning, ConflictError, NotFoundError
 from cas.names import parse_version_spec, validate_model_name
-from cas.registry import RemovedVersion, check_message, resolve_identity
+from cas.commits import check_message, resolve_identity
+from cas.registry import RemovedVersion
 
 if TYPE_CHECKING:
     from cas.store import Store

@@ -508,7 +508,7 @@ class Store:
         with ``delete`` delete the tag ``tag`` of ``spec``'s model, whatever version it names
         (a removed one included); ``NAME@V`` with ``delete`` must be the version it names.
         Both are events in the model's history."""
-        from cas.registry import resolve_identity
+        from cas.commits import resolve_identity
 
         identity = resolve_identity(author)
         parsed = parse_version_spec(spec)

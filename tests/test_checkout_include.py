@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cas.checkout import include_pattern
+from cas.include import include_pattern
 from cas.errors import ArgsError
 
 FILES = ["config.json", "tokenizer.json", "model.safetensors", "onnx/model.onnx",

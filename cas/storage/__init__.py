@@ -18,8 +18,8 @@ Errors are ``OSError``: ``FileNotFoundError`` for a name that does not exist, an
 (``ENOSPC``, ``EIO``, ``EACCES``) for a failure. After a failure the backend holds what it held
 before the call, or, when only the last step failed (the folder fsync after a rename), the new
 object: a caller must not undo a write because it reported a failure (it may have landed), and
-reads back a swap that failed to learn whether it happened. Callers turn them into :class:`cas.errors.CasError` with their own context
-(:func:`cas.errors.from_os_error`).
+reads back a swap that failed to learn whether it happened. Callers turn them into
+:class:`cas.errors.CasError` with their own context (:func:`cas.errors.from_os_error`).
 
 Wrappers (fault injection, later retries and caching) are backends around a backend. Every
 backend passes the one generic test suite (``tests/test_storage.py``). What stays outside the
