@@ -291,17 +291,20 @@ class PackSet:
             pack_id = name[len(PACK_PREFIX) : -4]
             if pack_id in self.packs or pack_id in self.broken:
                 continue
-            if f"{PACK_PREFIX}{pack_id}.pack" not in names:
-                # A pack is renamed into place before its index, so this is damage (or a
-                # file put there by hand): the index must not vouch for objects no pack holds.
-                self.broken[pack_id] = "its pack file is missing"
-                continue
             try:
-                self.packs[pack_id] = Pack(self.packs_dir, pack_id)
-                self.packs[pack_id].owner = self
+                pack = Pack(self.packs_dir, pack_id)
             except (VerifyError, SchemaError, NotFoundError, DiskError, PermError) as exc:
                 # One unreadable index must not hide every other pack.
                 self.broken[pack_id] = exc.message
+                continue
+            if f"{PACK_PREFIX}{pack_id}.pack" not in names:
+                # A pack is renamed into place before its index, so this is damage (or a
+                # file put there by hand): the index must not vouch for objects no pack holds.
+                pack.close()
+                self.broken[pack_id] = "its pack file is missing"
+                continue
+            pack.owner = self
+            self.packs[pack_id] = pack
         known = {m.path.name for m in self.midxs} | set(self.broken_midx) | self.stale_midx
         for name in sorted(names):
             if name.startswith(MIDX_PREFIX) and name.endswith(MIDX_SUFFIX) and name not in known:
