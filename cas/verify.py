@@ -300,8 +300,8 @@ def _cost(entry: Entry) -> int:
 
 
 class _Packs:
-    """The pack phase: objects are read in pack order by one thread and decoded and hashed by
-    ``WORKERS`` threads, in batches, with at most ``IN_FLIGHT_BYTES`` claimed bytes in flight."""
+    """The pack phase: objects are read in pack order and decoded and hashed on ``pool`` (inline
+    today), in batches, with at most ``IN_FLIGHT_BYTES`` claimed bytes in flight."""
 
     def __init__(self, store: Store, report: VerifyReport, progress: Progress | None,
                  pool: ThreadPoolExecutor | _Inline) -> None:
@@ -563,21 +563,6 @@ class _Inline:
         pass
 
 
-def _free_workers() -> int:
-    """Decoding threads for the pack phase: ``WORKERS`` while a core is idle, else none.
-    zstd, BLAKE3 and numpy release the GIL, so threads pay off only on idle cores; on a busy
-    machine they add GIL hand-offs and nothing else (measured: +20% CPU, same wall time)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = 0.0
-    return WORKERS if cores - load >= 1 else 0
-
-
 def _check_versions(store: Store, snap: _Snapshot, bad: dict[bytes, BadObject]
                     ) -> list[tuple[list[str], list[str]]]:
     """Per snapshot root, the files whose chunk lists or chunks are missing, damaged (in
@@ -616,9 +601,10 @@ def verify_all(store: Store, progress: Progress | None = None, *,
     store.packs.refresh()
     _check_pack_folder(store, report)
     packs = list(store.packs.packs.values())
-    workers = _free_workers()
-    with (ThreadPoolExecutor(workers + 1, thread_name_prefix="cas-verify") if workers
-          else _Inline()) as pool:
+    # One thread: zstd and BLAKE3 release the GIL, yet handing batches to worker threads
+    # measured slower than decoding inline, also with a core idle (1.6 s inline against
+    # 2.2 s with two workers on 1.1 GB, benchmarks/bench_verify.py's store).
+    with _Inline() as pool:
         # The versions' chunk lists and chunks are looked up while the packs are read; the
         # answer stands unless the pack phase finds damaged objects (then it is redone).
         early = pool.submit(_check_versions, store, snap, {})
