@@ -364,14 +364,25 @@ class PackSet:
                 return Located(pack, entry)
         return None
 
-    def find(self, oid: bytes) -> Located | None:
-        """Find ``oid`` as :meth:`locate`, then in every pack index, then once more after
-        re-listing the folder if packs appeared there since it was last listed (a writer may
-        just have landed the pack that holds it)."""
+    def find(self, oid: bytes, relist: bool = True) -> Located | None:
+        """Find ``oid`` as :meth:`locate`, then in every pack index, then (with ``relist``)
+        once more after re-listing the folder if packs appeared there since it was last
+        listed (a writer may just have landed the pack that holds it)."""
         loc = self.locate(oid) or self.locate_everywhere(oid)
-        if loc is None and self.refresh():
+        if loc is None and relist and self.refresh():
             loc = self.locate(oid) or self.locate_everywhere(oid)
         return loc
+
+    def unindexed(self) -> list[str]:
+        """Ids of the packs in the folder that have no index file (invisible to readers: a
+        writer between its two renames, or one killed or failed there)."""
+        try:
+            names = set(os.listdir(self.packs_dir))
+        except OSError as exc:
+            raise from_os_error(exc, "listing packs") from None
+        return [n[len(PACK_PREFIX) : -5] for n in sorted(names)
+                if n.startswith(PACK_PREFIX) and n.endswith(".pack")
+                and n[:-5] + ".idx" not in names]
 
     def missing(self, oid: bytes, what: str = "object") -> CasError:
         """The error for ``oid`` found in no readable pack: ``E_VERIFY`` naming the damaged
@@ -380,12 +391,9 @@ class PackSet:
         unusable = [f"index of pack {p} is damaged ({why})"
                      for p, why in sorted(self.broken.items())]
         try:
-            names = set(os.listdir(self.packs_dir))
-        except OSError:
-            names = set()
-        unusable += [f"pack {n[len(PACK_PREFIX):-5]} has no index" for n in sorted(names)
-                     if n.startswith(PACK_PREFIX) and n.endswith(".pack")
-                     and n[:-5] + ".idx" not in names]
+            unusable += [f"pack {p} has no index" for p in self.unindexed()]
+        except CasError:
+            pass  # the error is about the object; an unlistable folder shows elsewhere
         if unusable:
             return VerifyError(f"{what} {oid.hex()} is in no readable pack: "
                                + "; ".join(unusable)

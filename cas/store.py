@@ -321,10 +321,7 @@ class Store:
         # Packs without an index (a writer killed between its two renames, or a stray file)
         # and indexes whose header is unusable are rebuilt from the pack; a pack that cannot
         # be indexed is moved to packs/quarantine/ so that it never blocks a writer.
-        unindexed = [name[len("pack-") : -5] for name in sorted(os.listdir(self.packs_dir))
-                     if name.startswith("pack-") and name.endswith(".pack")
-                     and not (self.packs_dir / (name[:-5] + ".idx")).exists()]
-        for pack_id in dict.fromkeys([*unindexed, *self.packs.broken]):
+        for pack_id in dict.fromkeys([*self.packs.unindexed(), *self.packs.broken]):
             try:
                 done = index_or_quarantine(self, pack_id)
             except (DiskError, PermError):

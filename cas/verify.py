@@ -28,7 +28,6 @@ SHA-256 and BLAKE3 against the manifest.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -414,17 +413,14 @@ def _check_pack_folder(store: Store, report: VerifyReport) -> None:
         report.bad_indexes.append(pack_id)
         _scan_unindexed(store, pack_id, report)
     unindexed = 0
-    for name in sorted(os.listdir(store.packs_dir)):
-        if name.startswith("pack-") and name.endswith(".pack") and \
-                not (store.packs_dir / (name[:-5] + ".idx")).exists():
-            pack_id = name[len("pack-") : -len(".pack")]
-            # A complete pack without an index is no damage: a writer is between its two
-            # renames right now, or was killed or failed there. It is invisible to readers,
-            # and the next writer indexes it. Only one that cannot be indexed is a problem.
-            scannable = _scan_unindexed(store, pack_id, report)
-            if not (store.packs_dir / (name[:-5] + ".idx")).exists():
-                report.bad_indexes.append(pack_id)  # for --repair: indexed or quarantined
-                unindexed += scannable
+    for pack_id in store.packs.unindexed():
+        # A complete pack without an index is no damage: a writer is between its two renames
+        # right now, or was killed or failed there. It is invisible to readers, and the next
+        # writer indexes it. Only one that cannot be indexed is a problem.
+        scannable = _scan_unindexed(store, pack_id, report)
+        if not (store.packs_dir / f"pack-{pack_id}.idx").exists():
+            report.bad_indexes.append(pack_id)  # for --repair: indexed or quarantined
+            unindexed += scannable
     if unindexed:
         report.warnings.append(CasWarning(
             "W_PACK_UNINDEXED",
@@ -470,12 +466,8 @@ class _Finder:
         self.relisted = False
 
     def __call__(self, oid: bytes) -> Located | None:
-        packs = self.store.packs
-        loc = packs.locate(oid) or packs.locate_everywhere(oid)
-        if loc is None and not self.relisted:
-            self.relisted = True
-            if packs.refresh():
-                loc = packs.locate(oid) or packs.locate_everywhere(oid)
+        loc = self.store.packs.find(oid, relist=not self.relisted)
+        self.relisted = self.relisted or loc is None
         return loc
 
 
