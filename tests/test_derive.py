@@ -279,3 +279,42 @@ def test_a_new_model_is_predicted_from_its_parent(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == \
         (tmp_path / "f16" / "model.safetensors").read_bytes()
     store.close()
+
+
+def test_derived_chunks_read_back_next_to_any_encoding_of_their_base(tmp_path: Path) -> None:
+    """Portable objects: chunks derived in one store (from a base that was itself derived
+    there) are copied as stored bytes into a store that holds the same base plainly; they
+    decode there, since the recorded depth bounds nothing a reader needs."""
+    from cas.packwriter import PackWriter
+
+    rng = np.random.default_rng(8)
+    w1 = _weights(8)
+    w2 = {k: x + (rng.standard_normal(x.shape) * 1e-6).astype(np.float32) for k, x in w1.items()}
+    w3 = {k: x + (rng.standard_normal(x.shape) * 1e-6).astype(np.float32) for k, x in w2.items()}
+    a = Store.init(tmp_path / "a")
+    for i, w in enumerate((w1, w2, w3), 1):
+        a.add("m", _save(tmp_path / f"v{i}", w))
+    b = Store.init(tmp_path / "b", derive=False)
+    for i in (1, 2):
+        b.add("m", tmp_path / f"v{i}")
+    assert not _derived_payloads(b)
+    writer = PackWriter(b.backend, 1 << 30)
+    copied_depths = []
+    for pack in a.packs.packs.values():
+        for e in pack.entries():
+            if not b.packs.has(e.oid):
+                stored = bytes(pack.read_stored(e))
+                if e.codec == CODEC_DERIVED:
+                    copied_depths.append(stored[1])
+                writer.add(e.oid, e.kind, e.codec, e.raw_len, stored)
+    writer.finish()
+    assert 2 in copied_depths  # derived from chunks that were derived in store a
+    b.registry.add_version("m", 3, a.registry.manifest_bytes(a.resolve("m@3")), "copied")
+    a.close()
+    b.close()
+    b = Store.open(tmp_path / "b")
+    b.checkout("m@3", tmp_path / "out")
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == \
+        (tmp_path / "v3" / "model.safetensors").read_bytes()
+    assert b.verify().ok
+    b.close()
