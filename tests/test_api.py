@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,29 @@ def test_add_auto_creates_only_the_default_store(tmp_path: Path) -> None:
                           capture_output=True, text=True, env=env)
     assert typo.returncode == 3 and json.loads(typo.stdout)["error"]["code"] == "E_NOT_FOUND"
     assert not (tmp_path / "typo").exists()
+
+
+def test_a_store_opened_before_another_process_adds_reads_what_it_added(tmp_path: Path) -> None:
+    """Readers never go stale: a Store opened before another process's add finds the packs
+    that add wrote (a miss re-lists the pack folder once) and checks the new version out."""
+    import subprocess
+    import sys
+
+    from cas import Store
+
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "w.bin").write_bytes(os.urandom(300_000))
+    store = Store.init(tmp_path / "store")
+    store.add("first", a)
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "w.bin").write_bytes(os.urandom(300_000))
+    proc = subprocess.run([sys.executable, "-m", "cas.cli.main", "--store",
+                           str(tmp_path / "store"), "add", "second", str(b)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    store.checkout("second", tmp_path / "out")
+    assert (tmp_path / "out" / "w.bin").read_bytes() == (b / "w.bin").read_bytes()
+    assert store.verify("second").ok
+    store.close()
