@@ -30,10 +30,9 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 import blake3
 import msgspec
@@ -51,7 +50,6 @@ from cas.packs import Located, Pack, PackWalk, scan_pack
 from cas.registry import ModelState, Registry, Version
 from cas.store import Progress, Store
 
-T = TypeVar("T")
 
 #: Chunks read ahead of the hashing of one file.
 READ_AHEAD = 32
@@ -259,12 +257,8 @@ def _take_roots(reg: Registry, st: ModelState, tags: dict[tuple[str, str], str],
 # -- packs ---------------------------------------------------------------------------------------
 
 
-#: Bytes of objects (as their records claim, chunks being capped) decoding at once in the pack
-#: phase: bounds its memory whatever the records say.
-IN_FLIGHT_BYTES = 48 << 20
-#: Objects are handed to the workers in batches of about this many bytes (one hand-off per
-#: object would cost more than the decoding of small ones).
-BATCH_BYTES = 4 << 20
+#: Progress is reported about every this many bytes of objects checked.
+PROGRESS_BYTES = 4 << 20
 
 
 def _decode_object(pack: Pack, entry: Entry, stored: bytes | memoryview) -> str | None:
@@ -287,74 +281,35 @@ def _decode_object(pack: Pack, entry: Entry, stored: bytes | memoryview) -> str 
     return None
 
 
-def _decode_batch(pack: Pack, batch: list[tuple[Entry, bytes | memoryview]]
-                  ) -> list[str | None]:
-    """:func:`_decode_object` of each object of a batch, on a worker thread (zstd, the
-    byte-group decoder's copies and BLAKE3 release the GIL)."""
-    return [_decode_object(pack, entry, stored) for entry, stored in batch]
-
-
-def _cost(entry: Entry) -> int:
-    return min(entry.raw_len, STREAM_ABOVE) + entry.stored_len
-
-
 class _Packs:
-    """The pack phase: objects are read in pack order and decoded and hashed on ``pool`` (inline
-    today), in batches, with at most ``IN_FLIGHT_BYTES`` claimed bytes in flight."""
+    """The pack phase: objects are read in pack order and each is decoded and hashed as it is
+    read, on the calling thread (worker threads measured slower, see :func:`verify_all`);
+    memory holds one object at a time, and a large zstd claim is hashed as it decompresses."""
 
-    def __init__(self, store: Store, report: VerifyReport, progress: Progress | None,
-                 pool: ThreadPoolExecutor | _Inline) -> None:
+    def __init__(self, store: Store, report: VerifyReport, progress: Progress | None) -> None:
         self.store = store
         self.report = report
         self.progress = progress
-        self.pool = pool
         self.bad: dict[bytes, BadObject] = {}
         self.done = 0
         self.total = 0
-        self._batch: list[tuple[Entry, bytes | memoryview]] = []
-        self._batch_pack: Pack | None = None
-        self._batch_bytes = 0
-        self._ahead: deque[tuple[Pack, list[Entry], Future[list[str | None]], int]] = deque()
-        self._ahead_bytes = 0
+        self._reported = 0
 
     def check_object(self, pack: Pack, entry: Entry, stored: bytes | memoryview) -> None:
-        if self._batch and pack is not self._batch_pack:
-            self._flush()
-        self._batch.append((entry, stored))
-        self._batch_pack = pack
-        self._batch_bytes += _cost(entry)
-        if self._batch_bytes >= BATCH_BYTES:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._batch:
-            return
-        while self._ahead and self._ahead_bytes + self._batch_bytes > IN_FLIGHT_BYTES:
-            self._take()
-        pack = self._batch_pack
-        assert pack is not None
-        fut = self.pool.submit(_decode_batch, pack, self._batch)
-        self._ahead.append((pack, [e for e, _ in self._batch], fut, self._batch_bytes))
-        self._ahead_bytes += self._batch_bytes
-        self._batch, self._batch_bytes = [], 0
+        why = _decode_object(pack, entry, stored)
+        self.report.objects_checked += 1
+        if why is None:
+            self.report.bytes_checked += entry.raw_len
+        else:
+            self.bad.setdefault(entry.oid, BadObject(entry.oid.hex(), pack.id, why))
+        self.done += entry.raw_len
+        if self.progress is not None and self.done - self._reported >= PROGRESS_BYTES:
+            self._reported = self.done
+            self.progress(self.done, self.total, f"pack {pack.id[:12]}")
 
     def drain(self) -> None:
-        self._flush()
-        while self._ahead:
-            self._take()
-
-    def _take(self) -> None:
-        pack, entries, fut, cost = self._ahead.popleft()
-        self._ahead_bytes -= cost
-        for entry, why in zip(entries, fut.result()):
-            self.report.objects_checked += 1
-            if why is None:
-                self.report.bytes_checked += entry.raw_len
-            else:
-                self.bad.setdefault(entry.oid, BadObject(entry.oid.hex(), pack.id, why))
-            self.done += entry.raw_len
-        if self.progress is not None:
-            self.progress(self.done, self.total, f"pack {pack.id[:12]}")
+        if self.progress is not None and self.done != self._reported:
+            self.progress(self.done, self.total, "packs")
 
     def read_indexed(self, pack: Pack, entries: Iterable[Entry]) -> None:
         """Check objects through the index (where the pack itself cannot be walked)."""
@@ -537,24 +492,6 @@ def _whole_file(store: Store, f: FileEntry, done: dict[str, tuple[str, str] | st
     return None
 
 
-class _Inline:
-    """An executor that runs each task when it is submitted (no threads)."""
-
-    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
-        fut: Future[T] = Future()
-        try:
-            fut.set_result(fn(*args))
-        except BaseException as exc:  # delivered by result(), as a pool would
-            fut.set_exception(exc)
-        return fut
-
-    def __enter__(self) -> _Inline:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
 def _check_versions(store: Store, snap: _Snapshot, bad: dict[bytes, BadObject]
                     ) -> list[tuple[list[str], list[str]]]:
     """Per snapshot root, the files whose chunk lists or chunks are missing, damaged (in
@@ -595,23 +532,19 @@ def verify_all(store: Store, progress: Progress | None = None, *,
     packs = list(store.packs.packs.values())
     # One thread: zstd and BLAKE3 release the GIL, yet handing batches to worker threads
     # measured slower than decoding inline, also with a core idle (1.6 s inline against
-    # 2.2 s with two workers on 1.1 GB, benchmarks/bench_verify.py's store).
-    with _Inline() as pool:
-        # The versions' chunk lists and chunks are looked up while the packs are read; the
-        # answer stands unless the pack phase finds damaged objects (then it is redone).
-        early = pool.submit(_check_versions, store, snap, {})
-        phase = _Packs(store, report, progress, pool)
-        if progress is not None:
-            phase.total = sum(e.raw_len for p in packs for e in p.entries())
-        for pack in packs:
-            phase.verify_pack(pack)
-        phase.drain()
-        checked = early.result()
+    # 2.2 s with two workers on 1.1 GB, benchmarks/bench_verify.py's store). The versions
+    # are checked after the packs: an object a writer landed since the listing is found by
+    # re-listing the packs.
+    phase = _Packs(store, report, progress)
+    if progress is not None:
+        phase.total = sum(e.raw_len for p in packs for e in p.entries())
+    for pack in packs:
+        phase.verify_pack(pack)
+    phase.drain()
     report.bad_objects = list(phase.bad.values())
     if pause is not None:
         pause("verify-packs-read")
-    if phase.bad:
-        checked = _check_versions(store, snap, phase.bad)
+    checked = _check_versions(store, snap, phase.bad)
     hashed: dict[str, tuple[str, str] | str] = {}
     for root, (broken, reasons) in zip(snap.roots, checked):
         report.versions_checked += 1
