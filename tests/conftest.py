@@ -93,3 +93,12 @@ def damage_chunk(store_path: Path, spec: str, path: str, index: int = 0) -> int:
         f.seek(offset)
         f.write(bytes([b[0] ^ 0x40]))
     return sum(n for _oid, n in chunks[:index])
+
+
+def run_json(store: Path, *args: str, timeout: float = 300) -> tuple[int, dict]:
+    """Run ``cas --store STORE --json ARGS`` in a subprocess; return its exit code and its JSON
+    document (never a traceback: that fails the test)."""
+    proc = subprocess.run([sys.executable, "-m", "cas.cli.main", "--store", str(store), "--json",
+                           *args], capture_output=True, text=True, timeout=timeout)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.returncode, json.loads(proc.stdout)

@@ -7,23 +7,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from dulwich.objects import Commit
 from dulwich.repo import Repo
-
-CAS = [sys.executable, "-m", "cas.cli.main"]
-
-
-def run(store: Path, *args: str) -> tuple[int, dict]:
-    proc = subprocess.run([*CAS, "--store", str(store), "--json", *args], capture_output=True,
-                          text=True, timeout=300)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc.returncode, json.loads(proc.stdout)
+from conftest import run_json as run
 
 
 def loose(store: Path, sha: bytes) -> Path:

@@ -4,22 +4,12 @@ pack without its index, a damaged pack whose index is unreadable) is moved to
 
 from __future__ import annotations
 
-import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-CAS = [sys.executable, "-m", "cas.cli.main"]
-
-
-def run(store: Path, *args: str) -> tuple[int, dict]:
-    proc = subprocess.run([*CAS, "--store", str(store), "--json", *args], capture_output=True,
-                          text=True, timeout=300)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc.returncode, json.loads(proc.stdout)
+from conftest import run_json as run
 
 
 @pytest.fixture

@@ -3,23 +3,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-CAS = [sys.executable, "-m", "cas.cli.main"]
-
-
-def run(store: Path, *args: str) -> tuple[int, dict]:
-    proc = subprocess.run([*CAS, "--store", str(store), "--json", *args], capture_output=True,
-                          text=True, timeout=120)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc.returncode, json.loads(proc.stdout)
+from conftest import run_json as run
 
 
 def ok(store: Path, *args: str) -> dict:

@@ -3,23 +3,12 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from cas.format import pack as fmt
-
-CAS = [sys.executable, "-m", "cas.cli.main"]
-
-
-def cas(store: Path, *args: str) -> tuple[int, dict]:
-    proc = subprocess.run([*CAS, "--store", str(store), "--json", *args], capture_output=True,
-                          text=True, timeout=120)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc.returncode, json.loads(proc.stdout)
+from conftest import run_json as cas
 
 
 def populated(tmp_path: Path) -> tuple[Path, Path, bytes]:
