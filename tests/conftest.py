@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import strategies as st
 
 from cas.demo import real_model_dir
 
@@ -102,3 +103,18 @@ def run_json(store: Path, *args: str, timeout: float = 300) -> tuple[int, dict]:
                            *args], capture_output=True, text=True, timeout=timeout)
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc.returncode, json.loads(proc.stdout)
+
+
+@st.composite
+def damaged(draw: st.DrawFn, valid: bytes, hows: tuple[str, ...] = ("flip", "cut", "extend")
+            ) -> tuple[str, bytes]:
+    """For parser fuzzing: ``valid`` with one byte flipped, cut at a shorter length, or
+    extended; returns ``(how, bytes)``."""
+    how = draw(st.sampled_from(hows))
+    if how == "flip":
+        out = bytearray(valid)
+        out[draw(st.integers(0, len(valid) - 1))] ^= draw(st.integers(1, 255))
+        return how, bytes(out)
+    if how == "cut":
+        return how, valid[: draw(st.integers(0, max(len(valid) - 1, 0)))]
+    return how, valid + draw(st.binary(min_size=1, max_size=64))

@@ -18,6 +18,7 @@ from cas.ids import blake3_id, is_hex
 from cas.settings import Settings
 from cas.settings import encode as encode_settings
 from cas.statcache import _HEADER, MAGIC, VERSION, _Entry, decode, encode
+from conftest import damaged
 
 FAST = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -78,15 +79,10 @@ def test_config_arbitrary_bytes(data):
 @FAST
 @given(st.data())
 def test_config_byte_flipped_or_truncated_is_refused_or_unchanged(data):
-    raw = bytearray(GOOD_CONFIG)
-    if data.draw(st.booleans()):
-        i = data.draw(st.integers(0, len(raw) - 1))
-        raw[i] ^= data.draw(st.integers(1, 255))
-    else:
-        raw = raw[:data.draw(st.integers(0, len(raw) - 1))]
-    cfg = _config_outcome(bytes(raw))
+    _how, raw = data.draw(damaged(GOOD_CONFIG, ("flip", "cut")))
+    cfg = _config_outcome(raw)
     if cfg is not None:  # only a change of layout (whitespace) may still be read
-        assert _same_canonical(bytes(raw), GOOD_CONFIG)
+        assert _same_canonical(raw, GOOD_CONFIG)
         assert cfg == StoreConfig.decode(GOOD_CONFIG)
 
 
@@ -141,13 +137,8 @@ def test_settings_any_json_object(values):
 @FAST
 @given(st.data())
 def test_settings_byte_flipped_or_truncated_is_refused_or_unchanged(data):
-    raw = bytearray(GOOD_SETTINGS)
-    if data.draw(st.booleans()):
-        i = data.draw(st.integers(0, len(raw) - 1))
-        raw[i] ^= data.draw(st.integers(1, 255))
-    else:
-        raw = raw[:data.draw(st.integers(0, len(raw) - 1))]
-    values = _settings_outcome(bytes(raw))
+    _how, raw = data.draw(damaged(GOOD_SETTINGS, ("flip", "cut")))
+    values = _settings_outcome(raw)
     if values is not None:
         assert values == {"description": "box 3", "restore_window": "30d"}
 
@@ -195,13 +186,8 @@ def test_stat_cache_arbitrary_bytes(data):
 @FAST
 @given(st.data())
 def test_stat_cache_byte_flipped_or_truncated_is_discarded_with_a_reason(data):
-    raw = bytearray(GOOD_CACHE)
-    if data.draw(st.booleans()):
-        i = data.draw(st.integers(0, len(raw) - 1))
-        raw[i] ^= data.draw(st.integers(1, 255))
-    else:
-        raw = raw[:data.draw(st.integers(0, len(raw) - 1))]
-    out, contents, damage = decode(bytes(raw), "u")
+    _how, raw = data.draw(damaged(GOOD_CACHE, ("flip", "cut")))
+    out, contents, damage = decode(raw, "u")
     assert not out and not contents and damage is not None
 
 

@@ -33,6 +33,7 @@ from cas.format.manifest import (
     Metadata,
     Provenance,
 )
+from conftest import damaged
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -256,16 +257,7 @@ def test_mutated_manifest(m: Manifest, data) -> None:
 @given(manifests(), st.data())
 def test_manifest_bytes_flipped_cut_or_extended(m: Manifest, data) -> None:
     valid = m.encode()
-    how = data.draw(st.sampled_from(["flip", "cut", "extend"]))
-    if how == "flip":
-        pos = data.draw(st.integers(0, len(valid) - 1))
-        bad = bytearray(valid)
-        bad[pos] ^= data.draw(st.integers(1, 255))
-        bad = bytes(bad)
-    elif how == "cut":
-        bad = valid[: data.draw(st.integers(0, len(valid) - 1))]
-    else:
-        bad = valid + data.draw(st.binary(min_size=1, max_size=20))
+    _how, bad = data.draw(damaged(valid))
     decode_checked(bad)
 
 

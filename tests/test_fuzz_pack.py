@@ -38,6 +38,7 @@ from cas.format import midx as mfmt
 from cas.format import pack as fmt
 from cas.ids import blake3_id
 from cas.packs import PackSet, pack_path, scan_pack
+from conftest import damaged
 
 FUZZ = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -54,18 +55,9 @@ def expect_code(exc: CasError, code: str) -> None:
     assert exc.code == code, f"{type(exc).__name__} {exc.code} ({exc}), wanted {code}"
 
 
-@st.composite
-def mutated(draw, valid: bytes) -> bytes:
+def mutated(valid: bytes) -> st.SearchStrategy[bytes]:
     """``valid`` with one byte flipped, cut at any length, or extended."""
-    how = draw(st.sampled_from(["flip", "cut", "extend"]))
-    if how == "flip" and valid:
-        pos = draw(st.integers(0, len(valid) - 1))
-        out = bytearray(valid)
-        out[pos] ^= draw(st.integers(1, 255))
-        return bytes(out)
-    if how == "cut":
-        return valid[: draw(st.integers(0, max(len(valid) - 1, 0)))]
-    return valid + draw(st.binary(min_size=1, max_size=64))
+    return damaged(valid).map(lambda r: r[1])
 
 
 # --------------------------------------------------------------------------- pack header
