@@ -285,6 +285,7 @@ class PackSet:
             names = os.listdir(self.packs_dir)
         except OSError as exc:
             raise from_os_error(exc, "listing packs") from None
+        present = set(names)
         for name in sorted(names):
             if not (name.startswith(PACK_PREFIX) and name.endswith(".idx")):
                 continue
@@ -297,7 +298,7 @@ class PackSet:
                 # One unreadable index must not hide every other pack.
                 self.broken[pack_id] = exc.message
                 continue
-            if f"{PACK_PREFIX}{pack_id}.pack" not in names:
+            if f"{PACK_PREFIX}{pack_id}.pack" not in present:
                 # A pack is renamed into place before its index, so this is damage (or a
                 # file put there by hand): the index must not vouch for objects no pack holds.
                 pack.close()
