@@ -39,7 +39,6 @@ from cas.errors import (
 from cas.format.chunklist import ChunkList
 from cas.format.config import FORMAT_NAME, StoreConfig
 from cas.format.manifest import Manifest
-from cas.fsutil import atomic_write, fsync_dir
 from cas.locking import DEFAULT_TIMEOUT, WriteLock
 from cas.names import VersionSpec, parse_version_spec
 from cas.packs import PackSet, pack_path, scan_pack
@@ -174,15 +173,14 @@ class Store:
                                         f"({reg} is not a registry)")
                 shutil.rmtree(reg, ignore_errors=True)
                 Registry.init(path / "registry").close()
+            backend = LocalBackend(path)
             if description:
-                Settings(path / SETTINGS_FILE, {}).set("description", description,
-                                                       LocalBackend(path))
+                Settings(path / SETTINGS_FILE, {}).set("description", description, backend)
             cfg = StoreConfig.create(
                 derive=True if derive is None else derive,
                 created_at=iso_utc())
             # config.json is written last: a directory without it is not yet a store.
-            atomic_write(path / CONFIG, cfg.encode(), path / "tmp")
-            fsync_dir(path)
+            backend.write(CONFIG, cfg.encode())
         except NotADirectoryError:
             raise ConflictError(f"{path} exists and is not a directory") from None
         except OSError as exc:
