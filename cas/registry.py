@@ -89,6 +89,11 @@ class Version:
     def ref(self) -> str:
         return f"{self.name}@{self.seq}"
 
+    @property
+    def id(self) -> str:
+        """The version's stable id (see docs/format.md, Registry)."""
+        return self.commit
+
 
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:

@@ -397,7 +397,7 @@ def test_json_schema():
     assert set(defs["Provenance"]["properties"]) == {
         "run_id", "datasets", "code_revision", "seed", "environment"}
     file_props = defs["FileEntry"]["properties"]
-    assert set(file_props) == {"path", "size", "sha256", "blake3", "chunks", "executable"}
+    assert set(file_props) == {"path", "size", "sha256", "blake3", "chunks", "executable", "bases"}
     assert set(defs["FileEntry"]["required"]) == {"path", "size", "sha256", "chunks"}
     assert "format" in defs["Metadata"]["properties"]
 

@@ -46,6 +46,10 @@ class FileEntry(msgspec.Struct, frozen=True):
     #: The file's identity inside the store is its chunk list id (a BLAKE3 tree over the
     #: chunks); outside it, SHA-256 (what Hugging Face and git-lfs publish).
     blake3: str | None = None
+    #: Chunk-list ids of the earlier files that this file's derived chunks (codec 3) need,
+    #: directly or through their own bases, sorted; ``[]`` when none. ``None``: not recorded
+    #: (a writer older than the object graph); the graph then reads the edges from the packs.
+    bases: list[str] | None = None
 
 
 class Provenance(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -157,6 +161,11 @@ class Manifest(msgspec.Struct, frozen=True):
                     raise SchemaError(f"manifest: {f.path}: {field} is not 64 lowercase hex")
             if f.blake3 is None and self.version == 1:
                 raise SchemaError(f"manifest: {f.path}: blake3 is required in version 1")
+            if f.bases is not None:
+                if not all(is_hex(b) for b in f.bases):
+                    raise SchemaError(f"manifest: {f.path}: a base is not 64 lowercase hex")
+                if f.bases != sorted(set(f.bases)):
+                    raise SchemaError(f"manifest: {f.path}: bases are not sorted and unique")
         check_unique_paths(f.path for f in self.files)
         if [f.path for f in self.files] != sorted(f.path for f in self.files):
             raise SchemaError("manifest: files are not sorted by path")
