@@ -770,6 +770,38 @@ class Registry:
                 if r.removed_at >= removed_since and (name, r.version.commit) not in tagged:
                     yield name, seq, self.blob(r.blob.encode())
 
+    # -- one-file documents on their own ref (the stored retention policy) -------------------
+
+    def read_ref_file(self, ref: bytes, path: bytes) -> tuple[bytes, bytes | None] | None:
+        """``(tip, bytes of file path in the tip's tree, or None)``; None without the ref.
+
+        Raises:
+            SchemaError: the commit, tree or blob is missing or damaged (named).
+        """
+        try:
+            tip = self.repo.refs[ref]
+        except KeyError:
+            return None
+        tree = self._object(self._commit(tip).tree, Tree, "tree")
+        return tip, self.blob(tree[path][1]) if path in tree else None
+
+    def commit_ref_file(self, ref: bytes, old: bytes | None, path: bytes, data: bytes,
+                        subject: str, identity: tuple[str, str]) -> bytes:
+        """Commit a tree holding only ``path`` (``data``) on top of ``old`` and move ``ref``
+        from ``old`` (None: it must not exist) to it; the caller holds the write lock.
+
+        Raises:
+            ConflictError: ``ref`` no longer holds ``old``.
+        """
+        blob = Blob.from_string(data)
+        self._store(blob)
+        tree = Tree()
+        tree.add(path, 0o100644, blob.id)
+        self._store(tree)
+        commit = self._make_commit(tree, old, subject + "\n", identity)
+        self._move_ref(ref, old or b"0" * 40, commit)
+        return commit
+
 
 def _ref_error(exc: OSError, ref: bytes, doing: str) -> CasError:
     """The error of a failed ref update: a folder or file in the ref's place is a conflict
