@@ -514,6 +514,7 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
         ing = _Ingester(store, writer, progress, sum(st.st_size for _, _, st, _ in todo)) \
             if todo else None
         stale: list[str] = []
+        base_files: dict[str, FileEntry] = {}
         try:
             if ing is not None:
                 base_files = _base_files(store, options, latest,
@@ -540,7 +541,9 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
             if gives_metadata(options):
                 warnings.extend(metadata_not_recorded(options, parents, latest, latest_manifest()))
         else:
-            entries = [file_entry(rel, found[rel], st) for rel, _, st in scan.files]
+            entries = _record_bases(store, [file_entry(rel, found[rel], st)
+                                            for rel, _, st in scan.files],
+                                    [*base_files.values(), *(old.files if old else ())])
             single = stat_mod.S_ISREG(os.stat(path).st_mode)
             detected = describe(path.absolute() if single else scan.root,
                                 [e.path for e in entries], ing.formats if ing else None)
@@ -615,6 +618,21 @@ def _ingest_file(store: Store, ing: _Ingester, cache: StatCache, rel: str, apath
             raise ConflictError(f"{apath}: file changed while it was being read")
     cache.put(apath, st, digest, started)
     return digest
+
+
+def _record_bases(store: Store, entries: list[FileEntry], earlier: list[FileEntry]
+                  ) -> list[FileEntry]:
+    """``entries`` with the base chunk lists their derived chunks need recorded (see
+    :mod:`cas.graph`); ``earlier``: entries of versions read already, whose records are
+    reused for equal chunk lists."""
+    from cas import graph
+
+    known = {parse_hex(f.chunks): f.bases for f in earlier if f.bases is not None}
+    edges = graph.EdgeMap(store)
+    out = [msgspec.structs.replace(e, bases=graph.list_bases(
+        store, parse_hex(e.chunks), edges, known)) for e in entries]
+    edges.save()
+    return out
 
 
 def _latest(registry: Registry, name: str) -> Version | None:

@@ -103,6 +103,25 @@ class Pack:
     def entries(self) -> Iterator[fmt.Entry]:
         return fmt.iter_index(self._idx)
 
+    def index_records(self) -> bytes:
+        """The index's records, ``count`` x 48 bytes in id order (see docs/format.md)."""
+        start = fmt.IDX_RECORDS_START
+        return self._idx[start : start + self.count * fmt.IDX_RECORD_SIZE]
+
+    def file_size(self) -> int:
+        """Size of the pack file (0 if it is gone)."""
+        try:
+            return os.stat(self.pack_path).st_size
+        except OSError:
+            return 0
+
+    def derived_base(self, entry: fmt.Entry) -> bytes | None:
+        """The base chunk-list id a derived object (codec 3) records in its first bytes, read
+        without decoding it (None if the bytes there cannot be a derived header)."""
+        self.check_record(entry)
+        head = self._pread(34, entry.data_offset)
+        return bytes(head[2:34]) if len(head) == 34 and head[0] == 1 else None
+
     def ids(self) -> Iterator[bytes]:
         """The object ids of this pack, in id order, read lazily from the index."""
         for i in range(self.count):

@@ -43,7 +43,9 @@ WRITE_STEPS = {
     "registry object": r"^write registry/objects/",
     "model ref": r"^swap registry/refs/models/",
     "tag ref": r"^swap registry/refs/tags/",
-    "stat cache": r"^(write|swap|commit) cache/",
+    "stat cache": r"^(write|swap|commit) cache/stat",
+    # derived data, written before the commit point: a failure costs a rescan, nothing else
+    "derived-edge map": r"^swap cache/edges",
 }
 AFTER_COMMIT_WARNINGS = {"W_TAG_NOT_SET", "W_TAG_EVENT_NOT_RECORDED", "W_STAT_CACHE_NOT_SAVED"}
 
@@ -149,6 +151,8 @@ def check_after(store_path: Path, v2: Path, code: int, out: str, err: str, fault
                 assert codes == {"W_TAG_NOT_SET"}, doc
             if re.search(WRITE_STEPS["stat cache"], label) and not fault.endswith("-after"):
                 assert codes == {"W_STAT_CACHE_NOT_SAVED"}, doc
+            if re.search(WRITE_STEPS["derived-edge map"], label):
+                assert not codes, doc
         else:
             doc = json.loads(out)
             assert doc["error"]["code"] == "E_DISK", doc
