@@ -49,7 +49,8 @@ MAX_COUNT = 1_000_000_000
 
 Count = Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)]
 Seconds = Annotated[int, msgspec.Meta(ge=1, le=MAX_DURATION)]
-Metric = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+#: One line: a metric name goes into commit subjects.
+Metric = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
 class BestRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -135,7 +136,8 @@ class VersionPlan(msgspec.Struct):
     seq: int
     version: str
     id: str
-    #: The creation time the keep-within rule measured (UTC ISO 8601).
+    #: Creation time (UTC ISO 8601): the manifest's ``created_at`` when a rule needs the
+    #: manifest (keep-within, keep-best), else the add commit's time.
     created_at: str
     keep: bool
     #: Why it is kept: ``last``, ``within``, ``best:METRIC``, ``tagged``, ``pinned``,
@@ -211,7 +213,7 @@ def _plan(store: Store, pattern: str | None, pairs: list[tuple[str, Policy]], no
     if pattern is not None and not is_glob(pattern):
         reg.state(pattern)  # NotFoundError (with "did you mean") for an unknown name
     warnings: list[CasWarning] = []
-    protected = _protected(store, warnings)
+    protected = _protected(store)
     models = []
     for name in reg.model_names():
         if pattern is not None and not fnmatch.fnmatchcase(name, pattern):
@@ -252,7 +254,7 @@ class _Protected(msgspec.Struct):
     damaged_tags: set[str]
 
 
-def _protected(store: Store, warnings: list[CasWarning]) -> _Protected:
+def _protected(store: Store) -> _Protected:
     damaged: list[tuple[str, str, SchemaError]] = []
     tags = store.registry.tags(damaged=damaged)
     return _Protected({(m, c) for (m, _t), c in tags.items()}, _pinned(store),
@@ -350,10 +352,9 @@ def apply(store: Store, plan: RetentionPlan, author: str | None = None, *,
     warnings = list(plan.warnings)
     with nullcontext() if locked else store.writing():
         reg = store.registry
-        protected = _protected(store, warnings)
+        protected = _protected(store)
         for mp in plan.models:
-            planned = {v.seq for v in mp.removed()}
-            if not planned:
+            if not mp.removed():
                 continue
             if mp.name in protected.damaged_tags:
                 _keep_all(mp, "tagged")  # a damaged tag may name any of them
@@ -373,14 +374,19 @@ def apply(store: Store, plan: RetentionPlan, author: str | None = None, *,
             gone = {v.seq for v in mp.removed()}
             if not gone:
                 continue
-            message = check_message(f"retain: {mp.policy.text()}")
+            message = check_message(commit_subject(f"retain: {mp.policy.text()}"))
             targets = [ver for ver in reg.versions(mp.name) if ver.seq in gone]
             mp.commit = reg.remove_versions(mp.name, targets, [], message, identity)
     plan.applied = True
-    plan.warnings = warnings
+    plan.warnings = list(dict.fromkeys(warnings))  # deciding twice may warn twice
     plan.restorable_until = iso_utc(time.time() + window)
     _count(plan)
     return plan
+
+
+def commit_subject(text: str, limit: int = 900) -> str:
+    """``text`` cut to fit a commit subject (many long metric names could exceed it)."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _keep_all(mp: ModelPlan, reason: str) -> None:

@@ -23,7 +23,7 @@ from cas.commits import check_message, resolve_identity
 from cas.errors import ArgsError, FormatError, NotFoundError, SchemaError
 from cas.format.canonical import canonical_json
 from cas.names import MAX_NAME_LEN, validate_model_name
-from cas.retention import Policy, is_glob
+from cas.retention import Policy, commit_subject, is_glob
 
 if TYPE_CHECKING:
     from cas.registry import Registry
@@ -203,7 +203,7 @@ def _raw_tip(reg: Registry) -> bytes | None:
 
 def _update(store: Store, author: str | None, change: Any, subject: str) -> Rules:
     identity = resolve_identity(author)
-    check_message(subject)
+    subject = check_message(commit_subject(subject))
     with store.writing():
         reg = store.registry
         current = load_rules(reg)

@@ -334,7 +334,7 @@ def test_parse_best(text, want):
     assert parse_best(b.text()) == b
 
 
-@pytest.mark.parametrize("text", ["", ":max", "acc:0", "acc:max:0"])
+@pytest.mark.parametrize("text", ["", ":max", "acc:0", "acc:max:0", "a\nb:min"])
 def test_parse_best_refuses(text):
     with pytest.raises(ArgsError):
         parse_best(text)
