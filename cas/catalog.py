@@ -38,6 +38,8 @@ class ModelRow(msgspec.Struct):
     #: Why the model could not be read whole (then ``error_code`` is that error's code).
     error: str | None = None
     error_code: str | None = None
+    #: The stable id of the latest version ("" when unreadable).
+    latest_id: str = ""
 
 
 class VersionRow(msgspec.Struct):
@@ -53,6 +55,8 @@ class VersionRow(msgspec.Struct):
     message: str
     error: str | None = None
     error_code: str | None = None
+    #: The version's stable id (see :mod:`cas.versions`).
+    id: str = ""
 
 
 class VersionDetail(msgspec.Struct):
@@ -68,6 +72,10 @@ class VersionDetail(msgspec.Struct):
     parents: list[str] = []
     #: When the metadata was last annotated (UTC, ISO 8601), if ever.
     annotated_at: str | None = None
+    #: The version's stable id (see :mod:`cas.versions`).
+    id: str = ""
+    #: Scopes of the pins naming this version: ``all`` or a store UUID.
+    pins: list[str] = []
 
 
 class HistoryRow(msgspec.Struct):
@@ -82,6 +90,11 @@ class HistoryRow(msgspec.Struct):
     message: str
     tags: list[str]
     versions: list[int] = []
+    #: Ids of the versions the event concerns, in the order of ``versions`` ("" where the
+    #: version's add is not in this history).
+    ids: list[str] = []
+    #: Pin scopes an ``rm`` deleted or a ``restore`` brought back.
+    pins: list[str] = []
 
 
 class VersionUsage(msgspec.Struct):
@@ -157,7 +170,7 @@ def list_models(store: Store, pattern: str | None = None, *, format: str | None 
             if not (format or role):
                 rows.append(ModelRow(name, latest.seq, len(versions), 0, "other", None, tags,
                                      iso_utc(latest.timestamp), error=exc.message,
-                                     error_code=exc.code))
+                                     error_code=exc.code, latest_id=latest.id))
             continue
         if format and m.metadata.format != format:
             continue
@@ -167,7 +180,8 @@ def list_models(store: Store, pattern: str | None = None, *, format: str | None 
         rows.append(ModelRow(name, latest.seq, len(versions), m.total_size, m.metadata.format,
                              m.metadata.role, tags, iso_utc(latest.timestamp),
                              error=tag_error.message if tag_error else None,
-                             error_code=tag_error.code if tag_error else None))
+                             error_code=tag_error.code if tag_error else None,
+                             latest_id=latest.id))
     key = {"name": lambda r: r.name, "date": lambda r: r.updated_at,
            "size": lambda r: r.size, "versions": lambda r: r.versions}[sort]
     rows.sort(key=key, reverse=sort != "name")
@@ -194,7 +208,7 @@ def list_versions(store: Store, models: list[ModelRow]) -> list[VersionRow]:
             except CasError as exc:
                 size, fmt, err, code = 0, "other", exc.message, exc.code
             out.append(VersionRow(v.name, v.seq, iso_utc(v.timestamp), v.author, size, fmt,
-                                  sorted(by_seq.get(v.seq, [])), v.message, err, code))
+                                  sorted(by_seq.get(v.seq, [])), v.message, err, code, v.id))
     return out
 
 
@@ -210,15 +224,15 @@ def show(store: Store, version: Version) -> VersionDetail:
             break
     return VersionDetail(version.name, version.seq, version.commit, version.author,
                          iso_utc(version.timestamp), version.message,
-                         store.registry.tags_of(version), manifest, parents, annotated)
+                         store.registry.tags_of(version), manifest, parents, annotated,
+                         version.id)
 
 
 def _parent_ref(store: Store, parent: str) -> str:
-    """``NAME@<commit>`` -> ``NAME@N`` when that commit added version N here."""
-    name, _, commit = parent.rpartition("@")
+    """``NAME@<commit or id>`` -> ``NAME@N`` when that names version N here."""
     try:
-        return f"{name}@{store.registry.version_of_commit(name, commit).seq}"
-    except (CasError, KeyError, ValueError):
+        return store.registry.resolve(parse_version_spec(parent), removed_ok=True).ref
+    except CasError:
         return parent
 
 
@@ -237,8 +251,10 @@ def history(store: Store, spec: str) -> list[HistoryRow]:
         if only is not None and only not in h.versions:
             continue
         tags = sorted(t for t, s in h.tags if only is None or s == only)
+        pins = sorted(p for p, s in h.pins if only is None or s == only)
+        ids = [st.added[s].version_id if s in st.added else "" for s in h.versions]
         rows.append(HistoryRow(h.action, h.seq, h.commit, h.author, iso_utc(h.timestamp),
-                               h.message, tags, list(h.versions)))
+                               h.message, tags, list(h.versions), ids, pins))
     return rows
 
 

@@ -1,6 +1,6 @@
 """The text of a registry commit: who made it (the author identity) and what it did (a
-one-line subject, then ``Cas-Action``, ``Cas-Version`` and ``Cas-Tag`` trailers in the last
-paragraph; see ``docs/format.md``, Registry).
+one-line subject, then ``Cas-Action``, ``Cas-Version``, ``Cas-Id``, ``Cas-Tag`` and ``Cas-Pin``
+trailers in the last paragraph; see ``docs/format.md``, Registry).
 
 Trailers are read from the last paragraph only and subjects are one line without control
 characters, so a user's message can never forge a trailer.
@@ -11,11 +11,33 @@ from __future__ import annotations
 import getpass
 import re
 import socket
+from typing import NamedTuple
 
 from cas.errors import ArgsError, SchemaError
+from cas.versions import is_version_id
 
-_TRAILER = re.compile(rb"^Cas-(Action|Version|Tag): ([^\n]+)$", re.MULTILINE)
+_TRAILER = re.compile(rb"^Cas-(Action|Version|Id|Tag|Pin): ([^\n]+)$", re.MULTILINE)
 ACTIONS = ("add", "rm", "restore", "annotate", "tag", "untag")
+#: A pin's scope: ``all`` (every store) or a store UUID (lowercase, as ``config.json`` has it).
+_PIN_SCOPE = re.compile(r"all\Z|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+
+
+def is_pin_scope(text: object) -> bool:
+    """True for ``all`` or a store UUID in lowercase."""
+    return isinstance(text, str) and _PIN_SCOPE.match(text) is not None
+
+
+class Trailers(NamedTuple):
+    """What a commit's trailers say (see ``docs/format.md``, Registry)."""
+
+    action: str
+    versions: tuple[int, ...]
+    #: ``(tag, seq)`` pairs that the event set, deleted or brought back.
+    tags: tuple[tuple[str, int], ...]
+    #: The version id an ``add`` recorded (``Cas-Id``), or None (a commit from before ids).
+    id: str | None = None
+    #: ``(scope, seq)`` pairs of the pins an ``rm`` deleted or a ``restore`` brought back.
+    pins: tuple[tuple[str, int], ...] = ()
 
 
 def default_identity() -> tuple[str, str]:
@@ -72,9 +94,8 @@ def resolve_identity(explicit: str | None = None) -> tuple[str, str]:
     return default_identity()
 
 
-def parse_trailers(message: bytes
-                   ) -> tuple[str, tuple[int, ...], tuple[tuple[str, int], ...]]:
-    """``(action, versions, tags)`` from a commit message's trailers.
+def parse_trailers(message: bytes) -> Trailers:
+    """What a commit message's trailers say.
 
     Raises:
         SchemaError: the trailers are missing or malformed.
@@ -82,6 +103,8 @@ def parse_trailers(message: bytes
     action = None
     versions: list[int] = []
     tags: list[tuple[str, int]] = []
+    pins: list[tuple[str, int]] = []
+    ids: list[str] = []
     # Trailers are read from the message's last paragraph only: a subject can never add one.
     block = message.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
     try:
@@ -91,14 +114,22 @@ def parse_trailers(message: bytes
                 action = value.decode()
             elif key == b"Version":
                 versions.append(int(value))
+            elif key == b"Id":
+                ids.append(value.decode())
             else:
-                tag, seq = value.decode().split(" ")
-                tags.append((tag, int(seq)))
+                what, seq = value.decode().split(" ")
+                (tags if key == b"Tag" else pins).append((what, int(seq)))
     except (ValueError, UnicodeDecodeError):
         raise SchemaError("registry commit has malformed Cas- trailers") from None
     if action not in ACTIONS or not versions:
         raise SchemaError("registry commit lacks Cas-Action/Cas-Version trailers")
-    return action, tuple(versions), tuple(tags)
+    if ids and (action != "add" or len(ids) > 1 or not is_version_id(ids[0])):
+        raise SchemaError("registry commit has a malformed Cas-Id trailer (one, in an add, "
+                          "of 32 or 40 lowercase hex)")
+    if not all(is_pin_scope(scope) for scope, _seq in pins):
+        raise SchemaError("registry commit has a Cas-Pin trailer whose scope is neither 'all' "
+                          "nor a store UUID")
+    return Trailers(action, tuple(versions), tuple(tags), ids[0] if ids else None, tuple(pins))
 
 
 def check_message(message: str) -> str:
@@ -111,12 +142,17 @@ def check_message(message: str) -> str:
 
 
 def commit_message(subject: str, action: str, seqs: list[int],
-                   tags: list[tuple[str, int]]) -> str:
-    """The full message of a commit: ``subject`` (checked), a blank line, the trailers."""
+                   tags: list[tuple[str, int]], *, version_id: str | None = None,
+                   pins: list[tuple[str, int]] | tuple[tuple[str, int], ...] = ()) -> str:
+    """The full message of a commit: ``subject`` (checked), a blank line, the trailers
+    (``version_id``: the ``Cas-Id`` of an ``add``; ``pins``: ``(scope, seq)`` pairs)."""
     check_message(subject)
     lines = [subject, "", f"Cas-Action: {action}"]
     lines += [f"Cas-Version: {seq}" for seq in seqs]
+    if version_id is not None:
+        lines.append(f"Cas-Id: {version_id}")
     lines += [f"Cas-Tag: {tag} {seq}" for tag, seq in tags]
+    lines += [f"Cas-Pin: {scope} {seq}" for scope, seq in pins]
     return "\n".join(lines) + "\n"
 
 

@@ -67,6 +67,7 @@ from cas.names import parse_version_spec, validate_model_name, validate_tag
 from cas.packwriter import PackWriter
 from cas.commits import check_message, resolve_identity
 from cas.registry import Version
+from cas.versions import new_version_id
 from cas.statcache import FileDigest, StatCache, unconfirmed
 from cas.unchanged import (
     changed,
@@ -709,8 +710,9 @@ def _commit_new(store: Store, name: str, path: Path, options: AddOptions,
     # with the same rules, folder by folder; ids and hashes are our own digests; entries come
     # sorted), and checking 5,000 paths again costs a tenth of adding 5,000 small files.
     manifest = Manifest(name=name, seq=seq, files=entries,
-                        total_size=sum(e.size for e in entries), metadata=meta)
+                        total_size=sum(e.size for e in entries), metadata=meta,
+                        id=new_version_id())
     return registry.add_version(name, seq, manifest.encode(), options.message,
-                                resolve_identity(options.author))
+                                resolve_identity(options.author), version_id=manifest.id)
 
 

@@ -26,10 +26,10 @@ import re
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from dulwich.errors import NotGitRepository, NotTreeError, ObjectFormatException
 from dulwich.objects import Blob, Commit, ShaFile, Tag, Tree
 from dulwich.repo import Repo
@@ -52,6 +52,7 @@ from cas.commits import (
     versions_text,
 )
 from cas.names import VersionSpec, validate_model_name, validate_tag
+from cas.versions import HistoryEntry, ModelState, RemovedVersion, Version, is_version_id
 
 if TYPE_CHECKING:
     from cas.storage import Backend
@@ -71,85 +72,6 @@ def model_ref(name: str) -> bytes:
 
 def tag_ref(name: str, tag: str) -> bytes:
     return TAG_REF_PREFIX + f"{name}@{tag}".encode()
-
-
-@dataclass(frozen=True, slots=True)
-class Version:
-    """One registered version of a model. ``commit`` is the commit that added it: it names
-    the version for good (tags point at it), whatever later commits annotate or remove."""
-
-    name: str
-    seq: int
-    commit: str
-    author: str
-    timestamp: int
-    message: str
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}@{self.seq}"
-
-    @property
-    def id(self) -> str:
-        """The version's stable id (see docs/format.md, Registry)."""
-        return self.commit
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
-    """One commit of a model's history.
-
-    ``versions`` are the sequence numbers it affects; ``tags`` are ``(tag, seq)`` pairs that an
-    ``rm`` deleted or a ``restore`` brought back.
-    """
-
-    action: str
-    versions: tuple[int, ...]
-    tags: tuple[tuple[str, int], ...]
-    commit: str
-    parent: str | None
-    author: str
-    timestamp: int
-    message: str
-
-    @property
-    def seq(self) -> int:
-        return self.versions[0]
-
-
-@dataclass(frozen=True, slots=True)
-class RemovedVersion:
-    """A version an ``rm`` took out of the model's tip: what ``restore`` can bring back."""
-
-    version: Version
-    removed_at: int
-    removed_by: str
-    removal_commit: str
-    #: Blob id of the manifest as it was when removed.
-    blob: str
-    #: Tags the removal deleted.
-    tags: tuple[str, ...]
-    #: Position of the removal commit in the history, 0 being the newest commit.
-    removal_index: int = 0
-
-
-@dataclass
-class ModelState:
-    """Everything one walk of a model's history tells: live versions, removed ones, events."""
-
-    name: str
-    head: bytes
-    live: dict[int, bytes]
-    added: dict[int, HistoryEntry]
-    removed: dict[int, RemovedVersion]
-    history: list[HistoryEntry]
-
-    def version(self, seq: int) -> Version:
-        h = self.added[seq]
-        return Version(self.name, seq, h.commit, h.author, h.timestamp, h.message)
-
-    def live_versions(self) -> list[Version]:
-        return [self.version(seq) for seq in sorted(self.live) if seq in self.added]
 
 
 class Registry:
@@ -259,12 +181,12 @@ class Registry:
         sha = self.head(name)
         while sha is not None:
             c = self._commit(sha)
-            action, seqs, tags = parse_trailers(c.message)
+            t = parse_trailers(c.message)
             parent = c.parents[0] if c.parents else None
             yield HistoryEntry(
-                action, seqs, tags, sha.decode(), parent.decode() if parent else None,
+                t.action, t.versions, t.tags, sha.decode(), parent.decode() if parent else None,
                 c.author.decode(errors="replace"), c.author_time,
-                c.message.decode(errors="replace").split("\n", 1)[0],
+                c.message.decode(errors="replace").split("\n", 1)[0], t.id, t.pins,
             )
             sha = parent
 
@@ -298,9 +220,10 @@ class Registry:
                 continue
             a = added[seq]
             removed[seq] = RemovedVersion(
-                Version(name, seq, a.commit, a.author, a.timestamp, a.message),
+                Version(name, seq, a.commit, a.author, a.timestamp, a.message, a.version_id),
                 h.timestamp, h.author, h.commit, blob.decode(),
-                tuple(t for t, s in h.tags if s == seq), position[h.commit])
+                tuple(t for t, s in h.tags if s == seq), position[h.commit],
+                tuple(p for p, s in h.pins if s == seq))
         return ModelState(name, head, live, added, removed, history)
 
     def _did_you_mean(self, name: str) -> str:
@@ -349,30 +272,26 @@ class Registry:
 
     def version_of_commit(self, name: str, commit: str) -> Version:
         c = self._commit(commit.encode())
-        action, seqs, _tags = parse_trailers(c.message)
-        if action != "add":
+        t = parse_trailers(c.message)
+        if t.action != "add":
             raise NotFoundError(f"{name}: commit {commit[:12]} does not add a version")
-        return Version(
-            name,
-            seqs[0],
-            commit,
-            c.author.decode(errors="replace"),
-            c.author_time,
-            c.message.decode(errors="replace").split("\n", 1)[0],
-        )
+        return Version(name, t.versions[0], commit, c.author.decode(errors="replace"),
+                       c.author_time, c.message.decode(errors="replace").split("\n", 1)[0],
+                       t.id or commit)
 
     def resolve(self, spec: VersionSpec, *, removed_ok: bool = False,
                 state: ModelState | None = None) -> Version:
         """Find the version ``spec`` names.
 
         ``NAME`` is the latest live version; ``NAME@3`` sequence number 3; ``NAME@TAG`` a tag;
-        ``NAME@<hex>`` a commit prefix of at least 4 characters. A removed version is refused
+        ``NAME@<hex>`` a prefix of at least 4 characters of a version id or of the commit that
+        added a version (an all-digit selector is a sequence number). A removed version is refused
         (naming ``cas restore``) unless ``removed_ok``. ``state``: the model's
         :meth:`state` if the caller walked its history already (it is not walked again).
 
         Raises:
             NotFoundError: no such model, version, tag or commit, or the version was removed.
-            ArgsError: a commit prefix that matches several versions.
+            ArgsError: a prefix that matches several versions (named in the message).
         """
         name, sel = spec.name, spec.selector
         st = state if state is not None and state.name == name else self.state(name)
@@ -404,12 +323,15 @@ class Registry:
                     f"{_day(r.removed_at)} with its tags; 'cas restore {name}@{r.version.seq}' "
                     "brings both back")
             elif len(sel) >= 4 and re.fullmatch(r"[0-9a-fA-F]+", sel):
-                hits = {s for s, h in st.added.items() if h.commit.startswith(sel.lower())}
+                hits = st.matching(sel.lower())
                 if len(hits) > 1:
-                    raise ArgsError(f"{name}@{sel}: commit prefix is ambiguous")
-                seq = hits.pop() if hits else None
+                    named = ", ".join(f"{name}@{s} (id {st.added[s].version_id[:12]})"
+                                      for s in hits)
+                    raise ArgsError(f"{name}@{sel}: prefix is ambiguous: {named}; give more "
+                                    "characters")
+                seq = hits[0] if hits else None
             if seq is None:
-                raise NotFoundError(f"{name}@{sel}: no such version, tag or commit")
+                raise NotFoundError(f"{name}@{sel}: no such version, tag, id or commit")
         if seq in st.live and seq in st.added:
             return st.version(seq)
         if seq in st.removed:
@@ -551,9 +473,25 @@ class Registry:
         manifest_json: bytes,
         message: str,
         identity: tuple[str, str] | None = None,
+        *,
+        version_id: str | None = None,
     ) -> Version:
-        """Commit ``manifest_json`` as version ``seq`` of ``name`` and move the model ref."""
+        """Commit ``manifest_json`` as version ``seq`` of ``name`` and move the model ref.
+
+        The commit records the version's id (``Cas-Id``): ``version_id``, else the manifest's
+        own ``id``; a manifest without one (made by hand, or before ids) records none, and the
+        version's id is then its add commit.
+
+        Raises:
+            SchemaError: the manifest's ``id`` is malformed or differs from ``version_id``.
+        """
         validate_model_name(name)
+        carried = _manifest_id(manifest_json)
+        if version_id is not None and carried not in (None, version_id):
+            raise SchemaError(f"manifest id {carried} differs from the version id {version_id}")
+        version_id = version_id or carried
+        if version_id is not None and not is_version_id(version_id):
+            raise SchemaError(f"version id {version_id!r} is not 32 or 40 lowercase hex")
         head = self.head(name)
         if head is None:
             self._check_name_free(name)
@@ -561,10 +499,11 @@ class Registry:
         self._store(blob)
         subject = f"add {name} v{seq}" + (f": {message}" if message else "")
         commit = self._commit_change(name, head, {seq: blob.id},
-                                     commit_message(subject, "add", [seq], []), identity)
+                                     commit_message(subject, "add", [seq], [],
+                                                    version_id=version_id), identity)
         c = self._commit(commit)
         return Version(name, seq, commit.decode(), c.author.decode(), c.author_time,
-                       subject)
+                       subject, version_id or commit.decode())
 
     def annotate_version(self, version: Version, manifest_json: bytes, message: str = "",
                          identity: tuple[str, str] | None = None) -> str:
@@ -801,6 +740,25 @@ class Registry:
         commit = self._make_commit(tree, old, subject + "\n", identity)
         self._move_ref(ref, old or b"0" * 40, commit)
         return commit
+
+
+class _IdOnly(msgspec.Struct):
+    id: Any = None
+
+
+def _manifest_id(manifest_json: bytes) -> str | None:
+    """The top-level ``id`` of a manifest (None when absent), without decoding the rest.
+
+    Raises:
+        SchemaError: not a JSON object, or an ``id`` that is not a version id.
+    """
+    try:
+        got = msgspec.json.decode(manifest_json, type=_IdOnly).id
+    except msgspec.DecodeError as exc:
+        raise SchemaError(f"manifest is not a JSON object: {exc}") from None
+    if got is not None and not is_version_id(got):
+        raise SchemaError(f"manifest id {got!r} is not 32 or 40 lowercase hex")
+    return got
 
 
 def _ref_error(exc: OSError, ref: bytes, doing: str) -> CasError:

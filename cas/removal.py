@@ -129,8 +129,9 @@ def _expired(r: RemovedVersion, window: int, now: float) -> bool:
 
 
 def restore(store: Store, spec: str, *, author: str | None = None) -> RestoreResult:
-    """Bring back ``NAME@V`` (a sequence number or a commit prefix), or with ``NAME`` every
-    version that the model's latest removal took out, with the tags those removals deleted.
+    """Bring back ``NAME@V`` (a sequence number, or a prefix of its id or commit), or with
+    ``NAME`` every version that the model's latest removal took out, with the tags (and pins)
+    those removals deleted.
 
     Raises:
         NotFoundError: nothing removed matches, or its restore window has passed.
@@ -155,13 +156,12 @@ def restore(store: Store, spec: str, *, author: str | None = None) -> RestoreRes
             if sel.isdigit():
                 seq = int(sel)
             else:
-                # a tag the removal recorded, else a commit prefix of the version
-                hits = sorted(s for s, r in st.removed.items() if sel in r.tags) or sorted(
-                    s for s, r in st.removed.items()
-                    if len(sel) >= 4 and r.version.commit.startswith(sel.lower()))
+                # a tag the removal recorded, else a prefix of the version's id or commit
+                hits = sorted(s for s, r in st.removed.items() if sel in r.tags) or [
+                    s for s in st.matching(sel.lower()) if len(sel) >= 4 and s in st.removed]
                 if len(hits) != 1:
                     raise ArgsError(f"{spec}: name a removed version by its number, a tag its "
-                                    "removal deleted, or its commit (see 'cas ls --removed')")
+                                    "removal deleted, or its id (see 'cas ls --removed')")
                 seq = hits[0]
             if seq in st.live:
                 raise ConflictError(f"{parsed.name}@{seq} is not removed")

@@ -17,13 +17,18 @@ from cas.cli.app import (
     provenance_options,
 )
 from cas.cli.complete import complete_model, complete_spec
-from cas.cli.render import format_table, human_bytes, human_time
+from cas.cli.render import format_table, human_bytes, human_time, short_id
 
 from cas.errors import ArgsError, error_of_code
 
 
 def _tags_text(tags: dict[str, int]) -> str:
     return ", ".join(f"{t}=@{seq}" for t, seq in sorted(tags.items(), key=lambda kv: kv[1]))
+
+
+def _scope_text(scope: str) -> str:
+    """A pin's scope for people: ``everywhere`` or ``store <uuid prefix>``."""
+    return "everywhere" if scope == "all" else f"store {scope[:8]}"
 
 
 def _who(author: str) -> str:
@@ -82,12 +87,12 @@ def ls_cmd(ctx: Ctx, pattern: str | None, format_: str | None, role: str | None,
         ctx.out.result({"models": [m.name for m in models]}, [m.name for m in models])
         return
     if long_:
-        rows = [[f"{v.name}@{v.seq}", human_time(v.registered_at), human_bytes(v.size),
-                 v.format, ", ".join(v.tags),
+        rows = [[f"{v.name}@{v.seq}", short_id(v.id), human_time(v.registered_at),
+                 human_bytes(v.size), v.format, ", ".join(v.tags),
                  f"error: {v.error}" if v.error else v.message]
                 for v in versions]
-        lines = format_table(["VERSION", "REGISTERED", "SIZE", "FORMAT", "TAGS", "MESSAGE"],
-                             rows, right=frozenset({2}))
+        lines = format_table(["VERSION", "ID", "REGISTERED", "SIZE", "FORMAT", "TAGS",
+                              "MESSAGE"], rows, right=frozenset({3}))
         _fail_after_listing(ctx, [(f"{v.name}@{v.seq}", v.error_code, v.error)
                                   for v in versions], {"models": models, "versions": versions},
                             lines)
@@ -139,7 +144,8 @@ def show(ctx: Ctx, spec: str) -> None:
         d = store.show(spec)
     m = d.manifest
     md = m.metadata
-    lines = [f"{d.name}@{d.seq}  commit {d.commit}",
+    lines = [f"{d.name}@{d.seq}  id {d.id}",
+             _row("commit", d.commit),
              _row("registered", f"{human_time(d.registered_at)} by {d.author}"),
              _row("message", d.message)]
     if d.annotated_at:
@@ -203,11 +209,15 @@ def log(ctx: Ctx, spec: str) -> None:
         extra = ""
         if r.tags and r.action in ("rm", "restore"):
             extra = f"  (tags: {', '.join(r.tags)})"
+        if r.pins and r.action in ("rm", "restore"):
+            extra += f"  (pins: {', '.join(_scope_text(p) for p in r.pins)})"
+        ids = ", ".join(short_id(i) for i in r.ids[:1]) + (", ..." if len(r.ids) > 1 else "")
         table.append([r.commit[:12], human_time(r.at), _EVENT.get(r.action, r.action), what,
-                      _who(r.author), r.message + extra])
+                      ids, _who(r.author), r.message + extra])
     name = spec.partition("@")[0]
     ctx.out.result({"name": name, "history": rows},
-                   format_table(["COMMIT", "WHEN", "EVENT", "VERSION", "BY", "MESSAGE"], table)
+                   format_table(["COMMIT", "WHEN", "EVENT", "VERSION", "ID", "BY", "MESSAGE"],
+                                table)
                    if rows else "no history")
 
 

@@ -233,6 +233,11 @@ def count(n: int, noun: str, plural: str | None = None) -> str:
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
+def short_id(version_id: str) -> str:
+    """A version id as tables show it: its first 12 characters (``--json`` has all)."""
+    return version_id[:12]
+
+
 def human_time(iso: str) -> str:
     """An ISO 8601 UTC time as local ``YYYY-MM-DD HH:MM`` for people (JSON keeps ISO)."""
     from datetime import datetime

@@ -23,6 +23,7 @@ import msgspec
 from cas.errors import ArgsError, FormatError, SchemaError
 from cas.ids import is_hex
 from cas.names import check_unique_paths, validate_model_name, validate_rel_path
+from cas.versions import is_version_id
 
 SCHEMA = "cas.manifest"
 VERSION = 3
@@ -101,10 +102,19 @@ class Manifest(msgspec.Struct, frozen=True):
     version: int = VERSION
     #: Features a reader must understand to use this manifest (see KNOWN_FEATURES).
     requires: list[str] = []
+    #: The version's stable id (32 lowercase hex; 40 for a version registered before ids
+    #: existed, whose id is its add commit), equal to its add commit's ``Cas-Id``. None in
+    #: manifests written before ids.
+    id: str | None = None
 
     def encode(self) -> bytes:
-        """Canonical JSON: fixed key order, two-space indent, trailing newline."""
-        return msgspec.json.format(msgspec.json.encode(self), indent=2) + b"\n"
+        """Canonical JSON: fixed key order, two-space indent, trailing newline; ``id`` is
+        left out when None (a manifest from before ids keeps its bytes when rewritten)."""
+        doc: object = self
+        if self.id is None:
+            doc = msgspec.to_builtins(self)
+            del doc["id"]  # type: ignore[attr-defined]
+        return msgspec.json.format(msgspec.json.encode(doc), indent=2) + b"\n"
 
     @classmethod
     def decode(cls, data: bytes) -> Manifest:
@@ -152,6 +162,8 @@ class Manifest(msgspec.Struct, frozen=True):
             raise SchemaError(f"manifest: {exc.message}") from None
         if self.seq < 1:
             raise SchemaError(f"manifest: sequence number {self.seq} < 1")
+        if self.id is not None and not is_version_id(self.id):
+            raise SchemaError("manifest: id is not 32 or 40 lowercase hex")
         for f in self.files:
             validate_rel_path(f.path)
             if f.size < 0:
