@@ -141,7 +141,8 @@ class VersionPlan(msgspec.Struct):
     created_at: str
     keep: bool
     #: Why it is kept: ``last``, ``within``, ``best:METRIC``, ``tagged``, ``pinned``,
-    #: ``latest``, ``unreadable`` (its manifest could not be read), ``planned`` (the plan
+    #: ``latest``, ``pinned?`` (a pin cannot be read: it may name this version),
+    #: ``unreadable`` (its manifest could not be read), ``planned`` (the plan
     #: given to :func:`apply` kept it). Empty for a version that is removed.
     reasons: list[str]
 
@@ -214,6 +215,10 @@ def _plan(store: Store, pattern: str | None, pairs: list[tuple[str, Policy]], no
         reg.state(pattern)  # NotFoundError (with "did you mean") for an unknown name
     warnings: list[CasWarning] = []
     protected = _protected(store)
+    if protected.damaged_pins:
+        warnings.append(CasWarning(
+            code="W_RETAIN_SKIPPED", message="a pin cannot be read (it could name any version), "
+            f"so nothing is removed: {'; '.join(protected.damaged_pins)}"))
     models = []
     for name in reg.model_names():
         if pattern is not None and not fnmatch.fnmatchcase(name, pattern):
@@ -252,24 +257,29 @@ class _Protected(msgspec.Struct):
     pinned: set[tuple[str, str]]
     #: Models with a tag whose target cannot be read.
     damaged_tags: set[str]
+    #: Pin refs that cannot be read: any version may be pinned, so nothing is removed.
+    damaged_pins: list[str]
 
 
 def _protected(store: Store) -> _Protected:
     damaged: list[tuple[str, str, SchemaError]] = []
     tags = store.registry.tags(damaged=damaged)
-    return _Protected({(m, c) for (m, _t), c in tags.items()}, _pinned(store),
-                      {m for m, _t, _e in damaged})
+    bad_pins: list[str] = []
+    pinned = _pinned(store, bad_pins)
+    return _Protected({(m, c) for (m, _t), c in tags.items()}, pinned,
+                      {m for m, _t, _e in damaged}, bad_pins)
 
 
-def _pinned(store: Store) -> set[tuple[str, str]]:
-    """Pinned versions: a pin for any store protects the registry entry all stores share."""
+def _pinned(store: Store, damaged: list[str]) -> set[tuple[str, str]]:
+    """Pinned versions: a pin for any store protects the registry entry all stores share.
+    Pin refs that cannot be read are described in ``damaged``."""
     try:
         from cas.pins import pinned_versions  # type: ignore[import-not-found,unused-ignore]
     except ModuleNotFoundError as exc:
         if exc.name != "cas.pins":
             raise
         return set()  # a build without pins: nothing is pinned
-    return {(model, vid) for model, vid, _here in pinned_versions(store)}
+    return {(model, vid) for model, vid, _here in pinned_versions(store, damaged=damaged)}
 
 
 def _plan_model(reg: Registry, state: ModelState, pattern: str, policy: Policy, now: float,
@@ -296,6 +306,9 @@ def _plan_model(reg: Registry, state: ModelState, pattern: str, policy: Policy, 
         metrics[v.seq] = md.metrics
     if versions:
         reasons[versions[-1].seq].append("latest")
+    if protected.damaged_pins:
+        for v in versions:
+            reasons[v.seq].append("pinned?")
     for v in versions:
         if (state.name, v.commit) in protected.tagged:
             reasons[v.seq].append("tagged")

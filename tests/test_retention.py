@@ -322,6 +322,42 @@ def test_pinned_versions_are_kept(cas, store_path, tmp_path):
     assert _live(cas, "org/m") == [1, 3]
 
 
+def test_pins_of_any_store_keep_and_an_unreadable_pin_keeps_everything(store_path, tmp_path,
+                                                                       monkeypatch):
+    """Against the pins interface (``pinned_versions(store, damaged=)``), stubbed here so that
+    the rule is tested whatever the pins module does."""
+    import sys
+    import types
+
+    Store.init(store_path).close()
+    _add(store_path, tmp_path, "org/m", 3)
+    with Store.open(store_path) as store:
+        first = store.registry.versions("org/m")[0]
+    state: dict = {"pins": [("org/m", first.id, False)], "damaged": []}
+
+    def pinned_versions(store, damaged=None):
+        if damaged is not None:
+            damaged.extend(state["damaged"])
+        return state["pins"]
+
+    monkeypatch.setitem(sys.modules, "cas.pins",
+                        types.SimpleNamespace(pinned_versions=pinned_versions))
+    with Store.open(store_path) as store:
+        p = plan(store, "org/m", make_policy(keep_last=1))
+        assert {v.seq: v.reasons for v in p.models[0].versions} == {
+            1: ["pinned"], 2: [], 3: ["latest", "last"]}
+        state["damaged"] = ["pin refs/pins/all/org/m@x: damaged"]
+        p = plan(store, "org/m", make_policy(keep_last=1))
+        assert p.removed == 0 and [w.code for w in p.warnings] == ["W_RETAIN_SKIPPED"]
+        assert all("pinned?" in v.reasons for v in p.models[0].versions)
+        # a pin that became unreadable between the plan and the apply keeps everything too
+        state["damaged"] = []
+        p = plan(store, "org/m", make_policy(keep_last=1))
+        state["damaged"] = ["pin refs/pins/all/org/m@x: damaged"]
+        assert apply(store, p).removed == 0
+        assert len(store.registry.versions("org/m")) == 3
+
+
 @pytest.mark.parametrize("text, want", [
     ("loss", ("loss", "max", 1)), ("loss:min", ("loss", "min", 1)),
     ("acc:max:3", ("acc", "max", 3)), ("acc:3", ("acc", "max", 3)),
