@@ -312,11 +312,12 @@ def test_apply_stored_for_gc(cas, store_path, tmp_path):
     assert _live(cas, "org/m") == [3]
 
 
-def test_pinned_versions_are_kept(cas, store_path, tmp_path):
+@pytest.mark.parametrize("everywhere", [False, True])
+def test_pinned_versions_are_kept(cas, store_path, tmp_path, everywhere):
     pins = pytest.importorskip("cas.pins")
-    del pins
     _add(store_path, tmp_path, "org/m", 3)
-    cas("pin", "org/m@1")
+    with Store.open(store_path) as store:
+        pins.pin(store, "org/m@1", everywhere=everywhere)
     r = cas("--json", "retain", "org/m", "--keep-last", "1").json
     assert _rows(r, "org/m")[1] == (True, ["pinned"])
     assert _live(cas, "org/m") == [1, 3]
