@@ -133,6 +133,43 @@ def model_roots(reg: Registry, st: ModelState, tags: dict[tuple[str, str], str],
     return [out[s] for s in sorted(out)]
 
 
+GC_STATE = "gc.json"
+
+
+def expired_before(store: Store) -> float:
+    """Removal time before which removed versions' data may have been collected (``gc
+    --expire-removed`` or ``--now`` records it in ``gc.json``); 0 if never."""
+    try:
+        raw = store.backend.read(GC_STATE)
+        doc = msgspec.json.decode(raw)
+        value = doc.get("removed_expired_before") if isinstance(doc, dict) else None
+        if doc.get("schema") == "cas.gc" and isinstance(value, (int, float)):
+            return float(value)
+    except (CasError, OSError, msgspec.DecodeError, AttributeError):
+        pass
+    return 0.0
+
+
+def record_expired_before(store: Store, when: float) -> None:
+    """Record that versions removed before ``when`` are no longer restorable (before gc
+    deletes their data: a crash after a deletion must not leave them looking restorable)."""
+    if when <= expired_before(store):
+        return
+    from cas.format.canonical import canonical_json
+
+    body = canonical_json({"schema": "cas.gc", "version": 1,
+                           "removed_expired_before": int(when)})
+    store.backend.swap(GC_STATE, ANY, body)
+
+
+def restore_cutoff(store: Store, now: float, window: float | None = None) -> float:
+    """Versions removed at or after this time are roots (restorable): the restore window
+    (``window`` seconds, default the store's setting), shortened by any ``gc
+    --expire-removed`` that ran."""
+    w = store.settings.restore_window_seconds() if window is None else window
+    return max(now - w, expired_before(store))
+
+
 def find_roots(store: Store, *, now: float | None = None, window: float | None = None,
                states: dict[str, ModelState] | None = None) -> Roots:
     """Every root of the store. ``window``: the restore window in seconds (default: the
@@ -141,7 +178,7 @@ def find_roots(store: Store, *, now: float | None = None, window: float | None =
     reg = store.registry
     result = Roots()
     now = time.time() if now is None else now
-    since = now - (store.settings.restore_window_seconds() if window is None else window)
+    since = restore_cutoff(store, now, window)
     # Tags before model names: a writer creates a model's ref before any tag can name it.
     damaged: list[tuple[str, str, SchemaError]] = []
     try:
@@ -240,6 +277,14 @@ class EdgeMap:
                 if base not in bases:
                     bases.append(base)
         self._map = m
+
+    def prune(self) -> None:
+        """Drop the pairs of packs that are gone (after gc), scanning nothing."""
+        current = self.store.packs.packs
+        if set(self._packs) - set(current):
+            self._packs = {k: v for k, v in self._packs.items() if k in current}
+            self._map = None
+            self.dirty = True
 
     def save(self) -> None:
         """Write the map if it changed (best effort: it is derived data)."""

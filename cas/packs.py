@@ -108,6 +108,18 @@ class Pack:
         start = fmt.IDX_RECORDS_START
         return self._idx[start : start + self.count * fmt.IDX_RECORD_SIZE]
 
+    def read_stored_run(self, entries: list[fmt.Entry]) -> list[memoryview]:
+        """The stored bytes of ``entries``, which lie back to back in this pack, read with one
+        ``pread``; each entry header is checked against its record (nothing is decoded)."""
+        first, last = entries[0], entries[-1]
+        span = last.offset + fmt.ENTRY_HEADER_SIZE + last.stored_len - first.offset
+        data = memoryview(self._pread(span, first.offset))
+        out = []
+        for e in entries:
+            self.check_record(e)
+            out.append(self._check_stored(e, data[e.offset - first.offset :]))  # type: ignore[arg-type]
+        return out
+
     def file_size(self) -> int:
         """Size of the pack file (0 if it is gone)."""
         try:
@@ -136,6 +148,10 @@ class Pack:
         if self._fd is None:
             try:
                 self._fd = os.open(self.pack_path, os.O_RDONLY)
+            except FileNotFoundError:
+                # Deleted since its index was opened (gc deleted or repacked it): the
+                # PackSet forgets it and looks the object up again.
+                raise PackGone(self.id) from None
             except OSError as exc:
                 raise from_os_error(exc, f"opening pack {self.id}") from None
         try:
@@ -256,6 +272,14 @@ class Pack:
 
 
 @dataclass(frozen=True, slots=True)
+class PackGone(NotFoundError):
+    """A pack whose index was open has been deleted (by gc) before its file was opened."""
+
+    def __init__(self, pack_id: str) -> None:
+        super().__init__(f"pack {pack_id} was deleted while it was being read")
+        self.pack_id = pack_id
+
+
 class Located:
     pack: Pack
     entry: fmt.Entry
@@ -353,6 +377,15 @@ class PackSet:
         self._covered = {h for m in self.midxs for h in m.pack_hexes}
         self._uncovered = [p for h, p in self.packs.items() if h not in self._covered]
 
+    def forget(self, pack_ids: list[str]) -> None:
+        """Stop using packs that were deleted (their open files are closed)."""
+        with self._refresh_lock:
+            for pack_id in pack_ids:
+                pack = self.packs.pop(pack_id, None)
+                if pack is not None:
+                    pack.close()
+            self._uncovered = [p for h, p in self.packs.items() if h not in self._covered]
+
     def close(self) -> None:
         for p in self.packs.values():
             p.close()
@@ -423,8 +456,28 @@ class PackSet:
     def has(self, oid: bytes) -> bool:
         return self.locate(oid) is not None
 
+    def _again(self, gone: PackGone, tries: int) -> None:
+        """A pack was deleted under a read: forget it and re-list, or give up after a few
+        rounds (each round means a gc deleted yet another pack holding the objects)."""
+        if tries >= 8:
+            raise gone
+        self.forget([gone.pack_id])
+        self.refresh()
+
     def read_many(self, oids: list[bytes], outs: list[memoryview | None] | None = None
                   ) -> list[bytes | memoryview]:
+        """See :meth:`_read_many`; a pack deleted meanwhile (gc) is forgotten and the
+        objects are looked up again."""
+        tries = 0
+        while True:
+            try:
+                return self._read_many(oids, outs)
+            except PackGone as gone:
+                tries += 1
+                self._again(gone, tries)
+
+    def _read_many(self, oids: list[bytes], outs: list[memoryview | None] | None = None
+                   ) -> list[bytes | memoryview]:
         """The verified bytes of each of ``oids``, in order; runs of objects stored back to
         back in one pack are read with a single ``pread``. ``outs``: as for
         :meth:`Pack.read_run`.
@@ -456,6 +509,15 @@ class PackSet:
     def read_with_depth(self, oid: bytes) -> tuple[bytes, int]:
         """:meth:`read`, plus the object's chain depth: 0, or the depth a derived chunk
         records (see :mod:`cas.derive`), taken from the bytes already read."""
+        tries = 0
+        while True:
+            try:
+                return self._read_with_depth(oid)
+            except PackGone as gone:
+                tries += 1
+                self._again(gone, tries)
+
+    def _read_with_depth(self, oid: bytes) -> tuple[bytes, int]:
         loc = self.find(oid)
         if loc is None:
             raise self.missing(oid)
@@ -477,6 +539,15 @@ class PackSet:
                 pack while some pack's index is damaged or missing (named in the message).
             SchemaError: it does not decode as a chunk list.
         """
+        tries = 0
+        while True:
+            try:
+                return self._read_chunk_list(oid, file_size)
+            except PackGone as gone:
+                tries += 1
+                self._again(gone, tries)
+
+    def _read_chunk_list(self, oid: bytes, file_size: int | None) -> ChunkList:
         loc = self.find(oid)
         if loc is None:
             raise self.missing(oid, "chunk list")

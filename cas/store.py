@@ -49,6 +49,7 @@ from cas.settings import FILE as SETTINGS_FILE
 from cas.settings import Settings
 
 if TYPE_CHECKING:
+    from cas.leases import Leases
     from cas.annotate import Annotation, AnnotateResult
     from cas.catalog import DiskUsage, HistoryRow, ModelRow, VersionDetail, VersionRow
     from typing import BinaryIO
@@ -116,6 +117,7 @@ class Store:
         #: True if :meth:`init` created this store just now.
         self.created = False
         self._settings: Settings | None = None
+        self._leases: Leases | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -277,6 +279,15 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def leases(self) -> Leases:
+        """The store's lock objects (:mod:`cas.leases`)."""
+        if self._leases is None:
+            from cas.leases import Leases
+
+            self._leases = Leases(self.backend)
+        return self._leases
 
     @contextmanager
     def writing(self) -> Iterator[None]:

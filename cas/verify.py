@@ -43,6 +43,7 @@ from cas.errors import CasError, CasWarning, FormatError, SchemaError, VerifyErr
 from cas.format.chunklist import max_encoded_size
 from cas.format.manifest import FileEntry, Manifest
 from cas.format.pack import KIND_CHUNK_LIST, Entry
+from cas import graph
 from cas.gcpause import gc_paused
 from cas.ids import parse_hex
 from cas.quarantine import FOLDER, quarantined
@@ -141,7 +142,7 @@ class _Snapshot:
 def _snapshot(store: Store, report: VerifyReport) -> _Snapshot:
     reg = store.registry
     snap = _Snapshot()
-    since = time.time() - store.settings.restore_window_seconds()
+    since = graph.restore_cutoff(store, time.time())
     # Tags before model names: a writer creates a model's ref before any tag can name it,
     # so every tag read here has its model among the names read next.
     damaged: list[tuple[str, str, SchemaError]] = []
@@ -159,11 +160,12 @@ def _snapshot(store: Store, report: VerifyReport) -> _Snapshot:
         report.problems.append(exc.message)
         if name not in report.bad_models:
             report.bad_models.append(name)
+    pinned = graph.pinned_here(store, report.problems)
     for name in names:
         try:
             st = reg.state(name)
             _walk_history(reg, st, snap, report)
-            _take_roots(reg, st, tags, since, snap, report)
+            _take_roots(reg, st, tags, since, pinned, snap, report)
         except CasError as exc:
             report.problems.append(f"model {name}: {exc.message}")
             report.bad_models.append(name)
@@ -224,34 +226,11 @@ def _manifest(reg: Registry, blob: bytes, snap: _Snapshot) -> Manifest | CasErro
 
 
 def _take_roots(reg: Registry, st: ModelState, tags: dict[tuple[str, str], str], since: float,
-                snap: _Snapshot, report: VerifyReport) -> None:
-    """The versions of one model that keep data alive: live, tagged, removed in the window."""
-    name = st.name
-    for seq, blob in sorted(st.live.items()):
-        snap.roots.append(_Root(f"{name}@{seq}", blob, True))
-    added = {h.commit: seq for seq, h in st.added.items()}
-    tagged: set[int] = set()
-    for (model, tag), commit in sorted(tags.items()):
-        if model != name:
-            continue
-        seq = added.get(commit)
-        if seq is None:
-            report.problems.append(f"tag {name}@{tag}: points at commit {commit[:12]}, which "
-                                   f"did not add a version of {name}")
-            continue
-        tagged.add(seq)
-        if seq in st.live:
-            continue
-        if seq in st.removed:
-            blob: bytes | None = st.removed[seq].blob.encode()
-        else:
-            blob = reg.commit_versions(commit).get(seq)
-        if blob is None:
-            continue  # the history walk reported the add commit without its manifest
-        snap.roots.append(_Root(f"{name}@{seq} (tagged)", blob, True))
-    for seq, r in sorted(st.removed.items()):
-        if seq not in tagged and r.removed_at >= since:
-            snap.roots.append(_Root(f"{name}@{seq} (removed)", r.blob.encode(), False))
+                pinned: set[tuple[str, str]], snap: _Snapshot, report: VerifyReport) -> None:
+    """The versions of one model that keep data alive (:func:`cas.graph.model_roots`)."""
+    for r in graph.model_roots(reg, st, tags, since, pinned, report.problems):
+        label = r.ref if r.why == graph.LIVE else f"{r.ref} ({r.why})"
+        snap.roots.append(_Root(label, r.blob, r.why != graph.REMOVED))
 
 
 # -- packs ---------------------------------------------------------------------------------------

@@ -235,13 +235,17 @@ class LocalBackend:
             folder = folder.parent
 
     def sweep(self) -> int:
+        """Remove what killed writers left: temps whose process is gone (a temp of a
+        process still running on this host is another writer's work in progress) and swap
+        locks (``NAME.lock``) outside ``tmp/``, ``packs/`` and ``locks/`` (those of lock
+        objects are left to :mod:`cas.leases`, which breaks stale ones itself)."""
         removed = 0
         try:
             temps = list(os.scandir(self.tmp_dir))
         except FileNotFoundError:
             temps = []
         for entry in temps:
-            if entry.name.endswith(".tmp"):
+            if entry.name.endswith(".tmp") and not _writer_alive(entry.name):
                 try:
                     os.unlink(entry.path)
                     removed += 1
@@ -249,7 +253,7 @@ class LocalBackend:
                     pass
         for top, dirs, files in os.walk(self.root):
             if top == str(self.root):
-                dirs[:] = [d for d in dirs if d not in (TMP, "packs")]
+                dirs[:] = [d for d in dirs if d not in (TMP, "packs", "locks")]
             for f in files:
                 if f.endswith(LOCK_SUFFIX):
                     try:
@@ -258,6 +262,25 @@ class LocalBackend:
                     except FileNotFoundError:
                         pass
         return removed
+
+
+def _writer_alive(temp_name: str) -> bool:
+    """True if the temp ``STEM.PID.RAND.tmp`` (see :func:`cas.fsutil.tmp_name`) belongs to a
+    process that runs on this host (other than this one: its own temps are not in use while
+    it sweeps)."""
+    parts = temp_name.split(".")
+    if len(parts) < 4 or not parts[-3].isdigit():
+        return False
+    pid = int(parts[-3])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _raise_unless_missing(exc: OSError) -> None:
