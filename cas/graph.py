@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from cas.errors import CasError, SchemaError
+from cas.format.chunklist import ChunkList
 from cas.format.manifest import Manifest
 from cas.compression import CODEC_DERIVED
 from cas.format.pack import ENTRY_HEADER_SIZE
@@ -479,6 +480,33 @@ def list_bases(store: Store, clist: bytes, edges: EdgeMap,
                     todo.append(base)
     out.discard(clist)
     return sorted(b.hex() for b in out)
+
+
+def complete(store: Store, clist: ChunkList, avoid: frozenset[str] = frozenset(),
+             edges: EdgeMap | None = None) -> bool:
+    """True if every chunk of ``clist`` is in a pack outside ``avoid``, and so is every
+    derived chunk's base list with its chunks (what a new version naming the list needs)."""
+    packs = store.packs
+    todo, seen = [clist], set()
+    while todo:
+        cl = todo.pop()
+        for oid in cl.ids():
+            loc = packs.find(oid)
+            if loc is None or loc.pack.id in avoid:
+                return False
+            if loc.entry.codec == CODEC_DERIVED:
+                for base in (edges or EdgeMap(store)).bases(oid):
+                    if base in seen:
+                        continue
+                    seen.add(base)
+                    loc = packs.find(base)
+                    if loc is None or loc.pack.id in avoid:
+                        return False
+                    try:
+                        todo.append(packs.read_chunk_list(base))
+                    except CasError:
+                        return False
+    return True
 
 
 def root_manifests(store: Store, roots: list[Root], errors: list[str]

@@ -163,8 +163,10 @@ class _Ingester:
     """Cuts, hashes, dedupes, compresses and packs files for one ``add``."""
 
     def __init__(self, store: Store, writer: PackWriter, progress: Progress | None,
-                 total: int) -> None:
+                 total: int, avoid: frozenset[str] = frozenset()) -> None:
         self.store = store
+        #: Packs a running gc is about to delete: an object only they hold counts as absent.
+        self.avoid = avoid
         self.writer = writer
         self.chunker = Chunker(store.config.chunker)
         self.compressor = Compressor(store.config.compression.level)
@@ -199,7 +201,12 @@ class _Ingester:
         self.drainer.shutdown(wait=True, cancel_futures=True)
 
     def _known(self, oid: bytes) -> bool:
-        return oid in self._batched or oid in self.writer or self.store.packs.has(oid)
+        if oid in self._batched or oid in self.writer:
+            return True
+        if not self.avoid:
+            return self.store.packs.has(oid)
+        loc = self.store.packs.locate(oid)
+        return loc is not None and loc.pack.id not in self.avoid
 
     def _queue(self, item: _PackItem) -> None:
         self._batch.append(item)
@@ -458,7 +465,10 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
     path = path.expanduser()
     scan = scan_input(path, store_dir=store.path, exclude=options.exclude)
     warnings = list(scan.warnings)
-    with store.writing(), gc_paused():
+    # A shared lease tells a gc that this add may deduplicate against what it is about to
+    # delete; a gc already under way names its doomed packs, which this add must not use.
+    with store.leases.acquire_shared("add") as lease, store.writing(), gc_paused():
+        avoid = store.leases.doomed_packs()
         registry = store.registry
         parents = _parse_parents(store, options.parents)
         latest = _latest(registry, name)
@@ -501,7 +511,7 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
             # A new version will name these chunk lists: trust a cached digest only if what
             # it vouches for is confirmed (its chunk list is in the store, and agrees).
             for rel, apath, st, d in unconfirmed(store, found, scan.files,
-                                                 latest_manifest() if latest else None):
+                                                 latest_manifest() if latest else None, avoid):
                 del found[rel]
                 todo.append((rel, apath, st, d))
             hits = len(found)
@@ -512,8 +522,8 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
             unchanged, todo = True, []
 
         writer = PackWriter(store.backend, store.config.pack_target_bytes)
-        ing = _Ingester(store, writer, progress, sum(st.st_size for _, _, st, _ in todo)) \
-            if todo else None
+        ing = _Ingester(store, writer, progress, sum(st.st_size for _, _, st, _ in todo),
+                        avoid) if todo else None
         stale: list[str] = []
         base_files: dict[str, FileEntry] = {}
         try:
@@ -553,6 +563,7 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
                 warnings.append(CasWarning(
                     "W_BAD_HEADER", f"{shown}: {reason}; registered as bytes, with no parameter "
                                     "count or dtypes from this file"))
+            lease.check()  # a lease lost (expired, broken) may mean a gc deleted what we use
             version = _commit_new(store, name, path, options, entries, detected, parents)
             created = True
         # The version is committed: what fails from here on is reported as a warning, never

@@ -271,7 +271,6 @@ class Pack:
         return raw
 
 
-@dataclass(frozen=True, slots=True)
 class PackGone(NotFoundError):
     """A pack whose index was open has been deleted (by gc) before its file was opened."""
 
@@ -280,6 +279,7 @@ class PackGone(NotFoundError):
         self.pack_id = pack_id
 
 
+@dataclass(frozen=True, slots=True)
 class Located:
     pack: Pack
     entry: fmt.Entry

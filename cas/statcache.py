@@ -267,14 +267,20 @@ class StatCache:
 
 
 def unconfirmed(store: Store, found: dict[str, FileDigest],
-                files: list[tuple[str, str, os.stat_result]], old: Manifest | None
+                files: list[tuple[str, str, os.stat_result]], old: Manifest | None,
+                avoid: frozenset[str] = frozenset()
                 ) -> list[tuple[str, str, os.stat_result, FileDigest]]:
     """The cache hits in ``found`` that a new version may not name as they are, because what
     they vouch for does not hold: their chunk list is not in the store (or cannot be read), it
-    describes a file of another size, or the latest version ``old`` pairs the same chunk list
-    with another size or SHA-256. Costs an index lookup and a read of each hit's chunk list
-    (no file is read). The caller re-reads the files returned.
+    describes a file of another size, the latest version ``old`` pairs the same chunk list
+    with another size or SHA-256, or the file is not complete in the store (a chunk, or a
+    derived chunk's base, is missing or only in a pack of ``avoid``, which a running gc is
+    deleting: :func:`cas.graph.complete`). Costs index lookups and a read of each hit's chunk
+    list (no file is read). The caller re-reads the files returned.
     """
+    from cas.graph import EdgeMap, complete
+
+    edges = EdgeMap(store)
     pairs: dict[str, tuple[int, str]] = {}
     if old is not None:
         pairs = {f.chunks: (f.size, f.sha256) for f in old.files}
@@ -292,6 +298,6 @@ def unconfirmed(store: Store, found: dict[str, FileDigest],
         except CasError:
             out.append((rel, apath, st, d))
             continue
-        if clist.size != d.size:
+        if clist.size != d.size or not complete(store, clist, avoid, edges):
             out.append((rel, apath, st, d))
     return out
