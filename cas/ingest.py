@@ -65,6 +65,7 @@ from cas.ignore import Skipped, scan_input
 from cas.metadata import describe, float_ranges, format_of
 from cas.names import parse_version_spec, validate_model_name, validate_tag
 from cas.packwriter import PackWriter
+from cas.checkout import pause_hook_from_env
 from cas.commits import check_message, resolve_identity
 from cas.registry import Version
 from cas.versions import new_version_id
@@ -469,6 +470,7 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
     # delete; a gc already under way names its doomed packs, which this add must not use.
     with store.leases.acquire_shared("add") as lease, store.writing(), gc_paused():
         avoid = store.leases.doomed_packs()
+        pause = pause_hook_from_env()
         registry = store.registry
         parents = _parse_parents(store, options.parents)
         latest = _latest(registry, name)
@@ -538,6 +540,8 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
                     found[rel] = digest
                 ing.flush()
             writer.finish()
+            if pause is not None:
+                pause("ingested")  # objects durable, nothing committed (test hook)
         except BaseException:
             writer.abort()
             raise
