@@ -222,10 +222,12 @@ def show(store: Store, version: Version) -> VersionDetail:
         if h.action == "annotate" and version.seq in h.versions:
             annotated = iso_utc(h.timestamp)
             break
+    from cas.pins import pins_of
+
     return VersionDetail(version.name, version.seq, version.commit, version.author,
                          iso_utc(version.timestamp), version.message,
                          store.registry.tags_of(version), manifest, parents, annotated,
-                         version.id)
+                         version.id, pins_of(store, version))
 
 
 def _parent_ref(store: Store, parent: str) -> str:

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
 MODEL_REF_PREFIX = b"refs/models/"
 TAG_REF_PREFIX = b"refs/tags/"
+PIN_REF_PREFIX = b"refs/pins/"
 VERSIONS_DIR = b"versions"
 
 
@@ -72,6 +73,12 @@ def model_ref(name: str) -> bytes:
 
 def tag_ref(name: str, tag: str) -> bytes:
     return TAG_REF_PREFIX + f"{name}@{tag}".encode()
+
+
+def pin_ref(scope: str, name: str, version_id: str) -> bytes:
+    """The ref of the pin of version ``version_id`` of ``name`` for ``scope`` (a store UUID,
+    or ``all``): see :mod:`cas.pins`."""
+    return PIN_REF_PREFIX + f"{scope}/{name}@{version_id}".encode()
 
 
 class Registry:
@@ -523,29 +530,37 @@ class Registry:
 
     def remove_versions(self, name: str, versions: list[Version],
                         tags: list[tuple[str, int]], message: str = "",
-                        identity: tuple[str, str] | None = None) -> str:
+                        identity: tuple[str, str] | None = None, *,
+                        pins: list[tuple[str, int]] | None = None) -> str:
         """Take ``versions`` out of the model's tip in one commit that records the ``tags``
-        (``(tag, seq)``) it deletes, then delete those tag refs.
+        (``(tag, seq)``) and ``pins`` (``(scope, seq)``) it deletes, then delete those tag and
+        pin refs.
 
-        The commit comes first: a crash before the tags are deleted leaves tags naming removed
-        versions (reported as removed; ``restore`` puts things back), never deleted tags that
-        nothing recorded. Returns the commit id.
+        The commit comes first: a crash before the refs are deleted leaves tags or pins naming
+        removed versions (reported as removed; ``restore`` puts things back), never deleted
+        refs that nothing recorded. Returns the commit id.
         """
         head = self.head(name)
         if head is None:
             raise NotFoundError(f"model {name!r} is not registered")
         seqs = sorted(v.seq for v in versions)
         subject = f"rm {name} {versions_text(seqs)}" + (f": {message}" if message else "")
+        pins = sorted(pins or [])
         commit = self._commit_change(name, head, dict.fromkeys(seqs),
-                                     commit_message(subject, "rm", seqs, sorted(tags)), identity)
+                                     commit_message(subject, "rm", seqs, sorted(tags),
+                                                    pins=pins), identity)
         for tag, _seq in tags:
             self._delete_ref(tag_ref(name, tag))
+        ids = {v.seq: v.id for v in versions}
+        for scope, seq in pins:
+            self._delete_ref(pin_ref(scope, name, ids[seq]))
         return commit.decode()
 
     def restore_versions(self, name: str, removed: list[RemovedVersion],
                          identity: tuple[str, str] | None = None) -> tuple[str, list[str]]:
         """Put removed manifests back in one commit, then recreate the tags their removal
-        deleted, where no other version has taken the tag since.
+        deleted, where no other version has taken the tag since. The commit records the pins
+        the removal deleted (``Cas-Pin``); the caller recreates them (:mod:`cas.pins`).
 
         Returns ``(commit id, tags restored)``.
         """
@@ -556,9 +571,11 @@ class Registry:
         tags = sorted((t, r.version.seq) for r in removed for t in r.tags
                       if t.casefold() not in taken)
         seqs = sorted(r.version.seq for r in removed)
+        pins = sorted((p, r.version.seq) for r in removed for p in r.pins)
         commit = self._commit_change(
             name, head, {r.version.seq: r.blob.encode() for r in removed},
-            commit_message(f"restore {name} {versions_text(seqs)}", "restore", seqs, tags),
+            commit_message(f"restore {name} {versions_text(seqs)}", "restore", seqs, tags,
+                           pins=pins),
             identity)
         by_seq = {r.version.seq: r.version for r in removed}
         for tag, seq in tags:  # recorded by the restore commit itself
@@ -605,15 +622,8 @@ class Registry:
                 raise ConflictError(
                     f"tag {version.name}@{tag} names another version"
                     + (f" (v{was})" if was else "") + " (use --force to move it)")
-        user, email = identity or resolve_identity()
-        t = Tag()
-        t.tagger = f"{user} <{email}>".encode()
-        t.tag_time = int(time.time())
-        t.tag_timezone = 0
-        t.name = f"{version.name}@{tag}".encode()
-        t.object = (Commit, version.commit.encode())
-        t.message = f"{version.name}@{tag} -> version {version.seq}\n".encode()
-        self._store(t)
+        t = self._new_tag(f"{version.name}@{tag}", version.commit,
+                          f"{version.name}@{tag} -> version {version.seq}\n".encode(), identity)
         self._move_ref(ref, old or b"0" * 40, t.id)
         if record:
             # The ref is the truth; the event follows it (a crash in between loses only the
@@ -632,6 +642,54 @@ class Registry:
                     f"tag {version.name}@{tag} is set, but the model's history does not "
                     f"record it: {exc.message}"))
         return True
+
+    def _new_tag(self, name: str, commit: str, message: bytes,
+                 identity: tuple[str, str] | None) -> Tag:
+        """Write (durably) an annotated tag object named ``name`` pointing at ``commit``."""
+        user, email = identity or resolve_identity()
+        t = Tag()
+        t.tagger = f"{user} <{email}>".encode()
+        t.tag_time = int(time.time())
+        t.tag_timezone = 0
+        t.name = name.encode()
+        t.object = (Commit, commit.encode())
+        t.message = message
+        self._store(t)
+        return t
+
+    # -- annotated refs outside models and tags (pins: cas.pins) -----------------------------
+
+    def refs_under(self, prefix: bytes) -> dict[bytes, bytes]:
+        """Every ref whose name starts with ``prefix`` (ending in ``/``): full name -> id."""
+        found = self.repo.refs.as_dict(base=prefix.rstrip(b"/"))
+        return {prefix + key: sha for key, sha in found.items()}
+
+    def read_annotated(self, sha: bytes, what: str) -> tuple[str, bytes]:
+        """``(target commit, message)`` of the annotated tag object ``sha``.
+
+        Raises:
+            SchemaError: missing, damaged or not an annotated tag of a commit.
+        """
+        obj = self._object(sha, Tag, what)
+        kind, target = obj.object
+        if kind is not Commit:
+            raise SchemaError(f"registry {what} {sha.decode()} does not point at a commit")
+        return target.decode(), obj.message
+
+    def write_annotated_ref(self, ref: bytes, name: str, commit: str, message: bytes,
+                            old: bytes | None, identity: tuple[str, str] | None = None) -> None:
+        """Point ``ref`` at a new annotated tag ``name`` of ``commit`` whose message is
+        ``message``; ``old``: the ref's current value (None: it must not exist).
+
+        Raises:
+            ConflictError: the ref moved meanwhile.
+        """
+        t = self._new_tag(name, commit, message, identity)
+        self._move_ref(ref, old or b"0" * 40, t.id)
+
+    def delete_ref(self, ref: bytes) -> None:
+        """Delete ``ref`` if it exists."""
+        self._delete_ref(ref)
 
     def check_tag_case(self, name: str, tag: str) -> None:
         """Refuse a new tag of ``name`` that differs only in case from one it has (tag refs
@@ -672,44 +730,6 @@ class Registry:
 
     def tags_of(self, version: Version) -> list[str]:
         return sorted(t for (m, t), c in self.tags(version.name).items() if c == version.commit)
-
-    def all_manifest_blobs(self) -> Iterator[tuple[str, int, bytes]]:
-        """Every manifest that keeps data alive: live versions in model tips, and tagged
-        versions (a tag can name a removed version only after a crash mid-``rm``).
-
-        Yields ``(name, seq, manifest_json)``; a version both live and tagged appears once.
-        Versions removed within the restore window are the garbage collector's concern.
-        """
-        seen: set[tuple[str, int]] = set()
-        for name in self.model_names():
-            head = self.head(name)
-            assert head is not None
-            for seq, blob in sorted(self._tree_versions(self._commit(head).tree).items()):
-                seen.add((name, seq))
-                yield name, seq, self.blob(blob)
-        for (name, _tag), commit in sorted(self.tags().items()):
-            v = self.version_of_commit(name, commit)
-            if (name, v.seq) not in seen:
-                seen.add((name, v.seq))
-                yield name, v.seq, self.manifest_bytes(v)
-
-
-    def restorable_manifest_blobs(self, removed_since: float
-                                  ) -> Iterator[tuple[str, int, bytes]]:
-        """Manifests of versions removed at or after ``removed_since`` (seconds since the
-        epoch) that are neither live nor tagged: what ``restore`` can still bring back.
-
-        Yields ``(name, seq, manifest_json)``. Raises SchemaError naming a model whose history
-        cannot be read.
-        """
-        tagged = {(name, c) for (name, _t), c in self.tags().items()}
-        for name in self.model_names():
-            st = self.state(name)
-            for seq, r in sorted(st.removed.items()):
-                if r.removed_at >= removed_since and (name, r.version.commit) not in tagged:
-                    yield name, seq, self.blob(r.blob.encode())
-
-    # -- one-file documents on their own ref (the stored retention policy) -------------------
 
     def read_ref_file(self, ref: bytes, path: bytes) -> tuple[bytes, bytes | None] | None:
         """``(tip, bytes of file path in the tip's tree, or None)``; None without the ref.

@@ -7,7 +7,9 @@ it and a re-added name continues its sequence numbers. For the store's restore w
 ``restore_window``, default 14 days) ``restore`` puts removed manifests back, with their tags;
 garbage collection keeps the data of versions removed within the window.
 
-A tagged version, and a model with tagged versions, is removed only with ``force``.
+A tagged or pinned version (a pin for this store or for every store; :mod:`cas.pins`), and a
+model with such versions, is removed only with ``force``, which deletes the tags and pins and
+records them in the removal; ``restore`` recreates both. Pins for other stores are left alone.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from cas.clock import iso_utc
 from cas.errors import ArgsError, CasError, CasWarning, ConflictError, NotFoundError
 from cas.names import parse_version_spec, validate_model_name
 from cas.commits import check_message, resolve_identity
+from cas.pins import protecting, scope_text, this_scope, write_pin
 from cas.registry import RemovedVersion
 
 if TYPE_CHECKING:
@@ -35,6 +38,8 @@ class RemoveResult(msgspec.Struct):
     model_removed: bool
     commit: str
     restorable_until: str
+    #: Pins deleted, each as ``NAME@N SCOPE`` (scope ``all`` or a store UUID).
+    pins_removed: list[str] = []
 
 
 class RestoreResult(msgspec.Struct):
@@ -44,6 +49,8 @@ class RestoreResult(msgspec.Struct):
     commit: str
     #: Tags the removal deleted that another version has taken since (not restored).
     tags_taken: list[str] = []
+    #: Pins recreated, each as ``NAME@N SCOPE``.
+    pins_restored: list[str] = []
 
 
 class RemovedRow(msgspec.Struct):
@@ -87,14 +94,19 @@ def remove(store: Store, spec: str, *, force: bool = False, message: str = "",
         commits = {v.commit: v.seq for v in versions}
         tags = sorted((t, commits[c]) for (_m, t), c in reg.tags(parsed.name).items()
                       if c in commits)
-        if tags and not force:
-            named = ", ".join(f"{parsed.name}@{t} (v{s})" for t, s in tags)
-            raise ConflictError(f"{named} tagged: untag first or use --force "
-                                "(the tags are recorded and come back with 'cas restore')")
-        commit = reg.remove_versions(parsed.name, versions, tags, message, identity)
+        pins = protecting(store, versions)
+        if (tags or pins) and not force:
+            here = this_scope(store)
+            named = [f"{parsed.name}@{t} (v{s}) is tagged" for t, s in tags] + [
+                f"{parsed.name}@{s} is pinned {'for ' if p != 'all' else ''}"
+                f"{scope_text(p, here)}" for p, s in pins]
+            raise ConflictError(f"{'; '.join(named)}: untag or unpin first, or use --force "
+                                "(tags and pins are recorded and come back with 'cas restore')")
+        commit = reg.remove_versions(parsed.name, versions, tags, message, identity, pins=pins)
         left = reg.versions(parsed.name)
     return RemoveResult(parsed.name, [v.ref for v in versions], [t for t, _ in tags],
-                        not left, commit, iso_utc(time.time() + window))
+                        not left, commit, iso_utc(time.time() + window),
+                        [f"{parsed.name}@{s} {p}" for p, s in pins])
 
 
 def removed_versions(store: Store, pattern: str | None = None) -> RemovedList:
@@ -177,6 +189,12 @@ def restore(store: Store, spec: str, *, author: str | None = None) -> RestoreRes
                 f"window ({store.settings.get('restore_window')}); its data may be collected")
         chosen.sort(key=lambda r: r.version.seq)
         commit, tags = reg.restore_versions(parsed.name, chosen, identity)
+        # After the commit, as tags: a crash in between loses pins the history records.
+        pins = []
+        for r in chosen:
+            for scope in r.pins:
+                write_pin(reg, r.version, scope, identity)
+                pins.append(f"{r.version.ref} {scope}")
     wanted = [t for r in chosen for t in r.tags]
     return RestoreResult(parsed.name, [r.version.ref for r in chosen], tags, commit,
-                         [t for t in wanted if t not in tags])
+                         [t for t in wanted if t not in tags], pins)

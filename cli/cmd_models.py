@@ -26,9 +26,11 @@ def _tags_text(tags: dict[str, int]) -> str:
     return ", ".join(f"{t}=@{seq}" for t, seq in sorted(tags.items(), key=lambda kv: kv[1]))
 
 
-def _scope_text(scope: str) -> str:
-    """A pin's scope for people: ``everywhere`` or ``store <uuid prefix>``."""
-    return "everywhere" if scope == "all" else f"store {scope[:8]}"
+def _scope_text(scope: str, here: str | None = None) -> str:
+    """A pin's scope for people: ``everywhere``, ``this store`` or ``store <uuid prefix>``."""
+    if scope == "all":
+        return "everywhere"
+    return "this store" if scope == here else f"store {scope[:8]}"
 
 
 def _who(author: str) -> str:
@@ -142,6 +144,7 @@ def show(ctx: Ctx, spec: str) -> None:
     """
     with ctx.open() as store:
         d = store.show(spec)
+        store_uuid = store.uuid
     m = d.manifest
     md = m.metadata
     lines = [f"{d.name}@{d.seq}  id {d.id}",
@@ -153,6 +156,8 @@ def show(ctx: Ctx, spec: str) -> None:
                           f"{human_time(d.annotated_at)} (see cas log {d.name}@{d.seq})"))
     if d.tags:
         lines.append(_row("tags", ", ".join(d.tags)))
+    if d.pins:
+        lines.append(_row("pinned", ", ".join(_scope_text(p, store_uuid) for p in d.pins)))
     prov = md.provenance
     fields: list[tuple[str, Any]] = [
         ("format", md.format), ("architecture", md.architecture),
@@ -298,14 +303,15 @@ def annotate(ctx: Ctx, spec: str, message: str, metric: tuple[str, ...],
 @cli.command()
 @click.argument("spec", metavar="NAME[@V]", shell_complete=complete_spec)
 @click.option("-f", "--force", is_flag=True,
-              help="Remove tagged versions too (their tags are deleted and recorded).")
+              help="Remove tagged and pinned versions too (their tags and pins are deleted "
+                   "and recorded).")
 @click.option("-m", "--message", default="", help="Why (recorded in the history).")
 @click.option("--author", metavar="'NAME <EMAIL>'", help="Who removes.")
 @pass_ctx
 def rm(ctx: Ctx, spec: str, force: bool, message: str, author: str | None) -> None:
     """Remove a version (NAME@V) or every version of a model (NAME).
 
-    Tagged versions are kept unless --force. Removed versions can be brought back with
+    Tagged and pinned versions are kept unless --force. Removed versions can be brought back with
     'cas restore' for the store's restore window (default 14 days); 'cas log' keeps showing
     them. Disk space returns with garbage collection after the window.
 
@@ -319,6 +325,8 @@ def rm(ctx: Ctx, spec: str, force: bool, message: str, author: str | None) -> No
     lines = [f"removed {', '.join(r.removed)}"]
     if r.tags_removed:
         lines.append(f"  tags removed: {', '.join(r.tags_removed)}")
+    if r.pins_removed:
+        lines.append(f"  pins removed: {', '.join(r.pins_removed)}")
     lines.append(f"  'cas restore {spec}' brings it back until {human_time(r.restorable_until)};"
                  " after that, garbage collection returns its disk space")
     ctx.out.result(r, lines)
@@ -344,4 +352,6 @@ def restore(ctx: Ctx, spec: str, author: str | None) -> None:
         lines.append(f"  tags restored: {', '.join(r.tags_restored)}")
     if r.tags_taken:
         lines.append(f"  not restored (now naming other versions): {', '.join(r.tags_taken)}")
+    if r.pins_restored:
+        lines.append(f"  pins restored: {', '.join(r.pins_restored)}")
     ctx.out.result(r, lines)
