@@ -232,13 +232,13 @@ def collect(store, options: GcOptions | None = None, progress: Progress | None =
 def _apply_retention(store, now: float, dry_run: bool, warnings: list[CasWarning]) -> int:
     """Apply the stored retention rules (``cas retain --set``): ordinary ``rm`` commits,
     whose versions stay restorable for the restore window."""
-    from cas.retention import apply_stored
+    from cas.retention import apply, apply_stored
 
-    if dry_run:
-        plan = apply_stored(store, now=now, dry_run=True)
-    else:
-        with store.writing():
-            plan = apply_stored(store, now=now, locked=True)
+    # Decided without the store lock, applied under it (apply decides again there): a gc
+    # must not wait for a running add's lock when the rules remove nothing.
+    plan = apply_stored(store, now=now, dry_run=True)
+    if not dry_run and any(m.removed() for m in plan.models):
+        plan = apply(store, plan)
     warnings.extend(plan.warnings)
     return plan.removed if plan.applied else sum(len(m.removed()) for m in plan.models)
 
