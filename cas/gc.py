@@ -307,13 +307,20 @@ def _needed_again(store, before: graph.Roots, plan: _Plan, copied: set[bytes], n
     closure = graph.needs(store, [m for _, m in graph.root_manifests(store, fresh, errs)])
     if errs or closure.unreadable:
         return set(doomed)
+    # An object also held by a pack that stays (a writer that saw the plan stored it again)
+    # does not keep a doomed pack.
+    store.packs.refresh()
+    gone = set(doomed)
+    staying = [p for pid, p in store.packs.packs.items() if pid not in gone]
+    needed = [oid for oid in closure.ids if oid not in copied
+              and not any(p.lookup(oid) is not None for p in staying)]
     keep = set()
     for pack_id in doomed:
         pack = store.packs.packs.get(pack_id)
         if pack is None:
             continue
-        for oid in closure.ids:
-            if oid not in copied and pack.lookup(oid) is not None:
+        for oid in needed:
+            if pack.lookup(oid) is not None:
                 keep.add(pack_id)
                 break
     return keep
