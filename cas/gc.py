@@ -7,8 +7,8 @@ others sharing the store, through the lock objects of :mod:`cas.leases`:
 1. take the exclusive gc lease (one gc at a time);
 2. mark: the roots' closure, marked by position in every pack index;
 3. decide per pack: keep (young, or little dead), delete (nothing live), repack (dead share
-   above the threshold); nothing else is ever touched (packs without an index, damaged
-   indexes, quarantine);
+   above the threshold, or a damaged copy whose object has a good copy); nothing else is
+   ever touched (packs without an index, damaged indexes, quarantine);
 4. publish the plan (the doomed packs) in the gc lease: a writer that starts later never
    deduplicates against an object in a doomed pack;
 5. copy the live objects of packs to repack into new packs, as stored bytes (pack durable,
@@ -118,7 +118,7 @@ def _plan(store, marks: graph.Marks, grace: float, threshold: float, now: float)
         elif pm.live_count == 0:
             action = DELETE
             delete.append(pack_id)
-        elif total and pm.dead_bytes / total > threshold:
+        elif pm.damaged_dead or (total and pm.dead_bytes / total > threshold):
             action = REPACK
             repack.append(pack_id)
         else:

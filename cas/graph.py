@@ -407,6 +407,15 @@ class PackMarks:
     live_count: int = 0
     #: Size of the pack file in bytes.
     size: int = 0
+    #: Damaged copies left unmarked because a good copy of the object is live.
+    damaged_dead: int = 0
+
+    def mark(self, i: int, n: int) -> None:
+        """Mark record ``i``, an object of ``n`` bytes with its entry header (counted dead)."""
+        self.live[i] = 1
+        self.live_bytes += n
+        self.dead_bytes -= n
+        self.live_count += 1
 
 
 class Marks:
@@ -420,8 +429,11 @@ class Marks:
 
     @classmethod
     def of(cls, packs: PackSet, ids: set[bytes]) -> Marks:
+        """Mark ``ids`` in every visible pack. A copy known to be damaged
+        (:mod:`cas.badobjects`) is marked only if the object has no other copy."""
         marks = cls()
         found: set[bytes] = set()
+        damaged: list[tuple[PackMarks, int, int, bytes]] = []
         for pack_id, pack in sorted(packs.packs.items()):
             live = bytearray(pack.count)
             pm = PackMarks(pack_id, live)
@@ -429,15 +441,21 @@ class Marks:
             for i, (oid, _off, stored, _raw, _kind, _codec, _r) in enumerate(
                     _RECORD.iter_unpack(buf)):
                 n = stored + ENTRY_HEADER_SIZE
+                pm.dead_bytes += n
                 if oid in ids:
-                    live[i] = 1
-                    pm.live_bytes += n
-                    pm.live_count += 1
+                    if packs.bad_ids and (oid, pack_id) in packs.bad:
+                        damaged.append((pm, i, n, oid))
+                        continue
+                    pm.mark(i, n)
                     found.add(oid)
-                else:
-                    pm.dead_bytes += n
             pm.size = pack.file_size()
             marks.packs[pack_id] = pm
+        for pm, i, n, oid in damaged:
+            if oid not in found:  # no good copy: the damaged one is all there is
+                pm.mark(i, n)
+            else:
+                pm.damaged_dead += 1
+        found.update(oid for *_, oid in damaged)
         if len(found) != len(ids):
             marks.missing = ids - found
         return marks
@@ -492,7 +510,7 @@ def complete(store: Store, clist: ChunkList, avoid: frozenset[str] = frozenset()
         cl = todo.pop()
         for oid in cl.ids():
             loc = packs.find(oid)
-            if loc is None or loc.pack.id in avoid:
+            if loc is None or loc.pack.id in avoid or (oid, loc.pack.id) in packs.bad:
                 return False
             if loc.entry.codec == CODEC_DERIVED:
                 for base in (edges or EdgeMap(store)).bases(oid):

@@ -206,8 +206,10 @@ class _Ingester:
             return True
         if not self.avoid:
             return self.store.packs.has(oid)
-        loc = self.store.packs.locate(oid)
-        return loc is not None and loc.pack.id not in self.avoid
+        packs = self.store.packs
+        loc = packs.locate(oid)
+        return loc is not None and loc.pack.id not in self.avoid and (
+            not packs.bad_ids or (oid, loc.pack.id) not in packs.bad)
 
     def _queue(self, item: _PackItem) -> None:
         self._batch.append(item)
@@ -509,13 +511,16 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
                 unchanged = content_id == known
             else:
                 unchanged = same_content(found, scan.files, latest_manifest())
-        if not unchanged and hits:
+        if (not unchanged or store.packs.bad_ids) and hits:
             # A new version will name these chunk lists: trust a cached digest only if what
-            # it vouches for is confirmed (its chunk list is in the store, and agrees).
+            # it vouches for is confirmed (its chunk list is in the store, and agrees). While
+            # the store knows of damaged objects, an unchanged add checks too: re-adding the
+            # original files is how they are healed.
             for rel, apath, st, d in unconfirmed(store, found, scan.files,
                                                  latest_manifest() if latest else None, avoid):
                 del found[rel]
                 todo.append((rel, apath, st, d))
+                unchanged = False
             hits = len(found)
         if on_latest and not unchanged:
             assert latest is not None

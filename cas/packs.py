@@ -13,7 +13,7 @@ import mmap
 import os
 import threading
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -303,6 +303,9 @@ class PackSet:
         self._uncovered: list[Pack] = []
         self._ranges: RangeReader | None = None
         self._refresh_lock = threading.Lock()
+        from cas.badobjects import load
+
+        self.set_bad(load(packs_dir.parent))
         self.refresh()
 
     @property
@@ -395,7 +398,30 @@ class PackSet:
         self.midxs.clear()
 
     def locate(self, oid: bytes) -> Located | None:
-        """Find ``oid``: in the midxs, then in the packs no midx covers."""
+        """Find ``oid``: in the midxs, then in the packs no midx covers. A copy known to be
+        damaged (:mod:`cas.badobjects`) is passed over for a good copy in another pack, and
+        returned only when there is none."""
+        loc = self._locate(oid)
+        if loc is not None and self.bad_ids and (oid, loc.pack.id) in self.bad:
+            for pack in self.packs.values():
+                if (oid, pack.id) not in self.bad:
+                    entry = pack.lookup(oid)
+                    if entry is not None:
+                        return Located(pack, entry)
+        return loc
+
+    def has_good(self, oid: bytes) -> bool:
+        """True if a copy of ``oid`` not known to be damaged is in a visible pack (what a
+        writer may deduplicate against)."""
+        loc = self.locate(oid)
+        return loc is not None and (not self.bad_ids or (oid, loc.pack.id) not in self.bad)
+
+    def set_bad(self, copies: Iterable[tuple[bytes, str]]) -> None:
+        """Copies (object id, pack id) known to be damaged."""
+        self.bad = set(copies)
+        self.bad_ids = {oid for oid, _ in self.bad}
+
+    def _locate(self, oid: bytes) -> Located | None:
         for m in self.midxs:
             pack_id = m.midx.lookup(oid)
             if pack_id is not None:
@@ -454,7 +480,7 @@ class PackSet:
         return NotFoundError(f"{what} {oid.hex()} is not in the store")
 
     def has(self, oid: bytes) -> bool:
-        return self.locate(oid) is not None
+        return self.locate(oid) is not None if not self.bad_ids else self.has_good(oid)
 
     def _again(self, gone: PackGone, tries: int) -> None:
         """A pack was deleted under a read: forget it and re-list, or give up after a few

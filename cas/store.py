@@ -457,23 +457,36 @@ class Store:
         return list_checkouts(self.path)
 
     def verify(self, spec: str | None = None, progress: Progress | None = None, *,
-               repair: bool = False, files: bool = False) -> VerifyReport:
+               repair: bool = False, files: bool = False,
+               heal_from: Path | None = None) -> VerifyReport:
         """Verify one version (``spec``) or, with ``spec=None``, everything a restore reads
         (see :mod:`cas.verify`); ``files`` adds the whole-file SHA-256 of every live version.
 
         With ``repair`` (whole-store only), indexes found missing or damaged are rebuilt from
         their packs, packs that cannot be indexed are moved to quarantine, and the store is
-        verified again; the report lists what was rebuilt and what is in quarantine.
+        verified again; the report lists what was rebuilt and what is in quarantine. With
+        ``heal_from`` (and ``repair``), good copies of damaged or missing objects are first
+        stored from the files under that path (:mod:`cas.heal`).
         """
         from cas.errors import ArgsError
         from cas.verify import verify_all, verify_version
 
+        if heal_from is not None and (spec is not None or not repair):
+            raise ArgsError("--from works with verify --all --repair")
         if spec is None:
+            stored = 0
+            if heal_from is not None:
+                from cas.heal import heal_from as heal
+
+                verify_all(self, None)  # records the damaged copies heal must not trust
+                stored = heal(self, heal_from, progress).objects_stored
             report = verify_all(self, progress, files=files)
+            report.healed_objects = stored
             if repair and (report.bad_indexes or report.bad_midx):
                 repaired = self.repair_indexes(report.bad_indexes, report.bad_midx)
                 report = verify_all(self, progress, files=files)
                 report.repaired_indexes = repaired
+                report.healed_objects = stored
             return report
         if repair:
             raise ArgsError("--repair works on the whole store: use verify --all --repair")

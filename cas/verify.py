@@ -94,6 +94,8 @@ class VerifyReport(msgspec.Struct):
     quarantined: list[str] = []
     #: Distinct chunk lists whose whole-file SHA-256 was computed (``--files``).
     files_checked: int = 0
+    #: Objects stored from ``verify --repair --from PATH`` before this report was made.
+    healed_objects: int = 0
     warnings: list[CasWarning] = []
 
     def summary(self) -> str:
@@ -208,6 +210,10 @@ def _walk_history(reg: Registry, st: ModelState, snap: _Snapshot,
                 report.problems.append(
                     f"model {name}: commit {h.commit[:12]} versions/{seq:06d}.json holds the "
                     f"manifest of {m.name}@{m.seq}")
+            elif m.id is not None and seq in st.added and m.id != st.added[seq].version_id:
+                report.problems.append(
+                    f"model {name}: commit {h.commit[:12]} versions/{seq:06d}.json: manifest "
+                    f"id {m.id} differs from the version's id {st.added[seq].version_id}")
 
 
 def _decode(reg: Registry, blob: bytes) -> Manifest | CasError:
@@ -269,7 +275,8 @@ class _Packs:
         self.store = store
         self.report = report
         self.progress = progress
-        self.bad: dict[bytes, BadObject] = {}
+        #: Damaged copies, by (object id, pack id).
+        self.bad: dict[tuple[bytes, str], BadObject] = {}
         self.done = 0
         self.total = 0
         self._reported = 0
@@ -280,7 +287,7 @@ class _Packs:
         if why is None:
             self.report.bytes_checked += entry.raw_len
         else:
-            self.bad.setdefault(entry.oid, BadObject(entry.oid.hex(), pack.id, why))
+            self.bad.setdefault((entry.oid, pack.id), BadObject(entry.oid.hex(), pack.id, why))
         self.done += entry.raw_len
         if self.progress is not None and self.done - self._reported >= PROGRESS_BYTES:
             self._reported = self.done
@@ -297,7 +304,8 @@ class _Packs:
                 stored = pack.read_stored(entry)
             except CasError as exc:
                 self.report.objects_checked += 1
-                self.bad.setdefault(entry.oid, BadObject(entry.oid.hex(), pack.id, exc.message))
+                self.bad.setdefault((entry.oid, pack.id),
+                                    BadObject(entry.oid.hex(), pack.id, exc.message))
                 continue
             self.check_object(pack, entry, stored)
 
@@ -395,9 +403,10 @@ class _Finder:
     """Finds objects for the version phase, re-listing the packs (once per version at most)
     before calling an object missing: packs that landed after the listing are complete."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, edges: graph.EdgeMap | None = None) -> None:
         self.store = store
         self.relisted = False
+        self.edges = edges if edges is not None else graph.EdgeMap(store)
 
     def __call__(self, oid: bytes) -> Located | None:
         loc = self.store.packs.find(oid, relist=not self.relisted)
@@ -405,11 +414,29 @@ class _Finder:
         return loc
 
 
-def _check_file(store: Store, find: _Finder, f: FileEntry, bad: dict[bytes, BadObject]
-                ) -> str | None:
-    clist_hex = f.chunks
+def _check_file(store: Store, find: _Finder, f: FileEntry, bad: set[bytes]) -> str | None:
+    """Why the file cannot be restored (its list or a chunk missing, damaged with no good
+    copy, or of the wrong length), or None. ``bad``: ids with a damaged copy."""
+    why = _check_list(store, find, f.chunks, f.size, bad)
+    if why is not None:
+        return why
+    # What the derived chunks need, as the packs tell it (the edge map), must be among what
+    # the manifest records: gc keeps only what manifests name.
+    needed = graph.list_bases(store, parse_hex(f.chunks), find.edges)
+    if f.bases is not None and not set(needed) <= set(f.bases):
+        return ("derived chunks need chunk lists the manifest does not record as bases: "
+                + ", ".join(sorted(set(needed) - set(f.bases))))
+    for base in dict.fromkeys([*(f.bases or ()), *needed]):
+        why = _check_list(store, find, base, None, bad)
+        if why is not None:
+            return f"base of derived chunks: {why}"
+    return None
+
+
+def _check_list(store: Store, find: _Finder, clist_hex: str, size: int | None,
+                bad: set[bytes]) -> str | None:
     oid = parse_hex(clist_hex, what="chunk list id")
-    if oid in bad:
+    if oid in bad and not store.packs.has_good(oid):
         return f"chunk list {clist_hex} is damaged"
     loc = find(oid)
     if loc is None:
@@ -418,19 +445,19 @@ def _check_file(store: Store, find: _Finder, f: FileEntry, bad: dict[bytes, BadO
         return f"object {clist_hex} is not a chunk list"
     # The file size bounds the list: a record claiming more is refused before it is
     # decompressed.
-    if loc.entry.raw_len > max_encoded_size(f.size):
+    if size is not None and loc.entry.raw_len > max_encoded_size(size):
         return (f"chunk list {clist_hex} claims {loc.entry.raw_len} bytes, more than a file "
-                f"of {f.size} bytes needs")
+                f"of {size} bytes needs")
     try:
         clist = store.read_chunk_list(oid)
     except CasError as exc:
         return exc.message
-    if clist.size != f.size:
-        return f"chunk list holds {clist.size} bytes, manifest says {f.size}"
+    if size is not None and clist.size != size:
+        return f"chunk list holds {clist.size} bytes, manifest says {size}"
     # A file's chunks mostly lie in one pack: ask the pack that held the previous chunk first.
     last: Pack | None = None
     for cid, n in zip(clist.ids(), clist.lengths):
-        if cid in bad:
+        if cid in bad and not store.packs.has_good(cid):
             return f"chunk {cid.hex()} is damaged"
         entry = last.lookup(cid) if last is not None else None
         if entry is None:
@@ -471,22 +498,23 @@ def _whole_file(store: Store, f: FileEntry, done: dict[str, tuple[str, str] | st
     return None
 
 
-def _check_versions(store: Store, snap: _Snapshot, bad: dict[bytes, BadObject]
+def _check_versions(store: Store, snap: _Snapshot, bad: set[bytes]
                     ) -> list[tuple[list[str], list[str]]]:
     """Per snapshot root, the files whose chunk lists or chunks are missing, damaged (in
     ``bad``) or of the wrong length, and why. Each distinct chunk list is checked once."""
     out = []
-    known: dict[tuple[str, int], str | None] = {}
+    known: dict[tuple[str, int, tuple[str, ...] | None], str | None] = {}
+    edges = graph.EdgeMap(store)
     for root in snap.roots:
         m = _manifest(store.registry, root.blob, snap)
         if isinstance(m, CasError):
             out.append(([], [m.message]))
             continue
-        find = _Finder(store)
+        find = _Finder(store, edges)
         broken: list[str] = []
         reasons: list[str] = []
         for f in m.files:
-            key = (f.chunks, f.size)
+            key = (f.chunks, f.size, tuple(f.bases) if f.bases is not None else None)
             if key not in known:
                 known[key] = _check_file(store, find, f, bad)
             why = known[key]
@@ -495,6 +523,24 @@ def _check_versions(store: Store, snap: _Snapshot, bad: dict[bytes, BadObject]
                 reasons.append(f"{f.path}: {why}")
         out.append((broken, reasons))
     return out
+
+
+def _record_bad(store: Store, report: VerifyReport,
+                bad: dict[tuple[bytes, str], BadObject]) -> None:
+    """Record the damaged copies (:mod:`cas.badobjects`): reads and ``add`` avoid them from
+    now on. A damaged copy of an object that also has a good copy is healed: a warning
+    (gc drops the copy), not a failure."""
+    from cas import badobjects
+
+    store.packs.set_bad(bad)
+    badobjects.save(store, [badobjects.BadCopy(b.id, b.pack, b.reason) for b in bad.values()])
+    for (oid, _pack), b in sorted(bad.items()):
+        if store.packs.has_good(oid):
+            report.warnings.append(CasWarning(
+                "W_DAMAGED_COPY", f"object {b.id} in pack {b.pack} is damaged ({b.reason}); "
+                                  "a good copy is stored, and gc drops this one"))
+        else:
+            report.bad_objects.append(b)
 
 
 def verify_all(store: Store, progress: Progress | None = None, *,
@@ -520,10 +566,10 @@ def verify_all(store: Store, progress: Progress | None = None, *,
     for pack in packs:
         phase.verify_pack(pack)
     phase.drain()
-    report.bad_objects = list(phase.bad.values())
+    _record_bad(store, report, phase.bad)
     if pause is not None:
         pause("verify-packs-read")
-    checked = _check_versions(store, snap, phase.bad)
+    checked = _check_versions(store, snap, {oid for oid, _ in phase.bad})
     hashed: dict[str, tuple[str, str] | str] = {}
     for root, (broken, reasons) in zip(snap.roots, checked):
         report.versions_checked += 1

@@ -161,8 +161,12 @@ def config_list(ctx: Ctx) -> None:
 @click.option("--repair", is_flag=True,
               help="With --all: rebuild missing or damaged pack indexes from their packs; move "
                    "packs that cannot be indexed to packs/quarantine/.")
+@click.option("--from", "from_", metavar="PATH", type=NonEmptyPath(),
+              help="With --all --repair: first store good copies of damaged or missing "
+                   "objects from the original files under PATH (no version is added).")
 @pass_ctx
-def verify(ctx: Ctx, spec: str | None, all_: bool, files: bool, repair: bool) -> None:
+def verify(ctx: Ctx, spec: str | None, all_: bool, files: bool, repair: bool,
+           from_: str | None) -> None:
     """Verify one version, or with --all the whole store; name every bad chunk.
 
     Exits 0 when everything is sound (files set aside in quarantine are a warning), else
@@ -172,11 +176,15 @@ def verify(ctx: Ctx, spec: str | None, all_: bool, files: bool, repair: bool) ->
     Examples:
       cas verify org/model@prod
       cas verify --all --files
+      cas verify --all --repair --from ./checkpoints/run-7
     """
     if bool(spec) == all_:
         raise ArgsError("give either NAME[@V] or --all")
     with ctx.open() as store, progress_for(ctx) as bar:
-        report = store.verify(spec, bar, repair=repair, files=files)
+        report = store.verify(spec, bar, repair=repair, files=files,
+                              heal_from=Path(from_) if from_ else None)
+    if report.healed_objects:
+        ctx.out.note(f"stored {report.healed_objects} objects from {from_}")
     for pack_id in report.repaired_indexes:
         ctx.out.note(f"rebuilt the index of pack {pack_id}")
     if not report.ok:

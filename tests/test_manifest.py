@@ -389,7 +389,8 @@ def test_json_schema():
     defs = schema["$defs"]
     root = defs[schema["$ref"].rsplit("/", 1)[-1]]
     assert set(root["properties"]) == {
-        "name", "seq", "files", "total_size", "metadata", "schema", "version", "requires"
+        "name", "seq", "files", "total_size", "metadata", "schema", "version", "requires",
+        "id"
     }
     assert set(root["required"]) == {"name", "seq", "files", "total_size"}
     # later versions may add optional fields: readers carry them
