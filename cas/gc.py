@@ -156,7 +156,10 @@ def collect(store, options: GcOptions | None = None, progress: Progress | None =
     with store.leases.acquire_gc("gc", wait=options.wait) as lease:
         retained = _apply_retention(store, now, options.dry_run, warnings)
         if options.expire_removed is not None and not options.dry_run:
-            graph.record_expired_before(store, now - options.expire_removed)
+            try:
+                graph.record_expired_before(store, now - options.expire_removed)
+            except OSError as exc:
+                raise from_os_error(exc, f"writing {graph.GC_STATE}") from None
         store.packs.refresh()
         roots, closure, errors = _roots_closure(store, now, options.expire_removed)
         if errors:
