@@ -1,25 +1,16 @@
-"""Catalog queries: ls, show, log and du, all read-only.
-
-``du`` counts each chunk once. A model's stored size is the stored (compressed) bytes of the
-distinct chunks and chunk lists its versions use; bytes are *unique* to it when no other model
-uses them and *shared* otherwise. For the whole store, *shared* bytes are those that two or more
-models use. The dedupe ratio is logical bytes over stored bytes.
-"""
+"""Catalog queries: ls, show and log, all read-only (``du`` is :mod:`cas.usage`)."""
 
 from __future__ import annotations
 
 import fnmatch
-import os
-from collections.abc import Iterator
 
 import msgspec
 
 from cas.clock import iso_utc
 
-from cas.errors import ArgsError, CasError, CasWarning, NotFoundError, SchemaError
+from cas.errors import ArgsError, CasError, SchemaError
 from cas.format.manifest import FORMATS, Manifest
-from cas.ids import parse_hex
-from cas.names import parse_version_spec, validate_model_name
+from cas.names import parse_version_spec
 from cas.registry import Version
 from cas.store import Store
 
@@ -95,35 +86,6 @@ class HistoryRow(msgspec.Struct):
     ids: list[str] = []
     #: Pin scopes an ``rm`` deleted or a ``restore`` brought back.
     pins: list[str] = []
-
-
-class VersionUsage(msgspec.Struct):
-    version: str
-    logical: int
-    new_stored: int
-
-
-class ModelError(msgspec.Struct):
-    """A model a whole-store command could not read, and why (``code``: its error code)."""
-
-    name: str
-    code: str
-    message: str
-
-
-class DiskUsage(msgspec.Struct):
-    scope: str
-    logical: int
-    stored: int
-    unique: int
-    shared: int
-    dedupe_ratio: float
-    versions: list[VersionUsage] = []
-    pack_bytes: int = 0
-    #: Models left out of the counts because their versions cannot be read (for ``du NAME``:
-    #: only ``NAME`` itself; other models' are warnings, as they only blur unique and shared).
-    errors: list[ModelError] = []
-    warnings: list[CasWarning] = []
 
 
 SORT_KEYS = ("name", "date", "size", "versions")
@@ -258,95 +220,3 @@ def history(store: Store, spec: str) -> list[HistoryRow]:
         rows.append(HistoryRow(h.action, h.seq, h.commit, h.author, iso_utc(h.timestamp),
                                h.message, tags, list(h.versions), ids, pins))
     return rows
-
-
-def _objects_of(store: Store, manifest: Manifest, sizes: dict[bytes, int]) -> list[bytes]:
-    """Ids of every object (chunk lists and chunks) a manifest needs; fills ``sizes`` with
-    stored lengths. Missing objects count 0 (verify reports them)."""
-    out: list[bytes] = []
-    for f in manifest.files:
-        cl = parse_hex(f.chunks, what="chunk list id")
-        out.append(cl)
-        ids = [cl]
-        try:
-            ids += [cid for cid, _ in store.read_chunk_list(cl).chunks]
-        except CasError:
-            pass  # du reports what it can; verify names the damage
-        for oid in ids:
-            if oid not in sizes:
-                loc = store.packs.locate(oid)
-                sizes[oid] = loc.entry.stored_len if loc else 0
-        out.extend(ids[1:])
-    return out
-
-
-def disk_usage(store: Store, name: str | None = None) -> DiskUsage:
-    """Logical and stored bytes of the whole store, or of model ``name`` per version; each
-    object counted once (see the module docstring for unique and shared)."""
-    if name is not None:
-        validate_model_name(name)
-    sizes: dict[bytes, int] = {}
-    users: dict[bytes, set[str]] = {}
-    per_version: dict[str, list[tuple[str, int, list[bytes]]]] = {}
-    errors: list[ModelError] = []
-    for model, manifests in _manifests_by_model(store, errors):
-        for seq, m in manifests:
-            ids = _objects_of(store, m, sizes)
-            for oid in ids:
-                users.setdefault(oid, set()).add(model)
-            per_version.setdefault(model, []).append((f"{model}@{seq}", m.total_size, ids))
-    pack_bytes = sum(os.path.getsize(store.packs_dir / n) for n in os.listdir(store.packs_dir)
-                     if n.endswith((".pack", ".idx")))
-    if name is None:
-        logical = sum(v[1] for vs in per_version.values() for v in vs)
-        stored = sum(sizes[o] for o in users)
-        unique = sum(sizes[o] for o, who in users.items() if len(who) == 1)
-        return DiskUsage("store", logical, stored, unique, stored - unique,
-                         round(logical / stored, 3) if stored else 0.0, [], pack_bytes,
-                         errors)
-    own = [e for e in errors if e.name == name]
-    warnings = [CasWarning("W_MODEL_UNREADABLE",
-                           f"model {e.name} is not counted as a user of shared bytes: {e.message}")
-                for e in errors if e.name != name]
-    if name not in per_version and not own:
-        if store.registry.head(name) is None:
-            raise NotFoundError(f"model {name!r} is not registered")
-    versions = sorted(per_version.get(name, []), key=lambda v: int(v[0].rsplit("@", 1)[1]))
-    mine: set[bytes] = set()
-    rows = []
-    for ref, logical, ids in versions:
-        new = {o for o in ids if o not in mine}
-        rows.append(VersionUsage(ref, logical, sum(sizes[o] for o in new)))
-        mine |= new
-    stored = sum(sizes[o] for o in mine)
-    unique = sum(sizes[o] for o in mine if users[o] == {name})
-    logical = sum(v[1] for v in versions)
-    return DiskUsage(name, logical, stored, unique, stored - unique,
-                     round(logical / stored, 3) if stored else 0.0, rows, pack_bytes, own,
-                     warnings)
-
-
-def _manifests_by_model(store: Store, errors: list[ModelError]
-                        ) -> Iterator[tuple[str, list[tuple[int, Manifest]]]]:
-    """Per model, the manifests that keep data alive (live versions, and tagged ones that a
-    crash mid-``rm`` left tagged), read model by model: a model any of whose manifests
-    cannot be read is left out and recorded in ``errors``, and the others are still read."""
-    reg = store.registry
-    damaged: list[tuple[str, str, SchemaError]] = []
-    tags = reg.tags(damaged=damaged)
-    errors += [ModelError(model, exc.code, exc.message) for model, _tag, exc in damaged]
-    for model in reg.model_names():
-        try:
-            head = reg.head(model)
-            blobs = reg.commit_versions(head.decode()) if head is not None else {}
-            out = [(seq, Manifest.decode(reg.blob(b))) for seq, b in sorted(blobs.items())]
-            for (name, _tag), commit in sorted(tags.items()):
-                if name != model:
-                    continue
-                v = reg.version_of_commit(name, commit)
-                if v.seq not in blobs and v.seq not in {s for s, _ in out}:
-                    out.append((v.seq, Manifest.decode(reg.manifest_bytes(v))))
-        except CasError as exc:
-            errors.append(ModelError(model, exc.code, exc.message))
-            continue
-        yield model, out

@@ -75,6 +75,10 @@ class Roots:
     problems: list[str] = field(default_factory=list)
     #: Models whose roots may be incomplete.
     bad_models: list[str] = field(default_factory=list)
+    #: The error behind each problem that concerns one model: ``(model, error)``.
+    errors: list[tuple[str, CasError]] = field(default_factory=list)
+    #: Models whose history cannot be read at all (none of their roots are known).
+    unreadable: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -189,6 +193,7 @@ def find_roots(store: Store, *, now: float | None = None, window: float | None =
         tags = {}
     for name, _tag, exc in damaged:
         result.problems.append(exc.message)
+        result.errors.append((name, exc))
         if name not in result.bad_models:
             result.bad_models.append(name)
     pinned = pinned_here(store, result.problems)
@@ -205,6 +210,8 @@ def find_roots(store: Store, *, now: float | None = None, window: float | None =
             result.roots += model_roots(reg, st, tags, since, pinned, result.problems)
         except CasError as exc:
             result.problems.append(f"model {name}: {exc.message}")
+            result.errors.append((name, exc))
+            result.unreadable.append(name)
             if name not in result.bad_models:
                 result.bad_models.append(name)
     for (name, tag) in sorted(tags):

@@ -51,7 +51,8 @@ from cas.settings import Settings
 if TYPE_CHECKING:
     from cas.leases import Leases
     from cas.annotate import Annotation, AnnotateResult
-    from cas.catalog import DiskUsage, HistoryRow, ModelRow, VersionDetail, VersionRow
+    from cas.catalog import HistoryRow, ModelRow, VersionDetail, VersionRow
+    from cas.usage import DiskUsage
     from typing import BinaryIO
 
     from cas.cat import CatResult
@@ -589,7 +590,7 @@ class Store:
 
     def du(self, name: str | None = None) -> DiskUsage:
         """Disk usage of the store, or of model ``name`` with a row per version."""
-        from cas.catalog import disk_usage
+        from cas.usage import disk_usage
 
         return disk_usage(self, name)
 

@@ -209,6 +209,10 @@ def verify(ctx: Ctx, spec: str | None, all_: bool, files: bool, repair: bool,
 def du(ctx: Ctx, name: str | None) -> None:
     """Disk usage of the store or of model NAME: logical, stored, unique and shared bytes.
 
+    For the store, also what live, pinned and removed versions need and what gc can
+    reclaim; for a model, per version what is new, what it needs in all, and how much of
+    that are other versions' chunks it is derived from (see cas/usage.py).
+
     A model whose history or manifests cannot be read is left out of the counts and named
     on stderr; the command then exits with that model's error code after printing the rest.
 
@@ -226,10 +230,18 @@ def du(ctx: Ctx, name: str | None) -> None:
              f"(unique {human_bytes(u.unique)}, shared {human_bytes(u.shared)}), "
              f"dedupe {u.dedupe_ratio:.2f}x")]
     for v in u.versions:
-        lines.append(f"  {v.version:<40} logical {human_bytes(v.logical):>10}  "
-                     f"stored, new to this model {human_bytes(v.new_stored):>10}")
+        line = (f"  {v.version:<32} logical {human_bytes(v.logical):>10}  "
+                f"new {human_bytes(v.new_stored):>10}  needs {human_bytes(v.needs):>10}")
+        if v.borrowed:
+            line += f" (of which {human_bytes(v.borrowed)} other versions' chunks)"
+        lines.append(line)
     if name is None:
-        lines.append(f"  pack files on disk: {human_bytes(u.pack_bytes)}")
+        lines += [f"  live and tagged versions need   {human_bytes(u.live):>10}",
+                  f"  pinned versions need            {human_bytes(u.pinned):>10}",
+                  f"  only removed versions need      {human_bytes(u.restore_window):>10}"
+                  "  (restorable; 'cas gc --expire-removed' returns it)",
+                  f"  reclaimable by gc               {human_bytes(u.reclaimable):>10}",
+                  f"  pack files on disk              {human_bytes(u.pack_bytes):>10}"]
     if u.errors:
         # Counted without the unreadable models; the exit code is the first one's error.
         if not ctx.out.json:

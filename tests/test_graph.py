@@ -135,3 +135,26 @@ def test_roots_live_tagged_removed_window(tmp_path: Path) -> None:
     assert {x.ref for x in r0.roots} == {"m@3", "m@4"}
     store.tag("m@4", "prod")
     assert {x.ref: x.why for x in graph.find_roots(store, window=0).roots}["m@4"] == graph.LIVE
+
+
+def test_du_counts_what_a_derived_version_borrows(tmp_path: Path) -> None:
+    """du accounts every byte a version needs: an F16 conversion registered with --parent
+    needs its F32 parent's chunks, also once the parent version is removed."""
+    store = _f16_series(tmp_path)
+    parent_stored = store.du("org/base").stored
+    store.rm("org/base@1")
+    u = store.du("org/base-f16")
+    first = u.versions[0]
+    assert first.version == "org/base-f16@1"
+    # what it borrows is the parent's file: its chunk list and chunks
+    assert first.borrowed >= parent_stored * 0.99
+    assert first.needs == first.borrowed + (first.needs - first.borrowed) > first.borrowed
+    assert u.stored >= first.needs
+    whole = store.du()
+    # the removed parent's bytes are live (the F16 versions need them), not reclaimable
+    assert whole.live == u.stored and whole.restore_window == 0
+    assert whole.reclaimable == 0
+    store.rm("org/base-f16@2")
+    after = store.du()
+    assert after.restore_window > 0  # only the removed fine-tune needs its residuals
+    assert after.live + after.restore_window == whole.live
