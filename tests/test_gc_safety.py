@@ -201,23 +201,33 @@ def test_verify_all_whose_pack_is_repacked_away_is_clean(
 # -- 4. kill -9 of gc at each of its steps -----------------------------------------------------
 
 
-@pytest.fixture
-def mixed(cas, store_path: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module")
+def mixed_store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A store where ``gc --now`` deletes two packs (x and y removed) and repacks one (m@1's,
-    half dead); m@2 and keep@1 are live. Returns the live files by version."""
+    half dead); m@2 and keep@1 are live. Built once; each test works on a copy."""
+    from conftest import CasCli
+
+    top = tmp_path_factory.mktemp("mixed")
+    cas = CasCli(top / "store")
+    cas("init")
     rng = random.Random(9)
     a, b = rng.randbytes(400_000), rng.randbytes(300_000)
-    cas("add", "m", str(_write(tmp_path / "v1", {"a.bin": a, "b.bin": b})))
+    cas("add", "m", str(_write(top / "v1", {"a.bin": a, "b.bin": b})))
     live = {"m@2": {"a.bin": a, "c.bin": rng.randbytes(30_000)},
             "keep@1": {"k.bin": rng.randbytes(50_000)}}
-    cas("add", "m", str(_write(tmp_path / "v2", live["m@2"])))
-    cas("add", "keep", str(_write(tmp_path / "k", live["keep@1"])))
+    cas("add", "m", str(_write(top / "v2", live["m@2"])))
+    cas("add", "keep", str(_write(top / "k", live["keep@1"])))
     for name in ("x", "y"):
-        cas("add", name, str(_write(tmp_path / name, {"d.bin": rng.randbytes(100_000)})))
+        cas("add", name, str(_write(top / name, {"d.bin": rng.randbytes(100_000)})))
         cas("rm", name)
     cas("rm", "m@1")
     cas("config", "set", "restore_window", "0s")  # removed versions are not restorable
-    return live
+    dry = cas("--json", "gc", "--now", "--dry-run").json
+    assert [p["action"] for p in dry["packs"]].count("delete") == 2
+    doomed = {p["pack"] for p in dry["packs"] if p["action"] in ("delete", "repack")}
+    assert len(doomed) == 3
+    return {"store": top / "store", "live": live, "doomed": doomed,
+            "live_bytes": dry["live_bytes"]}
 
 
 def _check_live(cas, live: dict[str, dict[str, bytes]], dest: Path) -> None:  # type: ignore[no-untyped-def]
@@ -226,29 +236,31 @@ def _check_live(cas, live: dict[str, dict[str, bytes]], dest: Path) -> None:  # 
 
 
 @pytest.mark.parametrize("point", ["marked", "planned", "rechecked", "deleted-one"])
-def test_kill_9_of_gc_then_gc_reruns_and_finishes(
-        cas, store_path: Path, mixed, tmp_path: Path, point: str) -> None:  # type: ignore[no-untyped-def]
-    dry = cas("--json", "gc", "--now", "--dry-run").json
-    doomed = {p["pack"] for p in dry["packs"] if p["action"] in ("delete", "repack")}
-    assert [p["action"] for p in dry["packs"]].count("delete") == 2 and len(doomed) == 3
-    live_bytes = dry["live_bytes"]
+def test_kill_9_of_gc_then_gc_reruns_and_finishes(mixed_store: dict, tmp_path: Path,
+                                                  point: str) -> None:
+    from conftest import CasCli
+
+    store_path = tmp_path / "store"
+    shutil.copytree(mixed_store["store"], store_path)
+    cas = CasCli(store_path)
+    doomed, live = mixed_store["doomed"], mixed_store["live"]
     child = Paused(store_path, point, "gc", "--now")
     child.wait_paused()
     assert child.kill() == -signal.SIGKILL
     assert (store_path / "locks" / "gc.json").exists()  # left by the killed gc
     _verify_clean(cas)
-    _check_live(cas, mixed, tmp_path / "out")
+    _check_live(cas, live, tmp_path / "out")
     doc = cas("--json", "gc", "--now").json
     assert not (store_path / "locks" / "gc.json").exists()
     assert not doomed & set(_packs(store_path)), doc
     _verify_clean(cas)
-    _check_live(cas, mixed, tmp_path / "out2")
+    _check_live(cas, live, tmp_path / "out2")
     assert _leftovers(store_path) == []
     # Nothing live is kept twice (a repack the killed gc finished is not copied again).
     again = cas("--json", "gc", "--now").json
     assert again["packs_deleted"] == 0 and again["dead_bytes"] == 0, again
     stored = sum(_packs(store_path).values())
-    assert stored <= live_bytes + 200 * again["packs_after"], (stored, live_bytes)
+    assert stored <= mixed_store["live_bytes"] + 200 * again["packs_after"], stored
 
 
 # -- 3. a fault at every storage call of gc ----------------------------------------------------
