@@ -470,7 +470,13 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
     warnings = list(scan.warnings)
     # A shared lease tells a gc that this add may deduplicate against what it is about to
     # delete; a gc already under way names its doomed packs, which this add must not use.
-    with store.leases.acquire_shared("add") as lease, store.writing(), gc_paused():
+    #
+    # The store's write lock (flock) is held only to commit: adds run side by side and a tag
+    # or rm waits only for a commit, not for a whole add. Taking it once at the start makes a
+    # lock that is stuck fail at once (E_LOCK), before any work, and recovers what killed
+    # writers left.
+    store.check_writable()
+    with store.leases.acquire_shared("add") as lease, gc_paused():
         avoid = store.leases.doomed_packs()
         pause = pause_hook_from_env()
         registry = store.registry
@@ -553,54 +559,72 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
         finally:
             if ing is not None:
                 ing.close()
-        if latest is not None and not unchanged:
-            unchanged = same_content(found, scan.files, latest_manifest())
-        if unchanged:
-            assert latest is not None
-            version, created = latest, False
-            if gives_metadata(options):
-                warnings.extend(metadata_not_recorded(options, parents, latest, latest_manifest()))
-        else:
-            entries = _record_bases(store, [file_entry(rel, found[rel], st)
-                                            for rel, _, st in scan.files],
-                                    [*base_files.values(), *(old.files if old else ())])
-            single = stat_mod.S_ISREG(os.stat(path).st_mode)
-            detected = describe(path.absolute() if single else scan.root,
-                                [e.path for e in entries], ing.formats if ing else None)
-            for rel, reason in detected["bad_headers"]:  # type: ignore[attr-defined]
-                shown = str(path) if single else os.path.join(path, rel)
-                warnings.append(CasWarning(
-                    "W_BAD_HEADER", f"{shown}: {reason}; registered as bytes, with no parameter "
-                                    "count or dtypes from this file"))
-            lease.check()  # a lease lost (expired, broken) may mean a gc deleted what we use
-            version = _commit_new(store, name, path, options, entries, detected, parents)
-            created = True
-        # The version is committed: what fails from here on is reported as a warning, never
-        # as an error that would make a script retry a success.
-        set_tags = []
-        for t in tags:
-            if tagged.get(t) == version.commit:
-                set_tags.append(t)
-                continue
+        with store.writing():
+            # What another writer committed while this add ran: the model's latest version
+            # and the requested tags are read again, under the lock, and settled as at the
+            # start (the files' digests are all known now, so nothing is read again).
+            now_latest = _latest(registry, name)
+            now_tagged = {t: c for (_, t), c in registry.tags(name).items() if t in tags}
+            if (now_latest.commit if now_latest else None) != \
+                    (latest.commit if latest else None) or now_tagged != tagged:
+                latest, old, tagged, content_id = now_latest, None, now_tagged, None
+                on_latest = check_tags(name, tagged, latest, options.force_tag)
+                unchanged = latest is not None and same_content(found, scan.files,
+                                                                latest_manifest())
+                if on_latest and not unchanged:
+                    raise ConflictError(
+                        f"tag {name}@{on_latest[0]} was set on a version registered while "
+                        "this add ran; move it with --force-tag")
+            if latest is not None and not unchanged:
+                unchanged = same_content(found, scan.files, latest_manifest())
+            if unchanged:
+                assert latest is not None
+                version, created = latest, False
+                if gives_metadata(options):
+                    warnings.extend(metadata_not_recorded(options, parents, latest,
+                                                          latest_manifest()))
+            else:
+                entries = _record_bases(store, [file_entry(rel, found[rel], st)
+                                                for rel, _, st in scan.files],
+                                        [*base_files.values(), *(old.files if old else ())])
+                single = stat_mod.S_ISREG(os.stat(path).st_mode)
+                detected = describe(path.absolute() if single else scan.root,
+                                    [e.path for e in entries], ing.formats if ing else None)
+                for rel, reason in detected["bad_headers"]:  # type: ignore[attr-defined]
+                    shown = str(path) if single else os.path.join(path, rel)
+                    warnings.append(CasWarning(
+                        "W_BAD_HEADER", f"{shown}: {reason}; registered as bytes, with no "
+                                        "parameter count or dtypes from this file"))
+                lease.check()  # a lease lost (expired, broken) may mean a gc deleted what we use
+                version = _commit_new(store, name, path, options, entries, detected, parents)
+                created = True
+            # The version is committed: what fails from here on is reported as a warning, never
+            # as an error that would make a script retry a success.
+            set_tags = []
+            for t in tags:
+                if tagged.get(t) == version.commit:
+                    set_tags.append(t)
+                    continue
+                try:
+                    registry.set_tag(version, t, force=t in tagged, warnings=warnings)
+                    set_tags.append(t)
+                except (CasError, OSError) as exc:
+                    why = exc.message if isinstance(exc, CasError) else exc.strerror or str(exc)
+                    warnings.append(CasWarning(
+                        "W_TAG_NOT_SET", f"{version.ref} is registered but tag {t!r} was not set: "
+                                         f"{why}; run 'cas tag {version.ref} {t}'"))
+            tags = set_tags
+            if not unchanged or content_id is None:
+                content_id = fingerprint(found, scan.files)
+            cache.remember_content(version.commit, content_id)
             try:
-                registry.set_tag(version, t, force=t in tagged, warnings=warnings)
-                set_tags.append(t)
-            except (CasError, OSError) as exc:
+                cache.save()
+            except (DiskError, PermError, OSError) as exc:
                 why = exc.message if isinstance(exc, CasError) else exc.strerror or str(exc)
                 warnings.append(CasWarning(
-                    "W_TAG_NOT_SET", f"{version.ref} is registered but tag {t!r} was not set: "
-                                     f"{why}; run 'cas tag {version.ref} {t}'"))
-        tags = set_tags
-        if not unchanged or content_id is None:
-            content_id = fingerprint(found, scan.files)
-        cache.remember_content(version.commit, content_id)
-        try:
-            cache.save()
-        except (DiskError, PermError, OSError) as exc:
-            why = exc.message if isinstance(exc, CasError) else exc.strerror or str(exc)
-            warnings.append(CasWarning(
-                "W_STAT_CACHE_NOT_SAVED", f"{version.ref} is registered; the stat cache was "
-                                          f"not saved ({why}): the next add re-reads the files"))
+                    "W_STAT_CACHE_NOT_SAVED",
+                    f"{version.ref} is registered; the stat cache was not saved ({why}): the "
+                    "next add re-reads the files"))
     return AddResult(
         name=name,
         seq=version.seq,

@@ -38,7 +38,7 @@ from types import TracebackType
 import msgspec
 
 from cas.clock import iso_utc
-from cas.errors import ArgsError, CasError, LockError, from_os_error
+from cas.errors import ArgsError, LockError, from_os_error
 from cas.format.canonical import canonical_json
 from cas.ids import is_hex
 from cas.locking import check_timeout
@@ -476,6 +476,7 @@ class Lease:
 
         Raises:
             LockError: ``lock lost: ...``; the operation must stop before its commit point.
+            DiskError | PermError: the record could not be read (the operation stops too).
         """
         with self._mutex:
             if self._lost is not None:
@@ -485,10 +486,9 @@ class Lease:
             if self._expired():
                 raise self._lose(f"{self.name} expired at {iso_utc(self.record.expires_at)} "
                                  "without renewal")
-            try:
-                current = self.leases._read_raw(self.name)
-            except CasError as exc:
-                raise self._lose(f"reading {self.name} failed: {exc}") from None
+            # A read that fails (a full or failing disk) proves nothing either way: the
+            # operation stops with that error, and the lease is not given up.
+            current = self.leases._read_raw(self.name)
             if current != self._raw:
                 raise self._lose(f"{self.name} was broken or taken over by another process")
 

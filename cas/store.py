@@ -306,6 +306,14 @@ class Store:
                 self.packs.refresh()  # packs this writer finished are visible to its own reads
             self.maintain_midx()
 
+    def check_writable(self) -> None:
+        """Take the write lock and release it: ``E_LOCK`` now when another writer holds it
+        past the timeout (rather than after an add's work), and recovery from killed
+        writers. See :meth:`writing`."""
+        with WriteLock(self.path / "lock", self.lock_timeout):
+            self.recover()
+        self.packs.refresh()
+
     def maintain_midx(self) -> list[str]:
         """Cover new packs with multi-pack indexes (write lock held). A midx is an
         accelerator: failing to write one never fails the command that triggered it."""
