@@ -25,6 +25,7 @@ of distinct needed ids.
 
 from __future__ import annotations
 
+import math
 import struct
 import time
 from collections.abc import Iterable, Iterator
@@ -162,8 +163,10 @@ def record_expired_before(store: Store, when: float) -> None:
         return
     from cas.format.canonical import canonical_json
 
+    # Removal times are whole seconds and a removal at the cutoff is still a root: round
+    # up, so a version removed in the same second as a gc --now is expired too.
     body = canonical_json({"schema": "cas.gc", "version": 1,
-                           "removed_expired_before": int(when)})
+                           "removed_expired_before": math.ceil(when)})
     store.backend.swap(GC_STATE, ANY, body)
 
 

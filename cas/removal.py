@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from cas.clock import iso_utc
+from cas.graph import restore_cutoff
 from cas.errors import ArgsError, CasError, CasWarning, ConflictError, NotFoundError
 from cas.names import parse_version_spec, validate_model_name
 from cas.commits import check_message, resolve_identity
@@ -116,6 +117,7 @@ def removed_versions(store: Store, pattern: str | None = None) -> RemovedList:
 
     window = store.settings.restore_window_seconds()
     now = time.time()
+    cutoff = restore_cutoff(store, now)
     rows = []
     warnings = []
     for name in store.registry.model_names():
@@ -129,15 +131,17 @@ def removed_versions(store: Store, pattern: str | None = None) -> RemovedList:
             continue
         for seq, r in sorted(state.removed.items()):
             rows.append(RemovedRow(name, seq, r.version.ref, iso_utc(r.removed_at), r.removed_by,
-                                   iso_utc(r.removed_at + window), _expired(r, window, now),
+                                   iso_utc(r.removed_at + window), _expired(r, cutoff),
                                    list(r.tags)))
     rows.sort(key=lambda r: (r.removed_at, r.name, r.seq), reverse=True)
     return RemovedList(rows, warnings)
 
 
-def _expired(r: RemovedVersion, window: int, now: float) -> bool:
-    # A removal time in the future (clock skew) counts as recent: never expired early.
-    return now - r.removed_at > window
+def _expired(r: RemovedVersion, cutoff: float) -> bool:
+    """Removed before ``cutoff`` (:func:`cas.graph.restore_cutoff`: the restore window, or
+    a ``gc --expire-removed`` that ran since): its data may be gone. A removal time in the
+    future (clock skew) counts as recent: never expired early."""
+    return r.removed_at < cutoff
 
 
 def restore(store: Store, spec: str, *, author: str | None = None) -> RestoreResult:
@@ -181,12 +185,15 @@ def restore(store: Store, spec: str, *, author: str | None = None) -> RestoreRes
                 raise NotFoundError(f"{parsed.name}@{seq}: no such removed version")
             chosen = [st.removed[seq]]
         now = time.time()
-        expired = [r for r in chosen if _expired(r, window, now)]
+        expired = [r for r in chosen if _expired(r, restore_cutoff(store, now))]
         if expired:
             r = expired[0]
+            why = (f"beyond the restore window ({store.settings.get('restore_window')})"
+                   if now - r.removed_at > window else
+                   "and 'cas gc --expire-removed' (or --now) has run since")
             raise NotFoundError(
-                f"{r.version.ref} was removed on {iso_utc(r.removed_at)[:10]}, beyond the restore "
-                f"window ({store.settings.get('restore_window')}); its data may be collected")
+                f"{r.version.ref} was removed on {iso_utc(r.removed_at)[:10]}, {why}; its data "
+                "may be collected")
         chosen.sort(key=lambda r: r.version.seq)
         commit, tags = reg.restore_versions(parsed.name, chosen, identity)
         # After the commit, as tags: a crash in between loses pins the history records.

@@ -329,6 +329,8 @@ class _Packs:
                 assert stored is not None
                 self.check_object(pack, entry, stored)
         except CasError as exc:
+            if _collected(pack):
+                return  # deleted by a gc while it was being opened
             report.problems.append(f"{exc.message}; its indexed objects are checked through "
                                    "the index")
             report.bad_packs.append(pack.id)
@@ -346,6 +348,11 @@ class _Packs:
                 f"index {pack.id}: {mismatched + len(records)} records disagree with the pack "
                 "(repair with 'cas verify --all --repair')")
             report.bad_indexes.append(pack.id)
+
+
+def _collected(pack: Pack) -> bool:
+    """True if both files of ``pack`` are gone: a gc deleted it (index first, then pack)."""
+    return not pack.pack_path.exists() and not pack.idx_path.exists()
 
 
 def _check_pack_folder(store: Store, report: VerifyReport) -> None:
@@ -564,6 +571,9 @@ def verify_all(store: Store, progress: Progress | None = None, *,
     if progress is not None:
         phase.total = sum(e.raw_len for p in packs for e in p.entries())
     for pack in packs:
+        if _collected(pack):
+            store.packs.forget([pack.id])  # a gc deleted it since it was listed: not damage
+            continue
         phase.verify_pack(pack)
     phase.drain()
     _record_bad(store, report, phase.bad)
