@@ -182,12 +182,7 @@ def test_checkout_whose_pack_is_repacked_away_completes(
         assert (dest / rel).read_bytes() == data
 
 
-@pytest.mark.parametrize("point", [
-    pytest.param("verify-snapshot", marks=pytest.mark.xfail(strict=True, reason=(
-        "cas/verify.py _Packs.verify_pack: a pack deleted by gc after verify listed the "
-        "packs is reported as damaged (its objects as bad, 'opening pack ... No such file') "
-        "instead of being skipped as gone"))),
-    "verify-packs-read"])
+@pytest.mark.parametrize("point", ["verify-snapshot", "verify-packs-read"])
 def test_verify_all_whose_pack_is_repacked_away_is_clean(
         cas, store_path: Path, repackable, point: str) -> None:  # type: ignore[no-untyped-def]
     child = Paused(store_path, point, "--json", "verify", "--all")
