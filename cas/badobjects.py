@@ -1,7 +1,8 @@
 """Objects known to be damaged, copy by copy, so that nothing is built on them again.
 
 ``cas verify --all`` records every stored copy it found damaged (object id and the pack holding
-that copy) in ``bad-objects.json`` (``docs/format.md``, "Known-bad objects"). From then on:
+that copy), and every object a version needs that no pack holds (no pack: "missing"), in
+``bad-objects.json`` (``docs/format.md``, "Known-bad objects"). From then on:
 
 - reads skip a known-bad copy and use another copy of the same object if the store has one
   (:meth:`cas.packs.PackSet.locate`);
@@ -61,7 +62,7 @@ def load(store_path: Path) -> dict[tuple[bytes, str], BadCopy]:
     if doc.schema != SCHEMA or doc.version != VERSION:
         return {}
     return {(bytes.fromhex(c.id), c.pack): c for c in doc.objects
-            if is_hex(c.id) and is_hex(c.pack)}
+            if is_hex(c.id) and (is_hex(c.pack) or c.pack == "")}
 
 
 def save(store: Store, copies: list[BadCopy]) -> bool:

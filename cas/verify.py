@@ -139,6 +139,8 @@ class _Snapshot:
         self.roots: list[_Root] = []
         #: Decoded manifest of a root, or the error that kept it from decoding, per blob id.
         self.manifests: dict[bytes, Manifest | CasError] = {}
+        #: Objects a root needs that no pack holds (found by the version phase).
+        self.missing: set[bytes] = set()
 
 
 def _snapshot(store: Store, report: VerifyReport) -> _Snapshot:
@@ -414,6 +416,8 @@ class _Finder:
         self.store = store
         self.relisted = False
         self.edges = edges if edges is not None else graph.EdgeMap(store)
+        #: Objects some version needs that are in no pack (recorded like damaged ones).
+        self.missing: set[bytes] = set()
 
     def __call__(self, oid: bytes) -> Located | None:
         loc = self.store.packs.find(oid, relist=not self.relisted)
@@ -447,6 +451,7 @@ def _check_list(store: Store, find: _Finder, clist_hex: str, size: int | None,
         return f"chunk list {clist_hex} is damaged"
     loc = find(oid)
     if loc is None:
+        find.missing.add(oid)
         return f"chunk list {clist_hex} is missing"
     if loc.entry.kind != KIND_CHUNK_LIST:
         return f"object {clist_hex} is not a chunk list"
@@ -470,6 +475,7 @@ def _check_list(store: Store, find: _Finder, clist_hex: str, size: int | None,
         if entry is None:
             loc = find(cid)
             if loc is None:
+                find.missing.add(cid)
                 return f"chunk {cid.hex()} is missing"
             last, entry = loc.pack, loc.entry
         if entry.raw_len != n:
@@ -512,12 +518,14 @@ def _check_versions(store: Store, snap: _Snapshot, bad: set[bytes]
     out = []
     known: dict[tuple[str, int, tuple[str, ...] | None], str | None] = {}
     edges = graph.EdgeMap(store)
+    missing = snap.missing
     for root in snap.roots:
         m = _manifest(store.registry, root.blob, snap)
         if isinstance(m, CasError):
             out.append(([], [m.message]))
             continue
         find = _Finder(store, edges)
+        find.missing = missing
         broken: list[str] = []
         reasons: list[str] = []
         for f in m.files:
@@ -534,13 +542,10 @@ def _check_versions(store: Store, snap: _Snapshot, bad: set[bytes]
 
 def _record_bad(store: Store, report: VerifyReport,
                 bad: dict[tuple[bytes, str], BadObject]) -> None:
-    """Record the damaged copies (:mod:`cas.badobjects`): reads and ``add`` avoid them from
-    now on. A damaged copy of an object that also has a good copy is healed: a warning
-    (gc drops the copy), not a failure."""
-    from cas import badobjects
-
+    """Damaged copies are avoided from now on (reads, ``add``, gc; :mod:`cas.badobjects`).
+    A damaged copy of an object that also has a good copy is healed: a warning (gc drops the
+    copy), not a failure."""
     store.packs.set_bad(bad)
-    badobjects.save(store, [badobjects.BadCopy(b.id, b.pack, b.reason) for b in bad.values()])
     for (oid, _pack), b in sorted(bad.items()):
         if store.packs.has_good(oid):
             report.warnings.append(CasWarning(
@@ -548,6 +553,17 @@ def _record_bad(store: Store, report: VerifyReport,
                                   "a good copy is stored, and gc drops this one"))
         else:
             report.bad_objects.append(b)
+
+
+def _save_bad(store: Store, bad: dict[tuple[bytes, str], BadObject],
+              missing: set[bytes]) -> None:
+    """Write the record of damaged copies and missing objects (a missing one has no pack):
+    ``add`` then confirms its stat-cache hits against the store, so that re-adding the
+    original files stores them again."""
+    from cas import badobjects
+
+    badobjects.save(store, [badobjects.BadCopy(b.id, b.pack, b.reason) for b in bad.values()]
+                    + [badobjects.BadCopy(oid.hex(), "", "missing") for oid in missing])
 
 
 def verify_all(store: Store, progress: Progress | None = None, *,
@@ -580,6 +596,7 @@ def verify_all(store: Store, progress: Progress | None = None, *,
     if pause is not None:
         pause("verify-packs-read")
     checked = _check_versions(store, snap, {oid for oid, _ in phase.bad})
+    _save_bad(store, phase.bad, snap.missing)
     hashed: dict[str, tuple[str, str] | str] = {}
     for root, (broken, reasons) in zip(snap.roots, checked):
         report.versions_checked += 1
