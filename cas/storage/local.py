@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 import stat
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from cas.storage import ANY, Expected, check_name
 
 TMP = "tmp"
 LOCK_SUFFIX = ".lock"
+#: Seconds after which a swap lock of a lease (``locks/NAME.lock``) is a crash's leftover.
+LEASE_SWAP_STALE = 120.0
 #: Folders with fewer components are never removed when they empty (``registry/refs``).
 _KEEP_DEPTH = 3
 
@@ -251,13 +254,20 @@ class LocalBackend:
                     removed += 1
                 except FileNotFoundError:
                     pass
+        stale_before = time.time() - LEASE_SWAP_STALE
         for top, dirs, files in os.walk(self.root):
             if top == str(self.root):
-                dirs[:] = [d for d in dirs if d not in (TMP, "packs", "locks")]
+                dirs[:] = [d for d in dirs if d not in (TMP, "packs")]
+            leases = os.path.basename(top) == "locks" and os.path.dirname(top) == str(self.root)
             for f in files:
                 if f.endswith(LOCK_SUFFIX):
+                    path = os.path.join(top, f)
                     try:
-                        os.unlink(os.path.join(top, f))
+                        # A lease's swap takes milliseconds and its holder does not hold the
+                        # store lock: only one left far longer than that is a crash's.
+                        if leases and os.stat(path).st_mtime > stale_before:
+                            continue
+                        os.unlink(path)
                         removed += 1
                     except FileNotFoundError:
                         pass
