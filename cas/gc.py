@@ -398,7 +398,11 @@ def _prune_registry(store, grace: float, now: float) -> int:
         cutoff = now - grace
         pruned = 0
         folder = store.path / "registry" / "objects"
-        for sha in list(odb._iter_loose_objects()):  # noqa: SLF001 - the one loose-object lister
+        try:
+            loose = list(odb._iter_loose_objects())  # noqa: SLF001 - the one loose-object lister
+        except OSError as exc:
+            raise from_os_error(exc, "listing registry objects") from None
+        for sha in loose:
             if sha in reachable:
                 continue
             hex_sha = sha.decode()
