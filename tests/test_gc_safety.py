@@ -328,8 +328,11 @@ def _check_after_fault(faultable: dict, store_path: Path, code: int, out: str, e
         assert code == CRASH_STATUS, (code, out, err)
     elif code != 0:
         doc = json.loads(out)
-        assert doc["error"]["code"] in ("E_DISK", "E_LOCK"), doc
-        assert "\n" not in doc["error"]["message"]
+        error = doc["error"]
+        # A read that fails while the roots are found: gc cannot tell what is live (E_VERIFY).
+        assert error["code"] in ("E_DISK", "E_LOCK") or (
+            error["code"] == "E_VERIFY" and "nothing was deleted" in error["message"]), doc
+        assert "\n" not in error["message"]
     with Store.open(store_path) as store:
         report = store.verify()
         assert report.ok, report
