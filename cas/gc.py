@@ -153,6 +153,10 @@ def collect(store, options: GcOptions | None = None, progress: Progress | None =
     grace = parse_duration(DEFAULT_GRACE) if options.grace is None else options.grace
     now = time.time()
     warnings: list[CasWarning] = []
+    if not options.dry_run:
+        # Recovery first: packs a killed writer (or gc) left without an index are indexed,
+        # so this gc sees them, and dead writers' temps go.
+        store.check_writable()
     with store.leases.acquire_gc("gc", wait=options.wait) as lease:
         retained = _apply_retention(store, now, options.dry_run, warnings)
         if options.expire_removed is not None and not options.dry_run:
@@ -204,16 +208,10 @@ def collect(store, options: GcOptions | None = None, progress: Progress | None =
         kept = _needed_again(store, roots, plan, copied, time.time(), options.expire_removed)
         if pause:
             pause("rechecked")
-        deleted = []
-        for pack_id in doomed:
-            if pack_id in kept:
-                plan.reports[pack_id].action = KEEP
-                continue
-            lease.check()
-            _delete_pack(store, pack_id)
-            deleted.append(pack_id)
-            if pause:
-                pause("deleted-one")
+        deleted = [p for p in doomed if p not in kept]
+        for pack_id in kept:
+            plan.reports[pack_id].action = KEEP
+        _delete_packs(store, lease, deleted, pause)
         _replace_midxs(store, set(deleted))
         store.packs.forget(deleted)
         edges = graph.EdgeMap(store)
@@ -298,10 +296,12 @@ def _needed_again(store, before: graph.Roots, plan: _Plan, copied: set[bytes], n
                   window: float | None) -> set[str]:
     """Doomed packs that hold an object needed by a root that appeared since the mark and
     that no repacked pack holds."""
-    seen = {(r.name, r.seq, r.blob) for r in before.roots}
-    roots, _closure, errors = _roots_closure(store, now, window)
     doomed = plan.delete + plan.repack
-    if errors:
+    if not doomed:
+        return set()
+    seen = {(r.name, r.seq, r.blob) for r in before.roots}
+    roots = graph.find_roots(store, now=now, window=window)
+    if roots.problems:
         return set(doomed)  # cannot tell: keep every doomed pack
     fresh = [r for r in roots.roots if (r.name, r.seq, r.blob) not in seen]
     if not fresh:
@@ -329,16 +329,20 @@ def _needed_again(store, before: graph.Roots, plan: _Plan, copied: set[bytes], n
     return keep
 
 
-def _delete_pack(store, pack_id: str) -> None:
-    """Index first, then pack: a crash between leaves a pack without an index, which the next
-    writer indexes (and the next gc deletes), never an index without its pack."""
+def _delete_packs(store, lease, pack_ids: list[str], pause) -> None:  # type: ignore[no-untyped-def]
+    """Every index first, then every pack, each batch made durable at once: a crash between
+    leaves packs without an index, which the next writer indexes (and the next gc deletes),
+    never an index without its pack."""
+    if not pack_ids:
+        return
     for ext in ("idx", "pack"):
+        lease.check()
         try:
-            store.backend.delete(f"packs/pack-{pack_id}.{ext}")
-        except FileNotFoundError:
-            pass
+            store.backend.delete_many([f"packs/pack-{p}.{ext}" for p in pack_ids])
         except OSError as exc:
-            raise from_os_error(exc, f"deleting pack {pack_id}") from None
+            raise from_os_error(exc, f"deleting {len(pack_ids)} packs") from None
+        if pause:
+            pause("deleted-one")
 
 
 def _replace_midxs(store, deleted: set[str]) -> None:

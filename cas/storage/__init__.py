@@ -98,6 +98,10 @@ class Backend(Protocol):
     def delete(self, name: str) -> None:
         """Remove ``name``; a missing name is not an error."""
 
+    def delete_many(self, names: list[str]) -> None:
+        """Remove each of ``names`` (missing ones are not errors), every removal durable on
+        return; a failure may leave any subset removed. One folder sync for many names."""
+
     def sweep(self) -> int:
         """Remove what writers killed mid-write left behind (temps, stale swap locks).
 

@@ -135,5 +135,10 @@ class FaultyBackend:
     def delete(self, name: str) -> None:
         self._call(f"delete {name}", lambda: self.inner.delete(name))
 
+    def delete_many(self, names: list[str]) -> None:
+        # One step per name, so that a fault can land between any two removals.
+        for name in names:
+            self.delete(name)
+
     def sweep(self) -> int:
         return self._call("sweep", self.inner.sweep)

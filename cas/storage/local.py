@@ -227,6 +227,20 @@ class LocalBackend:
         fsync_dir(target.parent)
         self._prune(target.parent)
 
+    def delete_many(self, names: list[str]) -> None:
+        folders: dict[Path, None] = {}
+        for name in names:
+            target = self.path(name)
+            try:
+                os.unlink(target)
+            except FileNotFoundError:
+                continue
+            folders[target.parent] = None
+        for folder in folders:
+            fsync_dir(folder)
+        for folder in folders:
+            self._prune(folder)
+
     def _prune(self, folder: Path) -> None:
         """Remove ``folder`` and its parents while they are empty (not the top folders)."""
         while len(folder.relative_to(self.root).parts) >= _KEEP_DEPTH:

@@ -85,5 +85,9 @@ class MemoryBackend:
         with self._lock:
             self.objects.pop(check_name(name), None)
 
+    def delete_many(self, names: list[str]) -> None:
+        for name in names:
+            self.delete(name)
+
     def sweep(self) -> int:
         return 0
