@@ -36,7 +36,15 @@ import msgspec
 
 from cas import graph
 from cas.checkout import pause_hook_from_env
-from cas.errors import CasError, CasWarning, VerifyError, from_os_error
+from cas.errors import (
+    CasError,
+    CasWarning,
+    DiskError,
+    LockError,
+    PermError,
+    VerifyError,
+    from_os_error,
+)
 from cas.format import pack as fmt
 from cas.packwriter import PackWriter
 from cas.settings import parse_duration
@@ -166,6 +174,9 @@ def collect(store, options: GcOptions | None = None, progress: Progress | None =
                 raise from_os_error(exc, f"writing {graph.GC_STATE}") from None
         store.packs.refresh()
         roots, closure, errors = _roots_closure(store, now, options.expire_removed)
+        failed = [e for _, e in roots.errors if isinstance(e, (DiskError, PermError))]
+        if failed:  # the disk, not damage: say so (nothing was deleted)
+            raise type(failed[0])(f"gc deleted nothing: {failed[0].message}")
         if errors:
             raise VerifyError("gc cannot tell what is live, nothing was deleted: "
                               + "; ".join(errors[:3])
@@ -217,7 +228,13 @@ def collect(store, options: GcOptions | None = None, progress: Progress | None =
         edges = graph.EdgeMap(store)
         edges.prune()
         edges.save()
-        result.registry_objects_pruned = _prune_registry(store, grace, now)
+        try:
+            result.registry_objects_pruned = _prune_registry(store, grace, now)
+        except LockError as exc:
+            # Packs are deleted already: a busy registry only postpones the pruning.
+            warnings.append(CasWarning(
+                "W_REGISTRY_NOT_PRUNED", f"registry objects were not pruned ({exc.message}); "
+                                         "the next gc prunes them"))
     after = sum(os.path.getsize(store.packs_dir / n) for n in os.listdir(store.packs_dir)
                 if n.endswith(".pack"))
     result.packs_deleted = len(deleted)
@@ -370,7 +387,10 @@ def _replace_midxs(store, deleted: set[str]) -> None:
 def _prune_registry(store, grace: float, now: float) -> int:
     """Delete loose registry objects that no ref reaches and that are older than ``grace``,
     under the store's write lock (every registry writer takes it, and writes its objects
-    before the ref that names them). Packed git objects are left to git."""
+    before the ref that names them). Packed git objects are left to git. Skipped when the
+    refs and the number of loose objects are what the last complete pruning left
+    (``registry_checked`` in ``gc.json``)."""
+    import blake3
     from dulwich.objects import Commit, Tag, Tree
 
     with store.writing():
@@ -378,11 +398,21 @@ def _prune_registry(store, grace: float, now: float) -> int:
         repo = reg.repo
         odb = repo.object_store
         try:
-            tips = [sha for name, sha in repo.refs.as_dict().items() if name != b"HEAD"]
+            refs = {name: sha for name, sha in repo.refs.as_dict().items() if name != b"HEAD"}
         except (KeyError, OSError, ValueError):
             return 0
+        loose = list(odb._iter_loose_objects())  # noqa: SLF001 - the one loose-object lister
+
+        def fingerprint(count: int) -> str:
+            h = blake3.blake3(b"%d\n" % count)
+            for name, sha in sorted(refs.items()):
+                h.update(name + b" " + sha + b"\n")
+            return h.hexdigest()
+
+        if graph.gc_state(store).get("registry_checked") == fingerprint(len(loose)):
+            return 0
         reachable: set[bytes] = set()
-        todo = list(tips)
+        todo = list(refs.values())
         while todo:
             sha = todo.pop()
             if sha in reachable:
@@ -400,18 +430,15 @@ def _prune_registry(store, grace: float, now: float) -> int:
             elif isinstance(obj, Tree):
                 todo.extend(item.sha for item in obj.items() if item.mode != 0o160000)
         cutoff = now - grace
-        pruned = 0
+        pruned = young = 0
         folder = store.path / "registry" / "objects"
-        try:
-            loose = list(odb._iter_loose_objects())  # noqa: SLF001 - the one loose-object lister
-        except OSError as exc:
-            raise from_os_error(exc, "listing registry objects") from None
         for sha in loose:
             if sha in reachable:
                 continue
             hex_sha = sha.decode()
             try:
                 if os.stat(folder / hex_sha[:2] / hex_sha[2:]).st_mtime > cutoff:
+                    young += 1
                     continue
                 store.backend.delete(f"registry/objects/{hex_sha[:2]}/{hex_sha[2:]}")
                 pruned += 1
@@ -419,4 +446,9 @@ def _prune_registry(store, grace: float, now: float) -> int:
                 continue
             except OSError as exc:
                 raise from_os_error(exc, "pruning registry objects") from None
+        if not young:
+            try:
+                graph.update_gc_state(store, registry_checked=fingerprint(len(loose) - pruned))
+            except OSError:
+                pass  # only an optimisation: the next gc walks the registry again
         return pruned

@@ -142,18 +142,28 @@ def model_roots(reg: Registry, st: ModelState, tags: dict[tuple[str, str], str],
 GC_STATE = "gc.json"
 
 
+def gc_state(store: Store) -> dict[str, object]:
+    """The fields of ``gc.json`` (empty if it is missing or unreadable)."""
+    try:
+        doc = msgspec.json.decode(store.backend.read(GC_STATE))
+    except (CasError, OSError, msgspec.DecodeError):
+        return {}
+    return doc if isinstance(doc, dict) and doc.get("schema") == "cas.gc" else {}
+
+
+def update_gc_state(store: Store, **fields: object) -> None:
+    """Rewrite ``gc.json`` with ``fields`` changed (others kept)."""
+    from cas.format.canonical import canonical_json
+
+    doc = {**gc_state(store), **fields, "schema": "cas.gc", "version": 1}
+    store.backend.swap(GC_STATE, ANY, canonical_json(doc))
+
+
 def expired_before(store: Store) -> float:
     """Removal time before which removed versions' data may have been collected (``gc
     --expire-removed`` or ``--now`` records it in ``gc.json``); 0 if never."""
-    try:
-        raw = store.backend.read(GC_STATE)
-        doc = msgspec.json.decode(raw)
-        value = doc.get("removed_expired_before") if isinstance(doc, dict) else None
-        if doc.get("schema") == "cas.gc" and isinstance(value, (int, float)):
-            return float(value)
-    except (CasError, OSError, msgspec.DecodeError, AttributeError):
-        pass
-    return 0.0
+    value = gc_state(store).get("removed_expired_before")
+    return float(value) if isinstance(value, (int, float)) else 0.0
 
 
 def record_expired_before(store: Store, when: float) -> None:
@@ -161,13 +171,9 @@ def record_expired_before(store: Store, when: float) -> None:
     deletes their data: a crash after a deletion must not leave them looking restorable)."""
     if when <= expired_before(store):
         return
-    from cas.format.canonical import canonical_json
-
     # Removal times are whole seconds and a removal at the cutoff is still a root: round
     # up, so a version removed in the same second as a gc --now is expired too.
-    body = canonical_json({"schema": "cas.gc", "version": 1,
-                           "removed_expired_before": math.ceil(when)})
-    store.backend.swap(GC_STATE, ANY, body)
+    update_gc_state(store, removed_expired_before=math.ceil(when))
 
 
 def restore_cutoff(store: Store, now: float, window: float | None = None) -> float:
