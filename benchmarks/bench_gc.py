@@ -301,7 +301,7 @@ def counted_gc(path: Path, **options) -> tuple[object, dict[str, list[int]], dic
 
 
 #: Steps of :func:`cas.gc.collect` timed by :func:`timed_gc`.
-GC_PHASES = ("_apply_retention", "_roots_closure", "_repack", "_needed_again", "_delete_pack",
+GC_PHASES = ("_apply_retention", "_roots_closure", "_repack", "_needed_again", "_delete_packs",
              "_replace_midxs", "_prune_registry")
 
 

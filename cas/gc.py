@@ -47,6 +47,7 @@ from cas.errors import (
 )
 from cas.format import pack as fmt
 from cas.packwriter import PackWriter
+from cas.rootcache import RootCache
 from cas.settings import parse_duration
 
 #: Default ``--grace``: packs younger than this are never deleted or repacked.
@@ -136,12 +137,24 @@ def _plan(store, marks: graph.Marks, grace: float, threshold: float, now: float)
     return _Plan(reports, delete, repack)
 
 
-def _roots_closure(store, now: float, window: float | None
+def _roots_closure(store, now: float, window: float | None, cache: RootCache,
+                   only: set[tuple[str, int, bytes]] | None = None
                    ) -> tuple[graph.Roots, graph.Closure, list[str]]:
-    roots = graph.find_roots(store, now=now, window=window)
+    """The roots and their closure (``only``: skip the roots in this set of
+    ``(name, seq, manifest blob)``), and what could not be read."""
+    roots = graph.find_roots(store, now=now, window=window, cache=cache)
     errors = list(roots.problems)
-    manifests = [m for _, m in graph.root_manifests(store, roots.roots, errors)]
-    closure = graph.needs(store, manifests)
+    closure = graph.Closure(store)
+    for r in roots.roots:
+        if only is not None and (r.name, r.seq, r.blob) in only:
+            continue
+        try:
+            files = cache.manifest_files(store.registry, r.blob)
+        except CasError as exc:
+            errors.append(f"{r.ref}: {exc.message}")
+            continue
+        for chunks, bases in files:
+            closure.add_file(chunks, bases)
     errors += [f"chunk list {k.hex()}: {v}" for k, v in sorted(closure.unreadable.items())]
     return roots, closure, errors
 
@@ -173,7 +186,8 @@ def collect(store, options: GcOptions | None = None, progress: Progress | None =
             except OSError as exc:
                 raise from_os_error(exc, f"writing {graph.GC_STATE}") from None
         store.packs.refresh()
-        roots, closure, errors = _roots_closure(store, now, options.expire_removed)
+        cache = RootCache(store)
+        roots, closure, errors = _roots_closure(store, now, options.expire_removed, cache)
         failed = [e for _, e in roots.errors if isinstance(e, (DiskError, PermError))]
         if failed:  # the disk, not damage: say so (nothing was deleted)
             raise type(failed[0])(f"gc deleted nothing: {failed[0].message}")
@@ -183,6 +197,8 @@ def collect(store, options: GcOptions | None = None, progress: Progress | None =
                               + (f" (and {len(errors) - 3} more)" if len(errors) > 3 else "")
                               + "; run 'cas verify --all'")
         marks = closure.mark()
+        if not options.dry_run:
+            cache.save()  # derived data, but a dry run writes nothing at all
         if marks.missing:
             warnings.append(CasWarning(
                 "W_OBJECTS_MISSING", f"{len(marks.missing)} objects that live versions need "
@@ -216,7 +232,8 @@ def collect(store, options: GcOptions | None = None, progress: Progress | None =
         lease.wait_for_writers(options.wait)
         # Writers that ran before the plan was visible may have committed versions that
         # need objects in doomed packs: mark the roots that appeared since, keep such packs.
-        kept = _needed_again(store, roots, plan, copied, time.time(), options.expire_removed)
+        kept = _needed_again(store, roots, plan, copied, time.time(), options.expire_removed,
+                             cache)
         if pause:
             pause("rechecked")
         deleted = [p for p in doomed if p not in kept]
@@ -310,23 +327,18 @@ def _runs(entries: list[fmt.Entry]) -> list[list[fmt.Entry]]:
 
 
 def _needed_again(store, before: graph.Roots, plan: _Plan, copied: set[bytes], now: float,
-                  window: float | None) -> set[str]:
+                  window: float | None, cache: RootCache) -> set[str]:
     """Doomed packs that hold an object needed by a root that appeared since the mark and
     that no repacked pack holds."""
     doomed = plan.delete + plan.repack
     if not doomed:
         return set()
     seen = {(r.name, r.seq, r.blob) for r in before.roots}
-    roots = graph.find_roots(store, now=now, window=window)
-    if roots.problems:
+    roots, closure, errors = _roots_closure(store, now, window, cache, only=seen)
+    if errors:
         return set(doomed)  # cannot tell: keep every doomed pack
-    fresh = [r for r in roots.roots if (r.name, r.seq, r.blob) not in seen]
-    if not fresh:
+    if not closure.ids:
         return set()
-    errs: list[str] = []
-    closure = graph.needs(store, [m for _, m in graph.root_manifests(store, fresh, errs)])
-    if errs or closure.unreadable:
-        return set(doomed)
     # An object also held by a pack that stays (a writer that saw the plan stored it again)
     # does not keep a doomed pack.
     store.packs.refresh()

@@ -45,6 +45,7 @@ from cas.storage import ANY
 if TYPE_CHECKING:
     from cas.packs import Pack, PackSet
     from cas.registry import ModelState, Registry
+    from cas.rootcache import RootCache, Summary
     from cas.store import Store
 
 LIVE, TAGGED, PINNED, REMOVED = "live", "tagged", "pinned", "removed"
@@ -99,17 +100,20 @@ def pinned_here(store: Store, problems: list[str]) -> set[tuple[str, str]]:
     return out
 
 
-def model_roots(reg: Registry, st: ModelState, tags: dict[tuple[str, str], str], since: float,
-                pinned: set[tuple[str, str]], problems: list[str]) -> list[Root]:
-    """The roots of one model whose history ``st`` was walked: live, tagged, pinned, and
-    removed at or after ``since``. Problems (a tag on a commit that added no version of the
-    model) are appended to ``problems``."""
-    name = st.name
+def model_roots(reg: Registry, st: ModelState | Summary, tags: dict[tuple[str, str], str],
+                since: float, pinned: set[tuple[str, str]], problems: list[str]) -> list[Root]:
+    """The roots of one model whose history ``st`` was walked (or summarised): live, tagged,
+    pinned, and removed at or after ``since``. Problems (a tag on a commit that added no
+    version of the model) are appended to ``problems``."""
+    from cas.rootcache import Summary
+
+    s = st if isinstance(st, Summary) else Summary.of(st)
+    name = s.name
     out: dict[int, Root] = {}
-    for seq, blob in sorted(st.live.items()):
-        if seq in st.added:
-            out[seq] = Root(name, seq, st.version(seq).id, LIVE, blob)
-    added = {h.commit: seq for seq, h in st.added.items()}
+    for seq, blob in sorted(s.live.items()):
+        if seq in s.added:
+            out[seq] = Root(name, seq, s.added[seq][1], LIVE, blob.encode())
+    added = {commit: seq for seq, (commit, _vid) in s.added.items()}
     held: dict[int, str] = {}
     for (model, tag), commit in sorted(tags.items()):
         if model != name:
@@ -120,23 +124,23 @@ def model_roots(reg: Registry, st: ModelState, tags: dict[tuple[str, str], str],
                             f"not add a version of {name}")
             continue
         held.setdefault(seq, TAGGED)
-    ids = {st.version(seq).id: seq for seq in st.added}
+    ids = {vid: seq for seq, (_commit, vid) in s.added.items()}
     for model, vid in sorted(pinned):
         if model == name and vid in ids:
             held.setdefault(ids[vid], PINNED)
     for seq, why in sorted(held.items()):
         if seq in out:
             continue
-        if seq in st.removed:
-            blob: bytes | None = st.removed[seq].blob.encode()
+        if seq in s.removed:
+            blob: bytes | None = s.removed[seq][0].encode()
         else:
-            blob = reg.commit_versions(st.added[seq].commit).get(seq)
+            blob = reg.commit_versions(s.added[seq][0]).get(seq)
         if blob is not None:
-            out[seq] = Root(name, seq, st.version(seq).id, why, blob)
-    for seq, r in sorted(st.removed.items()):
-        if seq not in out and r.removed_at >= since:
-            out[seq] = Root(name, seq, r.version.id, REMOVED, r.blob.encode(), r.removed_at)
-    return [out[s] for s in sorted(out)]
+            out[seq] = Root(name, seq, s.added[seq][1], why, blob)
+    for seq, (blob_hex, removed_at, vid) in sorted(s.removed.items()):
+        if seq not in out and removed_at >= since:
+            out[seq] = Root(name, seq, vid, REMOVED, blob_hex.encode(), removed_at)
+    return [out[k] for k in sorted(out)]
 
 
 GC_STATE = "gc.json"
@@ -185,10 +189,12 @@ def restore_cutoff(store: Store, now: float, window: float | None = None) -> flo
 
 
 def find_roots(store: Store, *, now: float | None = None, window: float | None = None,
-               states: dict[str, ModelState] | None = None) -> Roots:
+               states: dict[str, ModelState] | None = None,
+               cache: RootCache | None = None) -> Roots:
     """Every root of the store. ``window``: the restore window in seconds (default: the
     store's ``restore_window`` setting; 0 keeps no removed version). ``states``, if given,
-    receives each model's walked history (for callers that check it further)."""
+    receives each model's walked history (for callers that check it further); with
+    ``cache`` (:mod:`cas.rootcache`), a model whose ref did not move is not walked again."""
     reg = store.registry
     result = Roots()
     now = time.time() if now is None else now
@@ -213,10 +219,13 @@ def find_roots(store: Store, *, now: float | None = None, window: float | None =
         return result
     for name in names:
         try:
-            st = reg.state(name)
-            if states is not None:
-                states[name] = st
-            result.roots += model_roots(reg, st, tags, since, pinned, result.problems)
+            if cache is not None:
+                summary: ModelState | Summary = cache.summary(reg, name)
+            else:
+                summary = reg.state(name)
+                if states is not None:
+                    states[name] = summary
+            result.roots += model_roots(reg, summary, tags, since, pinned, result.problems)
         except CasError as exc:
             result.problems.append(f"model {name}: {exc.message}")
             result.errors.append((name, exc))
