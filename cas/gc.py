@@ -54,6 +54,8 @@ from cas.settings import parse_duration
 DEFAULT_GRACE = "1h"
 #: Default repack threshold: a pack whose dead share of bytes is above it is rewritten.
 DEFAULT_REPACK_THRESHOLD = 0.2
+#: Packs smaller than the pack target divided by this are repacked with any dead byte.
+SMALL_PACK_DIVISOR = 16
 #: Bytes read per ``pread`` while copying live objects.
 COPY_RUN = 8 << 20
 KEEP, DELETE, REPACK, YOUNG = "keep", "delete", "repack", "young"
@@ -115,6 +117,7 @@ class _Plan:
 def _plan(store, marks: graph.Marks, grace: float, threshold: float, now: float) -> _Plan:
     reports: dict[str, PackReport] = {}
     delete, repack = [], []
+    small = store.config.pack_target_bytes // SMALL_PACK_DIVISOR
     for pack_id, pm in sorted(marks.packs.items()):
         pack = store.packs.packs[pack_id]
         try:
@@ -127,7 +130,11 @@ def _plan(store, marks: graph.Marks, grace: float, threshold: float, now: float)
         elif pm.live_count == 0:
             action = DELETE
             delete.append(pack_id)
-        elif pm.damaged_dead or (total and pm.dead_bytes / total > threshold):
+        elif pm.damaged_dead or (total and pm.dead_bytes / total > threshold) or (
+                pm.dead_bytes and pm.size < small):
+            # A small pack (one add's) is merged into a new pack as soon as anything in it
+            # is dead: cheap to copy, and removing every other version of a series leaves
+            # each pack only a little dead, which the threshold alone would keep for ever.
             action = REPACK
             repack.append(pack_id)
         else:
@@ -292,15 +299,13 @@ def _repack(store, plan: _Plan, marks: graph.Marks, progress: Progress | None
         for pack_id in plan.repack:
             pack = store.packs.packs[pack_id]
             live = marks.packs[pack_id].live
-            entries = sorted((e for i, e in enumerate(pack.entries()) if live[i]),
-                             key=lambda e: e.offset)
+            # Objects live here and not copied yet (from another pack being repacked), in
+            # pack order: runs of them lie back to back and are copied with their headers.
+            entries = sorted((e for i, e in enumerate(pack.entries())
+                              if live[i] and e.oid not in copied), key=lambda e: e.offset)
             for run in _runs(entries):
-                items = []
-                for e, data in zip(run, pack.read_stored_run(run)):
-                    if e.oid not in copied:
-                        items.append((e.oid, e.kind, e.codec, e.raw_len, data))
-                        copied.add(e.oid)
-                writer.add_many(items)
+                writer.add_span(run, pack.read_run_raw(run))
+                copied.update(e.oid for e in run)
                 done += sum(fmt.ENTRY_HEADER_SIZE + e.stored_len for e in run)
                 if progress is not None:
                     progress(done, total, pack_id[:12])

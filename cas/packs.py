@@ -108,17 +108,16 @@ class Pack:
         start = fmt.IDX_RECORDS_START
         return self._idx[start : start + self.count * fmt.IDX_RECORD_SIZE]
 
-    def read_stored_run(self, entries: list[fmt.Entry]) -> list[memoryview]:
-        """The stored bytes of ``entries``, which lie back to back in this pack, read with one
-        ``pread``; each entry header is checked against its record (nothing is decoded)."""
+    def read_run_raw(self, entries: list[fmt.Entry]) -> memoryview:
+        """The bytes of ``entries`` (headers and stored data), which lie back to back in this
+        pack, read with one ``pread``; each header is checked against its record first."""
         first, last = entries[0], entries[-1]
         span = last.offset + fmt.ENTRY_HEADER_SIZE + last.stored_len - first.offset
         data = memoryview(self._pread(span, first.offset))
-        out = []
         for e in entries:
             self.check_record(e)
-            out.append(self._check_stored(e, data[e.offset - first.offset :]))  # type: ignore[arg-type]
-        return out
+            self._check_stored(e, data[e.offset - first.offset :])  # type: ignore[arg-type]
+        return data
 
     def file_size(self) -> int:
         """Size of the pack file (0 if it is gone)."""

@@ -95,6 +95,42 @@ class PackWriter:
             self.abort()
             raise from_os_error(exc, "writing a pack") from None
         self.bytes_written += sum(fmt.ENTRY_HEADER_SIZE + len(it[4]) for it in fresh)
+        self._roll(pack)
+
+    def add_span(self, entries: list[fmt.Entry], span: bytes | memoryview) -> None:
+        """Append objects copied whole from another pack: ``span`` holds ``entries`` (their
+        headers and stored data) back to back, exactly as that pack stores them, the first at
+        ``span[0]``; their headers are written as they are. The caller checked them (see
+        :meth:`cas.packs.Pack.read_run_raw`). An id this writer wrote already makes the
+        objects go one by one."""
+        if any(e.oid in self.written for e in entries):
+            first = entries[0].offset
+            self.add_many([(e.oid, e.kind, e.codec, e.raw_len,
+                            span[e.offset - first + fmt.ENTRY_HEADER_SIZE:
+                                 e.offset - first + fmt.ENTRY_HEADER_SIZE + e.stored_len])
+                           for e in entries])
+            return
+        try:
+            if self._open is None:
+                opened = _OpenPack(self.backend.open_write("pack"))
+                self._open = opened
+                opened.write(fmt.pack_header())
+            pack = self._open
+            base, first = pack.offset, entries[0].offset
+            pack.write(span)
+        except OSError as exc:
+            self.abort()
+            raise from_os_error(exc, "writing a pack") from None
+        for e in entries:
+            self.written[e.oid] = e.stored_len
+            pack.entries.append(fmt.Entry(e.oid, base + e.offset - first, e.stored_len,
+                                          e.raw_len, e.kind, e.codec))
+            pack.hasher.add(e.oid)
+        self.bytes_written += len(span)
+        self._roll(pack)
+
+    def _roll(self, pack: _OpenPack) -> None:
+        """Close ``pack`` in the background once it reached the target size."""
         if pack.offset >= self.target_bytes:
             self._open = None
             if self._closer is None:
