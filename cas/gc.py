@@ -418,7 +418,10 @@ def _prune_registry(store, grace: float, now: float) -> int:
             refs = {name: sha for name, sha in repo.refs.as_dict().items() if name != b"HEAD"}
         except (KeyError, OSError, ValueError):
             return 0
-        loose = list(odb._iter_loose_objects())  # noqa: SLF001 - the one loose-object lister
+        try:
+            loose = list(odb._iter_loose_objects())  # noqa: SLF001 - the one loose-object lister
+        except OSError as exc:
+            raise from_os_error(exc, "listing registry objects") from None
 
         def fingerprint(count: int) -> str:
             h = blake3.blake3(b"%d\n" % count)
