@@ -61,7 +61,7 @@ from cas.format.manifest import FileEntry, Manifest, Metadata, Provenance
 from cas.format.pack import KIND_CHUNK, KIND_CHUNK_LIST
 from cas.gcpause import gc_paused
 from cas.ids import blake3_id, parse_hex
-from cas.ignore import Skipped, scan_input
+from cas.ignore import Scan, Skipped, scan_input
 from cas.metadata import describe, float_ranges, format_of
 from cas.names import parse_version_spec, validate_model_name, validate_tag
 from cas.packwriter import PackWriter
@@ -451,7 +451,8 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
 
     Creates no version when the content equals the latest version's; requested tags are then
     put on the latest version, and metadata options that could not be recorded are named in a
-    ``W_METADATA_NOT_RECORDED`` warning. Holds the store write lock throughout.
+    ``W_METADATA_NOT_RECORDED`` warning. Holds a shared lease throughout (:mod:`cas.leases`)
+    and the store write lock only to commit (``docs/format.md``, Write ordering).
 
     Raises:
         ArgsError | NotFoundError: bad name, tag, parent, path or pattern, before anything is
@@ -587,44 +588,17 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
                 entries = _record_bases(store, [file_entry(rel, found[rel], st)
                                                 for rel, _, st in scan.files],
                                         [*base_files.values(), *(old.files if old else ())])
-                single = stat_mod.S_ISREG(os.stat(path).st_mode)
-                detected = describe(path.absolute() if single else scan.root,
-                                    [e.path for e in entries], ing.formats if ing else None)
-                for rel, reason in detected["bad_headers"]:  # type: ignore[attr-defined]
-                    shown = str(path) if single else os.path.join(path, rel)
-                    warnings.append(CasWarning(
-                        "W_BAD_HEADER", f"{shown}: {reason}; registered as bytes, with no "
-                                        "parameter count or dtypes from this file"))
+                detected = _describe(path, scan, entries, ing.formats if ing else None,
+                                     warnings)
                 lease.check()  # a lease lost (expired, broken) may mean a gc deleted what we use
                 version = _commit_new(store, name, path, options, entries, detected, parents)
                 created = True
             # The version is committed: what fails from here on is reported as a warning, never
             # as an error that would make a script retry a success.
-            set_tags = []
-            for t in tags:
-                if tagged.get(t) == version.commit:
-                    set_tags.append(t)
-                    continue
-                try:
-                    registry.set_tag(version, t, force=t in tagged, warnings=warnings)
-                    set_tags.append(t)
-                except (CasError, OSError) as exc:
-                    why = exc.message if isinstance(exc, CasError) else exc.strerror or str(exc)
-                    warnings.append(CasWarning(
-                        "W_TAG_NOT_SET", f"{version.ref} is registered but tag {t!r} was not set: "
-                                         f"{why}; run 'cas tag {version.ref} {t}'"))
-            tags = set_tags
+            tags = _set_tags(registry, version, tags, tagged, warnings)
             if not unchanged or content_id is None:
                 content_id = fingerprint(found, scan.files)
-            cache.remember_content(version.commit, content_id)
-            try:
-                cache.save()
-            except (DiskError, PermError, OSError) as exc:
-                why = exc.message if isinstance(exc, CasError) else exc.strerror or str(exc)
-                warnings.append(CasWarning(
-                    "W_STAT_CACHE_NOT_SAVED",
-                    f"{version.ref} is registered; the stat cache was not saved ({why}): the "
-                    "next add re-reads the files"))
+            _save_cache(cache, version, content_id, warnings)
     return AddResult(
         name=name,
         seq=version.seq,
@@ -642,6 +616,55 @@ def add(store: Store, name: str, path: Path, options: AddOptions,
         skipped=scan.skipped,
         warnings=warnings,
     )
+
+
+def _describe(path: Path, scan: Scan, entries: list[FileEntry], formats: dict[str, str] | None,
+              warnings: list[CasWarning]) -> dict[str, object]:
+    """Metadata from the files' headers (:func:`cas.metadata.describe`); a header that does not
+    agree with its file is named in a ``W_BAD_HEADER`` warning."""
+    single = stat_mod.S_ISREG(os.stat(path).st_mode)
+    detected = describe(path.absolute() if single else scan.root, [e.path for e in entries],
+                        formats)
+    for rel, reason in detected["bad_headers"]:  # type: ignore[attr-defined]
+        shown = str(path) if single else os.path.join(path, rel)
+        warnings.append(CasWarning(
+            "W_BAD_HEADER", f"{shown}: {reason}; registered as bytes, with no parameter count "
+                            "or dtypes from this file"))
+    return detected
+
+
+def _set_tags(registry: Registry, version: Version, tags: list[str], tagged: dict[str, str],
+              warnings: list[CasWarning]) -> list[str]:
+    """Put the requested tags on the committed ``version``; a tag that cannot be set is a
+    ``W_TAG_NOT_SET`` warning. Returns the tags set."""
+    done = []
+    for t in tags:
+        if tagged.get(t) == version.commit:
+            done.append(t)
+            continue
+        try:
+            registry.set_tag(version, t, force=t in tagged, warnings=warnings)
+            done.append(t)
+        except (CasError, OSError) as exc:
+            why = exc.message if isinstance(exc, CasError) else exc.strerror or str(exc)
+            warnings.append(CasWarning(
+                "W_TAG_NOT_SET", f"{version.ref} is registered but tag {t!r} was not set: "
+                                 f"{why}; run 'cas tag {version.ref} {t}'"))
+    return done
+
+
+def _save_cache(cache: StatCache, version: Version, content_id: str,
+                warnings: list[CasWarning]) -> None:
+    """Remember the version's content fingerprint and save the stat cache; a failure is a
+    ``W_STAT_CACHE_NOT_SAVED`` warning (the next add re-reads the files)."""
+    cache.remember_content(version.commit, content_id)
+    try:
+        cache.save()
+    except (DiskError, PermError, OSError) as exc:
+        why = exc.message if isinstance(exc, CasError) else exc.strerror or str(exc)
+        warnings.append(CasWarning(
+            "W_STAT_CACHE_NOT_SAVED", f"{version.ref} is registered; the stat cache was not "
+                                      f"saved ({why}): the next add re-reads the files"))
 
 
 def _ingest_file(store: Store, ing: _Ingester, cache: StatCache, rel: str, apath: str,
