@@ -187,9 +187,14 @@ def collect(store, options: GcOptions | None = None, progress: Progress | None =
         store.check_writable()
     with store.leases.acquire_gc("gc", wait=options.wait) as lease:
         retained = _apply_retention(store, now, options.dry_run, warnings)
-        if options.expire_removed is not None and not options.dry_run:
+        if not options.dry_run:
+            # What this gc may delete is gone for good, whatever the window says later (a
+            # window shortened and lengthened again, another host's clock).
+            expire = options.expire_removed
+            if expire is None:
+                expire = store.settings.restore_window_seconds()
             try:
-                graph.record_expired_before(store, now - options.expire_removed)
+                graph.record_expired_before(store, now - expire)
             except OSError as exc:
                 raise from_os_error(exc, f"writing {graph.GC_STATE}") from None
         store.packs.refresh()
@@ -211,6 +216,8 @@ def collect(store, options: GcOptions | None = None, progress: Progress | None =
                 "W_OBJECTS_MISSING", f"{len(marks.missing)} objects that live versions need "
                                      "are in no pack; run 'cas verify --all'"))
         plan = _plan(store, marks, grace, options.repack_threshold, now)
+        plan, marks = _keep_bases(store, closure, marks, plan, grace,
+                                  options.repack_threshold, now)
         counts: dict[str, int] = {}
         for r in roots.roots:
             counts[r.why] = counts.get(r.why, 0) + 1
@@ -232,6 +239,7 @@ def collect(store, options: GcOptions | None = None, progress: Progress | None =
             return result
         if pause:
             pause("marked")
+        idents = {p: _ident(store, p) for p in doomed}
         lease.publish_plan(doomed)
         if pause:
             pause("planned")
@@ -243,6 +251,9 @@ def collect(store, options: GcOptions | None = None, progress: Progress | None =
                              cache)
         if pause:
             pause("rechecked")
+        # A writer that avoided a doomed pack and stored the same objects in the same order
+        # wrote a pack of the same name: such a pack is not the one judged, and stays.
+        kept |= {p for p in doomed if _ident(store, p) != idents[p]}
         deleted = [p for p in doomed if p not in kept]
         for pack_id in kept:
             plan.reports[pack_id].action = KEEP
@@ -259,7 +270,7 @@ def collect(store, options: GcOptions | None = None, progress: Progress | None =
             warnings.append(CasWarning(
                 "W_REGISTRY_NOT_PRUNED", f"registry objects were not pruned ({exc.message}); "
                                          "the next gc prunes them"))
-    after = sum(os.path.getsize(store.packs_dir / n) for n in os.listdir(store.packs_dir)
+    after = sum(_size(store.packs_dir / n) for n in os.listdir(store.packs_dir)
                 if n.endswith(".pack"))
     result.packs_deleted = len(deleted)
     result.packs_repacked = len([p for p in plan.repack if p in deleted])
@@ -269,6 +280,38 @@ def collect(store, options: GcOptions | None = None, progress: Progress | None =
     result.reclaimed = max(0, bytes_before - after)
     result.dead_kept = sum(r.dead_bytes for p, r in plan.reports.items() if p not in deleted)
     return result
+
+
+#: Rounds of :func:`_keep_bases` (each follows one more level of bases of staying objects).
+MAX_BASE_ROUNDS = 32
+
+
+def _keep_bases(store, closure: graph.Closure, marks: graph.Marks, plan: _Plan, grace: float,
+                threshold: float, now: float) -> tuple[_Plan, graph.Marks]:
+    """Every derived object that stays stored (in a pack kept whole, or copied because it is
+    live) keeps the chunk lists it is predicted from, and their chunks: a writer may
+    deduplicate against any object it finds, so nothing stored may lose its base. Marks and
+    plan are redone until no staying object needs a base that is not marked."""
+    edges = closure.edges
+    for _ in range(MAX_BASE_ROUNDS):
+        deleting, repacking = set(plan.delete), set(plan.repack)
+        wanted = set()
+        for pack_id in marks.packs:
+            if pack_id in deleting:
+                continue
+            for oid, base in edges.pairs(pack_id):
+                if pack_id in repacking and oid not in closure.ids:
+                    continue  # a dead copy the repack leaves behind
+                if not closure.known(base):
+                    wanted.add(base)
+        if not wanted:
+            return plan, marks
+        for base in wanted:
+            closure.add_file(base, None)
+        marks = closure.mark()
+        plan = _plan(store, marks, grace, threshold, now)
+    raise VerifyError("gc cannot settle which derived chunks' bases to keep (a cycle?); "
+                      "nothing was deleted; run 'cas verify --all'")
 
 
 def _apply_retention(store, now: float, dry_run: bool, warnings: list[CasWarning]) -> int:
@@ -317,6 +360,25 @@ def _repack(store, plan: _Plan, marks: graph.Marks, progress: Progress | None
     return copied, written
 
 
+def _ident(store, pack_id: str) -> tuple[int, int, int, int]:  # type: ignore[no-untyped-def]
+    """Inode and modification time of a pack's two files (0s when missing)."""
+    out = []
+    for ext in ("pack", "idx"):
+        try:
+            st = os.stat(store.packs_dir / f"pack-{pack_id}.{ext}")
+            out += [st.st_ino, st.st_mtime_ns]
+        except OSError:
+            out += [0, 0]
+    return tuple(out)  # type: ignore[return-value]
+
+
+def _size(path) -> int:  # type: ignore[no-untyped-def]
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0  # moved or deleted meanwhile (another writer's recovery)
+
+
 def _runs(entries: list[fmt.Entry]) -> list[list[fmt.Entry]]:
     """Entries grouped into runs that lie back to back, each at most :data:`COPY_RUN`."""
     runs: list[list[fmt.Entry]] = []
@@ -349,8 +411,10 @@ def _needed_again(store, before: graph.Roots, plan: _Plan, copied: set[bytes], n
     store.packs.refresh()
     gone = set(doomed)
     staying = [p for pid, p in store.packs.packs.items() if pid not in gone]
+    bad = store.packs.bad
     needed = [oid for oid in closure.ids if oid not in copied
-              and not any(p.lookup(oid) is not None for p in staying)]
+              and not any(p.lookup(oid) is not None and (oid, p.id) not in bad
+                          for p in staying)]
     keep = set()
     for pack_id in doomed:
         pack = store.packs.packs.get(pack_id)

@@ -304,6 +304,14 @@ class EdgeMap:
                     bases.append(base)
         self._map = m
 
+    def pairs(self, pack_id: str) -> Iterator[tuple[bytes, bytes]]:
+        """``(derived object id, base chunk-list id)`` of each derived object of a pack."""
+        if self._map is None:
+            self._build()
+        data = self._packs.get(pack_id, b"")
+        for at in range(0, len(data), 64):
+            yield data[at : at + 32], data[at + 32 : at + 64]
+
     def prune(self) -> None:
         """Drop the pairs of packs that are gone (after gc), scanning nothing."""
         current = self.store.packs.packs
@@ -412,6 +420,10 @@ class Closure:
                     ids = []
             for oid in ids:
                 todo.extend(self.edges.bases(oid))
+
+    def known(self, clist: bytes) -> bool:
+        """True if ``clist`` was added with its edges followed."""
+        return clist in self._followed
 
     def mark(self) -> Marks:
         """Mark every needed object in every pack index (by position)."""

@@ -211,6 +211,11 @@ class _Ingester:
         return loc is not None and loc.pack.id not in self.avoid and (
             not packs.bad_ids or (oid, loc.pack.id) not in packs.bad)
 
+    def _may_derive(self, plan: derive.Plan) -> bool:
+        """Derivation stays off while a gc dooms packs or damage is known (objects are then
+        stored again, and a chunk must never be predicted from a file that holds it)."""
+        return not self.avoid and not self.store.packs.bad_ids
+
     def _queue(self, item: _PackItem) -> None:
         self._batch.append(item)
         self._batched.add(item[0])
@@ -271,6 +276,8 @@ class _Ingester:
                 continue
             if planned is not None:
                 plan, planned = planned.result(), None
+                if plan is not None and not self._may_derive(plan):
+                    plan = None
             where = floats.locate(offset, len(view)) if floats is not None else None
             tensor = plan.tensor_at(offset, len(view)) if plan is not None else None
             if tensor is not None and plan.decided.get(tensor, True):  # type: ignore[union-attr]
