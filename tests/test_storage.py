@@ -241,3 +241,33 @@ def test_local_listing_an_unreadable_folder_is_an_error(tmp_path: Path, monkeypa
     with pytest.raises(PermissionError):
         b.list("r/a")
     assert b.list_tree("nowhere") == []
+
+
+def test_local_sweep_spares_running_writers_and_other_hosts_fresh_temps(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Recovery may run while other writers work (adds run side by side, hosts share a
+    store): it removes only temps whose writer is gone."""
+    import os
+    import time
+
+    from cas.storage.local import _HOST, LocalBackend
+
+    b = LocalBackend(tmp_path)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(exist_ok=True)
+    dead = 2 ** 22 + 12345  # above any pid this machine hands out by default
+    names = {
+        "live": f"pack.h-{_HOST}.{os.getppid()}.0a0b0c0d.tmp",
+        "dead": f"pack.h-{_HOST}.{dead}.0a0b0c0d.tmp",
+        "dead-old-style": f"pack.{dead}.0c0d0e0f.tmp",
+        "foreign-fresh": f"pack.h-elsewhere.{dead}.0a0b0c0d.tmp",
+        "foreign-old": f"pack.h-elsewhere.{dead}.0e0f0a0b.tmp",
+    }
+    for n in names.values():
+        (tmp / n).write_bytes(b"x")
+    old = time.time() - 2 * 24 * 3600
+    os.utime(tmp / names["foreign-old"], (old, old))
+    b.sweep()
+    left = set(os.listdir(tmp))
+    assert names["live"] in left and names["foreign-fresh"] in left
+    assert names["dead"] not in left and names["foreign-old"] not in left
+    assert names["dead-old-style"] not in left

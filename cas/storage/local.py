@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import time
 import stat
 from pathlib import Path
@@ -21,6 +22,10 @@ from cas.storage import ANY, Expected, check_name
 
 TMP = "tmp"
 LOCK_SUFFIX = ".lock"
+#: This host, as temp names carry it (dots would split the name's fields).
+_HOST = socket.gethostname().replace(".", "-").replace("/", "-") or "host"
+#: Seconds after which another host's temp in ``tmp/`` is a crash's leftover.
+FOREIGN_TEMP_STALE = 24 * 3600.0
 #: Seconds after which a swap lock of a lease (``locks/NAME.lock``) is a crash's leftover.
 LEASE_SWAP_STALE = 120.0
 #: Folders with fewer components are never removed when they empty (``registry/refs``).
@@ -32,7 +37,9 @@ class LocalWriter:
 
     def __init__(self, backend: LocalBackend, hint: str) -> None:
         self._backend = backend
-        self.tmp = tmp_name(backend.tmp_dir, hint)
+        # The host is in the name: a store on a shared filesystem has other hosts' writers,
+        # whose pids mean nothing here (see sweep()).
+        self.tmp = tmp_name(backend.tmp_dir, f"{hint}.h-{_HOST}")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
         try:
             self.fd: int | None = os.open(self.tmp, flags, 0o644)
@@ -262,7 +269,7 @@ class LocalBackend:
         except FileNotFoundError:
             temps = []
         for entry in temps:
-            if entry.name.endswith(".tmp") and not _writer_alive(entry.name):
+            if entry.name.endswith(".tmp") and not _writer_alive(entry):
                 try:
                     os.unlink(entry.path)
                     removed += 1
@@ -288,13 +295,19 @@ class LocalBackend:
         return removed
 
 
-def _writer_alive(temp_name: str) -> bool:
-    """True if the temp ``STEM.PID.RAND.tmp`` (see :func:`cas.fsutil.tmp_name`) belongs to a
-    process that runs on this host (other than this one: its own temps are not in use while
-    it sweeps)."""
-    parts = temp_name.split(".")
+def _writer_alive(entry: os.DirEntry[str]) -> bool:
+    """True if the temp ``STEM[.h-HOST].PID.RAND.tmp`` (see :class:`LocalWriter`) may be a
+    running writer's: its process runs on this host (other than this one: its own temps are
+    not in use while it sweeps), or it was made on another host less than
+    :data:`FOREIGN_TEMP_STALE` seconds ago (that host's pids cannot be checked from here)."""
+    parts = entry.name.split(".")
     if len(parts) < 4 or not parts[-3].isdigit():
         return False
+    if len(parts) >= 5 and parts[-4].startswith("h-") and parts[-4][2:] != _HOST:
+        try:
+            return entry.stat(follow_symlinks=False).st_mtime > time.time() - FOREIGN_TEMP_STALE
+        except FileNotFoundError:
+            return False
     pid = int(parts[-3])
     if pid == os.getpid():
         return False
