@@ -54,19 +54,27 @@ def test_add_records_the_id_in_commit_manifest_and_listings(cas, tmp_path, git):
     assert f"org/m@1  id {ids[0]}" in cas("show", "org/m@1").out
 
 
+def _prefix(vid: str, n: int) -> str:
+    """The shortest prefix of at least ``n`` characters that is not all digits (digits alone
+    name a sequence number)."""
+    while vid[:n].isdigit():
+        n += 1
+    return vid[:n]
+
+
 def test_annotate_rm_and_restore_keep_the_id(cas, tmp_path, git):
     cas("add", "org/m", str(_dir(tmp_path, "a", b"one" * 100)), "--tag", "prod")
     vid = cas("--json", "show", "org/m").json["id"]
     cas("annotate", "org/m@1", "--metric", "acc=0.5", "-m", "eval")
     assert _manifest_at(cas.store, 1)["id"] == vid  # the annotated manifest keeps it
-    shown = cas("--json", "show", f"org/m@{vid[:8]}").json
+    shown = cas("--json", "show", f"org/m@{_prefix(vid, 8)}").json
     assert shown["id"] == vid and shown["manifest"]["metadata"]["metrics"] == {"acc": 0.5}
     cas("rm", "org/m@1", "--force")
-    err = cas("--json", "show", f"org/m@{vid[:8]}", ok=False).json["error"]
+    err = cas("--json", "show", f"org/m@{_prefix(vid, 8)}", ok=False).json["error"]
     assert err["code"] == "E_NOT_FOUND" and "cas restore org/m@1" in err["message"]
     # a removed version is still found by its id where removed versions are wanted
-    assert cas("--json", "log", f"org/m@{vid[:10]}").json["history"][0]["action"] == "rm"
-    assert cas("--json", "restore", f"org/m@{vid[:6]}").json["restored"] == ["org/m@1"]
+    assert cas("--json", "log", f"org/m@{_prefix(vid, 10)}").json["history"][0]["action"] == "rm"
+    assert cas("--json", "restore", f"org/m@{_prefix(vid, 6)}").json["restored"] == ["org/m@1"]
     again = cas("--json", "show", f"org/m@{vid}").json
     assert again["id"] == vid and again["tags"] == ["prod"]
     assert _manifest_at(cas.store, 1)["id"] == vid
