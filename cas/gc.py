@@ -260,9 +260,8 @@ def collect(store, options: GcOptions | None = None, progress: Progress | None =
         _delete_packs(store, lease, deleted, pause)
         _replace_midxs(store, set(deleted))
         store.packs.forget(deleted)
-        edges = graph.EdgeMap(store)
-        edges.prune()
-        edges.save()
+        closure.edges.prune()  # the map the mark built: deleted packs' pairs dropped
+        closure.edges.save()
         try:
             result.registry_objects_pruned = _prune_registry(store, grace, now)
         except LockError as exc:
