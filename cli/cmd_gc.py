@@ -43,6 +43,7 @@ def gc(ctx: Ctx, dry_run: bool, grace: str | None, expire_removed: str | None, n
     window, with everything they need (derived chunks' bases included). Safe while adds
     run, on this host or others sharing the store: see docs/format.md, "Garbage
     collection". Nothing is deleted if any of it cannot be read (run 'cas verify --all').
+    Retention rules stored with 'cas retain --set' are applied first.
 
     \b
     Examples:
