@@ -309,7 +309,9 @@ class Registry:
                     + (f" ('cas restore {name}' brings them back)" if st.removed else ""))
             return st.live_versions()[-1]
         seq: int | None = None
-        if sel.isdigit():
+        # Digits name a sequence number, unless there is no such version and they are the
+        # start of an id or commit (which is hex, and may happen to be all digits).
+        if sel.isdigit() and (int(sel) in st.added or len(sel) < 4 or not st.matching(sel)):
             seq = int(sel)
         else:
             tag = self.tags(name).get((name, sel))

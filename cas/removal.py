@@ -169,7 +169,8 @@ def restore(store: Store, spec: str, *, author: str | None = None) -> RestoreRes
             chosen = [r for r in st.removed.values() if r.removal_commit == latest.removal_commit]
         else:
             sel = parsed.selector
-            if sel.isdigit():
+            if sel.isdigit() and (int(sel) in st.added or len(sel) < 4
+                                  or not st.matching(sel)):
                 seq = int(sel)
             else:
                 # a tag the removal recorded, else a prefix of the version's id or commit

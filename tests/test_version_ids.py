@@ -170,3 +170,18 @@ def test_trailers_carry_the_id_and_refuse_a_malformed_one():
     # a user's subject cannot forge one
     forged = commit_message(f"Cas-Id: {vid}", "add", [1], []).encode()
     assert parse_trailers(forged).id is None
+
+
+def test_digits_are_an_id_prefix_when_no_such_sequence_number(cas, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Ids and commits are hex: a prefix may be all digits. It resolves when the model has no
+    version of that number; a sequence number that exists wins."""
+    cas("add", "org/m", str(_dir(tmp_path, "a", b"one" * 100)))
+    base = cas("--json", "show", "org/m@1").json["manifest"]
+    vid = "20" + "7" * 30
+    _registry_version(cas, {**base, "seq": 2, "id": vid}, 2)
+    assert cas("--json", "show", "org/m@2077").json["seq"] == 2  # no version 2077: a prefix
+    assert cas("--json", "show", "org/m@2").json["id"] == vid  # version 2 exists: a number
+    cas("rm", "org/m@2")
+    assert cas("--json", "restore", "org/m@20777").json["restored"] == ["org/m@2"]
+    err = cas("--json", "show", "org/m@99999999", ok=False).json["error"]
+    assert err["code"] == "E_NOT_FOUND"
