@@ -211,11 +211,6 @@ class _Ingester:
         return loc is not None and loc.pack.id not in self.avoid and (
             not packs.bad_ids or (oid, loc.pack.id) not in packs.bad)
 
-    def _may_derive(self, plan: derive.Plan) -> bool:
-        """Derivation stays off while a gc dooms packs or damage is known (objects are then
-        stored again, and a chunk must never be predicted from a file that holds it)."""
-        return not self.avoid and not self.store.packs.bad_ids
-
     def _queue(self, item: _PackItem) -> None:
         self._batch.append(item)
         self._batched.add(item[0])
@@ -263,7 +258,7 @@ class _Ingester:
 
     def _work_group(self, chunks: list[tuple[int, memoryview]], floats: FloatRanges | None,
                     planned: Future[derive.Plan | None] | None) -> list[_ChunkResult]:
-        """Hash a run of ``(file offset, chunk)``, and compress the ones the store lacks.
+        """Hash a run of ``(file offset, chunk)``, and encode the ones the store lacks.
 
         ``planned`` is worked out on another thread while the file is read; it is waited for
         only when a chunk turns out to be new."""
@@ -275,38 +270,54 @@ class _Ingester:
                 out.append((oid, len(view), None, None))
                 continue
             if planned is not None:
-                plan, planned = planned.result(), None
-                if plan is not None and not self._may_derive(plan):
-                    plan = None
-            where = floats.locate(offset, len(view)) if floats is not None else None
-            tensor = plan.tensor_at(offset, len(view)) if plan is not None else None
-            if tensor is not None and plan.decided.get(tensor, True):  # type: ignore[union-attr]
-                derived = self._derive(view, offset, plan, where)  # type: ignore[arg-type]
-                if derived is not None and plan.decided.get(tensor):  # type: ignore[union-attr]
-                    out.append((oid, len(view), CODEC_DERIVED, derived))
-                    continue
-            else:
-                derived = None
-            if where is None:
-                codec, stored = self.compressor.compress(view)
-            else:
-                index, elem, phase = where
-                decision = floats.decided.get(index)  # type: ignore[union-attr]
-                if decision is None:
-                    decision, (codec, stored) = self.compressor.best(view, (elem, phase))
-                    floats.decided[index] = decision  # type: ignore[union-attr]
-                elif decision[0]:
-                    codec, stored = self.compressor.compress(view, (elem, phase), decision[1])
-                else:
-                    codec, stored = self.compressor.compress(view)
-            if tensor is not None and tensor not in plan.decided:  # type: ignore[union-attr]
-                # The first new chunk of a tensor decides for the rest of it, as for grouping.
-                won = derived is not None and len(derived) < len(stored)
-                plan.decided[tensor] = won  # type: ignore[union-attr]
-                if won:
-                    codec, stored = CODEC_DERIVED, derived  # type: ignore[assignment]
+                plan, planned = self._usable(planned.result()), None
+            codec, stored = self._encode(view, offset, floats, plan)
             out.append((oid, len(view), codec, stored))
         return out
+
+    def _usable(self, plan: derive.Plan | None) -> derive.Plan | None:
+        """The plan, unless derivation is off for this add: while a gc dooms packs or damage
+        is known, objects are stored again, and a chunk must never be predicted from a file
+        that holds it."""
+        return None if self.avoid or self.store.packs.bad_ids else plan
+
+    def _encode(self, view: memoryview, offset: int, floats: FloatRanges | None,
+                plan: derive.Plan | None) -> tuple[int, bytes | memoryview]:
+        """The stored form of a new chunk: derived from the base file where its tensor was
+        decided for that, else :meth:`_plain`. A tensor's first new chunk decides for the
+        rest of it (derived if that is smaller than the plain form), as for grouping."""
+        where = floats.locate(offset, len(view)) if floats is not None else None
+        tensor = plan.tensor_at(offset, len(view)) if plan is not None else None
+        if tensor is None:
+            return self._plain(view, floats, where)
+        assert plan is not None
+        decided = plan.decided.get(tensor)
+        if decided is False:
+            return self._plain(view, floats, where)
+        derived = self._derive(view, offset, plan, where)
+        if decided:
+            return (CODEC_DERIVED, derived) if derived is not None else \
+                self._plain(view, floats, where)
+        codec, stored = self._plain(view, floats, where)
+        won = derived is not None and len(derived) < len(stored)
+        plan.decided[tensor] = won
+        return (CODEC_DERIVED, derived) if won else (codec, stored)  # type: ignore[return-value]
+
+    def _plain(self, view: memoryview, floats: FloatRanges | None,
+               where: tuple[int, int, int] | None) -> tuple[int, bytes | memoryview]:
+        """zstd, or in a float tensor byte-grouped streams if the tensor's first new chunk
+        found them smaller (:meth:`cas.compression.Compressor.best`)."""
+        if where is None:
+            return self.compressor.compress(view)
+        index, elem, phase = where
+        decision = floats.decided.get(index)  # type: ignore[union-attr]
+        if decision is None:
+            decision, result = self.compressor.best(view, (elem, phase))
+            floats.decided[index] = decision  # type: ignore[union-attr]
+            return result
+        if decision[0]:
+            return self.compressor.compress(view, (elem, phase), decision[1])
+        return self.compressor.compress(view)
 
     def _derive(self, view: memoryview, offset: int, plan: derive.Plan,
                 where: tuple[int, int, int] | None) -> bytes | None:
