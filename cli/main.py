@@ -10,6 +10,7 @@ import click
 from cas.cli import cmd_add, cmd_completion, cmd_diff, cmd_files, cmd_models, cmd_store  # noqa: E501, F401  (registers commands)
 from cas.cli import cmd_retain  # noqa: F401  (registers commands)
 from cas.cli import cmd_gc  # noqa: F401  (registers commands)
+from cas.cli import cmd_remote  # noqa: F401  (registers commands)
 from cas.cli import cmd_pins  # noqa: F401  (registers commands)
 from cas.cli.app import ReportedFailure, cli
 from cas.cli.render import PipeClosed, fail
