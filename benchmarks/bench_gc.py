@@ -79,19 +79,18 @@ MB = 1_000_000
 IDENTITY = ("bench", "bench@example.invalid")
 
 _FLOOR = r"""
-import json, struct, sys, time
+import json, sys, time
 t0 = time.perf_counter()
 from cas.format.manifest import Manifest
 from cas.format.pack import KIND_CHUNK_LIST
 from cas.store import Store
-rec = struct.Struct("<32sIIIBBH")
 path, mode = sys.argv[1], sys.argv[2]
 store = Store.open(path)
 records = ids = manifests = 0
 lists = set()
 if mode != "startup":
     for pack in store.packs.packs.values():
-        for oid, _o, _s, _r, kind, _c, _x in rec.iter_unpack(pack.index_records()):
+        for oid, _o, _s, _r, kind, _c, _x in pack.records():
             records += 1
             if kind == KIND_CHUNK_LIST:
                 lists.add(oid)

@@ -26,7 +26,6 @@ of distinct needed ids.
 from __future__ import annotations
 
 import math
-import struct
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -39,7 +38,8 @@ from cas.format.chunklist import ChunkList
 from cas.format.manifest import Manifest
 from cas.compression import CODEC_DERIVED
 from cas.format.pack import ENTRY_HEADER_SIZE
-from cas.ids import blake3_id, parse_hex
+from cas.format.canonical import sealed, unsealed
+from cas.ids import parse_hex
 from cas.storage import ANY
 
 if TYPE_CHECKING:
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
     from cas.store import Store
 
 LIVE, TAGGED, PINNED, REMOVED = "live", "tagged", "pinned", "removed"
-_RECORD = struct.Struct("<32sIIIBBH")
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,8 +268,9 @@ class EdgeMap:
         self.scanned = 0
         try:
             raw = store.backend.read(EDGES_NAME)
-            if raw[:8] == _EDGES_MAGIC and blake3_id(raw[8:-32]) == raw[-32:]:
-                got = msgspec.msgpack.decode(raw[8:-32], type=_EdgeFile)
+            body = unsealed(_EDGES_MAGIC, raw)
+            if body is not None:
+                got = msgspec.msgpack.decode(body, type=_EdgeFile)
                 if got.version == 1 and all(len(v) % 64 == 0 for v in got.packs.values()):
                     self._packs = got.packs
         except (CasError, OSError, msgspec.DecodeError, msgspec.ValidationError):
@@ -326,7 +326,7 @@ class EdgeMap:
             return
         body = msgspec.msgpack.encode(_EdgeFile(1, self._packs))
         try:
-            self.store.backend.swap(EDGES_NAME, ANY, _EDGES_MAGIC + body + blake3_id(body))
+            self.store.backend.swap(EDGES_NAME, ANY, sealed(_EDGES_MAGIC, body))
             self.dirty = False
         except (CasError, OSError):
             pass
@@ -336,7 +336,7 @@ def _scan(pack: Pack) -> Iterator[tuple[bytes, bytes]]:
     """``(derived object id, base chunk-list id)`` for each derived object of ``pack``."""
     from cas.format.pack import Entry
 
-    for oid, off, stored, raw, kind, codec, _r in _RECORD.iter_unpack(pack.index_records()):
+    for oid, off, stored, raw, kind, codec, _r in pack.records():
         if codec == CODEC_DERIVED:
             try:
                 base = pack.derived_base(Entry(oid, off, stored, raw, kind, codec))
@@ -474,9 +474,7 @@ class Marks:
         for pack_id, pack in sorted(packs.packs.items()):
             live = bytearray(pack.count)
             pm = PackMarks(pack_id, live)
-            buf = pack.index_records()
-            for i, (oid, _off, stored, _raw, _kind, _codec, _r) in enumerate(
-                    _RECORD.iter_unpack(buf)):
+            for i, (oid, _off, stored, _raw, _kind, _codec, _r) in enumerate(pack.records()):
                 n = stored + ENTRY_HEADER_SIZE
                 pm.dead_bytes += n
                 if oid in ids:

@@ -41,7 +41,7 @@ from cas.clock import iso_utc
 from cas.errors import ArgsError, LockError, from_os_error
 from cas.format.canonical import canonical_json
 from cas.ids import is_hex
-from cas.locking import check_timeout
+from cas.locking import check_timeout, process_alive
 from cas.storage import Backend
 
 SCHEMA = "cas.lock"
@@ -137,19 +137,6 @@ def _setting(value: float | None, env: str, default: float) -> float:
         raise ArgsError(f"lease {env.rsplit('_', 1)[-1].lower()} {value!r} must be a positive "
                         "number of seconds")
     return float(value)
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` of this host exists (a zombie counts as existing)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 class Leases:
@@ -268,7 +255,7 @@ class Leases:
         if self.clock() > record.expires_at + self.margin:
             return True
         return record.host == self.host and record.pid != os.getpid() and \
-            not _pid_alive(record.pid)
+            not process_alive(record.pid)
 
     def holders(self) -> list[Holder]:
         """Every lease under ``locks/``, sorted by name (for status and diagnostics)."""

@@ -111,3 +111,17 @@ def _read_holder(fd: int) -> str:
     except OSError:
         text = ""
     return text or "unknown process"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host exists (a zombie counts as existing): what tells
+    a killed writer's leftovers (lease, temp file) from a running writer's."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True

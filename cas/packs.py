@@ -13,10 +13,10 @@ import mmap
 import os
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from cas.compression import CODEC_DERIVED, CODECS, decompress
 from cas.errors import (
@@ -43,6 +43,9 @@ PACK_PREFIX = "pack-"
 #: ``max_size`` here). A chunk record claiming more is damage, refused before any byte of it is
 #: decompressed: the claimed length is what decompression would allocate.
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
+
+
+T = TypeVar("T")
 
 
 def pack_path(packs_dir: Path, pack_id: str, ext: str) -> Path:
@@ -103,10 +106,10 @@ class Pack:
     def entries(self) -> Iterator[fmt.Entry]:
         return fmt.iter_index(self._idx)
 
-    def index_records(self) -> bytes:
-        """The index's records, ``count`` x 48 bytes in id order (see docs/format.md)."""
-        start = fmt.IDX_RECORDS_START
-        return self._idx[start : start + self.count * fmt.IDX_RECORD_SIZE]
+    def records(self) -> Iterator[tuple[bytes, int, int, int, int, int, int]]:
+        """The index's records in id order, as tuples ``(id, offset, stored_len, raw_len,
+        kind, codec, reserved)``: cheaper than :meth:`entries` for a pass over all of them."""
+        return fmt.index_records(self._idx, self.count)
 
     def read_run_raw(self, entries: list[fmt.Entry]) -> memoryview:
         """The bytes of ``entries`` (headers and stored data), which lie back to back in this
@@ -481,25 +484,22 @@ class PackSet:
     def has(self, oid: bytes) -> bool:
         return self.locate(oid) is not None if not self.bad_ids else self.has_good(oid)
 
-    def _again(self, gone: PackGone, tries: int) -> None:
-        """A pack was deleted under a read: forget it and re-list, or give up after a few
-        rounds (each round means a gc deleted yet another pack holding the objects)."""
-        if tries >= 8:
-            raise gone
-        self.forget([gone.pack_id])
-        self.refresh()
+    def _retrying(self, read: Callable[[], T]) -> T:
+        """``read()``; when a pack was deleted under it (gc), forget that pack, re-list and
+        read again, giving up after a few rounds (each means yet another deletion)."""
+        for _ in range(8):
+            try:
+                return read()
+            except PackGone as gone:
+                self.forget([gone.pack_id])
+                self.refresh()
+        return read()
 
     def read_many(self, oids: list[bytes], outs: list[memoryview | None] | None = None
                   ) -> list[bytes | memoryview]:
         """See :meth:`_read_many`; a pack deleted meanwhile (gc) is forgotten and the
         objects are looked up again."""
-        tries = 0
-        while True:
-            try:
-                return self._read_many(oids, outs)
-            except PackGone as gone:
-                tries += 1
-                self._again(gone, tries)
+        return self._retrying(lambda: self._read_many(oids, outs))
 
     def _read_many(self, oids: list[bytes], outs: list[memoryview | None] | None = None
                    ) -> list[bytes | memoryview]:
@@ -534,13 +534,7 @@ class PackSet:
     def read_with_depth(self, oid: bytes) -> tuple[bytes, int]:
         """:meth:`read`, plus the object's chain depth: 0, or the depth a derived chunk
         records (see :mod:`cas.derive`), taken from the bytes already read."""
-        tries = 0
-        while True:
-            try:
-                return self._read_with_depth(oid)
-            except PackGone as gone:
-                tries += 1
-                self._again(gone, tries)
+        return self._retrying(lambda: self._read_with_depth(oid))
 
     def _read_with_depth(self, oid: bytes) -> tuple[bytes, int]:
         loc = self.find(oid)
@@ -564,13 +558,7 @@ class PackSet:
                 pack while some pack's index is damaged or missing (named in the message).
             SchemaError: it does not decode as a chunk list.
         """
-        tries = 0
-        while True:
-            try:
-                return self._read_chunk_list(oid, file_size)
-            except PackGone as gone:
-                tries += 1
-                self._again(gone, tries)
+        return self._retrying(lambda: self._read_chunk_list(oid, file_size))
 
     def _read_chunk_list(self, oid: bytes, file_size: int | None) -> ChunkList:
         loc = self.find(oid)

@@ -75,11 +75,7 @@ class PackWriter:
         if not fresh:
             return
         try:
-            if self._open is None:
-                opened = _OpenPack(self.backend.open_write("pack"))
-                self._open = opened
-                opened.write(fmt.pack_header())
-            pack = self._open
+            pack = self._pack()
             offset = pack.offset
             parts: list[bytes | memoryview] = []
             for oid, kind, codec, raw_len, stored in fresh:
@@ -111,11 +107,7 @@ class PackWriter:
                            for e in entries])
             return
         try:
-            if self._open is None:
-                opened = _OpenPack(self.backend.open_write("pack"))
-                self._open = opened
-                opened.write(fmt.pack_header())
-            pack = self._open
+            pack = self._pack()
             base, first = pack.offset, entries[0].offset
             pack.write(span)
         except OSError as exc:
@@ -128,6 +120,14 @@ class PackWriter:
             pack.hasher.add(e.oid)
         self.bytes_written += len(span)
         self._roll(pack)
+
+    def _pack(self) -> _OpenPack:
+        """The pack being filled, started (header written) if there is none."""
+        if self._open is None:
+            opened = _OpenPack(self.backend.open_write("pack"))
+            self._open = opened
+            opened.write(fmt.pack_header())
+        return self._open
 
     def _roll(self, pack: _OpenPack) -> None:
         """Close ``pack`` in the background once it reached the target size."""

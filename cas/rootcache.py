@@ -24,7 +24,7 @@ import msgspec
 
 from cas.errors import CasError
 from cas.format.manifest import Manifest
-from cas.ids import blake3_id
+from cas.format.canonical import sealed, unsealed
 from cas.storage import ANY
 
 if TYPE_CHECKING:
@@ -81,10 +81,11 @@ class RootCache:
             raw = store.backend.read(NAME)
         except (CasError, OSError):
             return
-        if raw[:8] != MAGIC or len(raw) < 40 or blake3_id(raw[8:-32]) != raw[-32:]:
+        body = unsealed(MAGIC, raw)
+        if body is None:
             return
         try:
-            doc = msgspec.msgpack.decode(raw[8:-32], type=_File)
+            doc = msgspec.msgpack.decode(body, type=_File)
         except (msgspec.DecodeError, msgspec.ValidationError):
             return
         if doc.version == VERSION and doc.store == self._uuid:
@@ -131,7 +132,7 @@ class RootCache:
                     {k: v for k, v in self.files.items() if k in self._used_files})
         body = msgspec.msgpack.encode(doc)
         try:
-            self.store.backend.swap(NAME, ANY, MAGIC + body + blake3_id(body))
+            self.store.backend.swap(NAME, ANY, sealed(MAGIC, body))
             self.dirty = False
         except (CasError, OSError):
             pass

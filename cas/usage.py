@@ -25,7 +25,6 @@ the other models.
 from __future__ import annotations
 
 import os
-import struct
 
 import msgspec
 
@@ -36,7 +35,6 @@ from cas.format.pack import ENTRY_HEADER_SIZE
 from cas.names import validate_model_name
 from cas.store import Store
 
-_RECORD = struct.Struct("<32sIIIBBH")
 
 
 class VersionUsage(msgspec.Struct):
@@ -83,8 +81,7 @@ def _sizes(store: Store, wanted: set[bytes]) -> tuple[dict[bytes, int], int]:
     sizes: dict[bytes, int] = {}
     unwanted = 0
     for pack in store.packs.packs.values():
-        for oid, _off, stored, _raw, _kind, _codec, _r in _RECORD.iter_unpack(
-                pack.index_records()):
+        for oid, _off, stored, _raw, _kind, _codec, _r in pack.records():
             n = stored + ENTRY_HEADER_SIZE
             if oid in wanted:
                 sizes.setdefault(oid, n)

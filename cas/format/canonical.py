@@ -116,3 +116,16 @@ def _number(x: float) -> str:
         body = digits[0] + ("." + digits[1:] if k > 1 else "") + \
             "e" + ("+" if e >= 0 else "-") + str(abs(e))
     return sign + body
+
+
+def sealed(magic: bytes, body: bytes) -> bytes:
+    """A derived binary file: 8-byte ``magic``, ``body``, then the BLAKE3-256 of ``body``."""
+    return magic + body + blake3.blake3(body).digest()
+
+
+def unsealed(magic: bytes, raw: bytes) -> bytes | None:
+    """The body of a :func:`sealed` file, or None if its magic or checksum is wrong."""
+    if len(raw) < len(magic) + 32 or raw[: len(magic)] != magic:
+        return None
+    body = raw[len(magic) : -32]
+    return body if blake3.blake3(body).digest() == raw[-32:] else None

@@ -253,7 +253,7 @@ def verify_index(buf: bytes | memoryview, name: str) -> None:
         raise VerifyError(f"index {name}: checksum mismatch")
     per_byte = [0] * 256
     prev = b""
-    for i, (oid, _, _, _, kind, codec, reserved) in enumerate(_index_records(buf, count)):
+    for i, (oid, _, _, _, kind, codec, reserved) in enumerate(index_records(buf, count)):
         if oid <= prev:
             raise VerifyError(f"index {name}: records out of order at {i}")
         prev = oid
@@ -267,8 +267,9 @@ def verify_index(buf: bytes | memoryview, name: str) -> None:
             raise VerifyError(f"index {name}: fanout does not match the records")
 
 
-def _index_records(buf: bytes | memoryview, count: int) -> Iterator[tuple]:
-    """Every record as a tuple, unpacked a block at a time (memory stays small)."""
+def index_records(buf: bytes | memoryview, count: int) -> Iterator[tuple]:
+    """Every record as a tuple ``(id, offset, stored_len, raw_len, kind, codec, reserved)``,
+    unpacked a block at a time (memory stays small)."""
     block = IDX_RECORD_SIZE * 65536
     end = IDX_RECORDS_START + count * IDX_RECORD_SIZE
     for at in range(IDX_RECORDS_START, end, block):

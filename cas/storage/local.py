@@ -18,6 +18,7 @@ import stat
 from pathlib import Path
 
 from cas.fsutil import fsync_dir, tmp_name
+from cas.locking import process_alive
 from cas.storage import ANY, Expected, check_name
 
 TMP = "tmp"
@@ -309,15 +310,7 @@ def _writer_alive(entry: os.DirEntry[str]) -> bool:
         except FileNotFoundError:
             return False
     pid = int(parts[-3])
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid != os.getpid() and process_alive(pid)
 
 
 def _raise_unless_missing(exc: OSError) -> None:
