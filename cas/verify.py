@@ -28,7 +28,6 @@ SHA-256 and BLAKE3 against the manifest.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -144,38 +143,20 @@ class _Snapshot:
 
 
 def _snapshot(store: Store, report: VerifyReport) -> _Snapshot:
+    """The roots (:func:`cas.graph.find_roots`), and every commit and manifest of every
+    model's history checked on the way."""
     reg = store.registry
     snap = _Snapshot()
-    since = graph.restore_cutoff(store, time.time())
-    # Tags before model names: a writer creates a model's ref before any tag can name it,
-    # so every tag read here has its model among the names read next.
-    damaged: list[tuple[str, str, SchemaError]] = []
-    try:
-        tags = reg.tags(damaged=damaged)
-    except CasError as exc:
-        report.problems.append(f"registry tags: {exc.message}")
-        tags = {}
-    try:
-        names = reg.model_names()
-    except CasError as exc:
-        report.problems.append(f"registry: {exc.message}")
-        return snap
-    for name, _tag, exc in damaged:
-        report.problems.append(exc.message)
-        if name not in report.bad_models:
-            report.bad_models.append(name)
-    pinned = graph.pinned_here(store, report.problems)
-    for name in names:
-        try:
-            st = reg.state(name)
-            _walk_history(reg, st, snap, report)
-            _take_roots(reg, st, tags, since, pinned, snap, report)
-        except CasError as exc:
-            report.problems.append(f"model {name}: {exc.message}")
-            report.bad_models.append(name)
-    for (name, tag) in sorted(tags):
-        if name not in names:
-            report.problems.append(f"tag {name}@{tag}: names a model that does not exist")
+    states: dict[str, ModelState] = {}
+    roots = graph.find_roots(store, states=states)
+    report.problems.extend(roots.problems)
+    report.bad_models.extend(m for m in dict.fromkeys(roots.bad_models)
+                             if m not in report.bad_models)
+    for st in states.values():
+        _walk_history(reg, st, snap, report)
+    for r in roots.roots:
+        label = r.ref if r.why == graph.LIVE else f"{r.ref} ({r.why})"
+        snap.roots.append(_Root(label, r.blob, r.why != graph.REMOVED))
     return snap
 
 
@@ -231,14 +212,6 @@ def _manifest(reg: Registry, blob: bytes, snap: _Snapshot) -> Manifest | CasErro
     if got is None:
         got = snap.manifests[blob] = _decode(reg, blob)
     return got
-
-
-def _take_roots(reg: Registry, st: ModelState, tags: dict[tuple[str, str], str], since: float,
-                pinned: set[tuple[str, str]], snap: _Snapshot, report: VerifyReport) -> None:
-    """The versions of one model that keep data alive (:func:`cas.graph.model_roots`)."""
-    for r in graph.model_roots(reg, st, tags, since, pinned, report.problems):
-        label = r.ref if r.why == graph.LIVE else f"{r.ref} ({r.why})"
-        snap.roots.append(_Root(label, r.blob, r.why != graph.REMOVED))
 
 
 # -- packs ---------------------------------------------------------------------------------------
