@@ -118,3 +118,22 @@ def damaged(draw: st.DrawFn, valid: bytes, hows: tuple[str, ...] = ("flip", "cut
     if how == "cut":
         return how, valid[: draw(st.integers(0, max(len(valid) - 1, 0)))]
     return how, valid + draw(st.binary(min_size=1, max_size=64))
+
+
+def write_files(folder: Path, files: dict[str, bytes]) -> Path:
+    """Write ``files`` (relative path -> bytes) under ``folder``; return it."""
+    for rel, data in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(data)
+    return folder
+
+
+def pack_sizes(store: Path) -> dict[str, int]:
+    """Pack id -> size of every ``.pack`` file of a store."""
+    return {p.name[5:-5]: p.stat().st_size for p in (store / "packs").glob("pack-*.pack")}
+
+
+def registry_git(store: Path, *args: str) -> str:
+    """Run git on a store's registry; its stdout."""
+    return subprocess.run(["git", "--git-dir", str(store / "registry"), *args],
+                          capture_output=True, text=True, check=True).stdout

@@ -15,17 +15,9 @@ from safetensors.numpy import save_file
 
 from cas import Store, graph
 from test_checkout_races import Paused
+from conftest import pack_sizes, write_files
 
 
-def _write(folder: Path, files: dict[str, bytes]) -> Path:
-    for rel, data in files.items():
-        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        (folder / rel).write_bytes(data)
-    return folder
-
-
-def _packs(store: Path) -> dict[str, int]:
-    return {p.name[5:-5]: p.stat().st_size for p in (store / "packs").glob("pack-*.pack")}
 
 
 def _tree(store: Path) -> dict[str, tuple[int, int]]:
@@ -53,7 +45,7 @@ def three(cas, tmp_path: Path):  # type: ignore[no-untyped-def]
     files = {}
     for seq in (1, 2, 3):
         files[seq] = {"w.bin": rng.randbytes(120_000)}
-        cas("add", "m", str(_write(tmp_path / f"v{seq}", files[seq])))
+        cas("add", "m", str(write_files(tmp_path / f"v{seq}", files[seq])))
     cas("rm", "m@1")
     return files
 
@@ -75,7 +67,7 @@ def test_dry_run_changes_nothing(cas, store_path: Path, three) -> None:  # type:
 
 def test_json_fields_and_quiet(cas, store_path: Path, three) -> None:  # type: ignore[no-untyped-def]
     cas("config", "set", "restore_window", "0s")
-    packs = _packs(store_path)
+    packs = pack_sizes(store_path)
     doc = cas("--json", "gc", "--now").json
     assert set(doc) == {"ok", "dry_run", "roots", "packs_before", "packs_after",
                         "packs_deleted", "packs_repacked", "packs_written", "bytes_before",
@@ -84,7 +76,7 @@ def test_json_fields_and_quiet(cas, store_path: Path, three) -> None:  # type: i
     assert doc["ok"] and not doc["dry_run"] and doc["roots"] == {"live": 2}
     assert (doc["packs_before"], doc["packs_after"], doc["packs_deleted"]) == (3, 2, 1)
     assert doc["bytes_before"] == sum(packs.values())
-    assert doc["bytes_after"] == sum(_packs(store_path).values())
+    assert doc["bytes_after"] == sum(pack_sizes(store_path).values())
     assert doc["reclaimed"] == doc["bytes_before"] - doc["bytes_after"]
     rows = {p["pack"]: p for p in doc["packs"]}
     assert set(rows) == set(packs)
@@ -93,7 +85,7 @@ def test_json_fields_and_quiet(cas, store_path: Path, three) -> None:  # type: i
                             "dead_bytes", "action"}
         assert row["size"] == packs[pack_id]
         assert row["action"] == ("delete" if row["live_objects"] == 0 else "keep")
-        assert (pack_id in _packs(store_path)) == (row["action"] == "keep")
+        assert (pack_id in pack_sizes(store_path)) == (row["action"] == "keep")
     r = cas("--quiet", "gc", "--now")
     assert r.out == "" and r.err == ""
 
@@ -121,7 +113,7 @@ def test_now_reclaims_nearly_all_unreachable_bytes(cas, store_path: Path, tmp_pa
             at = rng.randrange(0, len(data) - 20_000)
             data[at : at + 20_000] = rng.randbytes(20_000)
         versions[seq] = {"w.bin": bytes(data)}
-        cas("add", "m", str(_write(tmp_path / f"v{seq}", versions[seq])))
+        cas("add", "m", str(write_files(tmp_path / f"v{seq}", versions[seq])))
     for seq in range(1, 11, 2):
         cas("rm", f"m@{seq}")
     cas("config", "set", "restore_window", "0s")
@@ -140,12 +132,12 @@ def test_now_reclaims_nearly_all_unreachable_bytes(cas, store_path: Path, tmp_pa
 
 def test_removed_versions_within_the_window_survive(cas, store_path: Path, three,
                                                     tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    packs = _packs(store_path)
+    packs = pack_sizes(store_path)
     doc = cas("--json", "gc").json  # default grace: fresh packs are young
     assert {p["action"] for p in doc["packs"]} == {"young"} and doc["packs_deleted"] == 0
     doc = cas("--json", "gc", "--grace", "0").json
     assert doc["roots"] == {"live": 2, "removed": 1} and doc["packs_deleted"] == 0
-    assert _packs(store_path) == packs
+    assert pack_sizes(store_path) == packs
     cas("restore", "m@1")
     _same(cas, "m@1", three[1], tmp_path / "out")
     _verify_clean(cas)
@@ -175,7 +167,7 @@ def test_tagged_and_pinned_versions_survive_gc_now(cas, store_path: Path, tmp_pa
     rng = random.Random(3)
     files = {seq: {"w.bin": rng.randbytes(60_000)} for seq in (1, 2, 3)}
     for seq, f in files.items():
-        cas("add", "m", str(_write(tmp_path / f"v{seq}", f)))
+        cas("add", "m", str(write_files(tmp_path / f"v{seq}", f)))
     cas("tag", "m@1", "prod")
     cas("pin", "m@2")
     r = cas("--json", "rm", "m", ok=False)
@@ -207,15 +199,15 @@ def test_derived_chunk_bases_survive_removal_of_the_base_version(
               str(tmp_path / "f16" / "model.safetensors"))
     f16 = {"model.safetensors": (tmp_path / "f16" / "model.safetensors").read_bytes()}
     cas("add", "org/base", str(tmp_path / "f32"))
-    base_packs = set(_packs(store_path))
+    base_packs = set(pack_sizes(store_path))
     cas("add", "org/base-f16", str(tmp_path / "f16"), "--parent", "org/base@1")
-    f16_packs = set(_packs(store_path)) - base_packs
-    assert sum(_packs(store_path)[p] for p in f16_packs) < len(f16["model.safetensors"]) / 4
+    f16_packs = set(pack_sizes(store_path)) - base_packs
+    assert sum(pack_sizes(store_path)[p] for p in f16_packs) < len(f16["model.safetensors"]) / 4
     cas("rm", "org/base@1")
     cas("config", "set", "restore_window", "0s")
     doc = cas("--json", "gc", "--now").json
     assert doc["roots"] == {"live": 1}
-    assert base_packs <= set(_packs(store_path)), "the F16 model's bases were deleted"
+    assert base_packs <= set(pack_sizes(store_path)), "the F16 model's bases were deleted"
     _same(cas, "org/base-f16", f16, tmp_path / "out")
     _verify_clean(cas)
 
@@ -224,7 +216,7 @@ def test_stored_retention_rules_are_applied_by_gc(cas, store_path: Path, tmp_pat
                                                   ) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(4)
     for seq in range(1, 5):
-        cas("add", "m", str(_write(tmp_path / f"v{seq}", {"w.bin": rng.randbytes(30_000)})))
+        cas("add", "m", str(write_files(tmp_path / f"v{seq}", {"w.bin": rng.randbytes(30_000)})))
     cas("retain", "m", "--keep-last", "2", "--set")
     dry = cas("--json", "gc", "--dry-run").json
     assert dry["retention_removed"] == 2
@@ -248,12 +240,12 @@ def test_pack_without_index_is_never_deleted_as_an_orphan(
     indexes it, and then a gc deletes it only if nothing needs it."""
     rng = random.Random(5)
     live = {"w.bin": rng.randbytes(80_000)}
-    before = set(_packs(store_path))
-    cas("add", "m", str(_write(tmp_path / "m", live)))
-    (live_pack,) = set(_packs(store_path)) - before
-    before = set(_packs(store_path))
-    cas("add", "x", str(_write(tmp_path / "x", {"d.bin": rng.randbytes(80_000)})))
-    (dead_pack,) = set(_packs(store_path)) - before
+    before = set(pack_sizes(store_path))
+    cas("add", "m", str(write_files(tmp_path / "m", live)))
+    (live_pack,) = set(pack_sizes(store_path)) - before
+    before = set(pack_sizes(store_path))
+    cas("add", "x", str(write_files(tmp_path / "x", {"d.bin": rng.randbytes(80_000)})))
+    (dead_pack,) = set(pack_sizes(store_path)) - before
     cas("rm", "x")
     cas("config", "set", "restore_window", "0s")
     for p in (live_pack, dead_pack):
@@ -263,27 +255,27 @@ def test_pack_without_index_is_never_deleted_as_an_orphan(
     if r.code == 0:
         judged = {p["pack"]: p["action"] for p in r.json["packs"]}
         assert judged.get(live_pack) == "keep", r.json  # indexed by gc's recovery, live
-        assert dead_pack in _packs(store_path) or judged.get(dead_pack) == "delete", r.json
+        assert dead_pack in pack_sizes(store_path) or judged.get(dead_pack) == "delete", r.json
     else:
         assert r.json["error"]["code"] == "E_VERIFY", r.json
         assert "nothing was deleted" in r.json["error"]["message"]
-        assert dead_pack in _packs(store_path)
-    assert live_pack in _packs(store_path)
-    cas("add", "k", str(_write(tmp_path / "k", {"k.bin": rng.randbytes(1000)})))
+        assert dead_pack in pack_sizes(store_path)
+    assert live_pack in pack_sizes(store_path)
+    cas("add", "k", str(write_files(tmp_path / "k", {"k.bin": rng.randbytes(1000)})))
     assert (store_path / "packs" / f"pack-{live_pack}.idx").exists()  # indexed by a writer
     _same(cas, "m", live, tmp_path / "out")
     cas("gc", "--now")
-    assert dead_pack not in _packs(store_path) and live_pack in _packs(store_path)
+    assert dead_pack not in pack_sizes(store_path) and live_pack in pack_sizes(store_path)
     _same(cas, "m", live, tmp_path / "out")
     _verify_clean(cas)
 
 
 def test_packs_younger_than_grace_are_kept(cas, store_path: Path, three) -> None:  # type: ignore[no-untyped-def]
     cas("config", "set", "restore_window", "0s")
-    packs = _packs(store_path)
+    packs = pack_sizes(store_path)
     doc = cas("--json", "gc").json  # default grace: every pack was just written
     assert {p["action"] for p in doc["packs"]} == {"young"} and doc["packs_deleted"] == 0
-    assert _packs(store_path) == packs
+    assert pack_sizes(store_path) == packs
     doc = cas("--json", "gc", "--grace", "0").json
     assert doc["packs_deleted"] == 1
 

@@ -22,25 +22,16 @@ from cas.store import Store
 from cas.storage.faults import CRASH_STATUS
 from test_checkout_races import Paused
 from test_faults import run_cas
+from conftest import pack_sizes, write_files
 
 
-def _write(folder: Path, files: dict[str, bytes]) -> Path:
-    for rel, data in files.items():
-        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        (folder / rel).write_bytes(data)
-    return folder
-
-
-def _packs(store: Path) -> dict[str, int]:
-    """Pack id -> size of every ``.pack`` file."""
-    return {p.name[5:-5]: p.stat().st_size for p in (store / "packs").glob("pack-*.pack")}
 
 
 def _added(cas, store: Path, *args: str) -> tuple[dict, set[str]]:  # type: ignore[no-untyped-def]
     """``cas add ARGS``: its JSON and the packs it wrote."""
-    before = set(_packs(store))
+    before = set(pack_sizes(store))
     doc = cas("--json", "add", *args).json
-    return doc, set(_packs(store)) - before
+    return doc, set(pack_sizes(store)) - before
 
 
 def _same(cas, spec: str, files: dict[str, bytes], dest: Path) -> None:  # type: ignore[no-untyped-def]
@@ -76,12 +67,12 @@ def expired(cas, store_path: Path, tmp_path: Path):  # type: ignore[no-untyped-d
     the folder of a version of m that shares every chunk of that file."""
     rng = random.Random(11)
     w = rng.randbytes(300_000)
-    _, (p1,) = _added(cas, store_path, "m", str(_write(tmp_path / "v1", {"w.bin": w})))
-    cas("add", "keep", str(_write(tmp_path / "k", {"k.bin": rng.randbytes(40_000)})))
+    _, (p1,) = _added(cas, store_path, "m", str(write_files(tmp_path / "v1", {"w.bin": w})))
+    cas("add", "keep", str(write_files(tmp_path / "k", {"k.bin": rng.randbytes(40_000)})))
     cas("rm", "m@1")
     cas("config", "set", "restore_window", "0s")  # m@1 is not restorable: its data may go
     files = {"w.bin": w, "new.bin": rng.randbytes(20_000)}
-    return {"pack": p1, "files": files, "v2": _write(tmp_path / "v2", files)}
+    return {"pack": p1, "files": files, "v2": write_files(tmp_path / "v2", files)}
 
 
 def test_add_that_deduplicated_holds_gc_until_it_commits(cas, store_path: Path, expired
@@ -93,7 +84,7 @@ def test_add_that_deduplicated_holds_gc_until_it_commits(cas, store_path: Path, 
     r = cas("--json", "--lock-timeout", "1", "gc", "--now", ok=False)
     assert r.json["error"]["code"] == "E_LOCK", r.json
     assert "writer" in r.json["error"]["message"]
-    assert expired["pack"] in _packs(store_path)
+    assert expired["pack"] in pack_sizes(store_path)
     code, out, err = add.resume()
     assert code == 0, out + err
     assert _json(out)["reused_chunks"] > 0 and _json(out)["seq"] == 2
@@ -120,12 +111,12 @@ def test_add_that_deduplicated_keeps_the_pack_gc_planned_to_delete(
     doc = _json(out)
     actions = {p["pack"]: p["action"] for p in doc["packs"]}
     assert [actions[p] for p in plan] == ["keep", "keep"] and doc["packs_deleted"] == 0, doc
-    assert set(plan) <= set(_packs(store_path))
+    assert set(plan) <= set(pack_sizes(store_path))
     _same(cas, "m@2", expired["files"], tmp_path / "out")
     _verify_clean(cas)
     # The next gc sees m@2 from the start: the pack is live and stays.
     cas("gc", "--now")
-    assert expired["pack"] in _packs(store_path)
+    assert expired["pack"] in pack_sizes(store_path)
     _same(cas, "m@2", expired["files"], tmp_path / "out")
 
 
@@ -141,7 +132,7 @@ def test_add_during_gc_stores_fresh_copies_of_doomed_objects(
     code, out, err = gc.resume()
     assert code == 0, out + err
     assert _json(out)["packs_deleted"] == 1, out
-    assert expired["pack"] not in _packs(store_path)
+    assert expired["pack"] not in pack_sizes(store_path)
     _same(cas, "m@2", expired["files"], tmp_path / "out")
     _verify_clean(cas)
 
@@ -155,10 +146,10 @@ def repackable(cas, store_path: Path, tmp_path: Path):  # type: ignore[no-untype
     with a restore window of 0, so m@1's pack is half dead."""
     rng = random.Random(5)
     a, b, c = rng.randbytes(400_000), rng.randbytes(200_000), rng.randbytes(30_000)
-    _, (p1,) = _added(cas, store_path, "m", str(_write(tmp_path / "v1", {"a.bin": a,
+    _, (p1,) = _added(cas, store_path, "m", str(write_files(tmp_path / "v1", {"a.bin": a,
                                                                         "b.bin": b})))
     files = {"a.bin": a, "c.bin": c}
-    cas("add", "m", str(_write(tmp_path / "v2", files)))
+    cas("add", "m", str(write_files(tmp_path / "v2", files)))
     cas("rm", "m@1")
     cas("config", "set", "restore_window", "0s")  # m@1 is not restorable: its data may go
     return {"pack": p1, "files": files}
@@ -167,7 +158,7 @@ def repackable(cas, store_path: Path, tmp_path: Path):  # type: ignore[no-untype
 def _repack_away(cas, store_path: Path, pack: str) -> None:  # type: ignore[no-untyped-def]
     doc = cas("--json", "gc", "--now", "--repack-threshold", "0").json
     assert doc["packs_repacked"] == 1 and doc["packs_written"] == 1, doc
-    assert pack not in _packs(store_path)
+    assert pack not in pack_sizes(store_path)
 
 
 def test_checkout_whose_pack_is_repacked_away_completes(
@@ -207,13 +198,13 @@ def mixed_store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cas("init")
     rng = random.Random(9)
     a, b = rng.randbytes(400_000), rng.randbytes(300_000)
-    cas("add", "m", str(_write(top / "v1", {"a.bin": a, "b.bin": b})))
+    cas("add", "m", str(write_files(top / "v1", {"a.bin": a, "b.bin": b})))
     live = {"m@2": {"a.bin": a, "c.bin": rng.randbytes(30_000)},
             "keep@1": {"k.bin": rng.randbytes(50_000)}}
-    cas("add", "m", str(_write(top / "v2", live["m@2"])))
-    cas("add", "keep", str(_write(top / "k", live["keep@1"])))
+    cas("add", "m", str(write_files(top / "v2", live["m@2"])))
+    cas("add", "keep", str(write_files(top / "k", live["keep@1"])))
     for name in ("x", "y"):
-        cas("add", name, str(_write(top / name, {"d.bin": rng.randbytes(100_000)})))
+        cas("add", name, str(write_files(top / name, {"d.bin": rng.randbytes(100_000)})))
         cas("rm", name)
     cas("rm", "m@1")
     cas("config", "set", "restore_window", "0s")  # removed versions are not restorable
@@ -247,14 +238,14 @@ def test_kill_9_of_gc_then_gc_reruns_and_finishes(mixed_store: dict, tmp_path: P
     _check_live(cas, live, tmp_path / "out")
     doc = cas("--json", "gc", "--now").json
     assert not (store_path / "locks" / "gc.json").exists()
-    assert not doomed & set(_packs(store_path)), doc
+    assert not doomed & set(pack_sizes(store_path)), doc
     _verify_clean(cas)
     _check_live(cas, live, tmp_path / "out2")
     assert _leftovers(store_path) == []
     # Nothing live is kept twice (a repack the killed gc finished is not copied again).
     again = cas("--json", "gc", "--now").json
     assert again["packs_deleted"] == 0 and again["dead_bytes"] == 0, again
-    stored = sum(_packs(store_path).values())
+    stored = sum(pack_sizes(store_path).values())
     assert stored <= mixed_store["live_bytes"] + 200 * again["packs_after"], stored
 
 
@@ -289,15 +280,15 @@ def faultable(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cas("init")
     rng = random.Random(13)
     a, b = rng.randbytes(200_000), rng.randbytes(150_000)
-    cas("add", "m", str(_write(top / "v1", {"a.bin": a, "b.bin": b})))
+    cas("add", "m", str(write_files(top / "v1", {"a.bin": a, "b.bin": b})))
     live = {"m@2": {"a.bin": a, "c.bin": rng.randbytes(20_000)}}
-    cas("add", "m", str(_write(top / "v2", live["m@2"])))
+    cas("add", "m", str(write_files(top / "v2", live["m@2"])))
     for i in range(5):
         spec = f"k{i}@1"
         live[spec] = {"k.bin": rng.randbytes(10_000)}
-        cas("add", f"k{i}", str(_write(top / f"k{i}", live[spec])))
+        cas("add", f"k{i}", str(write_files(top / f"k{i}", live[spec])))
     for name in ("x", "y"):
-        cas("add", name, str(_write(top / name, {"d.bin": rng.randbytes(50_000)})))
+        cas("add", name, str(write_files(top / name, {"d.bin": rng.randbytes(50_000)})))
         cas("rm", name)
     cas("rm", "m@1")
     cas("config", "set", "restore_window", "0s")  # removed versions are not restorable
@@ -346,11 +337,11 @@ def _check_after_fault(faultable: dict, store_path: Path, code: int, out: str, e
     code, out, err, _ = run_cas(store_path, ["gc", "--now"])
     assert code == 0, (out, err)
     assert _leftovers(store_path) == [], _leftovers(store_path)
-    assert faultable["doomed"] & set(_packs(store_path)) <= unindexed
+    assert faultable["doomed"] & set(pack_sizes(store_path)) <= unindexed
     if unindexed:
         code, out, err, _ = run_cas(store_path, ["gc", "--now"])
         assert code == 0, (out, err)
-        assert not faultable["doomed"] & set(_packs(store_path))
+        assert not faultable["doomed"] & set(pack_sizes(store_path))
     with Store.open(store_path) as store:
         report = store.verify()
         assert report.ok, report
@@ -371,7 +362,7 @@ def test_fault_at_every_storage_call_of_gc(faultable: dict, fault: str, steps: s
     counting = _copy(faultable, "count")
     code, out, err, labels = run_cas(counting, ["gc", "--now"])
     assert code == 0, (out, err)
-    assert not faultable["doomed"] & set(_packs(counting))
+    assert not faultable["doomed"] & set(pack_sizes(counting))
     chosen = [i for i, label in enumerate(labels)
               if label.startswith(READS) == (steps == "reads")]
     reached: dict[str, int] = {}

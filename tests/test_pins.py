@@ -4,12 +4,11 @@ and records them, restore brings them back; damaged pin refs never break listing
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import CasCli
+from conftest import CasCli, registry_git
 
 
 def _dir(tmp_path: Path, name: str, content: bytes) -> Path:
@@ -19,13 +18,9 @@ def _dir(tmp_path: Path, name: str, content: bytes) -> Path:
     return d
 
 
-def _git(store: Path, *args: str) -> str:
-    return subprocess.run(["git", "--git-dir", str(store / "registry"), *args],
-                          capture_output=True, text=True, check=True).stdout
-
 
 def _pin_refs(store: Path) -> list[str]:
-    return _git(store, "for-each-ref", "--format=%(refname)", "refs/pins").split()
+    return registry_git(store, "for-each-ref", "--format=%(refname)", "refs/pins").split()
 
 
 def _uuid(store: Path) -> str:
@@ -57,9 +52,9 @@ def test_pin_unpin_and_list(model, git):
     assert [h["action"] for h in cas("--json", "log", "org/m").json["history"]] == ["add", "add"]
     # the pin object points at the add commit and carries the record
     ref = f"refs/pins/all/org/m@{v2}"
-    assert _git(cas.store, "rev-parse", f"{ref}^{{commit}}").strip() == \
+    assert registry_git(cas.store, "rev-parse", f"{ref}^{{commit}}").strip() == \
         cas("--json", "show", "org/m@2").json["commit"]
-    body = _git(cas.store, "cat-file", "tag", ref).split("\n\n", 1)[1]
+    body = registry_git(cas.store, "cat-file", "tag", ref).split("\n\n", 1)[1]
     rec = json.loads(body)
     assert {k: rec[k] for k in ("schema", "version", "model", "id", "seq", "scope")} == {
         "schema": "cas.pin", "version": 1, "model": "org/m", "id": v2, "seq": 2, "scope": "all"}
@@ -104,7 +99,7 @@ def test_rm_of_a_pinned_version_needs_force_and_restore_brings_the_pins_back(mod
     r = cas("--json", "rm", "org/m", "--force").json
     assert sorted(r["pins_removed"]) == sorted([f"org/m@1 {here}", "org/m@2 all"])
     assert _pin_refs(cas.store) == []
-    msg = _git(cas.store, "log", "-1", "--format=%B", "refs/models/org/m")
+    msg = registry_git(cas.store, "log", "-1", "--format=%B", "refs/models/org/m")
     assert f"Cas-Pin: {here} 1" in msg and "Cas-Pin: all 2" in msg
     removal = cas("--json", "log", "org/m").json["history"][0]
     assert removal["action"] == "rm" and sorted(removal["pins"]) == sorted([here, "all"])
@@ -112,7 +107,8 @@ def test_rm_of_a_pinned_version_needs_force_and_restore_brings_the_pins_back(mod
     assert sorted(back["pins_restored"]) == sorted([f"org/m@1 {here}", "org/m@2 all"])
     assert sorted(_pin_refs(cas.store)) == sorted([f"refs/pins/{here}/org/m@{v1}",
                                                   f"refs/pins/all/org/m@{v2}"])
-    assert "Cas-Pin: all 2" in _git(cas.store, "log", "-1", "--format=%B", "refs/models/org/m")
+    assert "Cas-Pin: all 2" in registry_git(cas.store, "log", "-1", "--format=%B",
+                                            "refs/models/org/m")
     # restored pins protect again
     assert cas("--json", "rm", "org/m@2", ok=False).json["error"]["code"] == "E_CONFLICT"
 
@@ -126,7 +122,7 @@ def test_a_pin_applies_to_its_store_and_an_all_pin_to_every_store(model, tmp_pat
     y("init")
     assert _uuid(y.store) != _uuid(x.store)
     # the registries share models and pins (what sync will carry)
-    _git(y.store, "fetch", "-q", str(x.store / "registry"), "refs/models/*:refs/models/*",
+    registry_git(y.store, "fetch", "-q", str(x.store / "registry"), "refs/models/*:refs/models/*",
          "refs/pins/*:refs/pins/*")
     rows = {p["id"]: p for p in y("--json", "pins").json["pins"]}
     assert rows[v1]["scope"] == _uuid(x.store) and rows[v1]["applies_here"] is False
@@ -168,8 +164,8 @@ def test_damaged_pin_refs_do_not_break_listings(model, git):
     commit = cas("--json", "show", "org/m@1").json["commit"]
     cas("pin", "org/m@2", "--everywhere")
     # a ref whose name is not a pin's, and a pin whose object is a commit, not a pin record
-    _git(cas.store, "update-ref", "refs/pins/all/org/m@nothex", commit)
-    _git(cas.store, "update-ref", f"refs/pins/all/org/m@{v1}", commit)
+    registry_git(cas.store, "update-ref", "refs/pins/all/org/m@nothex", commit)
+    registry_git(cas.store, "update-ref", f"refs/pins/all/org/m@{v1}", commit)
     assert [v["seq"] for v in cas("--json", "ls", "-l").json["versions"]] == [1, 2]
     assert cas("--json", "show", "org/m@1").json["pins"] == ["all"]
     listing = cas("--json", "pins").json

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from cas.commits import commit_message, parse_trailers
 from cas.errors import SchemaError
 from cas.format.manifest import Manifest
 from cas.registry import model_ref
+from conftest import registry_git
 
 ID = re.compile(r"[0-9a-f]{32}\Z")
 
@@ -26,13 +26,9 @@ def _dir(tmp_path: Path, name: str, content: bytes) -> Path:
     return d
 
 
-def _git(store: Path, *args: str) -> str:
-    return subprocess.run(["git", "--git-dir", str(store / "registry"), *args],
-                          capture_output=True, text=True, check=True).stdout
-
 
 def _manifest_at(store: Path, seq: int, rev: str = "refs/models/org/m") -> dict:
-    return json.loads(_git(store, "cat-file", "-p", f"{rev}:versions/{seq:06d}.json"))
+    return json.loads(registry_git(store, "cat-file", "-p", f"{rev}:versions/{seq:06d}.json"))
 
 
 def test_add_records_the_id_in_commit_manifest_and_listings(cas, tmp_path, git):
@@ -43,7 +39,8 @@ def test_add_records_the_id_in_commit_manifest_and_listings(cas, tmp_path, git):
     assert all(ID.match(i) for i in ids) and ids[0] != ids[1]
     for seq, d in zip((1, 2), shown, strict=True):
         assert d["manifest"]["id"] == d["id"] == _manifest_at(cas.store, seq)["id"]
-        assert f"Cas-Id: {d['id']}" in _git(cas.store, "log", "-1", "--format=%B", d["commit"])
+        assert f"Cas-Id: {d['id']}" in registry_git(cas.store, "log", "-1", "--format=%B",
+                                                     d["commit"])
     rows = cas("--json", "ls", "--long").json["versions"]
     assert [r["id"] for r in rows] == ids
     assert cas("--json", "ls").json["models"][0]["latest_id"] == ids[1]
@@ -115,7 +112,7 @@ def test_a_version_from_before_ids_is_named_by_its_add_commit(cas, tmp_path):
     old = cas("--json", "show", "org/m@1").json["manifest"]
     del old["id"]
     commit = _registry_version(cas, {**old, "seq": 2}, 2, message="as an older cas wrote it")
-    assert "Cas-Id" not in _git(cas.store, "log", "-1", "--format=%B", commit)
+    assert "Cas-Id" not in registry_git(cas.store, "log", "-1", "--format=%B", commit)
     shown = cas("--json", "show", f"org/m@{commit[:10]}").json
     assert shown["seq"] == 2 and shown["id"] == commit and shown["manifest"]["id"] is None
     assert cas("--json", "ls", "--long").json["versions"][1]["id"] == commit
@@ -132,7 +129,7 @@ def test_add_version_refuses_an_id_that_disagrees_with_the_manifest(cas, tmp_pat
         _registry_version(cas, {**base, "seq": 2, "id": "a" * 32}, 2, version_id="b" * 32)
     with pytest.raises(SchemaError, match="hex"):
         _registry_version(cas, {**base, "seq": 2, "id": "A" * 32}, 2)
-    head = _git(cas.store, "rev-parse", model_ref("org/m").decode()).strip()
+    head = registry_git(cas.store, "rev-parse", model_ref("org/m").decode()).strip()
     assert head == cas("--json", "show", "org/m@1").json["commit"]  # nothing was committed
 
 
