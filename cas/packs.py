@@ -244,33 +244,46 @@ class Pack:
 
     def _decode(self, entry: fmt.Entry, stored: bytes | memoryview,
                 into: memoryview | None = None) -> bytes | memoryview:
-        oid_hex = entry.oid.hex()
         self.check_record(entry)
-        if into is not None and len(into) != entry.raw_len:
-            # The reader's chunk list and this pack disagree on the chunk's length: refused
-            # before decompressing, so the list, not the record, bounds the memory spent.
-            raise VerifyError(
-                f"chunk {oid_hex}: pack {self.id} records {entry.raw_len} bytes, the chunk "
-                f"list says {len(into)}", object_id=oid_hex, expected=str(len(into)),
-                actual=str(entry.raw_len))
-        if entry.codec == CODEC_DERIVED and self.owner is not None:
-            from cas import derive
+        return decode_verified(entry, stored, self.owner.ranges if self.owner else None,
+                               f"pack {self.id}", into)
 
-            raw = derive.decode(stored, entry.raw_len, self.owner.ranges, object_id=oid_hex)
-            if into is not None:
-                into[:] = raw
-                raw = into
-        else:
-            raw = decompress(entry.codec, stored, entry.raw_len, object_id=oid_hex, into=into)
-        got = blake3_id(raw)
-        if got != entry.oid:
-            raise VerifyError(
-                f"chunk {oid_hex}: content hashes to {got.hex()} (pack {self.id})",
-                object_id=oid_hex,
-                expected=oid_hex,
-                actual=got.hex(),
-            )
-        return raw
+
+def decode_verified(entry: fmt.Entry, stored: bytes | memoryview, ranges: RangeReader | None,
+                    where: str, into: memoryview | None = None) -> bytes | memoryview:
+    """Decode the stored bytes of ``entry`` (decompressed, or predicted from its base through
+    ``ranges`` for a derived chunk) and check that they hash to its id. ``where`` names the
+    source in messages (``pack ID``, ``the sender's pack``).
+
+    Raises:
+        VerifyError: undecodable bytes, a length other than the record's, a hash mismatch.
+    """
+    oid_hex = entry.oid.hex()
+    if into is not None and len(into) != entry.raw_len:
+        # The reader's chunk list and this pack disagree on the chunk's length: refused
+        # before decompressing, so the list, not the record, bounds the memory spent.
+        raise VerifyError(
+            f"chunk {oid_hex}: {where} records {entry.raw_len} bytes, the chunk "
+            f"list says {len(into)}", object_id=oid_hex, expected=str(len(into)),
+            actual=str(entry.raw_len))
+    if entry.codec == CODEC_DERIVED and ranges is not None:
+        from cas import derive
+
+        raw = derive.decode(stored, entry.raw_len, ranges, object_id=oid_hex)
+        if into is not None:
+            into[:] = raw
+            raw = into
+    else:
+        raw = decompress(entry.codec, stored, entry.raw_len, object_id=oid_hex, into=into)
+    got = blake3_id(raw)
+    if got != entry.oid:
+        raise VerifyError(
+            f"chunk {oid_hex}: content hashes to {got.hex()} ({where})",
+            object_id=oid_hex,
+            expected=oid_hex,
+            actual=got.hex(),
+        )
+    return raw
 
 
 class PackGone(NotFoundError):

@@ -49,6 +49,7 @@ from cas.settings import FILE as SETTINGS_FILE
 from cas.settings import Settings
 
 if TYPE_CHECKING:
+    from cas.chunking import ChunkerParams
     from cas.leases import Leases
     from cas.annotate import Annotation, AnnotateResult
     from cas.catalog import HistoryRow, ModelRow, VersionDetail, VersionRow
@@ -124,14 +125,15 @@ class Store:
 
     @classmethod
     def init(cls, path: Path | str, *, derive: bool | None = None,
-             description: str | None = None) -> Store:
+             description: str | None = None, chunker: ChunkerParams | None = None) -> Store:
         """Create a store at ``path``; for an existing store, open it if the options agree.
 
         ``derive=False`` keeps the store free of derived chunks (see :mod:`cas.derive`): every
         version then restores without reading another, at the cost of storing fine-tunes and
         dtype conversions in full. ``None`` means the default for a new store (derive) and
         "whatever it has" for an existing one. The returned store's ``created`` says whether
-        this call made it.
+        this call made it. ``chunker``: the chunker parameters of a new store (those of the
+        store it is cloned from or pushed from; default: the current defaults).
 
         Raises:
             ConflictError: ``path`` is a store whose settings disagree with the options, or a
@@ -181,7 +183,7 @@ class Store:
                 Settings(path / SETTINGS_FILE, {}).set("description", description, backend)
             cfg = StoreConfig.create(
                 derive=True if derive is None else derive,
-                created_at=iso_utc())
+                created_at=iso_utc(), chunker=chunker)
             # config.json is written last: a directory without it is not yet a store.
             backend.write(CONFIG, cfg.encode())
         except NotADirectoryError:

@@ -88,9 +88,12 @@ class StoreConfig(msgspec.Struct, frozen=True):
         return seal(msgspec.to_builtins(self))
 
     @classmethod
-    def create(cls, *, derive: bool, created_at: str) -> StoreConfig:
-        """The config of a new store of the current version."""
+    def create(cls, *, derive: bool, created_at: str, chunker: ChunkerParams | None = None
+               ) -> StoreConfig:
+        """The config of a new store of the current version (``chunker``: another store's
+        parameters, for a store made to sync with it)."""
         return cls(uuid=new_store_id(), features=[FEATURE_DERIVED] if derive else [],
+                   chunker=chunker or ChunkerParams(),
                    compression=CompressionParams(derive=derive), created_at=created_at)
 
     @classmethod

@@ -1,0 +1,267 @@
+"""One side of a sync: the operations a store offers to another (``docs/format.md``, "Sync").
+
+:class:`LocalPeer` runs them on a store this process opened: the store of the command itself,
+a directory remote, or the store behind ``cas serve``. A remote reached over ssh or http is a
+proxy with the same methods (:mod:`cas.rpc`). ``push`` and ``pull`` are the same exchange in
+opposite directions (:mod:`cas.sync`): the side that holds the content computes what the
+versions need, the other answers which ids it lacks, the content streams in transfer packs
+(:mod:`cas.transfer`), and the receiver moves refs only after it checked them
+(:meth:`LocalPeer.update_refs`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterable, Iterator
+
+import msgspec
+
+from cas import registry_transfer as rt
+from cas import transfer
+from cas.commits import is_pin_scope
+from cas.errors import CasError, ConflictError, NotFoundError, SchemaError, VerifyError
+from cas.format.manifest import Manifest
+from cas.names import validate_model_name, validate_tag
+from cas.registry import MODEL_REF_PREFIX, PIN_REF_PREFIX, TAG_REF_PREFIX, Registry
+from cas.store import Store
+from cas.versions import is_version_id
+
+#: Ref namespaces a sync moves.
+SYNCED_PREFIXES = (MODEL_REF_PREFIX, TAG_REF_PREFIX, PIN_REF_PREFIX)
+ZERO = b"0" * 40
+
+
+class Hello(msgspec.Struct, frozen=True):
+    """What a store says about itself before a sync."""
+
+    uuid: str
+    format_version: int
+    chunker: dict[str, object]
+    derives: bool
+    description: str = ""
+    #: Protocol capabilities (``docs/format.md``, "Sync protocol").
+    caps: list[str] = []
+
+
+class RefUpdate(msgspec.Struct, frozen=True):
+    """Move ``ref`` from ``old`` (what the sender last saw there; None: absent) to ``new``."""
+
+    ref: str
+    old: str | None
+    new: str
+
+
+class RefResult(msgspec.Struct, frozen=True):
+    ref: str
+    #: ``ok``, ``up-to-date`` or ``rejected``.
+    status: str
+    reason: str = ""
+
+
+CAPS = ["transfer-packs-1", "registry-objects-1"]
+
+
+class LocalPeer:
+    """The sync operations on a store opened in this process."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._lease = None
+
+    # -- session -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def session(self, purpose: str) -> Iterator[None]:
+        """Hold a shared lease on the store for a transfer and the ref updates after it (a
+        gc running meanwhile keeps what arrives, as it does for an add)."""
+        with self.store.leases.acquire_shared(purpose) as lease:
+            self._lease = lease
+            try:
+                yield
+            finally:
+                self._lease = None
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def hello(self) -> Hello:
+        cfg = self.store.config
+        return Hello(self.store.uuid or "", cfg.version, msgspec.to_builtins(cfg.chunker),
+                     cfg.derives, str(self.store.settings.get("description") or ""), CAPS)
+
+    def refs(self) -> dict[str, str]:
+        """Every model, tag and pin ref: name -> object id (hex)."""
+        reg = self.store.registry
+        out: dict[str, str] = {}
+        for prefix in SYNCED_PREFIXES:
+            for ref, sha in reg.refs_under(prefix).items():
+                out[ref.decode()] = sha.decode()
+        return out
+
+    def registry_objects(self, wants: list[str], haves: list[str]) -> list[tuple[int, bytes]]:
+        return rt.missing_objects(self.store.registry, [w.encode() for w in wants],
+                                  [h.encode() for h in haves])
+
+    def closure(self, blobs: list[str]) -> list[bytes]:
+        """The ids of every object the manifests ``blobs`` need (chunk lists, chunks, bases).
+
+        Raises:
+            NotFoundError: a manifest's content is not complete here (named).
+        """
+        from cas import graph
+
+        reg = self.store.registry
+        manifests = [Manifest.decode(reg.blob(b.encode())) for b in blobs]
+        c = graph.needs(self.store, manifests)
+        if c.unreadable:
+            oid, why = next(iter(c.unreadable.items()))
+            raise NotFoundError(f"chunk list {oid.hex()} cannot be read here: {why}")
+        return sorted(c.ids)
+
+    def missing(self, ids: list[bytes]) -> list[bytes]:
+        return transfer.missing(self.store, ids)
+
+    def send(self, ids: list[bytes]) -> tuple[int, Iterator[bytes | memoryview]]:
+        """The size and the byte pieces of the transfer packs holding ``ids`` (all held
+        here)."""
+        generations = transfer.plan(self.store, ids)
+        return transfer.size(generations), transfer.stream(self.store, generations)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def put_registry_objects(self, objects: list[tuple[int, bytes]]) -> int:
+        with self.store.writing():
+            return len(rt.store_objects(self.store.registry, objects))
+
+    def receive(self, pieces: Iterable[bytes | memoryview]) -> transfer.TransferStats:
+        """Receive the transfer packs in ``pieces`` (inside :meth:`session`)."""
+        f = io.BufferedReader(transfer.IterReader(pieces), 1 << 20)
+        return transfer.receive(self.store, f, self._lease)
+
+    def update_refs(self, updates: list[RefUpdate], force: bool = False) -> list[RefResult]:
+        """Check and apply ``updates`` (models first, then tags and pins), each by
+        compare-and-swap from the value the sender saw. A model ref moves only if its new
+        tip's history is all here, it fast-forwards the current tip (or ``force``), and every
+        version it adds has its manifest's name and number right and every object it needs
+        here. A tag or pin is created, or moved with ``force``. Refused updates are reported,
+        not raised; the others still apply."""
+        store = self.store
+        order = sorted(updates, key=lambda u: (not u.ref.startswith("refs/models/"), u.ref))
+        out = []
+        with store.writing():
+            reg = store.registry
+            for u in order:
+                try:
+                    status = self._update(reg, u, force)
+                except CasError as exc:
+                    out.append(RefResult(u.ref, "rejected", f"{exc.code}: {exc.message}"))
+                    continue
+                out.append(RefResult(u.ref, status))
+        return out
+
+    def _update(self, reg: Registry, u: RefUpdate, force: bool) -> str:
+        ref = u.ref.encode()
+        new = u.new.encode()
+        kind, name = check_ref_name(u.ref)
+        try:
+            current: bytes | None = reg.repo.refs[ref]
+        except KeyError:
+            current = None
+        if current == new:
+            return "up-to-date"
+        expected = u.old.encode() if u.old else None
+        if current != expected and not force:
+            raise ConflictError(f"{u.ref} is at {_short(current)} here, not "
+                                f"{_short(expected)} as the sender saw (fetch, then retry)")
+        known = [current] if current else []
+        rt.check_reachable(reg, new, known)
+        if kind == "model":
+            if current is not None and not force and not rt.is_ancestor(reg, current, new):
+                raise ConflictError(f"{u.ref}: not a fast-forward (the model has versions here "
+                                    "the sender lacks); pull first, or --force")
+            if current is None:
+                reg._check_name_free(name)  # noqa: SLF001 - the registry's one name check
+            self._check_versions(reg, name, current, new)
+        else:
+            target = rt.tag_target(reg, new)
+            if target is None:
+                raise VerifyError(f"{u.ref} does not name a tag of a commit")
+            model = name.split("@", 1)[0]
+            head = reg.head(model)
+            if head is None or not rt.is_ancestor(reg, target, head):
+                raise VerifyError(f"{u.ref} names a commit outside model {model}'s history")
+            if current is not None and not force:
+                raise ConflictError(f"{u.ref} exists here with another value; --force "
+                                    "replaces it")
+        reg._move_ref(ref, current or ZERO, new)  # noqa: SLF001 - compare-and-swap
+        return "ok"
+
+    def _check_versions(self, reg: Registry, name: str, current: bytes | None,
+                        new: bytes) -> None:
+        """Every version live at ``new`` and not at ``current`` is a manifest of ``name``
+        with its own number, and its content is all here."""
+        before = set(reg.commit_versions(current.decode()).values()) if current else set()
+        added = {seq: blob for seq, blob in reg.commit_versions(new.decode()).items()
+                 if blob not in before}
+        manifests = []
+        for seq, blob in sorted(added.items()):
+            m = Manifest.decode(reg.blob(blob))
+            if m.name != name or m.seq != seq:
+                raise VerifyError(f"refs/models/{name} v{seq}: its manifest says {m.name} "
+                                  f"v{m.seq}")
+            manifests.append(m)
+        if not manifests:
+            return
+        from cas import graph
+
+        c = graph.needs(self.store, manifests)
+        if c.unreadable:
+            oid, why = next(iter(c.unreadable.items()))
+            raise VerifyError(f"refs/models/{name}: chunk list {oid.hex()} is not here "
+                              f"({why})")
+        lacking = transfer.missing(self.store, c.ids)
+        if lacking:
+            raise VerifyError(f"refs/models/{name}: {len(lacking)} objects its new versions "
+                              f"need are not here (first {lacking[0].hex()})")
+
+
+def check_ref_name(ref: str) -> tuple[str, str]:
+    """``(kind, name)`` of a ref a sync may move: ``model`` with the model name, ``tag`` with
+    ``NAME@TAG``, ``pin`` with ``NAME@ID``.
+
+    Raises:
+        SchemaError: any other ref, or a name that is not valid (path traversal included).
+    """
+    for prefix, kind in ((MODEL_REF_PREFIX, "model"), (TAG_REF_PREFIX, "tag"),
+                         (PIN_REF_PREFIX, "pin")):
+        p = prefix.decode()
+        if not ref.startswith(p):
+            continue
+        rest = ref[len(p):]
+        try:
+            if kind == "model":
+                validate_model_name(rest)
+                return kind, rest
+            if kind == "pin":
+                scope, _, rest = rest.partition("/")
+                if not is_pin_scope(scope):
+                    raise SchemaError(f"pin scope {scope!r}")
+            model, at, label = rest.partition("@")
+            validate_model_name(model)
+            if not at:
+                raise SchemaError("no @")
+            if kind == "tag":
+                validate_tag(label)
+            elif not is_version_id(label):
+                raise SchemaError(f"pin id {label!r}")
+            return kind, rest
+        except CasError as exc:
+            raise SchemaError(f"ref {ref!r} is not a valid {kind} ref: {exc.message}") from None
+    raise SchemaError(f"ref {ref!r} is not a ref cas syncs")
+
+
+def _short(sha: bytes | None) -> str:
+    return sha.decode()[:12] if sha else "nothing"

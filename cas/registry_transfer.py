@@ -1,0 +1,170 @@
+"""Moving registry objects and refs between stores (sync's registry half).
+
+With :mod:`cas.registry` and :mod:`cas.registry_storage`, the only module that imports dulwich.
+Registry objects are git objects: each is named by the SHA-1 of its bytes, so a receiver that
+stores an object under the id it computes itself cannot be given one object in place of
+another. What a hostile sender can still send is well-formed nonsense: an object that does
+not parse, a commit whose parents or tree it never sends, a tree that is not the registry's
+shape. :func:`store_objects` refuses the first kind (``ShaFile.check``), and
+:func:`check_reachable` the second before any ref may name a commit; the registry's readers
+refuse the third as they refuse local damage.
+
+On the wire an object is ``(type number, raw bytes)``: git's loose object content without its
+header (``docs/format.md``, "Sync protocol").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from dulwich.errors import ObjectFormatException
+from dulwich.object_store import MissingObjectFinder
+from dulwich.objects import Blob, Commit, ShaFile, Tag, Tree
+
+from cas.errors import SchemaError, VerifyError
+from cas.registry import Registry
+
+#: Object types a registry holds, by git type number.
+TYPES = {Commit.type_num: Commit, Tree.type_num: Tree, Blob.type_num: Blob,
+         Tag.type_num: Tag}
+#: At most this many objects in one answer (a registry's history is small: a hostile count is
+#: refused before it costs memory).
+MAX_OBJECTS = 1_000_000
+#: The largest registry object accepted (manifests are the big ones: a few MB at most).
+MAX_OBJECT_BYTES = 64 << 20
+
+
+def has(reg: Registry, sha: bytes) -> bool:
+    try:
+        return sha in reg.repo.object_store
+    except (OSError, ValueError):
+        return False
+
+
+def missing_objects(reg: Registry, wants: Iterable[bytes], haves: Iterable[bytes]
+                    ) -> list[tuple[int, bytes]]:
+    """The objects reachable from ``wants`` and not from ``haves`` (commit ids the other side
+    has; unknown ones are ignored), as ``(type number, raw bytes)``, parents before children
+    is not promised: a receiver stores them all before it moves a ref.
+
+    Raises:
+        SchemaError: a wanted object or one it reaches is missing or damaged here.
+    """
+    odb = reg.repo.object_store
+    try:
+        finder = MissingObjectFinder(odb, list(haves), list(wants))
+        out = []
+        for sha, _ in finder:
+            obj = odb[sha]
+            out.append((obj.type_num, obj.as_raw_string()))
+    except (KeyError, ValueError, ObjectFormatException) as exc:
+        raise SchemaError(f"registry object missing or damaged while listing what to send: "
+                          f"{exc}") from None
+    return out
+
+
+def store_objects(reg: Registry, objects: list[tuple[int, bytes]]) -> list[bytes]:
+    """Parse, check and store ``objects`` (each durable, under the id computed from its
+    bytes); return their ids. Objects already held are not written again.
+
+    Raises:
+        VerifyError: too many, too large, an unknown type, or an object that does not parse
+            as its type (the id is named).
+    """
+    if len(objects) > MAX_OBJECTS:
+        raise VerifyError(f"the other side sent {len(objects)} registry objects, more than "
+                          f"{MAX_OBJECTS}")
+    parsed: list[ShaFile] = []
+    for type_num, raw in objects:
+        kind = TYPES.get(type_num)
+        if kind is None:
+            raise VerifyError(f"registry object of unknown type {type_num}")
+        if len(raw) > MAX_OBJECT_BYTES:
+            raise VerifyError(f"registry object of {len(raw)} bytes is larger than "
+                              f"{MAX_OBJECT_BYTES}")
+        try:
+            obj = ShaFile.from_raw_string(type_num, raw)
+            obj.check()
+        except (ObjectFormatException, ValueError, TypeError, UnicodeDecodeError) as exc:
+            raise VerifyError(f"registry object does not parse as a {kind.__name__.lower()}: "
+                              f"{exc}") from None
+        parsed.append(obj)
+    odb = reg.repo.object_store
+    ids = []
+    for obj in parsed:
+        if not has(reg, obj.id):
+            odb.add_object(obj)
+        ids.append(obj.id)
+    return ids
+
+
+def check_reachable(reg: Registry, tip: bytes, known: Iterable[bytes] = ()) -> None:
+    """Every object reachable from ``tip`` is here and parses, stopping at commits in
+    ``known`` (ones already checked: the current tips' histories).
+
+    Raises:
+        VerifyError: naming the first missing or damaged object.
+    """
+    stop = set(known)
+    seen_trees: set[bytes] = set()
+    todo = [tip]
+    seen: set[bytes] = set()
+    while todo:
+        sha = todo.pop()
+        if sha in seen or sha in stop:
+            continue
+        seen.add(sha)
+        obj = _get(reg, sha)
+        if isinstance(obj, Tag):
+            todo.append(obj.object[1])
+            continue
+        if not isinstance(obj, Commit):
+            raise VerifyError(f"registry object {sha.decode()} is not a commit")
+        todo.extend(obj.parents)
+        _check_tree(reg, obj.tree, seen_trees)
+
+
+def _check_tree(reg: Registry, sha: bytes, seen: set[bytes]) -> None:
+    if sha in seen:
+        return
+    seen.add(sha)
+    tree = _get(reg, sha)
+    if not isinstance(tree, Tree):
+        raise VerifyError(f"registry object {sha.decode()} is not a tree")
+    for item in tree.items():
+        if item.mode & 0o040000:
+            _check_tree(reg, item.sha, seen)
+        elif not has(reg, item.sha):
+            raise VerifyError(f"registry object {item.sha.decode()} is missing")
+
+
+def _get(reg: Registry, sha: bytes) -> ShaFile:
+    try:
+        return reg.repo.object_store[sha]
+    except (KeyError, ValueError, ObjectFormatException):
+        raise VerifyError(f"registry object {sha.decode(errors='replace')} is missing or "
+                          "damaged") from None
+
+
+def is_ancestor(reg: Registry, old: bytes, new: bytes, limit: int = 1_000_000) -> bool:
+    """True if commit ``old`` is ``new`` or one of its ancestors (all parents followed)."""
+    todo, seen = [new], set()
+    while todo and len(seen) < limit:
+        sha = todo.pop()
+        if sha == old:
+            return True
+        if sha in seen:
+            continue
+        seen.add(sha)
+        obj = reg.repo.object_store[sha] if has(reg, sha) else None
+        if isinstance(obj, Commit):
+            todo.extend(obj.parents)
+    return False
+
+
+def tag_target(reg: Registry, sha: bytes) -> bytes | None:
+    """The commit an annotated tag object points at (None: not a tag of a commit here)."""
+    obj = reg.repo.object_store[sha] if has(reg, sha) else None
+    if isinstance(obj, Tag) and obj.object[0] is Commit:
+        return obj.object[1]
+    return None

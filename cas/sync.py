@@ -1,0 +1,375 @@
+"""push, fetch, pull and clone: models between this store and a remote.
+
+Both directions are one exchange between two :class:`cas.peer.LocalPeer`-like sides (a
+directory remote is a store opened here; ssh and http remotes are proxies, :mod:`cas.rpc`):
+
+1. the receiver's refs are read; what to move is decided here (a model ref only
+   fast-forwards; a tag or pin is only created, unless ``--force``);
+2. the registry objects the receiver lacks go first (git objects: self-verifying ids);
+3. the side holding the content lists every object the new versions need (chunk lists,
+   chunks, derived chunks' bases), the receiver answers which it lacks, and only those move,
+   in transfer packs it verifies before they become visible (:mod:`cas.transfer`);
+4. the receiver moves each ref by compare-and-swap after checking that the new tip's
+   history and every object its new versions need are there (:meth:`LocalPeer.update_refs`).
+
+Remote-tracking refs (``refs/remotes/<remote>/models/NAME``, ``.../tags/...``,
+``.../pins/...``) record what a configured remote held when last seen; they protect nothing
+from gc here and are not models of this store.
+
+Chunker parameters that differ between the two stores: objects are content-addressed, so
+moving them is correct; files added on either side afterwards dedupe less against what came
+from the other. Accepted with the warning ``W_CHUNKER_DIFFERS`` (the same rule for bundles).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from cas import registry_transfer as rt
+from cas import remotes as rem
+from cas.errors import ArgsError, CasError, CasWarning, ConflictError, NotFoundError
+from cas.peer import SYNCED_PREFIXES, LocalPeer, RefResult, RefUpdate, check_ref_name
+from cas.registry import MODEL_REF_PREFIX, Registry
+from cas.store import Progress, Store
+
+TRACKING_PREFIX = "refs/remotes/"
+
+
+class SyncResult(msgspec.Struct):
+    """What a push, pull or fetch did."""
+
+    remote: str
+    url: str
+    refs: list[RefResult] = []
+    registry_objects: int = 0
+    #: Objects (and their stored bytes with entry headers) that moved, and that did not
+    #: need to (the receiver held them).
+    objects_sent: int = 0
+    bytes_sent: int = 0
+    objects_skipped: int = 0
+    packs: int = 0
+    seconds: float = 0.0
+    warnings: list[CasWarning] = []
+
+    @property
+    def rejected(self) -> list[RefResult]:
+        return [r for r in self.refs if r.status == "rejected"]
+
+
+def connect(store: Store | None, spec: str, *, create: bool = False,
+            like: Store | None = None) -> tuple[str, rem.RemoteUrl, Any]:
+    """``(remote name or "", parsed URL, peer)`` for a configured name or a URL. With
+    ``create``, a directory where no store exists becomes one with the parameters of
+    ``like``.
+
+    Raises:
+        ArgsError: an unknown name or bad URL, or the remote is this store.
+        NotFoundError: nothing is there (without ``create``).
+    """
+    if store is not None:
+        name, url, remote = rem.resolve(store.backend, spec)
+    else:
+        name, url, remote = "", rem.parse_url(spec), rem.Remote(spec)
+    if url.kind == "dir":
+        path = Path(url.path or url.url)
+        if store is not None and path.resolve() == store.path.resolve():
+            raise ArgsError(f"remote {spec!r} is this store")
+        if create and not (path / "config.json").exists():
+            src = like or store
+            target = Store.init(path, derive=src.config.derives if src else None,
+                                chunker=src.config.chunker if src else None)
+        else:
+            target = Store.open(path)
+        return name, url, LocalPeer(target)
+    from cas.rpc import connect as rpc_connect
+
+    return name, url, rpc_connect(url, remote)
+
+
+def _chunker_warning(store: Store, hello: Any) -> list[CasWarning]:
+    ours = msgspec.to_builtins(store.config.chunker)
+    if dict(hello.chunker) != ours:
+        return [CasWarning("W_CHUNKER_DIFFERS",
+                           "the remote cuts files with other chunker parameters: what moves is "
+                           "correct, but files added later dedupe less across the two stores")]
+    return []
+
+
+def _model_of(ref: str) -> str:
+    kind, name = check_ref_name(ref)
+    return name if kind == "model" else name.split("@", 1)[0]
+
+
+def _select(refs: dict[str, str], names: Iterable[str]) -> dict[str, str]:
+    """The refs of the models ``names`` (every synced ref without names)."""
+    wanted = set(names)
+    out = {}
+    for ref, sha in refs.items():
+        try:
+            model = _model_of(ref)
+        except CasError:
+            continue  # a ref no sync moves is left alone
+        if not wanted or model in wanted:
+            out[ref] = sha
+    return out
+
+
+def _check_names(names: list[str]) -> None:
+    for n in names:
+        if "@" in n:
+            raise ArgsError(f"{n}: push and pull move whole models for now (NAME, not NAME@V)")
+
+
+def _new_blobs(reg: Registry, old: str | None, new: str) -> list[str]:
+    """Manifest blobs live at commit ``new`` and not at ``old`` (all of them when ``old``
+    is None or not here)."""
+    before: set[bytes] = set()
+    if old and rt.has(reg, old.encode()):
+        before = set(reg.commit_versions(old).values())
+    return [b.decode() for b in reg.commit_versions(new).values() if b not in before]
+
+
+def _counted(pieces: Iterator[bytes | memoryview], total: int,
+             progress: Progress | None) -> Iterator[bytes | memoryview]:
+    done = 0
+    for p in pieces:
+        yield p
+        done += len(p)
+        if progress is not None:
+            progress(done, total, "")
+
+
+def _move_content(src: Any, dst: Any, blobs: list[str], result: SyncResult,
+                  progress: Progress | None) -> None:
+    """Send what ``dst`` lacks of the content of manifests ``blobs`` (held by ``src``)."""
+    if not blobs:
+        return
+    ids = src.closure(blobs)
+    lacking = dst.missing(ids)
+    result.objects_skipped += len(ids) - len(lacking)
+    if not lacking:
+        return
+    total, pieces = src.send(lacking)
+    stats = dst.receive(_counted(pieces, total, progress))
+    result.objects_sent += stats.objects
+    result.bytes_sent += stats.bytes
+    result.packs += stats.packs
+
+
+def _track(store: Store, remote: str, theirs: dict[str, str], prune: bool) -> None:
+    """Record ``theirs`` (the remote's refs) as remote-tracking refs; with ``prune``, drop
+    tracking refs of refs the remote no longer has."""
+    if not remote:
+        return
+    reg = store.registry
+    base = f"{TRACKING_PREFIX}{remote}/"
+    with store.writing():
+        have = {k.decode(): v.decode() for k, v in reg.refs_under(base.encode()).items()}
+        for ref, sha in theirs.items():
+            local = base + ref[len("refs/"):]
+            if have.get(local) != sha and rt.has(reg, sha.encode()):
+                reg._move_ref(local.encode(),  # noqa: SLF001 - compare-and-swap
+                              have[local].encode() if local in have else b"0" * 40,
+                              sha.encode())
+        if prune:
+            wanted = {base + r[len("refs/"):] for r in theirs}
+            for local in have:
+                if local not in wanted:
+                    reg.delete_ref(local.encode())
+
+
+def tracking_refs(store: Store, remote: str) -> dict[str, str]:
+    """What ``remote`` held when last seen: its ref names -> ids."""
+    base = f"{TRACKING_PREFIX}{remote}/"
+    return {"refs/" + k.decode()[len(base):]: v.decode()
+            for k, v in store.registry.refs_under(base.encode()).items()}
+
+
+# -- push ----------------------------------------------------------------------------------------
+
+
+def push(store: Store, spec: str, names: list[str] = (), *, force: bool = False,  # type: ignore[assignment]
+         progress: Progress | None = None) -> SyncResult:
+    """Push models ``names`` (every model without names), with their tags and pins, to
+    ``spec``: a directory where no store is yet becomes one. See the module docstring.
+
+    Raises:
+        ArgsError | NotFoundError: a bad remote, or a named model this store does not have.
+        VerifyError: the receiver found bad bytes (nothing of them became visible).
+    """
+    names = list(names)
+    _check_names(names)
+    t0 = time.monotonic()
+    local = LocalPeer(store)
+    ours = _select(local.refs(), names)
+    for n in names:
+        if f"{MODEL_REF_PREFIX.decode()}{n}" not in ours:
+            raise NotFoundError(f"model {n!r} is not registered here")
+    remote, url, peer = connect(store, spec, create=True)
+    result = SyncResult(remote, url.url)
+    with contextlib.closing(peer):
+        result.warnings += _chunker_warning(store, peer.hello())
+        theirs = peer.refs()
+        reg = store.registry
+        updates, blobs = [], []
+        for ref, sha in sorted(ours.items()):
+            old = theirs.get(ref)
+            if old == sha:
+                result.refs.append(RefResult(ref, "up-to-date"))
+                continue
+            reason = _refuse(reg, ref, old, sha, force)
+            if reason:
+                result.refs.append(RefResult(ref, "rejected", reason))
+                continue
+            updates.append(RefUpdate(ref, old, sha))
+            if ref.startswith(MODEL_REF_PREFIX.decode()):
+                blobs += _new_blobs(reg, old, sha)
+        if updates:
+            with peer.session("push"):
+                haves = [s.encode() for s in theirs.values() if rt.has(reg, s.encode())]
+                objs = rt.missing_objects(reg, [u.new.encode() for u in updates], haves)
+                if objs:
+                    peer.put_registry_objects(objs)
+                result.registry_objects = len(objs)
+                _move_content(local, peer, blobs, result, progress)
+                result.refs += peer.update_refs(updates, force)
+            theirs = peer.refs()
+        _track(store, remote, theirs, prune=not names)
+    result.refs.sort(key=lambda r: r.ref)
+    result.seconds = time.monotonic() - t0
+    return result
+
+
+def _refuse(reg: Registry, ref: str, old: str | None, new: str, force: bool) -> str:
+    """Why the sender will not ask to move ``ref`` from ``old`` to ``new`` ("" if it will)."""
+    if old is None or force:
+        return ""
+    if ref.startswith(MODEL_REF_PREFIX.decode()):
+        if rt.has(reg, old.encode()) and rt.is_ancestor(reg, old.encode(), new.encode()):
+            return ""
+        if rt.has(reg, old.encode()) and rt.is_ancestor(reg, new.encode(), old.encode()):
+            return "the other side is ahead (it has versions or changes this side lacks)"
+        return ("diverged: both sides changed the model since they last synced "
+                "(pull, then push; or --force)")
+    return "exists on the other side with another value (--force replaces it)"
+
+
+# -- fetch and pull ------------------------------------------------------------------------------
+
+
+def _fetch(store: Store, peer: Any, remote: str, result: SyncResult, prune: bool
+           ) -> dict[str, str]:
+    """Bring the registry objects of every ref of ``peer`` and record them as tracking refs;
+    return the peer's refs."""
+    result.warnings += _chunker_warning(store, peer.hello())
+    theirs: dict[str, str] = {}
+    for ref, sha in peer.refs().items():
+        try:
+            check_ref_name(ref)
+        except CasError:
+            continue  # a ref no sync moves is ignored
+        theirs[ref] = sha
+    reg = store.registry
+    wants = sorted({s for s in theirs.values() if not rt.has(reg, s.encode())})
+    if wants:
+        haves = sorted({v.decode() for p in (*SYNCED_PREFIXES, TRACKING_PREFIX.encode())
+                        for v in reg.refs_under(p).values()})
+        objs = peer.registry_objects(wants, haves)
+        with store.writing():
+            rt.store_objects(reg, objs)
+        result.registry_objects = len(objs)
+        for s in wants:
+            rt.check_reachable(reg, s.encode())
+    _track(store, remote, theirs, prune)
+    return theirs
+
+
+def fetch(store: Store, spec: str) -> SyncResult:
+    """Bring ``spec``'s refs into remote-tracking refs, with their registry objects (no
+    content)."""
+    t0 = time.monotonic()
+    remote, url, peer = connect(store, spec)
+    result = SyncResult(remote, url.url)
+    with contextlib.closing(peer):
+        _fetch(store, peer, remote, result, prune=True)
+    result.seconds = time.monotonic() - t0
+    return result
+
+
+def pull(store: Store, spec: str, names: list[str] = (), *,  # type: ignore[assignment]
+         progress: Progress | None = None) -> SyncResult:
+    """Fetch, then bring the content of the named models' (every remote model's) new
+    versions and fast-forward their refs here; create tags and pins this store lacks.
+
+    A model changed on both sides is refused (``rejected``, diverged): nothing of it moves.
+    """
+    names = list(names)
+    _check_names(names)
+    t0 = time.monotonic()
+    remote, url, peer = connect(store, spec)
+    result = SyncResult(remote, url.url)
+    local = LocalPeer(store)
+    with contextlib.closing(peer):
+        theirs = _select(_fetch(store, peer, remote, result, prune=not names), names)
+        for n in names:
+            if f"{MODEL_REF_PREFIX.decode()}{n}" not in theirs:
+                raise NotFoundError(f"model {n!r} is not on remote {spec}")
+        ours = local.refs()
+        reg = store.registry
+        updates, blobs = [], []
+        for ref, sha in sorted(theirs.items()):
+            old = ours.get(ref)
+            if old == sha:
+                result.refs.append(RefResult(ref, "up-to-date"))
+                continue
+            if old and ref.startswith(MODEL_REF_PREFIX.decode()) and rt.is_ancestor(
+                    reg, sha.encode(), old.encode()):
+                result.refs.append(RefResult(ref, "up-to-date", "this store is ahead"))
+                continue
+            reason = _refuse(reg, ref, old, sha, False)
+            if reason:
+                result.refs.append(RefResult(ref, "rejected", reason))
+                continue
+            updates.append(RefUpdate(ref, old, sha))
+            if ref.startswith(MODEL_REF_PREFIX.decode()):
+                blobs += _new_blobs(reg, old, sha)
+        if updates:
+            with local.session("pull"):
+                _move_content(peer, local, blobs, result, progress)
+                result.refs += local.update_refs(updates)
+    result.refs.sort(key=lambda r: r.ref)
+    result.seconds = time.monotonic() - t0
+    return result
+
+
+def clone(spec: str, path: Path, progress: Progress | None = None,
+          description: str | None = None) -> tuple[Store, SyncResult]:
+    """A new store at ``path`` with the remote's chunker parameters, the remote as
+    ``origin``, and every model pulled.
+
+    Raises:
+        ConflictError: ``path`` holds a store already.
+    """
+    if (Path(path) / "config.json").exists():
+        raise ConflictError(f"{path} is a store already; use 'cas pull' there")
+    _, url, peer = connect(None, spec)
+    with contextlib.closing(peer):
+        hello = peer.hello()
+    from cas.chunking import ChunkerParams
+
+    chunker = msgspec.convert(hello.chunker, ChunkerParams)
+    store = Store.init(path, derive=hello.derives, chunker=chunker, description=description)
+    try:
+        with store.writing():
+            rem.add(store.backend, "origin", url.url)
+        result = pull(store, "origin", progress=progress)
+    except BaseException:
+        store.close()
+        raise
+    return store, result

@@ -1,0 +1,294 @@
+"""Moving content between stores: which objects to send, in what order, and receiving them.
+
+The sender works out what the receiver lacks (the closure of the versions it sends, less the
+ids the receiver answers it holds) and streams **transfer packs**: the pack format of
+``docs/format.md`` (header, self-describing entries holding the objects' stored bytes as the
+sender stores them, trailer with count and pack id), one after another, each at most
+:data:`TRANSFER_PACK_BYTES`. Objects go as stored: compressed, grouped or derived bytes are
+never decoded and re-encoded on the way.
+
+The receiver trusts nothing in the stream. For every entry it checks the header (checksum,
+known kind and codec, lengths a real object can have), decodes the stored bytes and checks
+that they hash to the entry's id; a derived chunk is decoded against bases the receiver
+already holds, never against bytes still arriving, so the sender orders objects in
+**generations** (:func:`plan`): an object is in generation 0 unless it is derived, and a
+derived one comes after every object its base needs, in a later transfer pack. Each transfer
+pack is written through :class:`cas.packwriter.PackWriter` and becomes visible only once all
+of it verified and its trailer matched; a failure throws the pack being received away.
+Completed packs are checkpoints: objects in them are no longer missing, so a re-run sends
+only the rest.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from cas.compression import CODEC_DERIVED
+from cas.errors import VerifyError
+from cas.format import pack as fmt
+from cas.format.chunklist import ChunkList
+from cas.packs import MAX_CHUNK_BYTES, Located, decode_verified
+from cas.packwriter import PackWriter
+
+if TYPE_CHECKING:
+    from cas.leases import Lease
+    from cas.store import Store
+
+#: A transfer pack is closed once it holds this many bytes (bounded memory on both sides,
+#: and the unit a re-run does not send again).
+TRANSFER_PACK_BYTES = 64 << 20
+#: Stored bytes read from a local pack with one ``pread`` at most.
+RUN_BYTES = 4 << 20
+#: The largest chunk list a transfer may carry (the list of a ~400 GB file).
+MAX_LIST_BYTES = 256 << 20
+#: Generations of derived chunks (chains are at most :data:`cas.derive.MAX_DEPTH` deep).
+MAX_GENERATIONS = 64
+
+
+class TransferStats(msgspec.Struct):
+    objects: int = 0
+    #: Stored bytes of the objects, with their entry headers.
+    bytes: int = 0
+    packs: int = 0
+    #: Objects received that the receiver turned out to hold already (a concurrent writer).
+    already: int = 0
+
+
+def lacks(store: Store) -> Callable[[bytes], bool]:
+    """A test for "``store`` has no usable copy of this object": none in a visible pack, or
+    only in packs a running gc is about to delete, or only copies known to be damaged. What it
+    lacks is what a sender must send (and what a writer may not deduplicate against)."""
+    avoid = store.leases.doomed_packs()
+    packs = store.packs
+
+    def test(oid: bytes) -> bool:
+        loc = packs.locate(oid)
+        return loc is None or loc.pack.id in avoid or (oid, loc.pack.id) in packs.bad
+
+    return test
+
+
+def missing(store: Store, ids: Iterable[bytes]) -> list[bytes]:
+    """The ids among ``ids`` that ``store`` lacks (see :func:`lacks`), in the order given."""
+    store.packs.refresh()
+    test = lacks(store)
+    return [oid for oid in ids if test(oid)]
+
+
+# -- sending -------------------------------------------------------------------------------------
+
+
+def plan(store: Store, ids: Iterable[bytes]) -> list[list[Located]]:
+    """Order ``ids`` (all held here) for sending: generations, each with chunk lists first,
+    then chunks, in pack order so neighbours are read together.
+
+    Raises:
+        NotFoundError | VerifyError: an object is not here, or its chunk list cannot be read.
+    """
+    packs = store.packs
+    sending = set(ids)
+    where: dict[bytes, Located] = {}
+    for oid in sending:
+        loc = packs.find(oid)
+        if loc is None:
+            raise packs.missing(oid)
+        where[oid] = loc
+    gen: dict[bytes, int] = {}
+    list_chunks: dict[bytes, list[bytes]] = {}
+
+    def generation(oid: bytes, depth: int = 0) -> int:
+        g = gen.get(oid)
+        if g is not None:
+            return g
+        if depth > MAX_GENERATIONS:
+            raise VerifyError(f"derived chunk {oid.hex()}: bases nest deeper than "
+                              f"{MAX_GENERATIONS} levels")
+        loc = where[oid]
+        g = 0
+        if loc.entry.codec == CODEC_DERIVED:
+            base = loc.pack.derived_base(loc.entry)
+            if base is not None:
+                needed = [base] if base in sending else []
+                if base not in list_chunks:
+                    list_chunks[base] = packs.read_chunk_list(base).ids()
+                needed += [c for c in list_chunks[base] if c in sending]
+                g = 1 + max((generation(n, depth + 1) for n in needed), default=-1)
+        gen[oid] = g
+        return g
+
+    for oid in sending:
+        generation(oid)
+    out: list[list[Located]] = [[] for _ in range(max(gen.values(), default=-1) + 1)]
+    for oid, g in gen.items():
+        out[g].append(where[oid])
+    for group in out:
+        group.sort(key=lambda loc: (loc.entry.kind != fmt.KIND_CHUNK_LIST, loc.pack.id,
+                                    loc.entry.offset))
+    return out
+
+
+def size(generations: list[list[Located]], target: int = TRANSFER_PACK_BYTES) -> int:
+    """The bytes :func:`stream` yields for ``generations`` (entries, headers and trailers of
+    its packs, counted as it cuts them)."""
+    total = 0
+    for group in generations:
+        packs = size_ = 0
+        for loc in group:
+            if size_ == 0 or size_ >= target:
+                packs += 1
+                size_ = 0
+            size_ += fmt.ENTRY_HEADER_SIZE + loc.entry.stored_len
+            total += fmt.ENTRY_HEADER_SIZE + loc.entry.stored_len
+        total += packs * (fmt.PACK_HEADER_SIZE + fmt.PACK_TRAILER_SIZE)
+    return total
+
+
+def stream(store: Store, generations: list[list[Located]],
+           target: int = TRANSFER_PACK_BYTES) -> Iterator[bytes | memoryview]:
+    """The transfer packs of ``generations`` (see the module docstring), as byte pieces."""
+    for group in generations:
+        i = 0
+        while i < len(group):
+            yield fmt.pack_header()
+            hasher = fmt.PackIdHasher()
+            count = size = 0
+            while i < len(group) and (count == 0 or size < target):
+                run = [group[i]]
+                span = fmt.ENTRY_HEADER_SIZE + run[0].entry.stored_len
+                j = i + 1
+                while (j < len(group) and group[j].pack is run[-1].pack and span < RUN_BYTES
+                       and group[j].entry.offset == run[-1].entry.offset
+                       + fmt.ENTRY_HEADER_SIZE + run[-1].entry.stored_len):
+                    run.append(group[j])
+                    span += fmt.ENTRY_HEADER_SIZE + group[j].entry.stored_len
+                    j += 1
+                yield run[0].pack.read_run_raw([loc.entry for loc in run])
+                for loc in run:
+                    hasher.add(loc.entry.oid)
+                count += len(run)
+                size += span
+                i = j
+            yield fmt.pack_trailer(count, hasher.digest())
+
+
+class IterReader(io.RawIOBase):
+    """A readable file over an iterator of byte pieces (a stream produced in this process)."""
+
+    def __init__(self, pieces: Iterable[bytes | memoryview]) -> None:
+        self._it = iter(pieces)
+        self._buf = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        while not self._buf:
+            try:
+                self._buf = memoryview(next(self._it)).cast("B")
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+def read_exact(f: io.RawIOBase | io.BufferedIOBase, n: int) -> bytes:
+    """``n`` bytes from ``f``, fewer only at its end."""
+    parts = []
+    while n > 0:
+        got = f.read(n)
+        if not got:
+            break
+        parts.append(got)
+        n -= len(got)
+    return b"".join(parts)
+
+
+# -- receiving -----------------------------------------------------------------------------------
+
+
+def receive(store: Store, f: io.RawIOBase | io.BufferedIOBase, lease: Lease | None = None
+            ) -> TransferStats:
+    """Receive transfer packs from ``f`` until its end (see the module docstring). Each pack
+    is verified whole before it becomes visible; ``lease`` (the store's shared lease for this
+    transfer) is checked before each pack is made visible. The caller holds that lease.
+
+    Raises:
+        VerifyError: a malformed, truncated or lying stream (what came before it in complete
+            packs stays; nothing of the pack being received becomes visible).
+        DiskError: writing failed.
+    """
+    stats = TransferStats()
+    while True:
+        head = read_exact(f, fmt.PACK_HEADER_SIZE)
+        if not head:
+            return stats
+        fmt.check_pack_header(head, "sent by the other side")
+        _receive_pack(store, f, stats, lease)
+
+
+def _receive_pack(store: Store, f: io.RawIOBase | io.BufferedIOBase, stats: TransferStats,
+                  lease: Lease | None) -> None:
+    where = "a transfer pack"
+    store.packs.refresh()
+    test = lacks(store)
+    ranges = store.packs.ranges
+    writer = PackWriter(store.backend, fmt.MAX_PACK_BYTES)
+    hasher = fmt.PackIdHasher()
+    count = 0
+    offset = fmt.PACK_HEADER_SIZE
+    try:
+        while True:
+            head = read_exact(f, fmt.ENTRY_HEADER_SIZE)
+            if len(head) < fmt.ENTRY_HEADER_SIZE:
+                raise VerifyError(f"{where} is truncated at byte {offset}")
+            trailer = fmt.decode_pack_trailer(head)
+            if trailer is not None:
+                n, pack_id = trailer
+                if n != count or pack_id != hasher.digest():
+                    raise VerifyError(f"{where}'s trailer does not match its entries "
+                                      f"({n} claimed, {count} received)")
+                break
+            entry = fmt.decode_entry_header(head, offset, where)
+            _check_lengths(entry, where)
+            stored = read_exact(f, entry.stored_len)
+            if len(stored) < entry.stored_len:
+                raise VerifyError(f"{where} is truncated inside object {entry.oid.hex()}")
+            raw = decode_verified(entry, stored, ranges, where)
+            if entry.kind == fmt.KIND_CHUNK_LIST:
+                ChunkList.decode(bytes(raw))
+            hasher.add(entry.oid)
+            count += 1
+            offset += fmt.ENTRY_HEADER_SIZE + entry.stored_len
+            if test(entry.oid):
+                writer.add(entry.oid, entry.kind, entry.codec, entry.raw_len, stored)
+            else:
+                stats.already += 1
+            stats.objects += 1
+            stats.bytes += fmt.ENTRY_HEADER_SIZE + entry.stored_len
+        if lease is not None:
+            lease.check()
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    stats.packs += 1
+    store.packs.refresh()
+
+
+def _check_lengths(entry: fmt.Entry, where: str) -> None:
+    """Refuse a record no writer produces before reading or allocating for it."""
+    oid = entry.oid.hex()
+    limit = MAX_CHUNK_BYTES if entry.kind == fmt.KIND_CHUNK else MAX_LIST_BYTES
+    if entry.raw_len > limit:
+        raise VerifyError(f"object {oid}: {where} claims {entry.raw_len} bytes, more than "
+                          f"such an object can hold", object_id=oid)
+    if entry.stored_len > entry.raw_len + (entry.raw_len >> 6) + 65536:
+        raise VerifyError(f"object {oid}: {where} stores {entry.stored_len} bytes for "
+                          f"{entry.raw_len}", object_id=oid)
+

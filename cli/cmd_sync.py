@@ -1,0 +1,140 @@
+"""``cas push``, ``fetch``, ``pull`` and ``clone``: models between stores."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from cas.cli.app import Ctx, NonEmptyPath, ReportedFailure, cli, pass_ctx, progress_for
+from cas.cli.render import count, human_bytes
+
+from cas import remotes as rem
+from cas import sync
+from cas.errors import ArgsError, ConflictError
+from cas.store import Store
+
+
+def default_remote(store: Store, spec: str | None) -> str:
+    """``spec``, else ``origin`` if configured, else the only configured remote.
+
+    Raises:
+        ArgsError: no remote given and none (or several, without ``origin``) configured.
+    """
+    if spec:
+        return spec
+    names = sorted(rem.load(store.backend))
+    if "origin" in names:
+        return "origin"
+    if len(names) == 1:
+        return names[0]
+    raise ArgsError("name a remote: " + ("none is configured ('cas remote add NAME URL')"
+                                         if not names else f"configured: {', '.join(names)}"))
+
+
+def _report(ctx: Ctx, r: sync.SyncResult, verb: str, extra: list[str] | None = None) -> None:
+    where = f"{r.remote} ({r.url})" if r.remote else r.url
+    lines = [f"{verb} {where}"]
+    for ref in r.refs:
+        label = ref.ref.removeprefix("refs/")
+        reason = f": {ref.reason}" if ref.reason else ""
+        lines.append(f"  {ref.status:<11} {label}{reason}")
+    moved = (f"{count(r.objects_sent, 'object')}, {human_bytes(r.bytes_sent)} in "
+             f"{count(r.packs, 'pack')}; {r.objects_skipped} already there; "
+             f"{count(r.registry_objects, 'registry object')}; {r.seconds:.2f} s")
+    lines.append("  " + moved)
+    lines += extra or []
+    rejected = r.rejected
+    if rejected:
+        if not ctx.out.json:
+            for w in r.warnings:
+                sys.stderr.write(f"cas: warning: {w.message} [{w.code}]\n")
+            for line in lines:
+                sys.stdout.write(line + "\n")
+        first = rejected[0]
+        raise ReportedFailure(ConflictError(
+            f"{count(len(rejected), 'ref')} rejected; {first.ref}: {first.reason}"),
+            {"result": r})
+    ctx.out.result(r, lines)
+
+
+@cli.command()
+@click.argument("remote", required=False)
+@click.argument("names", nargs=-1)
+@click.option("--force", is_flag=True,
+              help="Move refs that do not fast-forward and replace differing tags and pins.")
+@pass_ctx
+def push(ctx: Ctx, remote: str | None, names: tuple[str, ...], force: bool) -> None:
+    """Send models NAMES (default: every model), with their tags and pins, to REMOTE.
+
+    Only the objects REMOTE lacks move (a fine-tune of a model it holds sends little), in
+    transfer packs it verifies before they become visible; then its refs move by
+    compare-and-swap, fast-forward only unless --force. A folder where no store exists
+    becomes one, with this store's chunker parameters.
+
+    \b
+    Examples:
+      cas push usb
+      cas push /media/usb/cas org/bert
+      cas push origin org/bert --json
+    """
+    with ctx.open() as store, progress_for(ctx) as bar:
+        r = sync.push(store, default_remote(store, remote), list(names), force=force,
+                      progress=bar)
+    _report(ctx, r, "pushed to")
+
+
+@cli.command()
+@click.argument("remote", required=False)
+@pass_ctx
+def fetch(ctx: Ctx, remote: str | None) -> None:
+    """Record what REMOTE holds (its models, tags and pins, as remote-tracking refs with
+    their registry objects); no content moves.
+
+    \b
+    Examples:
+      cas fetch origin
+    """
+    with ctx.open() as store:
+        r = sync.fetch(store, default_remote(store, remote))
+    _report(ctx, r, "fetched from")
+
+
+@cli.command()
+@click.argument("remote", required=False)
+@click.argument("names", nargs=-1)
+@pass_ctx
+def pull(ctx: Ctx, remote: str | None, names: tuple[str, ...]) -> None:
+    """Fetch, then bring models NAMES (default: every model REMOTE has) here: the content
+    of their new versions (only what this store lacks, verified), then their refs,
+    fast-forward only. A model both stores changed is refused and left as it is.
+
+    \b
+    Examples:
+      cas pull origin
+      cas pull train-03 org/bert
+    """
+    with ctx.open() as store, progress_for(ctx) as bar:
+        r = sync.pull(store, default_remote(store, remote), list(names), progress=bar)
+    _report(ctx, r, "pulled from")
+
+
+@cli.command()
+@click.argument("url")
+@click.argument("path", required=False, type=NonEmptyPath(path_type=Path))
+@click.option("--description", metavar="TEXT", help="Description of the new store.")
+@pass_ctx
+def clone(ctx: Ctx, url: str, path: Path | None, description: str | None) -> None:
+    """Make a new store at PATH (default: the --store path) from the store at URL: the
+    same chunker parameters, URL as remote 'origin', every model pulled.
+
+    \b
+    Examples:
+      cas clone /media/usb/cas ./store
+      cas --store ~/cas clone ssh://ml@train-03/data/cas
+    """
+    target = path or ctx.store_path
+    with progress_for(ctx) as bar:
+        store, r = sync.clone(url, target, bar, description)
+    store.close()
+    _report(ctx, r, f"cloned into {target} from", [])
