@@ -89,7 +89,19 @@ def connect(store: Store | None, spec: str, *, create: bool = False,
         return name, url, LocalPeer(target)
     from cas.rpc import connect as rpc_connect
 
-    return name, url, rpc_connect(url, remote)
+    peer = rpc_connect(url, remote)
+    try:
+        peer.hello()
+    except NotFoundError:
+        src = like or store
+        if not create or src is None:
+            peer.close()
+            raise
+        peer.init(msgspec.to_builtins(src.config.chunker), src.config.derives)
+    except BaseException:
+        peer.close()
+        raise
+    return name, url, peer
 
 
 def _chunker_warning(store: Store, hello: Any) -> list[CasWarning]:

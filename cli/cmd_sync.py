@@ -138,3 +138,31 @@ def clone(ctx: Ctx, url: str, path: Path | None, description: str | None) -> Non
         store, r = sync.clone(url, target, bar, description)
     store.close()
     _report(ctx, r, f"cloned into {target} from", [])
+
+
+@cli.command()
+@click.argument("path", required=False)
+@click.option("--stdio", is_flag=True, help="Speak the sync protocol on stdin and stdout "
+                                            "(what an ssh remote runs).")
+@click.option("--read-only", is_flag=True, help="Refuse every write.")
+@click.option("--append-only", is_flag=True,
+              help="Refuse forced ref updates: history is only ever added to (backups).")
+@click.option("--restrict-to", metavar="DIR", multiple=True,
+              help="Serve only stores under DIR (repeatable); for a forced command in "
+                   "authorized_keys, where PATH comes from SSH_ORIGINAL_COMMAND.")
+def serve(path: str | None, stdio: bool, read_only: bool, append_only: bool,
+          restrict_to: tuple[str, ...]) -> None:
+    """Offer the store at PATH to other hosts' push, pull, fetch and clone.
+
+    \b
+    Examples:
+      cas serve --stdio /data/cas
+      # in ~/.ssh/authorized_keys of the serving account:
+      command="cas serve --stdio --restrict-to /data/cas",restrict ssh-ed25519 AAAA...
+    """
+    from cas.serve import resolve_path, serve_stdio
+
+    if not stdio:
+        raise ArgsError("give --stdio (HTTP serving: --http ADDR)")
+    serve_stdio(resolve_path(path, restrict_to), read_only=read_only,
+                append_only=append_only)

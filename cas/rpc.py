@@ -1,0 +1,429 @@
+"""The sync protocol: :class:`cas.peer.LocalPeer`'s operations as frames over a byte stream.
+
+One protocol, two carriers: the stdio of ``cas serve --stdio`` (reached through the system
+``ssh``) and HTTP requests to ``cas serve --http`` (:mod:`cas.http`). ``docs/format.md``,
+"Sync protocol", has the byte layout; in short, a frame is a type byte, a 4-byte big-endian
+length and that many bytes:
+
+- ``M``: a msgpack message: a request ``{"op", "args"}``, or a response ``{"ok": true,
+  "result"}`` / ``{"ok": false, "code", "message"}``;
+- ``D``: a piece of a transfer-pack stream; ``E``: the end of that stream.
+
+``send`` answers with a response giving the stream's size, then ``D`` frames and ``E``;
+``receive`` is a request followed by the client's ``D`` frames and ``E``, then the response.
+Everything the other side says is checked as if hostile: frame lengths are bounded, messages
+decode into fixed types, object streams are verified by :mod:`cas.transfer`.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import struct
+import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator
+from typing import IO, Any
+
+import msgspec
+
+from cas.errors import CasError, NetError, NotFoundError, VerifyError, error_of_code
+from cas.peer import Hello, RefResult, RefUpdate
+from cas.transfer import TransferStats
+
+PROTOCOL = "cas-sync/1"
+_HEAD = struct.Struct(">cI")
+#: The largest frame either side accepts (a message, or a piece of a stream).
+MAX_FRAME = 64 << 20
+#: Ids per ``missing`` request (32 bytes each).
+IDS_PER_CALL = 1 << 16
+ID_SIZE = 32
+
+
+def pack_ids(ids: Iterable[bytes]) -> bytes:
+    return b"".join(ids)
+
+
+def unpack_ids(data: bytes) -> list[bytes]:
+    if len(data) % ID_SIZE:
+        raise VerifyError("a list of object ids is not a multiple of 32 bytes")
+    return [data[i:i + ID_SIZE] for i in range(0, len(data), ID_SIZE)]
+
+
+class Framed:
+    """Frames over a pair of binary streams."""
+
+    def __init__(self, rfile: IO[bytes], wfile: IO[bytes], peer: str) -> None:
+        self.rfile = rfile
+        self.wfile = wfile
+        self.peer = peer
+
+    def _read(self, n: int) -> bytes:
+        data = self.rfile.read(n)
+        if data is None or len(data) < n:
+            raise NetError(f"{self.peer}: connection closed in the middle of a frame"
+                           if data else f"{self.peer}: connection closed")
+        return data
+
+    def read_frame(self) -> tuple[bytes, bytes]:
+        kind, n = _HEAD.unpack(self._read(_HEAD.size))
+        if kind not in (b"M", b"D", b"E"):
+            raise VerifyError(f"{self.peer}: unknown frame type {kind!r}")
+        if n > MAX_FRAME:
+            raise VerifyError(f"{self.peer}: frame of {n} bytes is larger than {MAX_FRAME}")
+        return kind, self._read(n) if n else b""
+
+    def write_frame(self, kind: bytes, payload: bytes | memoryview = b"") -> None:
+        try:
+            self.wfile.write(_HEAD.pack(kind, len(payload)))
+            if payload:
+                self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionError, OSError) as exc:
+            raise NetError(f"{self.peer}: connection lost ({exc})") from None
+
+    def flush(self) -> None:
+        try:
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionError, OSError) as exc:
+            raise NetError(f"{self.peer}: connection lost ({exc})") from None
+
+    def write_message(self, doc: Any) -> None:
+        self.write_frame(b"M", msgspec.msgpack.encode(doc))
+        self.flush()
+
+    def read_message(self) -> dict[str, Any]:
+        kind, payload = self.read_frame()
+        if kind != b"M":
+            raise VerifyError(f"{self.peer}: expected a message, got a {kind!r} frame")
+        try:
+            doc = msgspec.msgpack.decode(payload)
+        except msgspec.DecodeError as exc:
+            raise VerifyError(f"{self.peer}: undecodable message: {exc}") from None
+        if not isinstance(doc, dict):
+            raise VerifyError(f"{self.peer}: a message is not a map")
+        return doc
+
+    def write_stream(self, pieces: Iterable[bytes | memoryview]) -> None:
+        for p in pieces:
+            view = memoryview(p).cast("B")
+            for i in range(0, len(view), 1 << 20):
+                self.write_frame(b"D", view[i:i + (1 << 20)])
+        self.write_frame(b"E")
+        self.flush()
+
+    def read_stream(self) -> Iterator[bytes]:
+        while True:
+            kind, payload = self.read_frame()
+            if kind == b"E":
+                return
+            if kind != b"D":
+                raise VerifyError(f"{self.peer}: expected stream data, got a message")
+            yield payload
+
+
+# -- client --------------------------------------------------------------------------------------
+
+
+class RemoteError(CasError):
+    """Carrier for an error the far side reported (re-raised with its own code)."""
+
+
+class RemotePeer:
+    """The peer operations, asked of a ``cas serve`` at the far end of ``framed``."""
+
+    def __init__(self, framed: Framed, name: str, closer: Any = None) -> None:
+        self.framed = framed
+        self.name = name
+        self._closer = closer
+        self._hello: Hello | None = None
+
+    def _call(self, op: str, **args: Any) -> Any:
+        self.framed.write_message({"op": op, "args": args})
+        return self._answer()
+
+    def _answer(self) -> Any:
+        doc = self.framed.read_message()
+        if doc.get("ok") is True:
+            return doc.get("result")
+        code, message = doc.get("code"), doc.get("message")
+        if not isinstance(code, str) or not isinstance(message, str):
+            raise VerifyError(f"{self.name}: malformed error answer")
+        raise error_of_code(code, f"{self.name}: {message}")
+
+    def hello(self) -> Hello:
+        if self._hello is None:
+            raw = self._call("hello", protocol=PROTOCOL)
+            try:
+                self._hello = msgspec.convert(raw, Hello)
+            except msgspec.ValidationError as exc:
+                raise VerifyError(f"{self.name}: malformed hello: {exc}") from None
+        return self._hello
+
+    def init(self, chunker: dict[str, Any], derive: bool) -> None:
+        """Create the store at the far side's path (a first push)."""
+        self._call("init", chunker=chunker, derive=derive)
+        self._hello = None
+
+    def refs(self) -> dict[str, str]:
+        return _typed(self._call("refs"), dict[str, str], self.name)
+
+    def registry_objects(self, wants: list[str], haves: list[str]) -> list[tuple[int, bytes]]:
+        return _typed(self._call("registry_objects", wants=wants, haves=haves),
+                      list[tuple[int, bytes]], self.name)
+
+    def put_registry_objects(self, objects: list[tuple[int, bytes]]) -> int:
+        return _typed(self._call("put_registry_objects", objects=objects), int, self.name)
+
+    def closure(self, blobs: list[str]) -> list[bytes]:
+        return unpack_ids(_typed(self._call("closure", blobs=blobs), bytes, self.name))
+
+    def missing(self, ids: list[bytes]) -> list[bytes]:
+        out: list[bytes] = []
+        asked = set()
+        for i in range(0, len(ids), IDS_PER_CALL):
+            part = ids[i:i + IDS_PER_CALL]
+            asked.update(part)
+            out += unpack_ids(_typed(self._call("missing", ids=pack_ids(part)), bytes,
+                                     self.name))
+        if not set(out) <= asked:
+            raise VerifyError(f"{self.name}: answered with ids it was not asked about")
+        return out
+
+    def send(self, ids: list[bytes]) -> tuple[int, Iterator[bytes]]:
+        total = _typed(self._call("send", ids=pack_ids(ids)), int, self.name)
+        return total, self.framed.read_stream()
+
+    def receive(self, pieces: Iterable[bytes | memoryview]) -> TransferStats:
+        self.framed.write_message({"op": "receive", "args": {}})
+        self.framed.write_stream(pieces)
+        return _typed(self._answer(), TransferStats, self.name)
+
+    def update_refs(self, updates: list[RefUpdate], force: bool = False) -> list[RefResult]:
+        return _typed(self._call("update_refs", updates=updates, force=force),
+                      list[RefResult], self.name)
+
+    def session(self, purpose: str) -> Any:
+        import contextlib
+
+        @contextlib.contextmanager
+        def held() -> Iterator[None]:
+            self._call("session_begin", purpose=purpose)
+            try:
+                yield
+            finally:
+                self._call("session_end")
+
+        return held()
+
+    def close(self) -> None:
+        try:
+            self.framed.write_message({"op": "bye", "args": {}})
+        except CasError:
+            pass
+        if self._closer is not None:
+            self._closer()
+
+
+def _typed(value: Any, kind: Any, who: str) -> Any:
+    try:
+        return msgspec.convert(value, kind)
+    except msgspec.ValidationError as exc:
+        raise VerifyError(f"{who}: malformed answer: {exc}") from None
+
+
+# -- server --------------------------------------------------------------------------------------
+
+
+class _Args(msgspec.Struct, forbid_unknown_fields=False):
+    protocol: str = ""
+    wants: list[str] = []
+    haves: list[str] = []
+    objects: list[tuple[int, bytes]] = []
+    blobs: list[str] = []
+    ids: bytes = b""
+    updates: list[RefUpdate] = []
+    force: bool = False
+    purpose: str = "serve"
+    chunker: dict[str, Any] = {}
+    derive: bool = True
+
+
+WRITE_OPS = {"put_registry_objects", "receive", "update_refs", "init"}
+
+
+def serve(peer: Any, framed: Framed, *, read_only: bool = False,
+          append_only: bool = False) -> None:
+    """Answer requests on ``framed`` with ``peer`` (a :class:`LocalPeer`) until ``bye`` or
+    the end of the stream. Errors are answered, not raised, except a broken stream."""
+    session = None
+    try:
+        while True:
+            try:
+                doc = framed.read_message()
+            except NetError:
+                return
+            op = doc.get("op")
+            try:
+                args = msgspec.convert(doc.get("args") or {}, _Args)
+            except msgspec.ValidationError as exc:
+                framed.write_message({"ok": False, "code": "E_SCHEMA",
+                                      "message": f"malformed request: {exc}"})
+                continue
+            if op == "bye":
+                return
+            if op == "receive":
+                # The stream follows the request whatever the answer: read it first.
+                try:
+                    if read_only:
+                        raise error_of_code("E_PERM", "this server is read-only")
+                    result: Any = peer.receive(framed.read_stream())
+                    framed.write_message({"ok": True, "result": msgspec.to_builtins(result)})
+                except CasError as exc:
+                    _drain(framed)
+                    framed.write_message({"ok": False, "code": exc.code,
+                                          "message": exc.message})
+                continue
+            try:
+                if read_only and op in WRITE_OPS | {"session_begin"}:
+                    raise error_of_code("E_PERM", "this server is read-only")
+                if op == "session_begin":
+                    if session is None:
+                        session = peer.session(args.purpose)
+                        session.__enter__()
+                    result = None
+                elif op == "session_end":
+                    if session is not None:
+                        s, session = session, None
+                        s.__exit__(None, None, None)
+                    result = None
+                elif op == "send":
+                    total, pieces = peer.send(unpack_ids(args.ids))
+                    framed.write_message({"ok": True, "result": total})
+                    framed.write_stream(pieces)
+                    continue
+                else:
+                    result = _dispatch(peer, op, args, append_only)
+            except CasError as exc:
+                framed.write_message({"ok": False, "code": exc.code, "message": exc.message})
+                continue
+            framed.write_message({"ok": True, "result": msgspec.to_builtins(result)})
+    finally:
+        if session is not None:
+            session.__exit__(None, None, None)
+
+
+def _drain(framed: Framed) -> None:
+    """Read the rest of a stream a failed ``receive`` did not consume."""
+    try:
+        for _ in framed.read_stream():
+            pass
+    except CasError:
+        pass
+
+
+def _dispatch(peer: Any, op: Any, args: _Args, append_only: bool) -> Any:
+    if op == "hello":
+        if args.protocol != PROTOCOL:
+            raise error_of_code("E_FORMAT", f"the client speaks {args.protocol!r}, this "
+                                            f"server {PROTOCOL!r}")
+        return peer.hello()
+    if op == "init":
+        return peer.init(args.chunker, args.derive)
+    if op == "refs":
+        return peer.refs()
+    if op == "registry_objects":
+        return peer.registry_objects(args.wants, args.haves)
+    if op == "put_registry_objects":
+        return peer.put_registry_objects(args.objects)
+    if op == "closure":
+        return pack_ids(peer.closure(args.blobs))
+    if op == "missing":
+        return pack_ids(peer.missing(unpack_ids(args.ids)))
+    if op == "update_refs":
+        if append_only and args.force:
+            raise error_of_code("E_PERM", "this server is append-only: no --force")
+        return peer.update_refs(args.updates, args.force)
+    raise error_of_code("E_ARGS", f"unknown operation {op!r}")
+
+
+# -- carriers ------------------------------------------------------------------------------------
+
+
+def ssh_command(url: Any, remote: Any) -> list[str]:
+    """The command that runs ``cas serve --stdio PATH`` on the far side of an ssh URL:
+    ``CAS_SSH`` (split as a shell would) or ``ssh``, then the host, then the remote's
+    ``cas_command`` (default ``cas``)."""
+    base = shlex.split(os.environ.get("CAS_SSH") or "ssh")
+    if url.port:
+        base += ["-p", str(url.port)]
+    dest = f"{url.user}@{url.host}" if url.user else url.host
+    far = remote.cas_command or "cas"
+    return [*base, "--", dest, f"{far} serve --stdio {shlex.quote(url.path)}"]
+
+
+def connect(url: Any, remote: Any) -> RemotePeer:
+    """A peer for an ssh or http remote.
+
+    Raises:
+        NetError: the connection could not be made (the remote named).
+    """
+    if url.kind == "http":
+        from cas.http import connect as http_connect
+
+        return http_connect(url, remote)
+    if os.environ.get("CAS_OFFLINE") == "1":
+        raise NetError(f"{url.url}: CAS_OFFLINE=1 forbids network remotes")
+    cmd = ssh_command(url, remote)
+    # ssh's own messages (and the far side's stderr) go to a file: read back to name the
+    # cause when the connection fails, and never able to block the far side.
+    errors = tempfile.TemporaryFile()
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=errors)
+    except OSError as exc:
+        errors.close()
+        raise NetError(f"{url.url}: cannot run {cmd[0]}: {exc}") from None
+    framed = Framed(proc.stdout, proc.stdin, url.url)  # type: ignore[arg-type]
+
+    def close() -> None:
+        for f in (proc.stdin, proc.stdout):
+            try:
+                f.close()  # type: ignore[union-attr]
+            except OSError:
+                pass
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def close_all() -> None:
+        close()
+        errors.close()
+
+    peer = RemotePeer(framed, url.url, close_all)
+    try:
+        peer.hello()
+    except NotFoundError:
+        pass  # connected; no store there yet (a first push makes one)
+    except NetError:
+        close()
+        detail = _last_words(errors)
+        raise NetError(f"{url.url}: ssh failed (exit {proc.returncode})"
+                       + (f": {detail}" if detail else "")) from None
+    except BaseException:
+        close_all()
+        raise
+    return peer
+
+
+def _last_words(f: IO[bytes]) -> str:
+    """The last non-empty line written to ``f`` (closed afterwards)."""
+    try:
+        f.seek(0)
+        lines = [ln.strip() for ln in f.read()[-4096:].decode(errors="replace").splitlines()]
+        return next((ln for ln in reversed(lines) if ln), "")
+    except (OSError, ValueError):
+        return ""
+    finally:
+        f.close()
