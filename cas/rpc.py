@@ -409,8 +409,12 @@ def connect(url: Any, remote: Any) -> RemotePeer:
     except NetError:
         close()
         detail = _last_words(errors)
+        hint = ""
+        if proc.returncode == 127:  # the shell there found no such command
+            hint = (" (is cas installed there? name its cas with 'cas remote add NAME URL "
+                    "--cas-command PATH')")
         raise NetError(f"{url.url}: ssh failed (exit {proc.returncode})"
-                       + (f": {detail}" if detail else "")) from None
+                       + (f": {detail}" if detail else "") + hint) from None
     except BaseException:
         close_all()
         raise

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from cas.errors import ArgsError, NotFoundError, PermError
+from cas.errors import ArgsError, CasError, NotFoundError, PermError
 from cas.peer import Hello, LocalPeer
 from cas.store import Store
 
@@ -85,11 +85,31 @@ def resolve_path(path: str | None, restrict: tuple[str, ...]) -> Path:
     return resolved
 
 
-def serve_stdio(path: Path, *, read_only: bool = False, append_only: bool = False) -> None:
-    """Serve the store at ``path`` on stdin and stdout until the client says bye."""
+class Refusing:
+    """Answers every request with one error (a path this server may not serve): the client
+    gets it as an answer in the protocol, with its code, not as a broken connection."""
+
+    def __init__(self, error: CasError) -> None:
+        self.error = error
+
+    def close(self) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        raise self.error
+
+
+def serve_stdio(path: str | None, restrict: tuple[str, ...] = (), *, read_only: bool = False,
+                append_only: bool = False) -> None:
+    """Serve the store at ``path`` (see :func:`resolve_path`) on stdin and stdout until the
+    client says bye."""
     from cas.rpc import Framed, serve
 
-    served = ServedStore(path)
+    served: ServedStore | Refusing
+    try:
+        served = ServedStore(resolve_path(path, restrict))
+    except CasError as exc:
+        served = Refusing(exc)
     framed = Framed(sys.stdin.buffer, sys.stdout.buffer, "the client")
     try:
         serve(served, framed, read_only=read_only, append_only=append_only)

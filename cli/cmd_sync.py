@@ -160,9 +160,8 @@ def serve(path: str | None, stdio: bool, read_only: bool, append_only: bool,
       # in ~/.ssh/authorized_keys of the serving account:
       command="cas serve --stdio --restrict-to /data/cas",restrict ssh-ed25519 AAAA...
     """
-    from cas.serve import resolve_path, serve_stdio
+    from cas.serve import serve_stdio
 
     if not stdio:
         raise ArgsError("give --stdio (HTTP serving: --http ADDR)")
-    serve_stdio(resolve_path(path, restrict_to), read_only=read_only,
-                append_only=append_only)
+    serve_stdio(path, restrict_to, read_only=read_only, append_only=append_only)
