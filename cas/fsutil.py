@@ -27,8 +27,10 @@ def tmp_name(tmp_dir: Path, stem: str) -> Path:
     return tmp_dir / f"{stem}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
 
 
-def atomic_write(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
-    """Replace ``path`` with ``data`` durably and atomically.
+def atomic_write(path: Path, data: bytes, tmp_dir: Path | None = None, mode: int = 0o666
+                 ) -> None:
+    """Replace ``path`` with ``data`` durably and atomically; the new file is created with
+    ``mode`` (less the umask: 0o600 for secrets).
 
     ``tmp_dir`` must be on the same filesystem as ``path`` (defaults to its directory).
 
@@ -37,7 +39,7 @@ def atomic_write(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
     """
     tmp = tmp_name(tmp_dir or path.parent, path.name)
     try:
-        with open(tmp, "xb") as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

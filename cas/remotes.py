@@ -72,8 +72,9 @@ def parse_url(text: str, cwd: Path | None = None) -> RemoteUrl:
             if not parts.hostname:
                 raise ArgsError(f"remote URL {text!r}: no host")
             if parts.username or parts.password:
-                raise ArgsError(f"remote URL {text!r}: credentials never go in URLs (tokens "
-                                "are configured apart)")
+                shown = f"{scheme}://***@{parts.hostname}{parts.path}"  # never echo a secret
+                raise ArgsError(f"remote URL {shown!r}: credentials never go in URLs (keep the "
+                                "token with 'cas remote token NAME')")
             return RemoteUrl("http", text, parts.hostname, "", port, parts.path or "/")
         if scheme == "ssh":
             if not parts.hostname or not parts.path or parts.path == "/":

@@ -251,10 +251,14 @@ class _Args(msgspec.Struct, forbid_unknown_fields=False):
 WRITE_OPS = {"put_registry_objects", "receive", "update_refs", "init"}
 
 
-def serve(peer: Any, framed: Framed, *, read_only: bool = False,
-          append_only: bool = False) -> None:
+def serve(peer: Any, framed: Framed, *, read_only: bool | str = False,
+          append_only: bool = False, lease_each_write: bool = False) -> None:
     """Answer requests on ``framed`` with ``peer`` (a :class:`LocalPeer`) until ``bye`` or
-    the end of the stream. Errors are answered, not raised, except a broken stream."""
+    the end of the stream. Errors are answered, not raised, except a broken stream.
+    ``lease_each_write``: a write outside a session holds a lease of its own (HTTP, where
+    every exchange is a request of its own). ``read_only``: True, or the reason writes are
+    refused."""
+    why = read_only if isinstance(read_only, str) else "this server is read-only"
     session = None
     try:
         while True:
@@ -275,8 +279,9 @@ def serve(peer: Any, framed: Framed, *, read_only: bool = False,
                 # The stream follows the request whatever the answer: read it first.
                 try:
                     if read_only:
-                        raise error_of_code("E_PERM", "this server is read-only")
-                    result: Any = peer.receive(framed.read_stream())
+                        raise error_of_code("E_PERM", why)
+                    with _lease(peer, "receive", lease_each_write and session is None):
+                        result: Any = peer.receive(framed.read_stream())
                     framed.write_message({"ok": True, "result": msgspec.to_builtins(result)})
                 except CasError as exc:
                     _drain(framed)
@@ -285,7 +290,7 @@ def serve(peer: Any, framed: Framed, *, read_only: bool = False,
                 continue
             try:
                 if read_only and op in WRITE_OPS | {"session_begin"}:
-                    raise error_of_code("E_PERM", "this server is read-only")
+                    raise error_of_code("E_PERM", why)
                 if op == "session_begin":
                     if session is None:
                         session = peer.session(args.purpose)
@@ -302,7 +307,9 @@ def serve(peer: Any, framed: Framed, *, read_only: bool = False,
                     framed.write_stream(pieces)
                     continue
                 else:
-                    result = _dispatch(peer, op, args, append_only)
+                    with _lease(peer, str(op), lease_each_write and session is None
+                                and op in WRITE_OPS):
+                        result = _dispatch(peer, op, args, append_only)
             except CasError as exc:
                 framed.write_message({"ok": False, "code": exc.code, "message": exc.message})
                 continue
@@ -310,6 +317,12 @@ def serve(peer: Any, framed: Framed, *, read_only: bool = False,
     finally:
         if session is not None:
             session.__exit__(None, None, None)
+
+
+def _lease(peer: Any, purpose: str, take: bool) -> Any:
+    import contextlib
+
+    return peer.session(purpose) if take else contextlib.nullcontext()
 
 
 def _drain(framed: Framed) -> None:
@@ -361,8 +374,8 @@ def ssh_command(url: Any, remote: Any) -> list[str]:
     return [*base, "--", dest, f"{far} serve --stdio {shlex.quote(url.path)}"]
 
 
-def connect(url: Any, remote: Any) -> RemotePeer:
-    """A peer for an ssh or http remote.
+def connect(url: Any, remote: Any, token: str | None = None) -> RemotePeer:
+    """A peer for an ssh or http remote (``token``: the bearer token for http).
 
     Raises:
         NetError: the connection could not be made (the remote named).
@@ -370,7 +383,7 @@ def connect(url: Any, remote: Any) -> RemotePeer:
     if url.kind == "http":
         from cas.http import connect as http_connect
 
-        return http_connect(url, remote)
+        return http_connect(url, remote, token)
     if os.environ.get("CAS_OFFLINE") == "1":
         raise NetError(f"{url.url}: CAS_OFFLINE=1 forbids network remotes")
     cmd = ssh_command(url, remote)

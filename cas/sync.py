@@ -88,8 +88,9 @@ def connect(store: Store | None, spec: str, *, create: bool = False,
             target = Store.open(path)
         return name, url, LocalPeer(target)
     from cas.rpc import connect as rpc_connect
+    from cas.tokens import credential
 
-    peer = rpc_connect(url, remote)
+    peer = rpc_connect(url, remote, credential(store.path if store else None, name))
     try:
         peer.hello()
     except NotFoundError:

@@ -95,3 +95,31 @@ def remote_show(ctx: Ctx, name: str) -> None:
            "cas_command": remote.cas_command}
     lines = [f"{k:<12} {v}" for k, v in doc.items() if v not in ("", None)]
     ctx.out.result(doc, lines)
+
+
+@remote_group.command("token")
+@click.argument("name")
+@click.option("--forget", is_flag=True, help="Forget the token kept for NAME.")
+@pass_ctx
+def remote_token(ctx: Ctx, name: str, forget: bool) -> None:
+    """Keep the bearer token for http remote NAME, read from stdin (so it never shows in a
+    process listing or shell history); stored with mode 0600. CAS_TOKEN overrides it.
+
+    \b
+    Examples:
+      cas remote token fleet < fleet.token
+    """
+    import sys
+
+    from cas import tokens
+
+    with ctx.open() as store, store.writing():
+        rem.resolve(store.backend, name)
+        if name not in rem.load(store.backend):
+            from cas.errors import NotFoundError
+
+            raise NotFoundError(f"no remote {name!r}")
+        token = None if forget else sys.stdin.readline()
+        tokens.set_credential(store.path, name, token)
+    ctx.out.result({"name": name, "token_kept": not forget},
+                   f"{'forgot' if forget else 'kept'} the token for remote {name}")

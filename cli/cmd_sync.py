@@ -144,24 +144,118 @@ def clone(ctx: Ctx, url: str, path: Path | None, description: str | None) -> Non
 @click.argument("path", required=False)
 @click.option("--stdio", is_flag=True, help="Speak the sync protocol on stdin and stdout "
                                             "(what an ssh remote runs).")
+@click.option("--http", "http_addr", metavar="HOST:PORT",
+              help="Serve HTTP on HOST:PORT (bearer tokens from 'cas token').")
+@click.option("--tls-cert", metavar="FILE", help="Serve HTTPS with this certificate chain.")
+@click.option("--tls-key", metavar="FILE", help="The private key of --tls-cert.")
 @click.option("--read-only", is_flag=True, help="Refuse every write.")
 @click.option("--append-only", is_flag=True,
               help="Refuse forced ref updates: history is only ever added to (backups).")
 @click.option("--restrict-to", metavar="DIR", multiple=True,
               help="Serve only stores under DIR (repeatable); for a forced command in "
                    "authorized_keys, where PATH comes from SSH_ORIGINAL_COMMAND.")
-def serve(path: str | None, stdio: bool, read_only: bool, append_only: bool,
+def serve(path: str | None, stdio: bool, http_addr: str | None, tls_cert: str | None,
+          tls_key: str | None, read_only: bool, append_only: bool,
           restrict_to: tuple[str, ...]) -> None:
     """Offer the store at PATH to other hosts' push, pull, fetch and clone.
 
+    --stdio is what an ssh remote runs on the far side. --http serves a fleet: every
+    request needs a bearer token made with 'cas --store PATH token add' (read or write),
+    and is refused without one.
+
     \b
     Examples:
-      cas serve --stdio /data/cas
+      cas serve --http 0.0.0.0:8750 /data/cas
       # in ~/.ssh/authorized_keys of the serving account:
       command="cas serve --stdio --restrict-to /data/cas",restrict ssh-ed25519 AAAA...
     """
-    from cas.serve import serve_stdio
+    from cas.serve import resolve_path, serve_stdio
 
-    if not stdio:
-        raise ArgsError("give --stdio (HTTP serving: --http ADDR)")
-    serve_stdio(path, restrict_to, read_only=read_only, append_only=append_only)
+    if stdio == bool(http_addr):
+        raise ArgsError("give one of --stdio and --http HOST:PORT")
+    if (tls_cert is None) != (tls_key is None) or (tls_cert and not http_addr):
+        raise ArgsError("--tls-cert and --tls-key go together, with --http")
+    if stdio:
+        serve_stdio(path, restrict_to, read_only=read_only, append_only=append_only)
+        return
+    from cas.http import make_server
+
+    target = resolve_path(path, restrict_to)
+    Store.open(target).close()  # refuse a path that is not a store before listening
+    server = make_server(http_addr, target, read_only=read_only,  # type: ignore[arg-type]
+                         append_only=append_only, tls_cert=tls_cert, tls_key=tls_key)
+    host, port = server.server_address[:2]
+    scheme = "https" if tls_cert else "http"
+    sys.stderr.write(f"cas: serving {target} on {scheme}://{host}:{port}/\n")
+    sys.stderr.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@cli.group("token", invoke_without_command=False)
+def token_group() -> None:
+    """Bearer tokens that 'cas serve --http' accepts for this store (deny by default).
+
+    \b
+    Examples:
+      cas --store /data/cas token add fleet-readers
+      cas --store /data/cas token add ci --write
+    """
+
+
+@token_group.command("add")
+@click.argument("name")
+@click.option("--write", is_flag=True, help="May push (default: read only).")
+@pass_ctx
+def token_add(ctx: Ctx, name: str, write: bool) -> None:
+    """Make token NAME and print it (once: only its hash is kept).
+
+    \b
+    Examples:
+      cas token add fleet-readers
+    """
+    from cas import tokens
+
+    with ctx.open() as store, store.writing():
+        token = tokens.add(store.path, name, "write" if write else "read")
+    ctx.out.result({"name": name, "access": "write" if write else "read", "token": token},
+                   token)
+
+
+@token_group.command("list")
+@pass_ctx
+def token_list(ctx: Ctx) -> None:
+    """The tokens this store accepts (names and access, never the tokens).
+
+    \b
+    Examples:
+      cas token list --json
+    """
+    from cas import tokens
+
+    with ctx.open() as store:
+        found = tokens.list_tokens(store.path)
+    ctx.out.result({"tokens": [{"name": t.name, "access": t.access,
+                                "created_at": t.created_at} for t in found]},
+                   [f"{t.name}\t{t.access}\t{t.created_at}" for t in found])
+
+
+@token_group.command("remove")
+@click.argument("name")
+@pass_ctx
+def token_remove(ctx: Ctx, name: str) -> None:
+    """Stop accepting token NAME (a running server notices within a second).
+
+    \b
+    Examples:
+      cas token remove ci
+    """
+    from cas import tokens
+
+    with ctx.open() as store, store.writing():
+        tokens.remove(store.path, name)
+    ctx.out.result({"name": name, "removed": True}, f"removed token {name}")
