@@ -22,6 +22,7 @@ from dulwich.object_store import MissingObjectFinder
 from dulwich.objects import Blob, Commit, ShaFile, Tag, Tree
 
 from cas.errors import SchemaError, VerifyError
+from cas.ids import is_hex
 from cas.registry import Registry
 
 #: Object types a registry holds, by git type number.
@@ -30,11 +31,23 @@ TYPES = {Commit.type_num: Commit, Tree.type_num: Tree, Blob.type_num: Blob,
 #: At most this many objects in one answer (a registry's history is small: a hostile count is
 #: refused before it costs memory).
 MAX_OBJECTS = 1_000_000
+#: Hex digits of a registry object id (git's SHA-1).
+SHA_HEX_LEN = 40
 #: The largest registry object accepted (manifests are the big ones: a few MB at most).
 MAX_OBJECT_BYTES = 64 << 20
 
 
+def is_sha(sha: bytes) -> bool:
+    """True if ``sha`` is a registry object id: 40 lowercase hex characters. Ids from the
+    other side are checked with it before dulwich sees them (dulwich takes 20 or 32 bytes as
+    a binary id, and fails an assertion on other lengths)."""
+    return is_hex(sha.decode("ascii", "replace"), SHA_HEX_LEN)
+
+
 def has(reg: Registry, sha: bytes) -> bool:
+    """True if object ``sha`` is here (False for anything that is not an object id)."""
+    if not is_sha(sha):
+        return False
     try:
         return sha in reg.repo.object_store
     except (OSError, ValueError):
@@ -48,11 +61,18 @@ def missing_objects(reg: Registry, wants: Iterable[bytes], haves: Iterable[bytes
     is not promised: a receiver stores them all before it moves a ref.
 
     Raises:
+        VerifyError: a wanted id is not an object id.
         SchemaError: a wanted object or one it reaches is missing or damaged here.
     """
     odb = reg.repo.object_store
+    wants = list(wants)
+    for sha in wants:
+        if not is_sha(sha):
+            raise VerifyError(f"asked for registry object {sha[:80]!r}, which is not an "
+                              "object id")
+    haves = [sha for sha in haves if has(reg, sha)]
     try:
-        finder = MissingObjectFinder(odb, list(haves), list(wants))
+        finder = MissingObjectFinder(odb, haves, wants)
         out = []
         for sha, _ in finder:
             obj = odb[sha]
@@ -139,6 +159,8 @@ def _check_tree(reg: Registry, sha: bytes, seen: set[bytes]) -> None:
 
 
 def _get(reg: Registry, sha: bytes) -> ShaFile:
+    if not is_sha(sha):
+        raise VerifyError(f"{sha[:80]!r} is not a registry object id")
     try:
         return reg.repo.object_store[sha]
     except (KeyError, ValueError, ObjectFormatException):

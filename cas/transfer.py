@@ -28,13 +28,14 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from cas.compression import CODEC_DERIVED
-from cas.errors import VerifyError
+from cas.errors import NotFoundError, SchemaError, VerifyError
 from cas.format import pack as fmt
 from cas.format.chunklist import ChunkList
 from cas.packs import MAX_CHUNK_BYTES, Located, decode_verified
 from cas.packwriter import PackWriter
 
 if TYPE_CHECKING:
+    from cas.derive import RangeReader
     from cas.leases import Lease
     from cas.store import Store
 
@@ -131,9 +132,10 @@ def plan(store: Store, ids: Iterable[bytes]) -> list[list[Located]]:
     return out
 
 
-def size(generations: list[list[Located]], target: int = TRANSFER_PACK_BYTES) -> int:
+def size(generations: list[list[Located]], target: int | None = None) -> int:
     """The bytes :func:`stream` yields for ``generations`` (entries, headers and trailers of
     its packs, counted as it cuts them)."""
+    target = TRANSFER_PACK_BYTES if target is None else target
     total = 0
     for group in generations:
         packs = size_ = 0
@@ -148,8 +150,11 @@ def size(generations: list[list[Located]], target: int = TRANSFER_PACK_BYTES) ->
 
 
 def stream(store: Store, generations: list[list[Located]],
-           target: int = TRANSFER_PACK_BYTES) -> Iterator[bytes | memoryview]:
-    """The transfer packs of ``generations`` (see the module docstring), as byte pieces."""
+           target: int | None = None) -> Iterator[bytes | memoryview]:
+    """The transfer packs of ``generations`` (see the module docstring), as byte pieces, each
+    closed once it holds ``target`` bytes (default: :data:`TRANSFER_PACK_BYTES`, read at the
+    call)."""
+    target = TRANSFER_PACK_BYTES if target is None else target
     for group in generations:
         i = 0
         while i < len(group):
@@ -250,18 +255,18 @@ def _receive_pack(store: Store, f: io.RawIOBase | io.BufferedIOBase, stats: Tran
             trailer = fmt.decode_pack_trailer(head)
             if trailer is not None:
                 n, pack_id = trailer
-                if n != count or pack_id != hasher.digest():
-                    raise VerifyError(f"{where}'s trailer does not match its entries "
-                                      f"({n} claimed, {count} received)")
+                if n != count:
+                    raise VerifyError(f"{where}'s trailer counts {n} entries, {count} came")
+                if pack_id != hasher.digest():
+                    raise VerifyError(f"{where}'s trailer names pack {pack_id.hex()}, its "
+                                      f"entries make {hasher.digest().hex()}")
                 break
             entry = fmt.decode_entry_header(head, offset, where)
             _check_lengths(entry, where)
             stored = read_exact(f, entry.stored_len)
             if len(stored) < entry.stored_len:
                 raise VerifyError(f"{where} is truncated inside object {entry.oid.hex()}")
-            raw = decode_verified(entry, stored, ranges, where)
-            if entry.kind == fmt.KIND_CHUNK_LIST:
-                ChunkList.decode(bytes(raw))
+            _check_entry(entry, stored, ranges, where)
             hasher.add(entry.oid)
             count += 1
             offset += fmt.ENTRY_HEADER_SIZE + entry.stored_len
@@ -279,6 +284,25 @@ def _receive_pack(store: Store, f: io.RawIOBase | io.BufferedIOBase, stats: Tran
         raise
     stats.packs += 1
     store.packs.refresh()
+
+
+def _check_entry(entry: fmt.Entry, stored: bytes, ranges: RangeReader, where: str) -> None:
+    """Decode a received entry and check it against its id; a chunk list must also parse.
+    Refusals are ``VerifyError``: the sender is at fault, whatever the cause."""
+    oid = entry.oid.hex()
+    try:
+        raw = decode_verified(entry, stored, ranges, where)
+    except NotFoundError as exc:
+        # Only a derived chunk reads other objects here: the sender must have sent its base
+        # chunk list and chunks in an earlier transfer pack, or known this store holds them.
+        raise VerifyError(f"object {oid}: {where} holds a derived chunk whose base is not "
+                          f"here ({exc.message})", object_id=oid) from None
+    if entry.kind == fmt.KIND_CHUNK_LIST:
+        try:
+            ChunkList.decode(raw)
+        except SchemaError as exc:
+            raise VerifyError(f"object {oid}: {where} holds a chunk list that does not "
+                              f"parse ({exc.message})", object_id=oid) from None
 
 
 def _check_lengths(entry: fmt.Entry, where: str) -> None:
