@@ -48,6 +48,8 @@ class VersionRow(msgspec.Struct):
     error_code: str | None = None
     #: The version's stable id (see :mod:`cas.versions`).
     id: str = ""
+    #: False when its content is in other stores only (:mod:`cas.presence`).
+    present: bool = True
 
 
 class VersionDetail(msgspec.Struct):
@@ -67,6 +69,9 @@ class VersionDetail(msgspec.Struct):
     id: str = ""
     #: Scopes of the pins naming this version: ``all`` or a store UUID.
     pins: list[str] = []
+    #: False when the version is registered here but its content is in other stores
+    #: (:mod:`cas.presence`; ``cas pull REMOTE NAME@V`` or ``checkout`` brings it).
+    present: bool = True
 
 
 class HistoryRow(msgspec.Struct):
@@ -152,6 +157,9 @@ def list_models(store: Store, pattern: str | None = None, *, format: str | None 
 
 def list_versions(store: Store, models: list[ModelRow]) -> list[VersionRow]:
     """Every live version of the given models (oldest first within a model)."""
+    from cas import presence
+
+    absent = presence.load(store.backend)
     out = []
     for row in models:
         try:
@@ -170,7 +178,8 @@ def list_versions(store: Store, models: list[ModelRow]) -> list[VersionRow]:
             except CasError as exc:
                 size, fmt, err, code = 0, "other", exc.message, exc.code
             out.append(VersionRow(v.name, v.seq, iso_utc(v.timestamp), v.author, size, fmt,
-                                  sorted(by_seq.get(v.seq, [])), v.message, err, code, v.id))
+                                  sorted(by_seq.get(v.seq, [])), v.message, err, code, v.id,
+                                  v.id not in absent))
     return out
 
 
@@ -184,12 +193,14 @@ def show(store: Store, version: Version) -> VersionDetail:
         if h.action == "annotate" and version.seq in h.versions:
             annotated = iso_utc(h.timestamp)
             break
+    from cas import presence
     from cas.pins import pins_of
 
     return VersionDetail(version.name, version.seq, version.commit, version.author,
                          iso_utc(version.timestamp), version.message,
                          store.registry.tags_of(version), manifest, parents, annotated,
-                         version.id, pins_of(store, version))
+                         version.id, pins_of(store, version),
+                         version.id not in presence.load(store.backend))
 
 
 def _parent_ref(store: Store, parent: str) -> str:

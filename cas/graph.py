@@ -80,6 +80,9 @@ class Roots:
     errors: list[tuple[str, CasError]] = field(default_factory=list)
     #: Models whose history cannot be read at all (none of their roots are known).
     unreadable: list[str] = field(default_factory=list)
+    #: Versions that would be roots but whose content is not in this store (absent:
+    #: :mod:`cas.presence`): nothing is kept or checked for them.
+    absent: list[Root] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -234,6 +237,16 @@ def find_roots(store: Store, *, now: float | None = None, window: float | None =
     for (name, tag) in sorted(tags):
         if name not in names:
             result.problems.append(f"tag {name}@{tag}: names a model that does not exist")
+    from cas import presence
+
+    try:
+        absent = presence.load(store.backend)
+    except CasError as exc:
+        result.problems.append(f"{presence.NAME}: {exc.message}")
+        absent = {}
+    if absent:
+        result.absent = [r for r in result.roots if r.id in absent]
+        result.roots = [r for r in result.roots if r.id not in absent]
     return result
 
 

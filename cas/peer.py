@@ -141,28 +141,64 @@ class LocalPeer:
         f = io.BufferedReader(transfer.IterReader(pieces), 1 << 20)
         return transfer.receive(self.store, f, self._lease)
 
-    def update_refs(self, updates: list[RefUpdate], force: bool = False) -> list[RefResult]:
+    def present(self, blobs: list[str]) -> list[str]:
+        """The manifest blobs among ``blobs`` whose versions' content is here (not absent:
+        :mod:`cas.presence`); a blob that does not decode is left out."""
+        from cas import presence
+
+        absent = presence.load(self.store.backend)
+        reg = self.store.registry
+        out = []
+        for b in blobs:
+            try:
+                m = Manifest.decode(reg.blob(b.encode()))
+            except CasError:
+                continue
+            if m.id is None or m.id not in absent:
+                out.append(b)
+        return out
+
+    def update_refs(self, updates: list[RefUpdate], force: bool = False,
+                    content: list[str] | None = None) -> list[RefResult]:
         """Check and apply ``updates`` (models first, then tags and pins), each by
         compare-and-swap from the value the sender saw. A model ref moves only if its new
         tip's history is all here, it fast-forwards the current tip (or ``force``), and every
-        version it adds has its manifest's name and number right and every object it needs
-        here. A tag or pin is created, or moved with ``force``. Refused updates are reported,
-        not raised; the others still apply."""
+        version it adds has its manifest's name and number right. ``content``: the manifest
+        blobs whose content the sender sent (None: every version the updates add); each must
+        be complete here or its model's update is refused. A version added without its
+        content is recorded absent (:mod:`cas.presence`); a version in ``content`` that was
+        absent here and is now complete becomes present. A tag or pin is created, or moved
+        with ``force``. Refused updates are reported, not raised; the others still apply."""
+        from cas import presence
+
         store = self.store
         order = sorted(updates, key=lambda u: (not u.ref.startswith("refs/models/"), u.ref))
         out = []
+        sent = None if content is None else set(content)
         with store.writing():
             reg = store.registry
+            absent: dict[str, presence.Absent] = {}
             for u in order:
                 try:
-                    status = self._update(reg, u, force)
+                    status = self._update(reg, u, force, sent, absent)
                 except CasError as exc:
                     out.append(RefResult(u.ref, "rejected", f"{exc.code}: {exc.message}"))
                     continue
                 out.append(RefResult(u.ref, status))
+            arrived = set()
+            for blob in sorted(sent or ()):
+                try:
+                    m = Manifest.decode(reg.blob(blob.encode()))
+                except CasError:
+                    continue
+                if m.id is not None and self._lacking([m]) == []:
+                    arrived.add(m.id)
+            if absent or arrived:
+                presence.update(store.backend, absent, arrived - set(absent))
         return out
 
-    def _update(self, reg: Registry, u: RefUpdate, force: bool) -> str:
+    def _update(self, reg: Registry, u: RefUpdate, force: bool, sent: set[str] | None,
+                absent: dict[str, object]) -> str:
         ref = u.ref.encode()
         new = u.new.encode()
         kind, name = check_ref_name(u.ref)
@@ -184,7 +220,7 @@ class LocalPeer:
                                     "the sender lacks); pull first, or --force")
             if current is None:
                 reg._check_name_free(name)  # noqa: SLF001 - the registry's one name check
-            self._check_versions(reg, name, current, new)
+            missing_content = self._check_versions(reg, name, current, new, sent)
         else:
             target = rt.tag_target(reg, new)
             if target is None:
@@ -197,35 +233,46 @@ class LocalPeer:
                 raise ConflictError(f"{u.ref} exists here with another value; --force "
                                     "replaces it")
         reg._move_ref(ref, current or ZERO, new)  # noqa: SLF001 - compare-and-swap
+        if kind == "model" and missing_content:
+            from cas import presence
+
+            st = reg.state(name)
+            for seq in missing_content:
+                absent[st.version(seq).id] = presence.Absent(name, seq)
         return "ok"
 
     def _check_versions(self, reg: Registry, name: str, current: bytes | None,
-                        new: bytes) -> None:
+                        new: bytes, sent: set[str] | None) -> list[int]:
         """Every version live at ``new`` and not at ``current`` is a manifest of ``name``
-        with its own number, and its content is all here."""
+        with its own number; each whose content was sent (``sent``: blob ids, None: all) is
+        complete here. Returns the numbers of the added versions whose content is not here
+        (to be recorded absent)."""
         before = set(reg.commit_versions(current.decode()).values()) if current else set()
         added = {seq: blob for seq, blob in reg.commit_versions(new.decode()).items()
                  if blob not in before}
-        manifests = []
+        without = []
         for seq, blob in sorted(added.items()):
             m = Manifest.decode(reg.blob(blob))
             if m.name != name or m.seq != seq:
                 raise VerifyError(f"refs/models/{name} v{seq}: its manifest says {m.name} "
                                   f"v{m.seq}")
-            manifests.append(m)
-        if not manifests:
-            return
+            lacking = self._lacking([m])
+            if not lacking:
+                continue
+            if sent is None or blob.decode() in sent:
+                raise VerifyError(f"refs/models/{name} v{seq}: {len(lacking)} objects it needs "
+                                  f"are not here (first {lacking[0]})")
+            without.append(seq)
+        return without
+
+    def _lacking(self, manifests: list[Manifest]) -> list[str]:
+        """Ids (hex) of objects ``manifests`` need that are not usable here."""
         from cas import graph
 
         c = graph.needs(self.store, manifests)
         if c.unreadable:
-            oid, why = next(iter(c.unreadable.items()))
-            raise VerifyError(f"refs/models/{name}: chunk list {oid.hex()} is not here "
-                              f"({why})")
-        lacking = transfer.missing(self.store, c.ids)
-        if lacking:
-            raise VerifyError(f"refs/models/{name}: {len(lacking)} objects its new versions "
-                              f"need are not here (first {lacking[0].hex()})")
+            return [oid.hex() for oid in c.unreadable]
+        return [oid.hex() for oid in transfer.missing(self.store, c.ids)]
 
 
 def check_ref_name(ref: str) -> tuple[str, str]:

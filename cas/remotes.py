@@ -24,9 +24,9 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from cas.errors import ArgsError, NotFoundError, SchemaError, VerifyError, from_os_error
-from cas.format.canonical import CHECKSUM, checksum
-from cas.storage import ANY, Backend
+from cas.errors import ArgsError, NotFoundError, SchemaError
+from cas.format.canonical import read_sealed_doc, write_sealed_doc
+from cas.storage import Backend
 
 NAME = "remotes.json"
 SCHEMA = "cas.remotes"
@@ -114,38 +114,18 @@ def load(backend: Backend) -> dict[str, Remote]:
         SchemaError: the file is not a remotes document.
         VerifyError: it does not match its checksum (edited by hand or damaged).
     """
-    try:
-        raw = backend.read(NAME)
-    except FileNotFoundError:
+    doc = read_sealed_doc(backend, NAME, SCHEMA, VERSION, "use 'cas remote' to change remotes")
+    if doc is None:
         return {}
-    except OSError as exc:
-        raise from_os_error(exc, f"reading {NAME}") from None
     try:
-        doc = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise SchemaError(f"{NAME} is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or doc.get("version") != VERSION:
-        raise SchemaError(f"{NAME}: not a version-{VERSION} {SCHEMA} document")
-    sealed = {k: v for k, v in doc.items() if k != CHECKSUM}
-    if doc.get(CHECKSUM) != checksum(sealed):
-        raise VerifyError(f"{NAME} does not match its checksum: it was edited or damaged; use "
-                          "'cas remote' to change remotes")
-    try:
-        remotes = msgspec.convert(doc.get("remotes", {}), dict[str, Remote])
+        return msgspec.convert(doc.get("remotes", {}), dict[str, Remote])
     except msgspec.ValidationError as exc:
         raise SchemaError(f"{NAME}: {exc}") from None
-    return remotes
 
 
 def _save(backend: Backend, remotes: dict[str, Remote]) -> None:
-    doc: dict[str, object] = {"schema": SCHEMA, "version": VERSION,
-                              "remotes": msgspec.to_builtins(dict(sorted(remotes.items())))}
-    doc[CHECKSUM] = checksum(doc)
-    body = msgspec.json.format(msgspec.json.encode(doc), indent=2) + b"\n"
-    try:
-        backend.swap(NAME, ANY, body)
-    except OSError as exc:
-        raise from_os_error(exc, f"writing {NAME}") from None
+    write_sealed_doc(backend, NAME, SCHEMA, VERSION,
+                     {"remotes": msgspec.to_builtins(dict(sorted(remotes.items())))})
 
 
 def add(backend: Backend, name: str, url: str, cas_command: str = "",

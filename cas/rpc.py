@@ -198,9 +198,16 @@ class RemotePeer:
         self.framed.write_stream(pieces)
         return _typed(self._answer(), TransferStats, self.name)
 
-    def update_refs(self, updates: list[RefUpdate], force: bool = False) -> list[RefResult]:
-        return _typed(self._call("update_refs", updates=updates, force=force),
-                      list[RefResult], self.name)
+    def present(self, blobs: list[str]) -> list[str]:
+        got = _typed(self._call("present", blobs=blobs), list[str], self.name)
+        if not set(got) <= set(blobs):
+            raise VerifyError(f"{self.name}: answered with versions it was not asked about")
+        return got
+
+    def update_refs(self, updates: list[RefUpdate], force: bool = False,
+                    content: list[str] | None = None) -> list[RefResult]:
+        return _typed(self._call("update_refs", updates=updates, force=force,
+                                 content=content), list[RefResult], self.name)
 
     def session(self, purpose: str) -> Any:
         import contextlib
@@ -242,6 +249,7 @@ class _Args(msgspec.Struct, forbid_unknown_fields=False):
     blobs: list[str] = []
     ids: bytes = b""
     updates: list[RefUpdate] = []
+    content: list[str] | None = None
     force: bool = False
     purpose: str = "serve"
     chunker: dict[str, Any] = {}
@@ -348,6 +356,8 @@ def _dispatch(peer: Any, op: Any, args: _Args, append_only: bool) -> Any:
         return peer.registry_objects(args.wants, args.haves)
     if op == "put_registry_objects":
         return peer.put_registry_objects(args.objects)
+    if op == "present":
+        return peer.present(args.blobs)
     if op == "closure":
         return pack_ids(peer.closure(args.blobs))
     if op == "missing":
@@ -355,7 +365,7 @@ def _dispatch(peer: Any, op: Any, args: _Args, append_only: bool) -> Any:
     if op == "update_refs":
         if append_only and args.force:
             raise error_of_code("E_PERM", "this server is append-only: no --force")
-        return peer.update_refs(args.updates, args.force)
+        return peer.update_refs(args.updates, args.force, args.content)
     raise error_of_code("E_ARGS", f"unknown operation {op!r}")
 
 

@@ -35,7 +35,10 @@ from cas import registry_transfer as rt
 from cas import remotes as rem
 from cas.errors import ArgsError, CasError, CasWarning, ConflictError, NotFoundError
 from cas.peer import SYNCED_PREFIXES, LocalPeer, RefResult, RefUpdate, check_ref_name
-from cas.registry import MODEL_REF_PREFIX, Registry
+from cas.commits import parse_trailers
+from cas.format.manifest import Manifest
+from cas.names import parse_version_spec
+from cas.registry import MODEL_REF_PREFIX, TAG_REF_PREFIX, Registry
 from cas.store import Progress, Store
 
 TRACKING_PREFIX = "refs/remotes/"
@@ -133,19 +136,76 @@ def _select(refs: dict[str, str], names: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def _check_names(names: list[str]) -> None:
+def _selection(names: list[str]) -> dict[str, set[str] | None]:
+    """``NAME`` or ``NAME@V`` arguments: model -> the version selectors named (None: every
+    version).
+
+    Raises:
+        ArgsError: a malformed name or selector.
+    """
+    out: dict[str, set[str] | None] = {}
     for n in names:
-        if "@" in n:
-            raise ArgsError(f"{n}: push and pull move whole models for now (NAME, not NAME@V)")
+        spec = parse_version_spec(n)
+        if spec.selector is None:
+            out[spec.name] = None
+        elif out.get(spec.name, set()) is not None:
+            out.setdefault(spec.name, set()).add(spec.selector)  # type: ignore[union-attr]
+    return out
 
 
-def _new_blobs(reg: Registry, old: str | None, new: str) -> list[str]:
-    """Manifest blobs live at commit ``new`` and not at ``old`` (all of them when ``old``
-    is None or not here)."""
-    before: set[bytes] = set()
-    if old and rt.has(reg, old.encode()):
-        before = set(reg.commit_versions(old).values())
-    return [b.decode() for b in reg.commit_versions(new).values() if b not in before]
+def _live(reg: Registry, commit: str | None) -> dict[int, str]:
+    """seq -> manifest blob id of the versions live at ``commit`` (none if it is None or
+    not here)."""
+    if not commit or not rt.has(reg, commit.encode()):
+        return {}
+    return {seq: b.decode() for seq, b in reg.commit_versions(commit).items()}
+
+
+def _resolve_at(reg: Registry, model: str, tip: str, selector: str,
+                refs: dict[str, str]) -> str:
+    """The manifest blob of version ``selector`` (number, tag in ``refs``, or id prefix) of
+    ``model`` at commit ``tip``.
+
+    Raises:
+        NotFoundError: no such version there.
+    """
+    live = _live(reg, tip)
+    if selector.isdigit() and int(selector) in live:
+        return live[int(selector)]
+    tag = refs.get(f"{TAG_REF_PREFIX.decode()}{model}@{selector}")
+    if tag is not None:
+        target = rt.tag_target(reg, tag.encode())
+        if target is not None:
+            added = parse_trailers(reg._commit(target).message)  # noqa: SLF001
+            for seq in added.versions:
+                if seq in live:
+                    return live[seq]
+    if len(selector) >= 4:
+        for _seq, blob in sorted(live.items()):
+            m = Manifest.decode(reg.blob(blob.encode()))
+            if m.id is not None and m.id.startswith(selector):
+                return blob
+    raise NotFoundError(f"{model}@{selector}: no such live version")
+
+
+def _content(reg: Registry, sender: Any, receiver: Any, model: str,
+             selectors: set[str] | None, old: str | None, new: str,
+             refs: dict[str, str]) -> list[str]:
+    """The manifest blobs of ``model`` whose content to move: the selected versions (every
+    version live at ``new`` that ``old`` did not have, without selectors), those of them
+    the sender holds, less those the receiver already holds."""
+    live_new = _live(reg, new)
+    live_old = set(_live(reg, old).values())
+    if selectors is None:
+        cand = [b for b in live_new.values() if b not in live_old]
+        # and versions the receiver registered without their content
+        cand += [b for b in live_new.values() if b in live_old]
+    else:
+        cand = sorted({_resolve_at(reg, model, new, v, refs) for v in selectors})
+    cand = sender.present(cand) if cand else []
+    known = [b for b in cand if b in live_old]
+    there = set(receiver.present(known)) if known else set()
+    return [b for b in cand if b not in there]
 
 
 def _counted(pieces: Iterator[bytes | memoryview], total: int,
@@ -209,19 +269,19 @@ def tracking_refs(store: Store, remote: str) -> dict[str, str]:
 
 def push(store: Store, spec: str, names: list[str] = (), *, force: bool = False,  # type: ignore[assignment]
          progress: Progress | None = None) -> SyncResult:
-    """Push models ``names`` (every model without names), with their tags and pins, to
-    ``spec``: a directory where no store is yet becomes one. See the module docstring.
+    """Push models ``names`` (``NAME``, or ``NAME@V`` for the content of one version; every
+    model without names), with their tags and pins, to ``spec``: a directory where no store
+    is yet becomes one. See the module docstring.
 
     Raises:
         ArgsError | NotFoundError: a bad remote, or a named model this store does not have.
         VerifyError: the receiver found bad bytes (nothing of them became visible).
     """
-    names = list(names)
-    _check_names(names)
+    selection = _selection(list(names))
     t0 = time.monotonic()
     local = LocalPeer(store)
-    ours = _select(local.refs(), names)
-    for n in names:
+    ours = _select(local.refs(), selection)
+    for n in selection:
         if f"{MODEL_REF_PREFIX.decode()}{n}" not in ours:
             raise NotFoundError(f"model {n!r} is not registered here")
     remote, url, peer = connect(store, spec, create=True)
@@ -230,30 +290,34 @@ def push(store: Store, spec: str, names: list[str] = (), *, force: bool = False,
         result.warnings += _chunker_warning(store, peer.hello())
         theirs = peer.refs()
         reg = store.registry
-        updates, blobs = [], []
+        updates, content = [], []
         for ref, sha in sorted(ours.items()):
             old = theirs.get(ref)
-            if old == sha:
+            model_ref = ref.startswith(MODEL_REF_PREFIX.decode())
+            if old != sha:
+                reason = _refuse(reg, ref, old, sha, force)
+                if reason:
+                    result.refs.append(RefResult(ref, "rejected", reason))
+                    continue
+                updates.append(RefUpdate(ref, old, sha))
+            else:
                 result.refs.append(RefResult(ref, "up-to-date"))
-                continue
-            reason = _refuse(reg, ref, old, sha, force)
-            if reason:
-                result.refs.append(RefResult(ref, "rejected", reason))
-                continue
-            updates.append(RefUpdate(ref, old, sha))
-            if ref.startswith(MODEL_REF_PREFIX.decode()):
-                blobs += _new_blobs(reg, old, sha)
-        if updates:
+            if model_ref:
+                model = ref[len(MODEL_REF_PREFIX):]
+                content += _content(reg, local, peer, model, selection.get(model),
+                                    old, sha, ours)
+        if updates or content:
             with peer.session("push"):
-                haves = [s.encode() for s in theirs.values() if rt.has(reg, s.encode())]
-                objs = rt.missing_objects(reg, [u.new.encode() for u in updates], haves)
-                if objs:
-                    peer.put_registry_objects(objs)
-                result.registry_objects = len(objs)
-                _move_content(local, peer, blobs, result, progress)
-                result.refs += peer.update_refs(updates, force)
+                if updates:
+                    haves = [s.encode() for s in theirs.values() if rt.has(reg, s.encode())]
+                    objs = rt.missing_objects(reg, [u.new.encode() for u in updates], haves)
+                    if objs:
+                        peer.put_registry_objects(objs)
+                    result.registry_objects = len(objs)
+                _move_content(local, peer, content, result, progress)
+                result.refs += peer.update_refs(updates, force, content)
             theirs = peer.refs()
-        _track(store, remote, theirs, prune=not names)
+        _track(store, remote, theirs, prune=not selection)
     result.refs.sort(key=lambda r: r.ref)
     result.seconds = time.monotonic() - t0
     return result
@@ -316,21 +380,24 @@ def fetch(store: Store, spec: str) -> SyncResult:
 
 
 def pull(store: Store, spec: str, names: list[str] = (), *,  # type: ignore[assignment]
-         progress: Progress | None = None) -> SyncResult:
-    """Fetch, then bring the content of the named models' (every remote model's) new
-    versions and fast-forward their refs here; create tags and pins this store lacks.
+         progress: Progress | None = None, content: bool = True) -> SyncResult:
+    """Fetch, then bring the named models (``NAME``, or ``NAME@V`` for one version's content;
+    every remote model without names) here: the content of their versions that this store
+    lacks and the remote holds, then fast-forward their refs; create tags and pins this store
+    lacks. Versions whose content does not come (not selected, not held by the remote, or
+    ``content=False``) are registered absent (:mod:`cas.presence`).
 
     A model changed on both sides is refused (``rejected``, diverged): nothing of it moves.
     """
-    names = list(names)
-    _check_names(names)
+    selection = _selection(list(names))
     t0 = time.monotonic()
     remote, url, peer = connect(store, spec)
     result = SyncResult(remote, url.url)
     local = LocalPeer(store)
     with contextlib.closing(peer):
-        theirs = _select(_fetch(store, peer, remote, result, prune=not names), names)
-        for n in names:
+        fetched = _fetch(store, peer, remote, result, prune=not selection)
+        theirs = _select(fetched, selection)
+        for n in selection:
             if f"{MODEL_REF_PREFIX.decode()}{n}" not in theirs:
                 raise NotFoundError(f"model {n!r} is not on remote {spec}")
         ours = local.refs()
@@ -338,33 +405,37 @@ def pull(store: Store, spec: str, names: list[str] = (), *,  # type: ignore[assi
         updates, blobs = [], []
         for ref, sha in sorted(theirs.items()):
             old = ours.get(ref)
+            model_ref = ref.startswith(MODEL_REF_PREFIX.decode())
+            target = sha
             if old == sha:
                 result.refs.append(RefResult(ref, "up-to-date"))
-                continue
-            if old and ref.startswith(MODEL_REF_PREFIX.decode()) and rt.is_ancestor(
-                    reg, sha.encode(), old.encode()):
+            elif old and model_ref and rt.is_ancestor(reg, sha.encode(), old.encode()):
                 result.refs.append(RefResult(ref, "up-to-date", "this store is ahead"))
-                continue
-            reason = _refuse(reg, ref, old, sha, False)
-            if reason:
-                result.refs.append(RefResult(ref, "rejected", reason))
-                continue
-            updates.append(RefUpdate(ref, old, sha))
-            if ref.startswith(MODEL_REF_PREFIX.decode()):
-                blobs += _new_blobs(reg, old, sha)
-        if updates:
+                target = old
+            else:
+                reason = _refuse(reg, ref, old, sha, False)
+                if reason:
+                    result.refs.append(RefResult(ref, "rejected", reason))
+                    continue
+                updates.append(RefUpdate(ref, old, sha))
+            if model_ref and content:
+                model = ref[len(MODEL_REF_PREFIX):]
+                blobs += _content(reg, peer, local, model, selection.get(model), old,
+                                  target, fetched)
+        if updates or blobs:
             with local.session("pull"):
                 _move_content(peer, local, blobs, result, progress)
-                result.refs += local.update_refs(updates)
+                result.refs += local.update_refs(updates, content=blobs)
     result.refs.sort(key=lambda r: r.ref)
     result.seconds = time.monotonic() - t0
     return result
 
 
 def clone(spec: str, path: Path, progress: Progress | None = None,
-          description: str | None = None) -> tuple[Store, SyncResult]:
+          description: str | None = None, content: bool = True) -> tuple[Store, SyncResult]:
     """A new store at ``path`` with the remote's chunker parameters, the remote as
-    ``origin``, and every model pulled.
+    ``origin``, and every model pulled (``content=False``: the registry only, every version
+    absent until pulled or checked out).
 
     Raises:
         ConflictError: ``path`` holds a store already.
@@ -381,8 +452,59 @@ def clone(spec: str, path: Path, progress: Progress | None = None,
     try:
         with store.writing():
             rem.add(store.backend, "origin", url.url)
-        result = pull(store, "origin", progress=progress)
+        result = pull(store, "origin", progress=progress, content=content)
     except BaseException:
         store.close()
         raise
     return store, result
+
+
+def get(store: Store, version: Any, spec: str | None = None,
+        progress: Progress | None = None) -> SyncResult:
+    """Bring the content of ``version`` (registered here, absent) from remote ``spec``, else
+    from the first configured remote that holds it (those whose remote-tracking ref has it
+    live first). No ref moves.
+
+    Raises:
+        NotFoundError: no remote could supply it (each one's reason named).
+        NetError: ``CAS_OFFLINE=1`` and only network remotes hold it.
+    """
+    reg = store.registry
+    blob = reg.commit_versions(reg.head(version.name).decode()).get(version.seq)  # type: ignore[union-attr]
+    if blob is None:
+        raise NotFoundError(f"{version.ref} is not live here")
+    names = [spec] if spec else _holders(store, version.name, blob.decode())
+    local = LocalPeer(store)
+    reasons = []
+    for r in names:
+        try:
+            remote, url, peer = connect(store, r)
+        except CasError as exc:
+            reasons.append(f"{r}: {exc.message}")
+            continue
+        with contextlib.closing(peer):
+            if not peer.present([blob.decode()]):
+                reasons.append(f"{r}: does not hold its content")
+                continue
+            result = SyncResult(remote, url.url)
+            t0 = time.monotonic()
+            with local.session("get"):
+                _move_content(peer, local, [blob.decode()], result, progress)
+                local.update_refs([], content=[blob.decode()])
+            result.seconds = time.monotonic() - t0
+            return result
+    raise NotFoundError(f"{version.ref}: its content is not in this store and no remote "
+                        "supplied it" + (f" ({'; '.join(reasons)})" if reasons else
+                                         " (no remote is configured)"))
+
+
+def _holders(store: Store, model: str, blob: str) -> list[str]:
+    """Configured remotes, those whose tracking ref of ``model`` has ``blob`` live first."""
+    configured = sorted(rem.load(store.backend))
+    reg = store.registry
+
+    def has_it(r: str) -> bool:
+        tip = tracking_refs(store, r).get(f"{MODEL_REF_PREFIX.decode()}{model}")
+        return blob in _live(reg, tip).values()
+
+    return sorted(configured, key=lambda r: not has_it(r))

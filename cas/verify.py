@@ -38,7 +38,7 @@ import msgspec
 
 from cas.checkout import WORKERS, pause_hook_from_env
 from cas.compression import CODEC_ZSTD, STREAM_ABOVE, iter_frame
-from cas.errors import CasError, CasWarning, FormatError, SchemaError, VerifyError
+from cas.errors import CasError, CasWarning, FormatError, NotFoundError, SchemaError, VerifyError
 from cas.format.chunklist import max_encoded_size
 from cas.format.manifest import FileEntry, Manifest
 from cas.format.pack import KIND_CHUNK_LIST, Entry
@@ -95,6 +95,9 @@ class VerifyReport(msgspec.Struct):
     files_checked: int = 0
     #: Objects stored from ``verify --repair --from PATH`` before this report was made.
     healed_objects: int = 0
+    #: Versions registered here whose content is in other stores (:mod:`cas.presence`):
+    #: not checked, not damage.
+    not_present: list[str] = []
     warnings: list[CasWarning] = []
 
     def summary(self) -> str:
@@ -104,6 +107,9 @@ class VerifyReport(msgspec.Struct):
                     f"{_count(self.versions_checked, 'version')} verified")
             if self.files_checked:
                 text += f", {_count(self.files_checked, 'whole file')} hashed"
+            if self.not_present:
+                text += (f"; {_count(len(self.not_present), 'version')} registered here with "
+                         "content elsewhere (not present)")
             return text
         parts = []
         if self.bad_objects:
@@ -157,6 +163,7 @@ def _snapshot(store: Store, report: VerifyReport) -> _Snapshot:
     for r in roots.roots:
         label = r.ref if r.why == graph.LIVE else f"{r.ref} ({r.why})"
         snap.roots.append(_Root(label, r.blob, r.why != graph.REMOVED))
+    report.not_present = [r.ref for r in roots.absent]
     return snap
 
 
@@ -592,6 +599,11 @@ def verify_all(store: Store, progress: Progress | None = None, *,
 
 def verify_version(store: Store, version: Version,
                    progress: Progress | None = None) -> VerifyReport:
+    from cas import presence
+
+    if version.id in presence.load(store.backend):
+        raise NotFoundError(f"{version.ref} is registered here but its content is not in this "
+                            "store; 'cas pull REMOTE " + version.ref + "' brings it")
     report = VerifyReport(ok=True, scope=version.ref, versions_checked=1)
     try:
         manifest = store.manifest(version)

@@ -45,6 +45,15 @@ def checkout(ctx: Ctx, spec: str, dest: Path, force: bool, clean: bool,
       cas checkout org/model ./tok --include 'tokenizer*' --include '/*.json'
     """
     with ctx.open() as store, progress_for(ctx) as bar:
+        from cas import presence
+
+        version = store.resolve(spec)
+        if version.id in presence.load(store.backend):
+            from cas.sync import get
+
+            got = get(store, version, progress=bar)
+            ctx.out.note(f"fetched the content of {version.ref} from {got.remote or got.url} "
+                         f"({human_bytes(got.bytes_sent)})")
         r = store.checkout(spec, dest, force=force, clean=clean, include=include,
                            progress=bar, cached=cached)
     text = (f"checked out {r.name}@{r.seq} to {r.dest}: {r.files} files, "

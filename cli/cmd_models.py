@@ -90,8 +90,8 @@ def ls_cmd(ctx: Ctx, pattern: str | None, format_: str | None, role: str | None,
         return
     if long_:
         rows = [[f"{v.name}@{v.seq}", short_id(v.id), human_time(v.registered_at),
-                 human_bytes(v.size), v.format, ", ".join(v.tags),
-                 f"error: {v.error}" if v.error else v.message]
+                 human_bytes(v.size) + ("" if v.present else " (elsewhere)"), v.format,
+                 ", ".join(v.tags), f"error: {v.error}" if v.error else v.message]
                 for v in versions]
         lines = format_table(["VERSION", "ID", "REGISTERED", "SIZE", "FORMAT", "TAGS",
                               "MESSAGE"], rows, right=frozenset({3}))
@@ -156,6 +156,9 @@ def show(ctx: Ctx, spec: str) -> None:
                           f"{human_time(d.annotated_at)} (see cas log {d.name}@{d.seq})"))
     if d.tags:
         lines.append(_row("tags", ", ".join(d.tags)))
+    if not d.present:
+        lines.append(_row("content", "not in this store ('cas checkout' or 'cas pull REMOTE "
+                                     f"{d.name}@{d.seq}' brings it)"))
     if d.pins:
         lines.append(_row("pinned", ", ".join(_scope_text(p, store_uuid) for p in d.pins)))
     prov = md.provenance

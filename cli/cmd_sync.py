@@ -60,12 +60,13 @@ def _report(ctx: Ctx, r: sync.SyncResult, verb: str, extra: list[str] | None = N
 
 @cli.command()
 @click.argument("remote", required=False)
-@click.argument("names", nargs=-1)
+@click.argument("names", nargs=-1, metavar="[NAME[@V]]...")
 @click.option("--force", is_flag=True,
               help="Move refs that do not fast-forward and replace differing tags and pins.")
 @pass_ctx
 def push(ctx: Ctx, remote: str | None, names: tuple[str, ...], force: bool) -> None:
-    """Send models NAMES (default: every model), with their tags and pins, to REMOTE.
+    """Send models (default: every model), with their tags and pins, to REMOTE; NAME@V
+    sends the model's registry entries and the content of version V only.
 
     Only the objects REMOTE lacks move (a fine-tune of a model it holds sends little), in
     transfer packs it verifies before they become visible; then its refs move by
@@ -102,12 +103,13 @@ def fetch(ctx: Ctx, remote: str | None) -> None:
 
 @cli.command()
 @click.argument("remote", required=False)
-@click.argument("names", nargs=-1)
+@click.argument("names", nargs=-1, metavar="[NAME[@V]]...")
 @pass_ctx
 def pull(ctx: Ctx, remote: str | None, names: tuple[str, ...]) -> None:
-    """Fetch, then bring models NAMES (default: every model REMOTE has) here: the content
-    of their new versions (only what this store lacks, verified), then their refs,
-    fast-forward only. A model both stores changed is refused and left as it is.
+    """Fetch, then bring models (default: every model REMOTE has) here: the content of
+    their versions this store lacks (only the objects it lacks, verified), then their refs,
+    fast-forward only. NAME@V brings version V's content only (the others are registered,
+    with their content elsewhere). A model both stores changed is refused and left as it is.
 
     \b
     Examples:
@@ -123,19 +125,24 @@ def pull(ctx: Ctx, remote: str | None, names: tuple[str, ...]) -> None:
 @click.argument("url")
 @click.argument("path", required=False, type=NonEmptyPath(path_type=Path))
 @click.option("--description", metavar="TEXT", help="Description of the new store.")
+@click.option("--no-content", is_flag=True,
+              help="The registry only: every version's content stays on the remote until a "
+                   "checkout or 'cas pull origin NAME@V' brings it.")
 @pass_ctx
-def clone(ctx: Ctx, url: str, path: Path | None, description: str | None) -> None:
+def clone(ctx: Ctx, url: str, path: Path | None, description: str | None,
+          no_content: bool) -> None:
     """Make a new store at PATH (default: the --store path) from the store at URL: the
     same chunker parameters, URL as remote 'origin', every model pulled.
 
     \b
     Examples:
       cas clone /media/usb/cas ./store
+      cas clone --no-content ssh://ml@train-03/data/cas ./catalog
       cas --store ~/cas clone ssh://ml@train-03/data/cas
     """
     target = path or ctx.store_path
     with progress_for(ctx) as bar:
-        store, r = sync.clone(url, target, bar, description)
+        store, r = sync.clone(url, target, bar, description, content=not no_content)
     store.close()
     _report(ctx, r, f"cloned into {target} from", [])
 

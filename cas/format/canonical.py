@@ -13,11 +13,15 @@ reproduces the checksum of any record cas writes, whatever its whitespace and me
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 from decimal import Decimal
 
 import blake3
 
 from cas.errors import SchemaError
+
+if TYPE_CHECKING:
+    from cas.storage import Backend
 
 CHECKSUM = "checksum"
 _SHORT = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
@@ -129,3 +133,53 @@ def unsealed(magic: bytes, raw: bytes) -> bytes | None:
         return None
     body = raw[len(magic) : -32]
     return body if blake3.blake3(body).digest() == raw[-32:] else None
+
+
+def read_sealed_doc(backend: Backend, name: str, schema: str, version: int, hint: str
+                    ) -> dict[str, object] | None:
+    """The members of the sealed JSON document ``name`` (``schema``, ``version``, members,
+    ``checksum``), None if the file is absent. ``hint``: how to change it instead of editing.
+
+    Raises:
+        SchemaError: not such a document.
+        VerifyError: it does not match its checksum (edited by hand or damaged).
+        DiskError | PermError: it cannot be read.
+    """
+    import msgspec
+
+    from cas.errors import VerifyError, from_os_error
+
+    try:
+        raw = backend.read(name)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise from_os_error(exc, f"reading {name}") from None
+    try:
+        doc = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise SchemaError(f"{name} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("schema") != schema or doc.get("version") != version:
+        raise SchemaError(f"{name}: not a version-{version} {schema} document")
+    if doc.get(CHECKSUM) != checksum(doc):
+        raise VerifyError(f"{name} does not match its checksum: it was edited or damaged; "
+                          f"{hint}")
+    return doc
+
+
+def write_sealed_doc(backend: Backend, name: str, schema: str, version: int,
+                     members: dict[str, object]) -> None:
+    """Replace ``name`` with a sealed JSON document of ``members`` (indented; compare-and-swap
+    with any previous value, so readers see the old file or the new one)."""
+    import msgspec
+
+    from cas.errors import from_os_error
+    from cas.storage import ANY
+
+    doc: dict[str, object] = {"schema": schema, "version": version, **members}
+    doc[CHECKSUM] = checksum(doc)
+    body = msgspec.json.format(msgspec.json.encode(doc), indent=2) + b"\n"
+    try:
+        backend.swap(name, ANY, body)
+    except OSError as exc:
+        raise from_os_error(exc, f"writing {name}") from None
