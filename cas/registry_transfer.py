@@ -9,6 +9,10 @@ shape. :func:`store_objects` refuses the first kind (``ShaFile.check``), and
 :func:`check_reachable` the second before any ref may name a commit; the registry's readers
 refuse the third as they refuse local damage.
 
+Objects are stored dependencies first (an object after every object it names), each durably
+before the next: a crash part way leaves only objects whose contents are all here, so a
+present commit still means a present history, as in git.
+
 On the wire an object is ``(type number, raw bytes)``: git's loose object content without its
 header (``docs/format.md``, "Sync protocol").
 """
@@ -85,7 +89,8 @@ def missing_objects(reg: Registry, wants: Iterable[bytes], haves: Iterable[bytes
 
 def store_objects(reg: Registry, objects: list[tuple[int, bytes]]) -> list[bytes]:
     """Parse, check and store ``objects`` (each durable, under the id computed from its
-    bytes); return their ids. Objects already held are not written again.
+    bytes), every object after those of ``objects`` it names; return their ids. Objects
+    already held are not written again. Nothing is written unless all of them parse.
 
     Raises:
         VerifyError: too many, too large, an unknown type, or an object that does not parse
@@ -110,12 +115,49 @@ def store_objects(reg: Registry, objects: list[tuple[int, bytes]]) -> list[bytes
                               f"{exc}") from None
         parsed.append(obj)
     odb = reg.repo.object_store
-    ids = []
-    for obj in parsed:
+    for obj in _dependencies_first(parsed):
         if not has(reg, obj.id):
             odb.add_object(obj)
-        ids.append(obj.id)
-    return ids
+    return [obj.id for obj in parsed]
+
+
+def _names(obj: ShaFile) -> list[bytes]:
+    """The ids of the objects ``obj`` names."""
+    if isinstance(obj, Commit):
+        return [obj.tree, *obj.parents]
+    if isinstance(obj, Tree):
+        return [item.sha for item in obj.items()]
+    if isinstance(obj, Tag):
+        return [obj.object[1]]
+    return []
+
+
+def _dependencies_first(objects: list[ShaFile]) -> list[ShaFile]:
+    """``objects`` (without repeats) ordered so that each comes after every object of the
+    list it names: blobs and subtrees before their trees, trees and parents before their
+    commits, targets before their tags. Written in this order, an object that is here has
+    everything it names here too, even after a crash part way, so "the tip is here" keeps
+    meaning "its history is here" (:mod:`cas.sync` fetches only tips it lacks)."""
+    by_id = {obj.id: obj for obj in objects}
+    placed: set[bytes] = set()
+    out: list[ShaFile] = []
+    for root in objects:
+        if root.id in placed:
+            continue
+        placed.add(root.id)
+        stack = [(root, iter(_names(root)))]
+        while stack:  # depth first, without recursion: histories can be long
+            obj, names = stack[-1]
+            for sha in names:
+                child = by_id.get(sha)
+                if child is not None and sha not in placed:
+                    placed.add(sha)
+                    stack.append((child, iter(_names(child))))
+                    break
+            else:
+                stack.pop()
+                out.append(obj)
+    return out
 
 
 def check_reachable(reg: Registry, tip: bytes, known: Iterable[bytes] = ()) -> None:
