@@ -563,7 +563,7 @@ def test_a_model_ref_to_a_version_whose_chunks_are_not_here_is_refused(src: Stor
     first = transfer.plan(src, ids)[0]
     transfer.receive(dst, io.BytesIO(b"".join(bytes(p) for p in transfer.stream(src, [first]))))
     status, reason = _update(dst, "refs/models/org/m", None, tip.decode())
-    assert status == "rejected" and "need are not here" in reason, reason
+    assert status == "rejected" and "are not here" in reason, reason
     assert dst.registry.head("org/m") is None
     sound(dst)
     _send_content(src, dst, "org/m")
