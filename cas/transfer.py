@@ -3,9 +3,10 @@
 The sender works out what the receiver lacks (the closure of the versions it sends, less the
 ids the receiver answers it holds) and streams **transfer packs**: the pack format of
 ``docs/format.md`` (header, self-describing entries holding the objects' stored bytes as the
-sender stores them, trailer with count and pack id), one after another, each at most
-:data:`TRANSFER_PACK_BYTES`. Objects go as stored: compressed, grouped or derived bytes are
-never decoded and re-encoded on the way.
+sender stores them, trailer with count and pack id), one after another, each closed once it
+holds :data:`TRANSFER_PACK_BYTES` (a receiver refuses one past
+:data:`MAX_TRANSFER_PACK_BYTES`). Objects go as stored: compressed, grouped or derived bytes
+are never decoded and re-encoded on the way.
 
 The receiver trusts nothing in the stream. For every entry it checks the header (checksum,
 known kind and codec, lengths a real object can have), decodes the stored bytes and checks
@@ -42,6 +43,10 @@ if TYPE_CHECKING:
 #: A transfer pack is closed once it holds this many bytes (bounded memory on both sides,
 #: and the unit a re-run does not send again).
 TRANSFER_PACK_BYTES = 64 << 20
+#: The largest transfer pack a receiver accepts (a sender closes one past
+#: :data:`TRANSFER_PACK_BYTES`, overshooting by one run at most). Below the local pack limit,
+#: so a transfer pack always lands as one local pack, visible only once it all verified.
+MAX_TRANSFER_PACK_BYTES = 1 << 30
 #: Stored bytes read from a local pack with one ``pread`` at most.
 RUN_BYTES = 4 << 20
 #: The largest chunk list a transfer may carry (the list of a ~400 GB file).
@@ -263,6 +268,10 @@ def _receive_pack(store: Store, f: io.RawIOBase | io.BufferedIOBase, stats: Tran
                 break
             entry = fmt.decode_entry_header(head, offset, where)
             _check_lengths(entry, where)
+            end = offset + fmt.ENTRY_HEADER_SIZE + entry.stored_len + fmt.PACK_TRAILER_SIZE
+            if end > MAX_TRANSFER_PACK_BYTES:
+                raise VerifyError(f"{where} grows past {MAX_TRANSFER_PACK_BYTES} bytes at "
+                                  f"object {entry.oid.hex()}")
             stored = read_exact(f, entry.stored_len)
             if len(stored) < entry.stored_len:
                 raise VerifyError(f"{where} is truncated inside object {entry.oid.hex()}")

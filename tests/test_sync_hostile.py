@@ -398,6 +398,15 @@ def test_claimed_lengths_beyond_limits_are_refused_before_reading(
     assert err.object_id == oid.hex()
 
 
+def test_a_transfer_pack_past_the_limit_is_refused(dst: Store,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    entries = [raw_entry(bytes([i]) * 100) for i in range(3)]
+    monkeypatch.setattr(transfer, "MAX_TRANSFER_PACK_BYTES", len(pack(entries[:2])))
+    refused(dst, pack(entries), match="grows past")
+    transfer.receive(dst, io.BytesIO(pack(entries[:2]) + pack(entries[2:])))
+    assert all(dst.has_object(head[:32]) for head, _ in entries)
+
+
 @pytest.mark.parametrize("kind,codec,reserved,what", [
     (3, CODEC_RAW, 0, "unknown kind 3"),
     (0, CODEC_RAW, 0, "unknown kind 0"),
