@@ -22,10 +22,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
 
-from cas.errors import ArgsError, NetError, PermError
+from cas.errors import ArgsError, CasError, NetError, PermError
 from cas.rpc import Framed, RemotePeer
 
 PATH = "/v1/rpc"
+#: The largest request body without chunked encoding (cas clients always chunk).
+MAX_PLAIN_BODY = 64 << 20
 
 
 # -- client --------------------------------------------------------------------------------------
@@ -229,15 +231,21 @@ def make_server(addr: str, path: Path, *, read_only: bool = False, append_only: 
             auth = self.headers.get("Authorization", "")
             token = auth[7:].strip() if auth.startswith("Bearer ") else None
             access = checker.access(token)
-            if access is None:
-                self._refuse(401, "a valid bearer token is required")
-                self.close_connection = True
-                return
             if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
                 body: Any = io.BufferedReader(_Body(self.rfile), 1 << 20)
             else:
                 n = int(self.headers.get("Content-Length") or 0)
-                body = io.BytesIO(self.rfile.read(n))
+                body = io.BytesIO(self.rfile.read(min(n, MAX_PLAIN_BODY)))
+            if access is None:
+                # Read (a bounded part of) what the client is sending before answering, so
+                # it sees the refusal rather than a connection reset mid-request.
+                try:
+                    body.read(1 << 20)
+                except (OSError, CasError):
+                    pass
+                self._refuse(401, "a valid bearer token is required")
+                self.close_connection = True
+                return
             self.send_response(200)
             self.send_header("Content-Type", "application/x-cas-frames")
             self.send_header("Transfer-Encoding", "chunked")

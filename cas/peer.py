@@ -121,6 +121,21 @@ class LocalPeer:
             raise NotFoundError(f"chunk list {oid.hex()} cannot be read here: {why}")
         return sorted(c.ids)
 
+    def locations(self) -> list[bytes]:
+        """This store's location log (its own entry brought up to date first)."""
+        from cas import locations
+
+        try:
+            locations.refresh(self.store)
+        except CasError:
+            pass  # a store that cannot be written still answers with what it has
+        return locations.encoded(self.store)
+
+    def merge_locations(self, entries: list[bytes]) -> int:
+        from cas import locations
+
+        return locations.merge(self.store, entries)
+
     def missing(self, ids: list[bytes]) -> list[bytes]:
         return transfer.missing(self.store, ids)
 

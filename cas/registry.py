@@ -739,25 +739,43 @@ class Registry:
         Raises:
             SchemaError: the commit, tree or blob is missing or damaged (named).
         """
+        found = self.read_ref_files(ref)
+        return None if found is None else (found[0], found[1].get(path))
+
+    def read_ref_files(self, ref: bytes) -> tuple[bytes, dict[bytes, bytes]] | None:
+        """``(tip, {path: bytes})`` of the files at the top of the tip's tree; None without
+        the ref.
+
+        Raises:
+            SchemaError: the commit, tree or a blob is missing or damaged (named).
+        """
         try:
             tip = self.repo.refs[ref]
         except KeyError:
             return None
         tree = self._object(self._commit(tip).tree, Tree, "tree")
-        return tip, self.blob(tree[path][1]) if path in tree else None
+        return tip, {item.path: self.blob(item.sha) for item in tree.items()
+                     if not item.mode & 0o040000}
 
     def commit_ref_file(self, ref: bytes, old: bytes | None, path: bytes, data: bytes,
                         subject: str, identity: tuple[str, str]) -> bytes:
-        """Commit a tree holding only ``path`` (``data``) on top of ``old`` and move ``ref``
-        from ``old`` (None: it must not exist) to it; the caller holds the write lock.
+        """Commit a tree holding only ``path`` (``data``) on top of ``old``: see
+        :meth:`commit_ref_files`."""
+        return self.commit_ref_files(ref, old, {path: data}, subject, identity)
+
+    def commit_ref_files(self, ref: bytes, old: bytes | None, files: dict[bytes, bytes],
+                         subject: str, identity: tuple[str, str]) -> bytes:
+        """Commit a tree holding exactly ``files`` (name -> bytes) on top of ``old`` and move
+        ``ref`` from ``old`` (None: it must not exist) to it; the caller holds the write lock.
 
         Raises:
             ConflictError: ``ref`` no longer holds ``old``.
         """
-        blob = Blob.from_string(data)
-        self._store(blob)
         tree = Tree()
-        tree.add(path, 0o100644, blob.id)
+        for path, data in sorted(files.items()):
+            blob = Blob.from_string(data)
+            self._store(blob)
+            tree.add(path, 0o100644, blob.id)
         self._store(tree)
         commit = self._make_commit(tree, old, subject + "\n", identity)
         self._move_ref(ref, old or b"0" * 40, commit)

@@ -51,6 +51,8 @@ class Remote(msgspec.Struct, frozen=True, omit_defaults=True):
     url: str
     #: The far side's cas command (ssh remotes), e.g. ``/opt/cas/bin/cas``.
     cas_command: str = ""
+    #: The UUID the store there gave when last contacted ("" before the first sync).
+    uuid: str = ""
 
 
 def parse_url(text: str, cwd: Path | None = None) -> RemoteUrl:
@@ -180,3 +182,13 @@ def resolve(backend: Backend, spec: str, cwd: Path | None = None) -> tuple[str, 
         return spec, parse_url(r.url), r
     parsed = parse_url(spec, cwd)
     return "", parsed, Remote(parsed.url)
+
+
+def record_uuid(backend: Backend, name: str, uuid: str) -> None:
+    """Remember the UUID remote ``name`` gave (the caller holds the store's write lock)."""
+    remotes = load(backend)
+    r = remotes.get(name)
+    if r is None or r.uuid == uuid:
+        return
+    remotes[name] = msgspec.structs.replace(r, uuid=uuid)
+    _save(backend, remotes)

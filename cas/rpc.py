@@ -198,6 +198,12 @@ class RemotePeer:
         self.framed.write_stream(pieces)
         return _typed(self._answer(), TransferStats, self.name)
 
+    def locations(self) -> list[bytes]:
+        return _typed(self._call("locations"), list[bytes], self.name)
+
+    def merge_locations(self, entries: list[bytes]) -> int:
+        return _typed(self._call("merge_locations", entries=entries), int, self.name)
+
     def present(self, blobs: list[str]) -> list[str]:
         got = _typed(self._call("present", blobs=blobs), list[str], self.name)
         if not set(got) <= set(blobs):
@@ -250,13 +256,14 @@ class _Args(msgspec.Struct, forbid_unknown_fields=False):
     ids: bytes = b""
     updates: list[RefUpdate] = []
     content: list[str] | None = None
+    entries: list[bytes] = []
     force: bool = False
     purpose: str = "serve"
     chunker: dict[str, Any] = {}
     derive: bool = True
 
 
-WRITE_OPS = {"put_registry_objects", "receive", "update_refs", "init"}
+WRITE_OPS = {"put_registry_objects", "receive", "update_refs", "init", "merge_locations"}
 
 
 def serve(peer: Any, framed: Framed, *, read_only: bool | str = False,
@@ -356,6 +363,10 @@ def _dispatch(peer: Any, op: Any, args: _Args, append_only: bool) -> Any:
         return peer.registry_objects(args.wants, args.haves)
     if op == "put_registry_objects":
         return peer.put_registry_objects(args.objects)
+    if op == "locations":
+        return peer.locations()
+    if op == "merge_locations":
+        return peer.merge_locations(args.entries)
     if op == "present":
         return peer.present(args.blobs)
     if op == "closure":

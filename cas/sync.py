@@ -117,6 +117,30 @@ def _chunker_warning(store: Store, hello: Any) -> list[CasWarning]:
     return []
 
 
+def _hello(store: Store, remote: str, peer: Any, result: SyncResult) -> None:
+    """Greet ``peer``: warn if its chunker differs; remember its UUID for ``remote``."""
+    hello = peer.hello()
+    result.warnings += _chunker_warning(store, hello)
+    if remote and hello.uuid:
+        with store.writing():
+            rem.record_uuid(store.backend, remote, hello.uuid)
+
+
+def _share_locations(store: Store, peer: Any, result: SyncResult, send: bool) -> None:
+    """Merge the peer's location log into this store's (both directions with ``send``, as a
+    push does). The log is advisory: failing to share it warns, never fails the sync."""
+    from cas import locations
+
+    try:
+        locations.refresh(store)
+        if send:
+            peer.merge_locations(locations.encoded(store))
+        locations.merge(store, peer.locations())
+    except CasError as exc:
+        result.warnings.append(CasWarning("W_LOCATIONS_NOT_SHARED",
+                                          f"the location log was not shared: {exc.message}"))
+
+
 def _model_of(ref: str) -> str:
     kind, name = check_ref_name(ref)
     return name if kind == "model" else name.split("@", 1)[0]
@@ -287,7 +311,7 @@ def push(store: Store, spec: str, names: list[str] = (), *, force: bool = False,
     remote, url, peer = connect(store, spec, create=True)
     result = SyncResult(remote, url.url)
     with contextlib.closing(peer):
-        result.warnings += _chunker_warning(store, peer.hello())
+        _hello(store, remote, peer, result)
         theirs = peer.refs()
         reg = store.registry
         updates, content = [], []
@@ -318,6 +342,7 @@ def push(store: Store, spec: str, names: list[str] = (), *, force: bool = False,
                 result.refs += peer.update_refs(updates, force, content)
             theirs = peer.refs()
         _track(store, remote, theirs, prune=not selection)
+        _share_locations(store, peer, result, send=True)
     result.refs.sort(key=lambda r: r.ref)
     result.seconds = time.monotonic() - t0
     return result
@@ -344,7 +369,7 @@ def _fetch(store: Store, peer: Any, remote: str, result: SyncResult, prune: bool
            ) -> dict[str, str]:
     """Bring the registry objects of every ref of ``peer`` and record them as tracking refs;
     return the peer's refs."""
-    result.warnings += _chunker_warning(store, peer.hello())
+    _hello(store, remote, peer, result)
     theirs: dict[str, str] = {}
     for ref, sha in peer.refs().items():
         try:
@@ -364,6 +389,7 @@ def _fetch(store: Store, peer: Any, remote: str, result: SyncResult, prune: bool
         for s in wants:
             rt.check_reachable(reg, s.encode())
     _track(store, remote, theirs, prune)
+    _share_locations(store, peer, result, send=False)
     return theirs
 
 

@@ -86,6 +86,41 @@ def push(ctx: Ctx, remote: str | None, names: tuple[str, ...], force: bool) -> N
 
 
 @cli.command()
+@click.argument("spec", metavar="NAME[@V]")
+@click.option("--verify", "verify_", is_flag=True,
+              help="Ask each configured remote whether it holds the content (network).")
+@pass_ctx
+def whereis(ctx: Ctx, spec: str, verify_: bool) -> None:
+    """Which stores hold the content of NAME's versions (or of NAME@V): UUID, the remotes
+    that reach it here, description, and when it last recorded what it holds.
+
+    Read from the location log that syncs carry (a store learns of stores it never
+    contacted); no network unless --verify.
+
+    \b
+    Examples:
+      cas whereis org/bert@prod
+      cas whereis org/bert --verify --json
+    """
+    from cas.cli.render import human_time, short_id
+    from cas.locations import whereis as find
+
+    with ctx.open() as store:
+        r = find(store, spec, verify_)
+    lines = []
+    for w in r.versions:
+        lines.append(f"{w.version} ({short_id(w.id)}): "
+                     f"{count(len(w.stores), 'store') if w.stores else 'no store known'}")
+        for h in w.stores:
+            who = "here" if h.here else (", ".join(h.remotes) or "-")
+            checked = {True: "  verified", False: "  NOT there", None: ""}[h.verified]
+            seen = human_time(h.updated_at) if h.updated_at else "-"
+            lines.append(f"  {h.uuid}  {who:<12} {h.description or '-':<20} seen {seen}"
+                         f"{checked}")
+    ctx.out.result(r, lines)
+
+
+@cli.command()
 @click.argument("remote", required=False)
 @pass_ctx
 def fetch(ctx: Ctx, remote: str | None) -> None:

@@ -97,7 +97,9 @@ def test_fetch_over_ssh_moves_no_content(tmp_path: Path, sshd: Sshd) -> None:
     refs = subprocess.run(["git", "--git-dir", str(tmp_path / "b" / "registry"),
                            "for-each-ref", "--format=%(refname)"],
                           capture_output=True, text=True, check=True).stdout.split()
-    assert refs == ["refs/remotes/origin/models/org/m"]
+    assert [r for r in refs if not r.startswith("refs/cas/")] == [
+        "refs/remotes/origin/models/org/m"]
+    assert "refs/cas/locations" in refs  # the location log came along
     assert not list((tmp_path / "b" / "packs").glob("*.pack"))
 
 
