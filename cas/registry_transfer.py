@@ -72,7 +72,7 @@ def missing_objects(reg: Registry, wants: Iterable[bytes], haves: Iterable[bytes
     wants = list(wants)
     for sha in wants:
         if not is_sha(sha):
-            raise VerifyError(f"asked for registry object {sha[:80]!r}, which is not an "
+            raise VerifyError(f"asked for registry object {_shown(sha)}, which is not an "
                               "object id")
     haves = [sha for sha in haves if has(reg, sha)]
     try:
@@ -202,12 +202,17 @@ def _check_tree(reg: Registry, sha: bytes, seen: set[bytes]) -> None:
 
 def _get(reg: Registry, sha: bytes) -> ShaFile:
     if not is_sha(sha):
-        raise VerifyError(f"{sha[:80]!r} is not a registry object id")
+        raise VerifyError(f"{_shown(sha)} is not a registry object id")
     try:
         return reg.repo.object_store[sha]
     except (KeyError, ValueError, ObjectFormatException):
         raise VerifyError(f"registry object {sha.decode(errors='replace')} is missing or "
                           "damaged") from None
+
+
+def _shown(sha: bytes) -> str:
+    """An id from the other side, quoted for a message (cut short, never raw bytes)."""
+    return repr(sha[:80].decode("ascii", "replace"))
 
 
 def is_ancestor(reg: Registry, old: bytes, new: bytes, limit: int = 1_000_000) -> bool:

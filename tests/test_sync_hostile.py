@@ -692,6 +692,37 @@ def test_pull_from_a_remote_serving_damaged_bytes_fails_cleanly(src: Store, tmp_
     assert code == 0, doc
 
 
+def _remote_with_a_bad_ref(src: Store, tmp_path: Path, value: str) -> tuple[Path, Path]:
+    import shutil
+
+    remote = tmp_path / "remote"
+    shutil.copytree(src.path, remote)
+    (remote / "registry" / "refs" / "models" / "org" / "m").write_text(value + "\n")
+    local = tmp_path / "local"
+    assert run_json(local, "init")[0] == 0
+    return remote, local
+
+
+@pytest.mark.parametrize("value", ["zzzz", "../../etc/passwd" + "0" * 24, "1" * 40])
+def test_pull_from_a_remote_whose_ref_is_not_an_object_fails_cleanly(
+        src: Store, tmp_path: Path, value: str) -> None:
+    remote, local = _remote_with_a_bad_ref(src, tmp_path, value)
+    code, doc = run_json(local, "pull", str(remote))
+    assert code != 0 and doc["error"]["code"] in ("E_VERIFY", "E_SCHEMA"), doc
+    assert "\n" not in doc["error"]["message"]
+    code, doc = run_json(local, "verify", "--all")
+    assert code == 0 and doc["ok"], doc
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: cas/sync.py _fetch brings every remote ref's "
+                   "registry objects, so one damaged model there blocks pulling any other")
+def test_a_damaged_model_on_the_remote_does_not_block_pulling_another(
+        src: Store, tmp_path: Path) -> None:
+    remote, local = _remote_with_a_bad_ref(src, tmp_path, "1" * 40)
+    code, doc = run_json(local, "pull", str(remote), "org/tiny")
+    assert code == 0, doc
+
+
 # -- frames --------------------------------------------------------------------------------------
 
 
