@@ -212,6 +212,42 @@ class LocalPeer:
                 presence.update(store.backend, absent, arrived - set(absent))
         return out
 
+    def rebase_model(self, u: RefUpdate, *, renumber: bool, force: bool = False,
+                     content: list[str] | None = None) -> RefResult:
+        """Replay this store's commits of model ref ``u.ref`` (at ``u.old``) on the other
+        side's tip ``u.new`` (:mod:`cas.rebase`), after the checks :meth:`update_refs` makes
+        of the versions ``u.new`` brings. Refusals are reported, not raised."""
+        from cas import presence
+        from cas.rebase import rebase
+
+        kind, name = check_ref_name(u.ref)
+        store = self.store
+        sent = None if content is None else set(content)
+        with store.writing():
+            reg = store.registry
+            try:
+                if kind != "model" or u.old is None:
+                    raise ConflictError(f"{u.ref}: only a model this store has is rebased")
+                current = reg.head(name)
+                if current != u.old.encode():
+                    raise ConflictError(f"{u.ref} moved while this command ran; try again")
+                rt.check_reachable(reg, u.new.encode(), [current])
+                missing_content = self._check_versions(reg, name, current, u.new.encode(),
+                                                       sent)
+                done = rebase(store, name, current, u.new.encode(), renumber=renumber,
+                              force=force)
+            except CasError as exc:
+                return RefResult(u.ref, "rejected", f"{exc.code}: {exc.message}")
+            st = reg.state(name)
+            seqs = {seq for seq in missing_content}
+            if seqs:
+                presence.update(store.backend, {st.version(s).id: presence.Absent(name, s)
+                                                for s in seqs if s in st.live})
+        why = f"rebased: {done.replayed} commit(s) of this store replayed on the remote's"
+        if done.renumbered:
+            why += "; renumbered " + ", ".join(f"v{a} -> v{b}" for a, b in done.renumbered)
+        return RefResult(u.ref, "ok", why)
+
     def _update(self, reg: Registry, u: RefUpdate, force: bool, sent: set[str] | None,
                 absent: dict[str, object]) -> str:
         ref = u.ref.encode()

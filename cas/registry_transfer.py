@@ -82,8 +82,10 @@ def missing_objects(reg: Registry, wants: Iterable[bytes], haves: Iterable[bytes
             obj = odb[sha]
             out.append((obj.type_num, obj.as_raw_string()))
     except (KeyError, ValueError, ObjectFormatException) as exc:
+        arg = exc.args[0] if exc.args else ""
+        detail = _shown(arg) if isinstance(arg, bytes) else str(exc)
         raise SchemaError(f"registry object missing or damaged while listing what to send: "
-                          f"{exc}") from None
+                          f"{detail}") from None
     return out
 
 
@@ -237,3 +239,104 @@ def tag_target(reg: Registry, sha: bytes) -> bytes | None:
     if isinstance(obj, Tag) and obj.object[0] is Commit:
         return obj.object[1]
     return None
+
+
+# -- history surgery for pull --rebase (cas.rebase) -----------------------------------------------
+
+
+class CommitInfo:
+    """What replaying a registry commit needs of it."""
+
+    def __init__(self, sha: bytes, c: Commit) -> None:
+        self.sha = sha
+        self.parent = c.parents[0] if c.parents else None
+        self.tree = c.tree
+        self.message = c.message
+        self.author = c.author
+        self.author_time = c.author_time
+        self.author_timezone = c.author_timezone
+
+
+def commit_info(reg: Registry, sha: bytes) -> CommitInfo:
+    obj = _get(reg, sha)
+    if not isinstance(obj, Commit):
+        raise VerifyError(f"registry object {sha.decode()} is not a commit")
+    return CommitInfo(sha, obj)
+
+
+def first_parents(reg: Registry, tip: bytes, stop: bytes | None) -> list[CommitInfo]:
+    """The commits from ``tip`` back along first parents, newest first, until ``stop``
+    (excluded; None: the root)."""
+    out = []
+    sha: bytes | None = tip
+    while sha is not None and sha != stop:
+        info = commit_info(reg, sha)
+        out.append(info)
+        sha = info.parent
+    if stop is not None and sha != stop:
+        raise VerifyError(f"commit {stop.decode()} is not on the history of {tip.decode()}")
+    return out
+
+
+def merge_base(reg: Registry, a: bytes, b: bytes) -> bytes | None:
+    """The newest commit on both first-parent histories (None: they share none)."""
+    seen = set()
+    sha: bytes | None = a
+    while sha is not None:
+        seen.add(sha)
+        sha = commit_info(reg, sha).parent
+    sha = b
+    while sha is not None:
+        if sha in seen:
+            return sha
+        sha = commit_info(reg, sha).parent
+    return None
+
+
+def tree_versions(reg: Registry, tree: bytes) -> dict[int, bytes]:
+    return reg._tree_versions(tree)  # noqa: SLF001 - the registry's one tree reader
+
+
+def write_commit(reg: Registry, parent: bytes, versions: dict[int, bytes], message: bytes,
+                 like: CommitInfo, committer: bytes) -> bytes:
+    """A commit on ``parent`` whose tree holds ``versions`` (seq -> manifest blob), with
+    ``like``'s author and time and ``message``; stored durably, no ref moved."""
+    import time as _time
+
+    tree = reg._tree_with(None, versions)  # noqa: SLF001 - the registry's one tree writer
+    c = Commit()
+    c.tree = tree.id
+    c.parents = [parent]
+    c.author = like.author
+    c.author_time = like.author_time
+    c.author_timezone = like.author_timezone
+    c.committer = committer
+    c.commit_time = int(_time.time())
+    c.commit_timezone = 0
+    c.encoding = b"UTF-8"
+    c.message = message
+    reg._store(c)  # noqa: SLF001
+    return c.id
+
+
+def store_blob(reg: Registry, data: bytes) -> bytes:
+    """Store ``data`` as a blob (durably); return its id."""
+    b = Blob.from_string(data)
+    reg._store(b)  # noqa: SLF001
+    return b.id
+
+
+def retarget_tag(reg: Registry, sha: bytes, commit: bytes) -> bytes:
+    """A copy of annotated tag ``sha`` (name, tagger, message) pointing at ``commit``."""
+    old = _get(reg, sha)
+    if not isinstance(old, Tag):
+        raise VerifyError(f"registry object {sha.decode()} is not a tag")
+    t = Tag()
+    t.tagger = old.tagger
+    t.tag_time = old.tag_time
+    t.tag_timezone = old.tag_timezone
+    t.name = old.name
+    t.object = (Commit, commit)
+    t.message = old.message
+    reg._store(t)  # noqa: SLF001
+    return t.id

@@ -406,14 +406,19 @@ def fetch(store: Store, spec: str) -> SyncResult:
 
 
 def pull(store: Store, spec: str, names: list[str] = (), *,  # type: ignore[assignment]
-         progress: Progress | None = None, content: bool = True) -> SyncResult:
+         progress: Progress | None = None, content: bool = True, rebase: bool = False,
+         force: bool = False) -> SyncResult:
     """Fetch, then bring the named models (``NAME``, or ``NAME@V`` for one version's content;
     every remote model without names) here: the content of their versions that this store
     lacks and the remote holds, then fast-forward their refs; create tags and pins this store
     lacks. Versions whose content does not come (not selected, not held by the remote, or
     ``content=False``) are registered absent (:mod:`cas.presence`).
 
-    A model changed on both sides is refused (``rejected``, diverged): nothing of it moves.
+    A model changed on both sides has this store's commits replayed on the remote's tip
+    (:mod:`cas.rebase`) when they add no version or the remote added none; when both added
+    versions, only with ``rebase`` (this store's are renumbered; ``force`` also renumbers
+    versions that already left this store). Otherwise it is ``rejected`` and nothing of it
+    moves.
     """
     selection = _selection(list(names))
     t0 = time.monotonic()
@@ -428,7 +433,7 @@ def pull(store: Store, spec: str, names: list[str] = (), *,  # type: ignore[assi
                 raise NotFoundError(f"model {n!r} is not on remote {spec}")
         ours = local.refs()
         reg = store.registry
-        updates, blobs = [], []
+        updates, blobs, diverged = [], [], []
         for ref, sha in sorted(theirs.items()):
             old = ours.get(ref)
             model_ref = ref.startswith(MODEL_REF_PREFIX.decode())
@@ -438,6 +443,8 @@ def pull(store: Store, spec: str, names: list[str] = (), *,  # type: ignore[assi
             elif old and model_ref and rt.is_ancestor(reg, sha.encode(), old.encode()):
                 result.refs.append(RefResult(ref, "up-to-date", "this store is ahead"))
                 target = old
+            elif old and model_ref and not rt.is_ancestor(reg, old.encode(), sha.encode()):
+                diverged.append(RefUpdate(ref, old, sha))
             else:
                 reason = _refuse(reg, ref, old, sha, False)
                 if reason:
@@ -448,10 +455,20 @@ def pull(store: Store, spec: str, names: list[str] = (), *,  # type: ignore[assi
                 model = ref[len(MODEL_REF_PREFIX):]
                 blobs += _content(reg, peer, local, model, selection.get(model), old,
                                   target, fetched)
-        if updates or blobs:
+        if updates or blobs or diverged:
             with local.session("pull"):
                 _move_content(peer, local, blobs, result, progress)
-                result.refs += local.update_refs(updates, content=blobs)
+                # Models first (rebased ones too), then tags and pins, which may name
+                # commits a rebase just wrote.
+                result.refs += local.update_refs(
+                    [u for u in updates if u.ref.startswith(MODEL_REF_PREFIX.decode())],
+                    content=blobs)
+                for u in diverged:
+                    result.refs.append(local.rebase_model(u, renumber=rebase, force=force,
+                                                          content=blobs))
+                result.refs += local.update_refs(
+                    [u for u in updates if not u.ref.startswith(MODEL_REF_PREFIX.decode())],
+                    content=[])
     result.refs.sort(key=lambda r: r.ref)
     result.seconds = time.monotonic() - t0
     return result

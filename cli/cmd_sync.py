@@ -139,20 +139,35 @@ def fetch(ctx: Ctx, remote: str | None) -> None:
 @cli.command()
 @click.argument("remote", required=False)
 @click.argument("names", nargs=-1, metavar="[NAME[@V]]...")
+@click.option("--rebase", is_flag=True,
+              help="When both stores added versions to a model, renumber this store's after "
+                   "the remote's (ids kept; old and new numbers printed and recorded).")
+@click.option("--force", is_flag=True,
+              help="With --rebase: renumber also versions that already left this store.")
 @pass_ctx
-def pull(ctx: Ctx, remote: str | None, names: tuple[str, ...]) -> None:
+def pull(ctx: Ctx, remote: str | None, names: tuple[str, ...], rebase: bool,
+         force: bool) -> None:
     """Fetch, then bring models (default: every model REMOTE has) here: the content of
     their versions this store lacks (only the objects it lacks, verified), then their refs,
     fast-forward only. NAME@V brings version V's content only (the others are registered,
-    with their content elsewhere). A model both stores changed is refused and left as it is.
+    with their content elsewhere).
+
+    A model both stores changed: this store's annotations, tags, removals (anything that
+    adds no version) are replayed on the remote's history. If both added versions, the
+    model is refused and left as it is, unless --rebase: this store's new versions are then
+    renumbered after the remote's, keeping their ids (never those already pushed
+    elsewhere, without --force).
 
     \b
     Examples:
       cas pull origin
-      cas pull train-03 org/bert
+      cas pull train-03 org/bert --rebase
     """
     with ctx.open() as store, progress_for(ctx) as bar:
-        r = sync.pull(store, default_remote(store, remote), list(names), progress=bar)
+        if force and not rebase:
+            raise ArgsError("--force goes with --rebase")
+        r = sync.pull(store, default_remote(store, remote), list(names), progress=bar,
+                      rebase=rebase, force=force)
     _report(ctx, r, "pulled from")
 
 
