@@ -188,13 +188,25 @@ def profile_text(path: Path, top: int = 18) -> str:
     return "\n".join([total.strip(), *lines[start:]])
 
 
+def init_store(path: Path) -> Path:
+    """A new store at ``path`` (untimed setup: through the library, no child process)."""
+    from cas.store import Store
+
+    Store.init(path).close()
+    return path
+
+
 def set_remote(store: Path, name: str, url: str, cas_command: str = "",
                replace: bool = False) -> None:
-    """Configure remote ``name`` of ``store`` (``replace``: one of that name exists)."""
-    if replace:
-        run_cas(["--store", str(store), "remote", "remove", name])
-    extra = ["--cas-command", cas_command] if cas_command else []
-    run_cas(["--store", str(store), "remote", "add", name, url, *extra])
+    """Configure remote ``name`` of ``store`` (``replace``: one of that name exists), as
+    ``cas remote add`` does (untimed setup, through the library)."""
+    from cas import remotes as rem
+    from cas.store import Store
+
+    with Store.open(store) as opened, opened.writing():
+        if replace:
+            rem.remove(opened.backend, name)
+        rem.add(opened.backend, name, url, cas_command)
 
 
 def profiled(far: Far, store: Path, remote: str, url: str, cas_command: str,
@@ -283,12 +295,13 @@ def section_real_model(far: Far, work: Path, smoke: bool, results: dict,
     changed = finetune_copy(v1, v2)
     store, dir_remote, ssh_remote = base / "store", base / "dir-remote", base / "ssh-remote"
     name = "org/minilm"
-    run_cas(["--store", str(store), "init"])
+    init_store(store)
     # --smoke: the directory remote only (the ssh remote's push is the same exchange).
     remotes = [("usb", dir_remote, "directory")] + (
         [] if smoke else [("far", ssh_remote, "ssh")])
     set_remote(store, "usb", str(dir_remote))
-    set_remote(store, "far", far.url(ssh_remote), far.cas)
+    if not smoke:
+        set_remote(store, "far", far.url(ssh_remote), far.cas)
     cas(store, "add", name, str(v1))
     for remote, _, _ in remotes:
         cas(store, "push", remote)
@@ -315,10 +328,12 @@ def section_real_model(far: Far, work: Path, smoke: bool, results: dict,
     results["real_added"] = added
     out = base / "out"
     cas(dir_remote, "checkout", f"{name}@2", str(out))
-    intact = same_file(out / "model.safetensors", v2 / "model.safetensors") and all(
-        verified(path) for _, path, _ in remotes)
+    # --smoke: the byte-identical checkout is the check (verify --all of the remotes: full).
+    intact = same_file(out / "model.safetensors", v2 / "model.safetensors") and (
+        smoke or all(verified(path) for _, path, _ in remotes))
     print(f"v2 checked out of the directory remote {'byte-identical' if intact else 'DIFFERS'}"
-          "; verify --all of the remotes " + ("clean" if intact else "(see above)"))
+          + ("" if smoke else "; verify --all of the remotes: "
+             + ("clean" if intact else "see above")))
     checks.append(("1. real model v2 arrives intact on the remotes", intact, True))
     for _, _, label in remotes:
         tag = " (information)" if label == "ssh" else ""
@@ -355,7 +370,15 @@ def section_first_push(far: Far, work: Path, big: dict, runs: int, profile: bool
     def rsync() -> dict:
         return cmd(["rsync", "--fsync", "-e", far.rsync_e, str(v1), f"{far.dest}:{rsync_dir}/"])
 
-    got = alternated_ops(runs, {"push": (fresh_far, push), "rsync": (fresh_rsync, rsync)})
+    def pipe() -> dict:
+        # The carrier's own ceiling: the file's bytes through the same ssh, thrown away.
+        return cmd(["/bin/sh", "-c", f"{shlex.join(far.ssh_argv('cat > /dev/null'))} "
+                                     f"< {shlex.quote(str(v1))}"])
+
+    ops = {"push": (fresh_far, push), "rsync": (fresh_rsync, rsync)}
+    if not smoke:
+        ops["pipe"] = (lambda: None, pipe)
+    got = alternated_ops(runs, ops)
     size = v1.stat().st_size
     sent = got["push"][-1]["json"]["bytes_sent"]
     t_push, t_rsync = med(got["push"]), med(got["rsync"])
@@ -369,8 +392,13 @@ def section_first_push(far: Far, work: Path, big: dict, runs: int, profile: bool
           f"{max(r['far_rss'] for r in got['push']) / MB:>12.0f}")
     print(f"{'rsync --fsync -e ssh':<26}{t_rsync:>8.2f}{1:>9.2f}{size / MB / t_rsync:>14.0f}"
           f"{max(r['maxrss'] for r in got['rsync']) / MB:>13.0f}")
-    print("runs: push " + ", ".join(f"{r['wall']:.2f}" for r in got["push"]) + "; rsync "
-          + ", ".join(f"{r['wall']:.2f}" for r in got["rsync"]))
+    if "pipe" in got:
+        t_pipe = results["ssh_pipe_s"] = med(got["pipe"])
+        print(f"{'ssh HOST cat >/dev/null':<26}{t_pipe:>8.2f}{t_pipe / t_rsync:>9.2f}"
+              f"{size / MB / t_pipe:>14.0f}   (the file through the same ssh, nothing "
+              "written)")
+    print("runs: " + "; ".join(f"{k} " + ", ".join(f"{r['wall']:.2f}" for r in v)
+                               for k, v in got.items()))
     intact = verified(far_path) and same_file(rsync_dir / v1.name, v1)
     results.update({"first_push_s": t_push, "first_rsync_s": t_rsync,
                     "first_push_over_rsync": ratio, "first_push_bytes_sent": sent,
@@ -400,7 +428,7 @@ def section_pull(far: Far, work: Path, big: dict, runs: int, results: dict,
     if not (far_path / "config.json").exists():
         cas(store, "push", "first")
     template, run_store, co = work / "pull-template", work / "pull-store", work / "pull-out"
-    run_cas(["--store", str(template), "init"])
+    init_store(template)
     set_remote(template, "origin", url, far.cas_rss)
     cas(template, "pull", "origin")
     add = cas(store, "add", name, str(v2.parent))
@@ -498,21 +526,27 @@ def section_noop(far: Far, work: Path, models: int, runs: int, profile: bool, sm
     print(f"\n== 4. no-op push and pull of {models} models over ssh vs git ls-remote ==")
     from bench_gc import build_store
 
-    many, far_many, git_repo = work / "many", work / "far-many", work / "git-many.git"
-    build_store(many, models, 2, chunks=4, chunk_size=1024)
-    url = far.url(far_many)
-    set_remote(many, "far", url, far.cas)
-    first = cas(many, "push", "far")
+    git_repo = work / "git-many.git"
+    stores = {}
+    # --smoke: no one-model store and no start-up rows (the parts of the figure).
+    for key, n in (("many", models), ("one", 1))[:1 if smoke else 2]:
+        path = work / f"noop-{key}"
+        build_store(path, n, 2, chunks=4, chunk_size=1024)
+        url = far.url(work / f"far-{key}")
+        set_remote(path, "far", url, far.cas)
+        first = cas(path, "push", "far")
+        stores[key] = (path, n, url)
+        print(f"{n} model(s) x 2 versions: first push {first['wall']:.2f} s")
     bare_repo(git_repo, models)
     git_url = f"ssh://{far.dest}:{far.sshd.port}{git_repo}"
-    print(f"{models} models x 2 versions; first push {first['wall']:.2f} s; bare repository "
-          f"with {models} refs")
 
-    def noop(verb: str) -> Callable[[], dict]:
+    def noop(verb: str, key: str) -> Callable[[], dict]:
+        path, n, _ = stores[key]
+
         def run() -> dict:
-            r = cas(many, verb, "far")
+            r = cas(path, verb, "far")
             refs = r["json"]["refs"]
-            r["noop"] = (len(refs) == models and r["json"]["objects_sent"] == 0
+            r["noop"] = (len(refs) == n and r["json"]["objects_sent"] == 0
                          and all(x["status"] == "up-to-date" for x in refs))
             return r
         return run
@@ -522,43 +556,54 @@ def section_noop(far: Far, work: Path, models: int, runs: int, profile: bool, sm
         r["refs"] = len(r["stdout"].splitlines())
         return r
 
-    got = alternated(runs, {
-        "ssh": lambda: cmd(far.ssh_argv("true")),
-        "push": noop("push"),
-        "pull": noop("pull"),
-        "git": ls_remote,
-        "local": lambda: run_cas(["--version"]),
-        "far": lambda: cmd(far.ssh_argv(f"{far.cas} --version")),
-    })
+    ops = {"ssh": lambda: cmd(far.ssh_argv("true")), "push": noop("push", "many"),
+           "pull": noop("pull", "many"), "git": ls_remote}
+    if not smoke:
+        ops.update({"push1": noop("push", "one"), "pull1": noop("pull", "one"),
+                    "local": lambda: run_cas(["--version"]),
+                    "far": lambda: cmd(far.ssh_argv(f"{far.cas} --version"))})
+    got = alternated(runs, ops)
     m = {k: med(v) for k, v in got.items()}
     rows = [("ssh HOST true (one connection)", "ssh"),
-            ("git ls-remote (ssh)", "git"),
-            ("cas push, nothing to send", "push"),
-            ("cas pull, nothing to bring", "pull"),
+            (f"git ls-remote ({models} refs)", "git"),
+            (f"cas push, {models} models, no-op", "push"),
+            (f"cas pull, {models} models, no-op", "pull"),
+            ("cas push, 1 model, no-op", "push1"),
+            ("cas pull, 1 model, no-op", "pull1"),
             ("cas --version (local start-up)", "local"),
             ("ssh HOST cas --version", "far")]
     print(f"{'(medians of ' + str(runs) + ')':<34}{'wall s':>8}{'x git':>8}{'peak RSS MB':>13}")
     for label, key in rows:
-        print(f"{label:<34}{m[key]:>8.3f}{m[key] / m['git']:>8.2f}"
-              f"{max(r['maxrss'] for r in got[key]) / MB:>13.0f}")
-    floor = m["local"] + m["far"]
-    print(f"ssh connection setup {m['ssh']:.3f} s; the two cas start-ups over ssh (local "
-          f"start-up + ssh HOST cas --version) {floor:.3f} s = {floor / m['git']:.2f}x git "
-          "ls-remote, before any work")
-    ok = all(r["noop"] for k in ("push", "pull") for r in got[k]) and \
-        got["git"][-1]["refs"] == models
+        if key in m:
+            print(f"{label:<34}{m[key]:>8.3f}{m[key] / m['git']:>8.2f}"
+                  f"{max(r['maxrss'] for r in got[key]) / MB:>13.0f}")
+    print(f"ssh connection setup {m['ssh']:.3f} s")
     results.update({"ssh_connect_s": m["ssh"], "ls_remote_s": m["git"],
                     "noop_push_s": m["push"], "noop_pull_s": m["pull"],
                     "noop_push_over_git": m["push"] / m["git"],
-                    "noop_pull_over_git": m["pull"] / m["git"],
-                    "cas_startup_s": m["local"], "far_startup_s": m["far"]})
-    checks.append((f"4. no-op push and pull report all {models} models up to date, nothing "
-                   "sent", ok, True))
+                    "noop_pull_over_git": m["pull"] / m["git"]})
+    if not smoke:
+        floor = m["local"] + m["far"]
+        per_model = {v: (m[v] - m[v + "1"]) / max(1, models - 1) for v in ("push", "pull")}
+        print(f"the two cas start-ups over ssh (local start-up + ssh HOST cas --version) "
+              f"{floor:.3f} s = {floor / m['git']:.2f}x git ls-remote, before any work")
+        print(f"each further model adds {1000 * per_model['push']:.1f} ms to a no-op push "
+              f"and {1000 * per_model['pull']:.1f} ms to a no-op pull")
+        results.update({"noop_push_one_s": m["push1"], "noop_pull_one_s": m["pull1"],
+                        "noop_push_ms_per_model": 1000 * per_model["push"],
+                        "noop_pull_ms_per_model": 1000 * per_model["pull"],
+                        "cas_startup_s": m["local"], "far_startup_s": m["far"]})
+    ok = all(r["noop"] for k in ("push", "pull", "push1", "pull1") if k in got
+             for r in got[k]) and got["git"][-1]["refs"] == models
+    checks.append(("4. no-op push and pull report every model up to date, nothing sent",
+                   ok, True))
     checks.append(("4. no-op push <= 2x git ls-remote", m["push"] <= 2 * m["git"], False))
     checks.append(("4. no-op pull <= 2x git ls-remote", m["pull"] <= 2 * m["git"], False))
-    if profile or (not smoke and max(m["push"], m["pull"]) > 2 * m["git"]):
-        print("\nprofile of the no-op push:")
-        print(profiled(far, many, "far", url, far.cas, ["push", "far"], work))
+    path, _, url = stores["many"]
+    for verb in ("push", "pull"):
+        if profile or (not smoke and m[verb] > 2 * m["git"]):
+            print(f"\nprofile of the no-op {verb} of {models} models:")
+            print(profiled(far, path, "far", url, far.cas, [verb, "far"], work))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -588,7 +633,7 @@ def big_model(far: Far, work: Path, size: int) -> dict:
     v1, v2 = (v["dir"] / "model.safetensors" for v in series["versions"])
     store = work / "store"
     name = "org/big"
-    run_cas(["--store", str(store), "init"])
+    init_store(store)
     set_remote(store, "first", far.url(work / "far-first"), far.cas_rss)
     add = cas(store, "add", name, str(v1.parent))
     print(f"{series['title']}: v1 added in {add['wall']:.2f} s, stored "

@@ -121,3 +121,23 @@ def test_bench_gc_smoke(tmp_path: Path) -> None:
     assert results["dry_list_bytes"] > 0 and results["now_list_bytes"] > 0  # reads were counted
     assert results["oldest_reclaimed_share"] >= 0.98
     assert all(passed for _, passed, correctness in results["checks"] if correctness)
+
+
+def test_bench_sync_smoke(tmp_path: Path) -> None:
+    """bench_sync with tiny data over a real loopback sshd: a fine-tune's push sends about
+    what its add stored, and every pushed or pulled model arrives intact (main asserts the
+    correctness checks in --smoke)."""
+    import shutil
+
+    from sshd import require_sshd
+
+    require_sshd()
+    for tool in ("rsync", "git-upload-pack"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    bench_sync = pytest.importorskip("bench_sync")
+    results = bench_sync.main(["--smoke", "--workdir", str(tmp_path)])
+    assert "skipped" not in results, results
+    assert 0 < results["real_directory_bytes_sent"] <= 1.1 * results["real_added"]
+    assert results["pull_bytes_sent"] < results["first_push_bytes_sent"] / 2
+    assert all(passed for _, passed, correctness in results["checks"] if correctness)
