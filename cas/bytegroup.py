@@ -190,7 +190,10 @@ def decode(stored: bytes, raw_len: int, object_id: str,
         if codec == 0:
             s = body
         elif codec == 1:
-            declared = zstandard.frame_content_size(body)
+            try:
+                declared = zstandard.frame_content_size(body)
+            except zstandard.ZstdError as exc:
+                raise bad(f"stream {k} has a damaged frame header ({exc})") from None
             if declared not in (-1, want):
                 raise bad(f"stream {k} declares {declared} bytes, expected {want}")
             try:

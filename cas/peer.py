@@ -157,19 +157,33 @@ class LocalPeer:
         return transfer.receive(self.store, f, self._lease)
 
     def present(self, blobs: list[str]) -> list[str]:
-        """The manifest blobs among ``blobs`` whose versions' content is here (not absent:
-        :mod:`cas.presence`); a blob that does not decode is left out."""
-        from cas import presence
+        """The manifest blobs among ``blobs`` whose versions' content this store keeps: a
+        version of one of its models that keeps data here (live, tagged, pinned, or removed
+        within the restore window) and is not absent (:mod:`cas.presence`). Anything else,
+        a manifest it merely fetched included, is not present."""
+        import time
+
+        from cas import graph, presence
 
         absent = presence.load(self.store.backend)
         reg = self.store.registry
+        kept: dict[str, set[str]] = {}
+        since = graph.restore_cutoff(self.store, time.time())
+        pinned = graph.pinned_here(self.store, [])
         out = []
         for b in blobs:
             try:
                 m = Manifest.decode(reg.blob(b.encode()))
             except CasError:
                 continue
-            if m.id is None or m.id not in absent:
+            if m.name not in kept:
+                try:
+                    st = reg.state(m.name)
+                    roots = graph.model_roots(reg, st, reg.tags(m.name), since, pinned, [])
+                    kept[m.name] = {r.blob.decode() for r in roots if r.id not in absent}
+                except CasError:
+                    kept[m.name] = set()
+            if b in kept[m.name]:
                 out.append(b)
         return out
 
@@ -284,13 +298,39 @@ class LocalPeer:
                 raise ConflictError(f"{u.ref} exists here with another value; --force "
                                     "replaces it")
         reg._move_ref(ref, current or ZERO, new)  # noqa: SLF001 - compare-and-swap
-        if kind == "model" and missing_content:
+        if kind == "model":
             from cas import presence
 
             st = reg.state(name)
             for seq in missing_content:
                 absent[st.version(seq).id] = presence.Absent(name, seq)
+            for root in self._kept_without_content(reg, st):
+                absent[root.id] = presence.Absent(name, root.seq)
         return "ok"
+
+    def _kept_without_content(self, reg: Registry, st: object) -> list[object]:
+        """Versions of the model ``st`` that are not live but whose data this store would
+        keep (tagged, pinned, removed within the restore window) and whose content is not
+        here: the sender did not hold or send it."""
+        import time
+
+        from cas import graph
+
+        problems: list[str] = []
+        tags = reg.tags(st.name)  # type: ignore[attr-defined]
+        pinned = graph.pinned_here(self.store, problems)
+        since = graph.restore_cutoff(self.store, time.time())
+        out = []
+        for r in graph.model_roots(reg, st, tags, since, pinned, problems):  # type: ignore[arg-type]
+            if r.why == graph.LIVE:
+                continue
+            try:
+                m = Manifest.decode(reg.blob(r.blob))
+            except CasError:
+                continue
+            if self._lacking([m]):
+                out.append(r)
+        return out
 
     def _check_versions(self, reg: Registry, name: str, current: bytes | None,
                         new: bytes, sent: set[str] | None) -> list[int]:

@@ -183,9 +183,10 @@ class Registry:
                 out[int(stem[:-5])] = item.sha
         return out
 
-    def history(self, name: str) -> Iterator[HistoryEntry]:
-        """Yield the model's commits, newest first (first-parent chain)."""
-        sha = self.head(name)
+    def history(self, name: str, head: bytes | None = None) -> Iterator[HistoryEntry]:
+        """Yield the model's commits, newest first (first-parent chain), from its ref's tip
+        or from ``head``."""
+        sha = head or self.head(name)
         while sha is not None:
             c = self._commit(sha)
             t = parse_trailers(c.message)
@@ -197,17 +198,18 @@ class Registry:
             )
             sha = parent
 
-    def state(self, name: str) -> ModelState:
-        """Walk the model's history once: live, added and removed versions, all events.
+    def state(self, name: str, head: bytes | None = None) -> ModelState:
+        """Walk the model's history once (from its ref's tip, or from commit ``head``): live,
+        added and removed versions, all events.
 
         Raises:
             NotFoundError: no such model.
         """
-        head = self.head(name)
+        head = head or self.head(name)
         if head is None:
             raise NotFoundError(f"model {name!r} is not registered" + self._did_you_mean(name))
         live = self._tree_versions(self._commit(head).tree)
-        history = list(self.history(name))
+        history = list(self.history(name, head))
         added: dict[int, HistoryEntry] = {}
         last_event: dict[int, HistoryEntry] = {}
         position: dict[str, int] = {}

@@ -99,6 +99,8 @@ class Framed:
             doc = msgspec.msgpack.decode(payload)
         except msgspec.DecodeError as exc:
             raise VerifyError(f"{self.peer}: undecodable message: {exc}") from None
+        except RecursionError:
+            raise VerifyError(f"{self.peer}: a message nests too deeply") from None
         if not isinstance(doc, dict):
             raise VerifyError(f"{self.peer}: a message is not a map")
         return doc

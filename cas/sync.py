@@ -58,6 +58,8 @@ class SyncResult(msgspec.Struct):
     objects_skipped: int = 0
     packs: int = 0
     seconds: float = 0.0
+    #: fetch: the remote's refs as recorded here (``ok``: new or moved, ``up-to-date``).
+    fetched: list[RefResult] = []
     warnings: list[CasWarning] = []
 
     @property
@@ -214,22 +216,54 @@ def _resolve_at(reg: Registry, model: str, tip: str, selector: str,
 
 def _content(reg: Registry, sender: Any, receiver: Any, model: str,
              selectors: set[str] | None, old: str | None, new: str,
-             refs: dict[str, str]) -> list[str]:
-    """The manifest blobs of ``model`` whose content to move: the selected versions (every
-    version live at ``new`` that ``old`` did not have, without selectors), those of them
-    the sender holds, less those the receiver already holds."""
-    live_new = _live(reg, new)
-    live_old = set(_live(reg, old).values())
+             refs: dict[str, str], cutoff: float) -> list[str]:
+    """The manifest blobs of ``model`` whose content to move: the selected versions (without
+    selectors, every version at ``new`` whose data a store keeps: live, tagged, pinned, and
+    removed at or after ``cutoff``, still restorable), those of them the sender holds, less
+    those the receiver already holds."""
     if selectors is None:
-        cand = [b for b in live_new.values() if b not in live_old]
-        # and versions the receiver registered without their content
-        cand += [b for b in live_new.values() if b in live_old]
+        cand = _root_blobs(reg, model, new, refs, cutoff)
     else:
         cand = sorted({_resolve_at(reg, model, new, v, refs) for v in selectors})
     cand = sender.present(cand) if cand else []
-    known = [b for b in cand if b in live_old]
-    there = set(receiver.present(known)) if known else set()
+    there = set(receiver.present(cand)) if cand else set()
+    del old
     return [b for b in cand if b not in there]
+
+
+def _root_blobs(reg: Registry, model: str, commit: str, refs: dict[str, str],
+                cutoff: float) -> list[str]:
+    """Manifest blobs of the versions of ``model`` at ``commit`` that keep data: live,
+    tagged or pinned (by ``refs``), removed at or after ``cutoff``."""
+    from cas import graph
+
+    tags: dict[tuple[str, str], str] = {}
+    pinned: set[tuple[str, str]] = set()
+    for ref, sha in refs.items():
+        try:
+            kind, name = check_ref_name(ref)
+        except CasError:
+            continue
+        owner, _, label = name.rpartition("@")
+        if owner != model or kind == "model":
+            continue
+        if kind == "tag":
+            target = rt.tag_target(reg, sha.encode())
+            if target is not None:
+                tags[(model, label)] = target.decode()
+        else:
+            pinned.add((model, label))
+    st = reg.state(model, commit.encode())
+    roots = graph.model_roots(reg, st, tags, cutoff, pinned, [])
+    return sorted({r.blob.decode() for r in roots})
+
+
+def _cutoff(store: Store) -> float:
+    """Versions removed at or after this time are still restorable here: their content
+    travels with their model."""
+    from cas import graph
+
+    return graph.restore_cutoff(store, time.time())
 
 
 def _counted(pieces: Iterator[bytes | memoryview], total: int,
@@ -314,6 +348,7 @@ def push(store: Store, spec: str, names: list[str] = (), *, force: bool = False,
         _hello(store, remote, peer, result)
         theirs = peer.refs()
         reg = store.registry
+        cutoff = _cutoff(store)
         updates, content = [], []
         for ref, sha in sorted(ours.items()):
             old = theirs.get(ref)
@@ -329,7 +364,7 @@ def push(store: Store, spec: str, names: list[str] = (), *, force: bool = False,
             if model_ref:
                 model = ref[len(MODEL_REF_PREFIX):]
                 content += _content(reg, local, peer, model, selection.get(model),
-                                    old, sha, ours)
+                                    old, sha, ours, cutoff)
         if updates or content:
             with peer.session("push"):
                 if updates:
@@ -357,6 +392,9 @@ def _refuse(reg: Registry, ref: str, old: str | None, new: str, force: bool) -> 
             return ""
         if rt.has(reg, old.encode()) and rt.is_ancestor(reg, new.encode(), old.encode()):
             return "the other side is ahead (it has versions or changes this side lacks)"
+        if not rt.has(reg, old.encode()):
+            return ("not a fast-forward: the other side has changes this store has not "
+                    "seen (pull first, then push; or --force)")
         return ("diverged: both sides changed the model since they last synced "
                 "(pull, then push; or --force)")
     return "exists on the other side with another value (--force replaces it)"
@@ -365,10 +403,14 @@ def _refuse(reg: Registry, ref: str, old: str | None, new: str, force: bool) -> 
 # -- fetch and pull ------------------------------------------------------------------------------
 
 
-def _fetch(store: Store, peer: Any, remote: str, result: SyncResult, prune: bool
-           ) -> dict[str, str]:
+def _fetch(store: Store, peer: Any, remote: str, result: SyncResult, prune: bool,
+           wanted: Iterable[str] = ()) -> dict[str, str]:
     """Bring the registry objects of every ref of ``peer`` and record them as tracking refs;
-    return the peer's refs."""
+    return the peer's refs whose history is here. A ref whose objects the peer cannot send
+    (damaged there) or that do not check out is reported ``rejected`` and left out: it does
+    not stop the others (a warning only, for a model outside ``wanted`` when models are
+    named)."""
+    wanted = set(wanted)
     _hello(store, remote, peer, result)
     theirs: dict[str, str] = {}
     for ref, sha in peer.refs().items():
@@ -382,15 +424,49 @@ def _fetch(store: Store, peer: Any, remote: str, result: SyncResult, prune: bool
     if wants:
         haves = sorted({v.decode() for p in (*SYNCED_PREFIXES, TRACKING_PREFIX.encode())
                         for v in reg.refs_under(p).values()})
-        objs = peer.registry_objects(wants, haves)
-        with store.writing():
-            rt.store_objects(reg, objs)
-        result.registry_objects = len(objs)
-        for s in wants:
-            rt.check_reachable(reg, s.encode())
+        try:
+            batches = [(wants, peer.registry_objects(wants, haves))]
+        except CasError:
+            # Something there is damaged: ask ref by ref, so the rest still comes.
+            batches = []
+            for w in wants:
+                try:
+                    batches.append(([w], peer.registry_objects([w], haves)))
+                except CasError as exc:
+                    _drop(theirs, {w}, result, exc, wanted)
+        for shas, objs in batches:
+            try:
+                with store.writing():
+                    rt.store_objects(reg, objs)
+                result.registry_objects += len(objs)
+            except CasError as exc:
+                _drop(theirs, set(shas), result, exc, wanted)
+                continue
+            for s in shas:
+                try:
+                    rt.check_reachable(reg, s.encode())
+                except CasError as exc:
+                    _drop(theirs, {s}, result, exc, wanted)
+    before = tracking_refs(store, remote) if remote else {}
     _track(store, remote, theirs, prune)
+    result.fetched = [RefResult(ref, "up-to-date" if before.get(ref) == sha else "ok")
+                      for ref, sha in sorted(theirs.items())]
     _share_locations(store, peer, result, send=False)
     return theirs
+
+
+def _drop(theirs: dict[str, str], shas: set[str], result: SyncResult, exc: CasError,
+          wanted: set[str]) -> None:
+    """Leave out the refs whose values are ``shas``: rejected (with the error's code), or a
+    warning for a model outside ``wanted`` (when models are named)."""
+    for ref, sha in list(theirs.items()):
+        if sha in shas:
+            del theirs[ref]
+            why = f"its history cannot be fetched: {exc.message}"
+            if wanted and _model_of(ref) not in wanted:
+                result.warnings.append(CasWarning("W_REF_NOT_FETCHED", f"{ref}: {why}"))
+            else:
+                result.refs.append(RefResult(ref, "rejected", f"{exc.code}: {why}"))
 
 
 def fetch(store: Store, spec: str) -> SyncResult:
@@ -401,6 +477,7 @@ def fetch(store: Store, spec: str) -> SyncResult:
     result = SyncResult(remote, url.url)
     with contextlib.closing(peer):
         _fetch(store, peer, remote, result, prune=True)
+    result.refs = sorted(result.refs + result.fetched, key=lambda r: r.ref)
     result.seconds = time.monotonic() - t0
     return result
 
@@ -426,13 +503,15 @@ def pull(store: Store, spec: str, names: list[str] = (), *,  # type: ignore[assi
     result = SyncResult(remote, url.url)
     local = LocalPeer(store)
     with contextlib.closing(peer):
-        fetched = _fetch(store, peer, remote, result, prune=not selection)
+        fetched = _fetch(store, peer, remote, result, prune=not selection,
+                         wanted=selection)
         theirs = _select(fetched, selection)
         for n in selection:
             if f"{MODEL_REF_PREFIX.decode()}{n}" not in theirs:
                 raise NotFoundError(f"model {n!r} is not on remote {spec}")
         ours = local.refs()
         reg = store.registry
+        cutoff = _cutoff(store)
         updates, blobs, diverged = [], [], []
         for ref, sha in sorted(theirs.items()):
             old = ours.get(ref)
@@ -454,7 +533,7 @@ def pull(store: Store, spec: str, names: list[str] = (), *,  # type: ignore[assi
             if model_ref and content:
                 model = ref[len(MODEL_REF_PREFIX):]
                 blobs += _content(reg, peer, local, model, selection.get(model), old,
-                                  target, fetched)
+                                  target, fetched, cutoff)
         if updates or blobs or diverged:
             with local.session("pull"):
                 _move_content(peer, local, blobs, result, progress)

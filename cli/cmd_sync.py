@@ -11,7 +11,7 @@ from cas.cli.render import count, human_bytes
 
 from cas import remotes as rem
 from cas import sync
-from cas.errors import ArgsError, ConflictError
+from cas.errors import ArgsError, ConflictError, error_of_code
 from cas.store import Store
 
 
@@ -46,15 +46,19 @@ def _report(ctx: Ctx, r: sync.SyncResult, verb: str, extra: list[str] | None = N
     lines += extra or []
     rejected = r.rejected
     if rejected:
-        if not ctx.out.json:
+        if not (ctx.out.json or ctx.out.quiet):
             for w in r.warnings:
                 sys.stderr.write(f"cas: warning: {w.message} [{w.code}]\n")
             for line in lines:
                 sys.stdout.write(line + "\n")
         first = rejected[0]
-        raise ReportedFailure(ConflictError(
-            f"{count(len(rejected), 'ref')} rejected; {first.ref}: {first.reason}"),
-            {"result": r})
+        # A refusal for bad bytes or a malformed history keeps its own code (E_VERIFY...);
+        # one for history that moved is E_CONFLICT.
+        code = first.reason.split(":", 1)[0]
+        message = f"{count(len(rejected), 'ref')} rejected; {first.ref}: {first.reason}"
+        error = (error_of_code(code, message) if code.startswith("E_") and code != "E_CONFLICT"
+                 else ConflictError(message))
+        raise ReportedFailure(error, {"result": r})
     ctx.out.result(r, lines)
 
 

@@ -305,8 +305,6 @@ def test_a_flipped_byte_anywhere_in_a_small_stream_is_refused(src: Store, dst: S
     sound(dst)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: cas/bytegroup.py decode lets zstandard.ZstdError "
-                   "out (a traceback) when a grouped stream's zstd frame header is damaged")
 def test_a_flipped_byte_in_a_derived_chunk_is_refused(src: Store, dst: Store) -> None:
     ids = closure(src, "org/m", [2])
     generations = transfer.plan(src, ids)
@@ -714,8 +712,6 @@ def test_pull_from_a_remote_whose_ref_is_not_an_object_fails_cleanly(
     assert code == 0 and doc["ok"], doc
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: cas/sync.py _fetch brings every remote ref's "
-                   "registry objects, so one damaged model there blocks pulling any other")
 def test_a_damaged_model_on_the_remote_does_not_block_pulling_another(
         src: Store, tmp_path: Path) -> None:
     remote, local = _remote_with_a_bad_ref(src, tmp_path, "1" * 40)
@@ -753,8 +749,6 @@ def test_malformed_frames_are_refused(data: bytes, err: type, what: str) -> None
     assert "\n" not in info.value.message
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: cas/rpc.py Framed.read_message lets RecursionError "
-                   "out for a deeply nested msgpack message (a server dies with a traceback)")
 def test_a_deeply_nested_message_is_refused() -> None:
     payload = b"\x91" * 100_000 + b"\xc0"  # a list in a list in a list ...
     with pytest.raises(VerifyError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import socket
 import time
 import stat
@@ -33,6 +34,12 @@ LEASE_SWAP_STALE = 120.0
 _KEEP_DEPTH = 3
 
 
+#: Names of the temps this process's writers have open: a sweep by another thread of the
+#: same process (a server handling requests side by side) must not take them for leftovers.
+_OPEN_TEMPS: set[str] = set()
+_OPEN_TEMPS_LOCK = threading.Lock()
+
+
 class LocalWriter:
     """A new object in a temp file; :meth:`commit` fsyncs and renames it into place."""
 
@@ -41,6 +48,8 @@ class LocalWriter:
         # The host is in the name: a store on a shared filesystem has other hosts' writers,
         # whose pids mean nothing here (see sweep()).
         self.tmp = tmp_name(backend.tmp_dir, f"{hint}.h-{_HOST}")
+        with _OPEN_TEMPS_LOCK:
+            _OPEN_TEMPS.add(self.tmp.name)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
         try:
             self.fd: int | None = os.open(self.tmp, flags, 0o644)
@@ -70,6 +79,7 @@ class LocalWriter:
         except BaseException:
             self.abort()
             raise
+        self._release()
 
     def abort(self) -> None:
         if self.fd is not None:
@@ -79,6 +89,11 @@ class LocalWriter:
                 pass
             self.fd = None
         self.tmp.unlink(missing_ok=True)
+        self._release()
+
+    def _release(self) -> None:
+        with _OPEN_TEMPS_LOCK:
+            _OPEN_TEMPS.discard(self.tmp.name)
 
 
 class LocalBackend:
@@ -298,8 +313,8 @@ class LocalBackend:
 
 def _writer_alive(entry: os.DirEntry[str]) -> bool:
     """True if the temp ``STEM[.h-HOST].PID.RAND.tmp`` (see :class:`LocalWriter`) may be a
-    running writer's: its process runs on this host (other than this one: its own temps are
-    not in use while it sweeps), or it was made on another host less than
+    running writer's: its process runs on this host (this one: a writer of it still has it
+    open), or it was made on another host less than
     :data:`FOREIGN_TEMP_STALE` seconds ago (that host's pids cannot be checked from here)."""
     parts = entry.name.split(".")
     if len(parts) < 4 or not parts[-3].isdigit():
@@ -310,7 +325,10 @@ def _writer_alive(entry: os.DirEntry[str]) -> bool:
         except FileNotFoundError:
             return False
     pid = int(parts[-3])
-    return pid != os.getpid() and process_alive(pid)
+    if pid == os.getpid():
+        with _OPEN_TEMPS_LOCK:
+            return entry.name in _OPEN_TEMPS
+    return process_alive(pid)
 
 
 def _raise_unless_missing(exc: OSError) -> None:
