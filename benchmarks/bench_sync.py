@@ -437,7 +437,9 @@ def section_pull(far: Far, work: Path, big: dict, runs: int, results: dict,
     template, run_store, co = work / "pull-template", work / "pull-store", work / "pull-out"
     init_store(template)
     set_remote(template, "origin", url, far.cas_rss)
-    cas(template, "pull", "origin")
+    base = cas(template, "pull", "origin")
+    print(f"the store holding v1: pulled {base['json']['objects_sent']} objects, "
+          f"{base['json']['bytes_sent']:,} B in {base['wall']:.2f} s")
     add = cas(store, "add", name, str(v2.parent))
     pushed = cas(store, "push", "first")["json"]
     far.take_rss()
@@ -503,6 +505,8 @@ def section_pull(far: Far, work: Path, big: dict, runs: int, results: dict,
                     "checkout_rss": max(r["checkout"]["maxrss"] for r in got["pull"])})
     checks.append(("3. v2 checked out after the pull, and rsync's copy, are identical to v2",
                    intact, True))
+    checks.append(("3. the pull moves only what v2 added (<= 1.1x what its push sent)",
+                   0 < doc["bytes_sent"] <= 1.1 * pushed["bytes_sent"], True))
     checks.append(("3. pull of v2 <= 0.5x rsync's delta update", t_pull <= 0.5 * t_rsync,
                    False))
     checks.append(("3. pull + checkout of v2 <= 1.0x rsync's delta update", t_both <= t_rsync,
