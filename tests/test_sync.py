@@ -146,6 +146,15 @@ def test_only_missing_objects_move(cas, tmp_path: Path) -> None:  # type: ignore
     far("verify", "--all", "-q")
     _checks_out(far, f"{NAME}@2", v2, tmp_path / "out2")
 
+    # the other way: a store that holds v1's bytes under another name receives only v2's
+    # changed chunks
+    here = _store(tmp_path, "here")
+    here("add", "other/copy", str(v1), "-q")
+    pulled = here("--json", "pull", str(remote), NAME).json
+    assert _status(pulled) == {MODEL_REF: "ok"}
+    assert pulled["bytes_sent"] <= second["bytes_sent"] and pulled["objects_skipped"] > 0
+    _checks_out(here, f"{NAME}@1", v1, tmp_path / "here1")
+
 
 def test_a_remote_with_other_chunker_parameters_is_accepted_with_a_warning(  # type: ignore[no-untyped-def]
         cas, tmp_path: Path) -> None:
@@ -558,36 +567,22 @@ def test_clone_refuses_an_existing_store_and_a_missing_remote(cas, tmp_path: Pat
 # -- removed versions ----------------------------------------------------------------------------
 
 
-def _pushed_with_a_removed_version(cas, tmp_path: Path) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
-    """v1 and v2 of NAME, v1 removed (restorable here), then pushed to a new folder."""
+def test_a_removed_version_travels_with_its_model_while_it_is_restorable(  # type: ignore[no-untyped-def]
+        cas, tmp_path: Path) -> None:
     v1 = _model(tmp_path / "v1", size=300_000)
     cas("add", NAME, str(v1), "-q")
     cas("add", NAME, str(_edit(v1, tmp_path / "v2", at=10)), "-q")
     cas("rm", f"{NAME}@1", "-q")
     remote = tmp_path / "remote"
     assert _status(cas("--json", "push", str(remote)).json) == {MODEL_REF: "ok"}
-    return v1, remote
-
-
-def test_a_model_pushed_with_a_removed_version_verifies_on_the_remote(  # type: ignore[no-untyped-def]
-        cas, tmp_path: Path) -> None:
-    _v1, remote = _pushed_with_a_removed_version(cas, tmp_path)
-    cas("verify", "--all", "-q")  # sound here
-    run = CasCli(remote)("--json", "verify", "--all", ok=False)
-    assert run.code == 0, run.out  # sound there too (the removed version is restorable)
-
-
-def test_restore_on_the_remote_never_makes_a_version_live_without_its_content(  # type: ignore[no-untyped-def]
-        cas, tmp_path: Path) -> None:
-    v1, remote = _pushed_with_a_removed_version(cas, tmp_path)
     far = CasCli(remote)
-    run = far("--json", "restore", f"{NAME}@1", ok=False)
-    if run.code == 0:  # restored: then it checks out, and others can still clone the model
-        _checks_out(far, f"{NAME}@1", v1, tmp_path / "out1")
-        CasCli(tmp_path / "clone")("clone", str(remote), "-q")
-    else:  # or refused, saying its content is not in that store
-        assert _error(run)["code"] == "E_NOT_FOUND"
-        assert [r["latest"] for r in far("--json", "ls").json["models"]] == [2]
+    # the remote is sound: the removed version's content came with it (not "broken")
+    assert far("--json", "verify", "--all").json["broken_versions"] == []
+    far("restore", f"{NAME}@1", "-q")
+    _checks_out(far, f"{NAME}@1", v1, tmp_path / "out1")
+    clone = CasCli(tmp_path / "clone")
+    clone("clone", str(remote), "-q")
+    _checks_out(clone, f"{NAME}@1", v1, tmp_path / "out2")
 
 
 # -- bad bytes from a remote ---------------------------------------------------------------------
