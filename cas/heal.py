@@ -21,7 +21,7 @@ import msgspec
 
 from cas.chunking import Chunker
 from cas.compression import CODEC_RAW, Compressor
-from cas.errors import from_os_error
+from cas.errors import VerifyError, from_os_error
 from cas.format.chunklist import ChunkList
 from cas.format.pack import KIND_CHUNK, KIND_CHUNK_LIST
 from cas.ids import blake3_id
@@ -98,3 +98,78 @@ def heal_from(store: Store, path: Path, progress: Progress | None = None) -> Hea
             raise
     return result
 
+
+
+#: Rounds of asking a remote: each brings chunk lists that were damaged or missing here, whose
+#: chunks the next round can then name.
+REMOTE_ROUNDS = 4
+
+
+def heal_from_remote(store: Store, spec: str, progress: Progress | None = None) -> HealResult:
+    """Store good copies, fetched from remote ``spec``, of every object a version kept here
+    needs and this store lacks a good copy of (call after a verify recorded the damage).
+
+    The remote sends transfer packs, verified on arrival like any pull (:mod:`cas.transfer`);
+    no registry entry changes. Objects the remote lacks too stay missing (the verify that
+    follows names them).
+
+    Raises:
+        ArgsError | NotFoundError | NetError: the remote cannot be reached.
+    """
+    from cas import graph, sync, transfer
+    from cas.peer import LocalPeer
+
+    result = HealResult()
+    _name, _url, peer = sync.connect(store, spec)
+    local = LocalPeer(store)
+    asked: set[bytes] = set()
+    try:
+        with local.session("repair"):
+            for _ in range(REMOTE_ROUNDS):
+                store.packs.refresh()
+                roots = graph.find_roots(store)
+                errors: list[str] = []
+                closure = graph.needs(store, [m for _r, m in graph.root_manifests(
+                    store, roots.roots, errors)])
+                wanted = set(transfer.missing(store, closure.ids)) | set(closure.unreadable)
+                wanted -= asked
+                if not wanted:
+                    break
+                asked |= wanted
+                ids = sorted(wanted)
+                lacking_there = set(peer.missing(ids))
+                ids = [oid for oid in ids if oid not in lacking_there]
+                if not ids:
+                    break
+                try:
+                    _fetch_objects(local, peer, ids, result, progress, spec)
+                except VerifyError:
+                    # Some object is damaged there too: take the others one by one, so
+                    # that one bad copy does not keep every good one out.
+                    for oid in ids:
+                        try:
+                            _fetch_objects(local, peer, [oid], result, progress, spec)
+                        except VerifyError:
+                            continue
+    finally:
+        peer.close()
+    return result
+
+
+def _fetch_objects(local, peer, ids: list[bytes], result: HealResult,  # type: ignore[no-untyped-def]
+                   progress: Progress | None, label: str) -> None:
+    """Receive ``ids`` from ``peer`` into ``local``'s store (transfer packs, verified)."""
+    total, pieces = peer.send(ids)
+    done = 0
+
+    def counted():  # type: ignore[no-untyped-def]
+        nonlocal done
+        for p in pieces:
+            done += len(p)
+            if progress is not None:
+                progress(done, total, label)
+            yield p
+
+    stats = local.receive(counted())
+    result.objects_stored += stats.objects - stats.already
+    result.bytes_stored += stats.bytes

@@ -138,10 +138,23 @@ class RemotePeer:
         self.name = name
         self._closer = closer
         self._hello: Hello | None = None
+        self._stream: Iterator[bytes] | None = None
 
     def _call(self, op: str, **args: Any) -> Any:
+        self._drain()
         self.framed.write_message({"op": op, "args": args})
         return self._answer()
+
+    def _drain(self) -> None:
+        """Read the rest of a stream its reader left unfinished (a transfer refused part
+        way), so the next answer is read from where it starts."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                for _ in stream:
+                    pass
+            except CasError:
+                pass  # the transfer already failed; its reader reported why
 
     def _answer(self) -> Any:
         doc = self.framed.read_message()
@@ -193,9 +206,17 @@ class RemotePeer:
 
     def send(self, ids: list[bytes]) -> tuple[int, Iterator[bytes]]:
         total = _typed(self._call("send", ids=pack_ids(ids)), int, self.name)
-        return total, self.framed.read_stream()
+
+        def stream() -> Iterator[bytes]:
+            yield from self.framed.read_stream()
+            self._stream = None
+            self._answer()  # how the stream ended: raises the far side's error
+
+        self._stream = stream()
+        return total, self._stream
 
     def receive(self, pieces: Iterable[bytes | memoryview]) -> TransferStats:
+        self._drain()
         self.framed.write_message({"op": "receive", "args": {}})
         self.framed.write_stream(pieces)
         return _typed(self._answer(), TransferStats, self.name)
@@ -321,7 +342,19 @@ def serve(peer: Any, framed: Framed, *, read_only: bool | str = False,
                 elif op == "send":
                     total, pieces = peer.send(unpack_ids(args.ids))
                     framed.write_message({"ok": True, "result": total})
-                    framed.write_stream(pieces)
+                    failed: list[CasError] = []
+
+                    def guarded(it: Iterable[bytes | memoryview] = pieces
+                                ) -> Iterator[bytes | memoryview]:
+                        try:
+                            yield from it
+                        except CasError as exc:  # a damaged pack here, found mid-stream
+                            failed.append(exc)
+
+                    framed.write_stream(guarded())
+                    framed.write_message(
+                        {"ok": True} if not failed else
+                        {"ok": False, "code": failed[0].code, "message": failed[0].message})
                     continue
                 else:
                     with _lease(peer, str(op), lease_each_write and session is None

@@ -469,7 +469,7 @@ class Store:
 
     def verify(self, spec: str | None = None, progress: Progress | None = None, *,
                repair: bool = False, files: bool = False,
-               heal_from: Path | None = None) -> VerifyReport:
+               heal_from: Path | None = None, heal_remote: str | None = None) -> VerifyReport:
         """Verify one version (``spec``) or, with ``spec=None``, everything a restore reads
         (see :mod:`cas.verify`); ``files`` adds the whole-file SHA-256 of every live version.
 
@@ -482,7 +482,8 @@ class Store:
         from cas.errors import ArgsError
         from cas.verify import verify_all, verify_version
 
-        if heal_from is not None and (spec is not None or not repair):
+        if (heal_from is not None or heal_remote is not None) and (spec is not None
+                                                                    or not repair):
             raise ArgsError("--from works with verify --all --repair")
         if spec is None:
             stored = 0
@@ -491,6 +492,11 @@ class Store:
 
                 verify_all(self, None)  # records the damaged copies heal must not trust
                 stored = heal(self, heal_from, progress).objects_stored
+            elif heal_remote is not None:
+                from cas.heal import heal_from_remote
+
+                verify_all(self, None)
+                stored = heal_from_remote(self, heal_remote, progress).objects_stored
             report = verify_all(self, progress, files=files)
             report.healed_objects = stored
             if repair and (report.bad_indexes or report.bad_midx):

@@ -10,7 +10,7 @@ from cas.cli.app import Ctx, NonEmptyPath, ReportedFailure, cli, pass_ctx, progr
 from cas.cli.complete import complete_model, complete_spec
 from cas.cli.render import human_bytes
 
-from cas.errors import ArgsError, VerifyError, error_of_code
+from cas.errors import ArgsError, CasError, VerifyError, error_of_code
 from cas.store import Store
 
 
@@ -161,9 +161,11 @@ def config_list(ctx: Ctx) -> None:
 @click.option("--repair", is_flag=True,
               help="With --all: rebuild missing or damaged pack indexes from their packs; move "
                    "packs that cannot be indexed to packs/quarantine/.")
-@click.option("--from", "from_", metavar="PATH", type=NonEmptyPath(),
+@click.option("--from", "from_", metavar="PATH|REMOTE", type=NonEmptyPath(),
               help="With --all --repair: first store good copies of damaged or missing "
-                   "objects from the original files under PATH (no version is added).")
+                   "objects from the original files under PATH, or from a remote store (a "
+                   "configured name, a URL, or a folder holding a store); no version is "
+                   "added.")
 @pass_ctx
 def verify(ctx: Ctx, spec: str | None, all_: bool, files: bool, repair: bool,
            from_: str | None) -> None:
@@ -177,12 +179,15 @@ def verify(ctx: Ctx, spec: str | None, all_: bool, files: bool, repair: bool,
       cas verify org/model@prod
       cas verify --all --files
       cas verify --all --repair --from ./checkpoints/run-7
+      cas verify --all --repair --from origin
     """
     if bool(spec) == all_:
         raise ArgsError("give either NAME[@V] or --all")
     with ctx.open() as store, progress_for(ctx) as bar:
+        remote = _remote_source(store, from_) if from_ else None
         report = store.verify(spec, bar, repair=repair, files=files,
-                              heal_from=Path(from_) if from_ else None)
+                              heal_from=Path(from_) if from_ and not remote else None,
+                              heal_remote=remote)
     if report.healed_objects:
         ctx.out.note(f"stored {report.healed_objects} objects from {from_}")
     for pack_id in report.repaired_indexes:
@@ -201,6 +206,31 @@ def verify(ctx: Ctx, spec: str | None, all_: bool, files: bool, repair: bool,
                 sys.stderr.write(f"problem: {p}\n")
         raise ReportedFailure(VerifyError(report.summary()), {"report": report})
     ctx.out.result(report, report.summary())
+
+
+def _remote_source(store: Store, spec: str) -> str | None:
+    """``spec`` when it names a remote store (a configured remote, an ssh or http URL, or a
+    folder holding a store), else None (a folder of original files)."""
+    from cas import remotes as rem
+
+    if spec in rem.load(store.backend):
+        return spec
+    try:
+        url = rem.parse_url(spec)
+    except CasError:
+        return None
+    if url.kind != "dir":
+        return spec
+    return spec if (Path(url.path or url.url) / "config.json").exists() and \
+        _claims_cas(Path(url.path or url.url)) else None
+
+
+def _claims_cas(path: Path) -> bool:
+    try:
+        Store.open(path).close()
+    except CasError:
+        return False
+    return True
 
 
 @cli.command()

@@ -177,3 +177,26 @@ def test_read_only_and_append_only(tmp_path: Path, cas: CasCli, store_path: Path
     finally:
         peer.close()
         proc.wait(timeout=30)
+
+
+def test_repair_over_ssh_from_a_remote_damaged_elsewhere(tmp_path: Path, sshd: Sshd) -> None:
+    """The far side finds a damaged chunk while streaming: it says so after the stream, the
+    client takes the good objects one by one, and the connection stays in step."""
+    from conftest import damage_chunk
+
+    a = _cli(tmp_path / "a", sshd)
+    a("init")
+    src = write_files(tmp_path / "m", {"w.bin": os.urandom(1_200_000)})
+    a("add", "org/m", str(src))
+    remote = tmp_path / "far"
+    a("remote", "add", "origin", sshd.url(remote), "--cas-command", sshd.cas)
+    a("push")
+    damage_chunk(tmp_path / "a", "org/m", "w.bin", 1)
+    damage_chunk(tmp_path / "a", "org/m", "w.bin", 3)
+    damage_chunk(remote, "org/m", "w.bin", 3)
+    r = a("verify", "--all", "--repair", "--from", "origin", "--json", ok=False)
+    assert r.json["error"]["code"] == "E_VERIFY", r.out
+    doc = r.json["report"]
+    assert doc["healed_objects"] == 1
+    assert [b["version"] for b in doc["broken_versions"]] == ["org/m@1"]
+    assert len(doc["bad_objects"]) == 1  # chunk 1 healed; chunk 3 is bad on both sides
