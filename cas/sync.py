@@ -469,14 +469,15 @@ def _drop(theirs: dict[str, str], shas: set[str], result: SyncResult, exc: CasEr
                 result.refs.append(RefResult(ref, "rejected", f"{exc.code}: {why}"))
 
 
-def fetch(store: Store, spec: str) -> SyncResult:
+def fetch(store: Store, spec: str, track_as: str = "") -> SyncResult:
     """Bring ``spec``'s refs into remote-tracking refs, with their registry objects (no
-    content)."""
+    content). ``track_as``: the tracking namespace for a remote named by URL (none by
+    default)."""
     t0 = time.monotonic()
     remote, url, peer = connect(store, spec)
     result = SyncResult(remote, url.url)
     with contextlib.closing(peer):
-        _fetch(store, peer, remote, result, prune=True)
+        _fetch(store, peer, remote or track_as, result, prune=True)
     result.refs = sorted(result.refs + result.fetched, key=lambda r: r.ref)
     result.seconds = time.monotonic() - t0
     return result
@@ -630,3 +631,20 @@ def _holders(store: Store, model: str, blob: str) -> list[str]:
         return blob in _live(reg, tip).values()
 
     return sorted(configured, key=lambda r: not has_it(r))
+
+
+def catalog(store: Store, spec: str) -> tuple[Store, SyncResult, Any]:
+    """Fetch ``spec`` and return a view of this store that reads its refs as its own (see
+    :mod:`cas.refview`), the fetch's result, and a function to call when done (it drops the
+    tracking refs of a remote named by URL)."""
+    from cas import refview
+
+    name = spec if spec in rem.load(store.backend) else ""
+    track = name or refview.URL_REMOTE
+    result = fetch(store, spec, track_as=track)
+
+    def done() -> None:
+        if not name:
+            _track(store, track, {}, prune=True)
+
+    return refview.store_view(store, track), result, done

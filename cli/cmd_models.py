@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import sys
 from typing import Any
 
@@ -20,6 +23,7 @@ from cas.cli.complete import complete_model, complete_spec
 from cas.cli.render import format_table, human_bytes, human_time, short_id
 
 from cas.errors import ArgsError, error_of_code
+from cas.store import Store
 
 
 def _tags_text(tags: dict[str, int]) -> str:
@@ -57,12 +61,14 @@ def _who(author: str) -> str:
 @pass_ctx
 def ls_cmd(ctx: Ctx, pattern: str | None, format_: str | None, role: str | None,
            tag: str | None, sort: str, long_: bool, names_only: bool, removed: bool) -> None:
-    """List models; PATTERN is a glob on names such as 'meta-llama/*'.
+    """List models; PATTERN is a glob on names such as 'meta-llama/*'. REMOTE: (a remote's
+    name or URL, then ':') lists that store's catalog instead, fetched now, without its
+    content: 'cas ls origin:' or 'cas ls origin:org/*'.
 
     \b
     Examples:
       cas ls 'sentence-transformers/*' --sort date
-      cas ls --long --tag prod
+      cas ls origin: --long --tag prod
     """
     if removed and (long_ or names_only or format_ or role or tag or sort != "name"):
         raise ArgsError("--removed lists removed versions: it takes only PATTERN")
@@ -71,7 +77,7 @@ def ls_cmd(ctx: Ctx, pattern: str | None, format_: str | None, role: str | None,
     if format_:
         format_ = format_.lower()
     if removed:
-        with ctx.open() as store:
+        with ctx.open() as local, remote_catalog(local, pattern) as (store, pattern):
             listing = store.removed(pattern)
         gone = listing.removed
         rows = [[f"{r.name}@{r.seq}", human_time(r.removed_at), _who(r.removed_by),
@@ -80,7 +86,7 @@ def ls_cmd(ctx: Ctx, pattern: str | None, format_: str | None, role: str | None,
         lines = format_table(["VERSION", "REMOVED", "BY", "RESTORABLE UNTIL", "TAGS"], rows)
         ctx.out.result(listing, lines if gone else "no removed versions")
         return
-    with ctx.open() as store:
+    with ctx.open() as local, remote_catalog(local, pattern) as (store, pattern):
         models = store.ls(pattern, format=format_, role=role, tag=tag, sort=sort)
         versions = store.ls_versions(models) if long_ else []
     if tag:
@@ -135,14 +141,15 @@ def _fail_after_listing(ctx: Ctx, rows: list[tuple[str, str | None, str | None]]
 @click.argument("spec", metavar="NAME[@V]", shell_complete=complete_spec)
 @pass_ctx
 def show(ctx: Ctx, spec: str) -> None:
-    """Show one version: its metadata (annotations merged) and files.
+    """Show one version: its metadata (annotations merged) and files. REMOTE:NAME[@V]
+    shows a version of a remote's catalog (fetched now, no content).
 
     \b
     Examples:
       cas show org/model@prod
-      cas show org/model --json
+      cas show origin:org/model --json
     """
-    with ctx.open() as store:
+    with ctx.open() as local, remote_catalog(local, spec) as (store, spec):
         d = store.show(spec)
         store_uuid = store.uuid
     m = d.manifest
@@ -209,7 +216,7 @@ def log(ctx: Ctx, spec: str) -> None:
       cas log org/model
       cas log org/model@3 --json
     """
-    with ctx.open() as store:
+    with ctx.open() as local, remote_catalog(local, spec) as (store, spec):
         rows = store.log(spec)
     table = []
     for r in rows:
@@ -358,3 +365,23 @@ def restore(ctx: Ctx, spec: str, author: str | None) -> None:
     if r.pins_restored:
         lines.append(f"  pins restored: {', '.join(r.pins_restored)}")
     ctx.out.result(r, lines)
+
+
+@contextmanager
+def remote_catalog(store: Store, text: str | None) -> Iterator[tuple[Store, str | None]]:
+    """``(store, text)``, or for ``REMOTE:REST`` a view of REMOTE's catalog (fetched now)
+    and REST (see :mod:`cas.refview`)."""
+    from cas import refview
+
+    split = refview.split_spec(store, text) if text else None
+    if split is None:
+        yield store, text
+        return
+    from cas import sync
+
+    remote, rest = split
+    view, _result, done = sync.catalog(store, remote)
+    try:
+        yield view, rest or None
+    finally:
+        done()
