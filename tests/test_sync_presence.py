@@ -181,7 +181,7 @@ def test_push_of_one_version_to_a_new_remote_sends_its_content_only(tmp_path: Pa
     here = CasCli(origin)
     remote = tmp_path / "remote"
     doc = here("--json", "push", str(remote), f"{NAME}@2").json
-    assert _status(doc) == {f"refs/models/{NAME}": "ok"}
+    assert _status(doc) == {f"refs/models/{NAME}": "ok"} and doc["registry_objects"] > 0
     assert SIZE <= doc["bytes_sent"] < 1.5 * SIZE, doc
     far = CasCli(remote)
     assert _present(far) == {1: False, 2: True, 3: False}

@@ -166,6 +166,8 @@ def test_both_added_a_version_rebase_renumbers_this_stores_after_the_remotes(  #
     doc = b("--json", "push").json
     assert {r["status"] for r in doc["refs"]} == {"ok"} and len(doc["refs"]) == 3
     assert _refs(remote) == _refs(b.store)
+    doc = CasCli(remote)("--json", "verify", "--all").json
+    assert (doc["versions_checked"], doc["not_present"]) == (3, [])
     doc = a("--json", "pull").json
     assert {r["status"] for r in doc["refs"]} == {"ok"}
     assert _ids(a) == {1: id1, 2: id_a, 3: id_b}
