@@ -194,7 +194,8 @@ class _ChunkedWriter(io.RawIOBase):
 
 
 def make_server(addr: str, path: Path, *, read_only: bool = False, append_only: bool = False,
-                tls_cert: str | None = None, tls_key: str | None = None) -> ThreadingHTTPServer:
+                tls_cert: str | None = None, tls_key: str | None = None,
+                raw_storage: bool = False) -> ThreadingHTTPServer:
     """An HTTP server for the store at ``path`` on ``addr`` (``HOST:PORT``; port 0 picks one).
 
     Raises:
@@ -257,7 +258,7 @@ def make_server(addr: str, path: Path, *, read_only: bool = False, append_only: 
                       read_only=read_only or (access != "write"
                                               and "this token may read, not write"),
                       append_only=append_only,
-                      lease_each_write=True)
+                      lease_each_write=True, raw_storage=raw_storage)
             finally:
                 served.close()
             out.end()

@@ -238,6 +238,13 @@ class RemotePeer:
         return _typed(self._call("update_refs", updates=updates, force=force,
                                  content=content), list[RefResult], self.name)
 
+    def put(self, name: str, pieces: Iterable[bytes | memoryview]) -> None:
+        """Raw storage: write object ``name`` from ``pieces`` (:mod:`cas.storage.remote`)."""
+        self._drain()
+        self.framed.write_message({"op": "st_put", "args": {"name": name}})
+        self.framed.write_stream(pieces)
+        self._answer()
+
     def session(self, purpose: str) -> Any:
         import contextlib
 
@@ -284,13 +291,21 @@ class _Args(msgspec.Struct, forbid_unknown_fields=False):
     purpose: str = "serve"
     chunker: dict[str, Any] = {}
     derive: bool = True
+    # raw storage (cas.storage.remote)
+    name: str = ""
+    names: list[str] = []
+    offset: int = 0
+    length: int = 0
+    expected: Any = None
+    new: bytes | None = None
 
 
 WRITE_OPS = {"put_registry_objects", "receive", "update_refs", "init", "merge_locations"}
 
 
 def serve(peer: Any, framed: Framed, *, read_only: bool | str = False,
-          append_only: bool = False, lease_each_write: bool = False) -> None:
+          append_only: bool = False, lease_each_write: bool = False,
+          raw_storage: bool = False) -> None:
     """Answer requests on ``framed`` with ``peer`` (a :class:`LocalPeer`) until ``bye`` or
     the end of the stream. Errors are answered, not raised, except a broken stream.
     ``lease_each_write``: a write outside a session holds a lease of its own (HTTP, where
@@ -313,6 +328,9 @@ def serve(peer: Any, framed: Framed, *, read_only: bool | str = False,
                 continue
             if op == "bye":
                 return
+            if isinstance(op, str) and op.startswith("st_"):
+                _serve_storage(peer, framed, op, args, raw_storage, not read_only, append_only)
+                continue
             if op == "receive":
                 # The stream follows the request whatever the answer: read it first.
                 try:
@@ -320,7 +338,7 @@ def serve(peer: Any, framed: Framed, *, read_only: bool | str = False,
                         raise error_of_code("E_PERM", why)
                     with _lease(peer, "receive", lease_each_write and session is None):
                         result: Any = peer.receive(framed.read_stream())
-                    framed.write_message({"ok": True, "result": msgspec.to_builtins(result)})
+                    framed.write_message({"ok": True, "result": _plain(result)})
                 except CasError as exc:
                     _drain(framed)
                     framed.write_message({"ok": False, "code": exc.code,
@@ -363,16 +381,66 @@ def serve(peer: Any, framed: Framed, *, read_only: bool | str = False,
             except CasError as exc:
                 framed.write_message({"ok": False, "code": exc.code, "message": exc.message})
                 continue
-            framed.write_message({"ok": True, "result": msgspec.to_builtins(result)})
+            framed.write_message({"ok": True, "result": _plain(result)})
     finally:
         if session is not None:
             session.__exit__(None, None, None)
+
+
+def _serve_storage(peer: Any, framed: Framed, op: str, args: Any, allowed: bool, write: bool,
+                   append_only: bool) -> None:
+    """Answer a raw storage verb (:mod:`cas.storage.remote`); ``st_put`` reads its stream
+    whatever the answer."""
+    from cas.storage.remote import serve_op
+
+    try:
+        if not allowed:
+            raise error_of_code("E_PERM", "this server does not offer raw storage "
+                                          "(cas serve --raw-storage)")
+        backend = peer.raw_backend()
+        if op == "st_put":
+            if not write:
+                raise error_of_code("E_PERM", "raw storage: this connection may only read")
+            from cas.storage import check_name
+
+            try:
+                check_name(args.name)
+            except ValueError as exc:
+                raise error_of_code("E_ARGS", f"raw storage: {exc}") from None
+            writer = backend.open_write("put")
+            try:
+                for piece in framed.read_stream():
+                    writer.write(piece)
+                writer.commit(args.name)
+            except BaseException:
+                writer.abort()
+                raise
+            result = None
+        else:
+            result = serve_op(backend, op, args, write=write, append_only=append_only)
+    except CasError as exc:
+        if op == "st_put":
+            _drain(framed)
+        framed.write_message({"ok": False, "code": exc.code, "message": exc.message})
+        return
+    except OSError as exc:
+        from cas.errors import from_os_error
+
+        err = from_os_error(exc, f"raw storage {op}")
+        framed.write_message({"ok": False, "code": err.code, "message": err.message})
+        return
+    framed.write_message({"ok": True, "result": _plain(result)})
 
 
 def _lease(peer: Any, purpose: str, take: bool) -> Any:
     import contextlib
 
     return peer.session(purpose) if take else contextlib.nullcontext()
+
+
+def _plain(result: Any) -> Any:
+    """``result`` as msgpack builtins, bytes kept as bytes (not base64 text)."""
+    return msgspec.to_builtins(result, builtin_types=(bytes,))
 
 
 def _drain(framed: Framed) -> None:

@@ -51,6 +51,13 @@ class ServedStore:
     def hello(self) -> Hello:
         return self._open().hello()
 
+    def raw_backend(self) -> Any:
+        """The bytes at the served path, for raw storage (no store needed there)."""
+        from cas.storage.local import LocalBackend
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        return LocalBackend(self.path)
+
     def close(self) -> None:
         if self._peer is not None:
             self._peer.close()
@@ -100,7 +107,7 @@ class Refusing:
 
 
 def serve_stdio(path: str | None, restrict: tuple[str, ...] = (), *, read_only: bool = False,
-                append_only: bool = False) -> None:
+                append_only: bool = False, raw_storage: bool = False) -> None:
     """Serve the store at ``path`` (see :func:`resolve_path`) on stdin and stdout until the
     client says bye."""
     from cas.rpc import Framed, serve
@@ -112,6 +119,7 @@ def serve_stdio(path: str | None, restrict: tuple[str, ...] = (), *, read_only: 
         served = Refusing(exc)
     framed = Framed(sys.stdin.buffer, sys.stdout.buffer, "the client")
     try:
-        serve(served, framed, read_only=read_only, append_only=append_only)
+        serve(served, framed, read_only=read_only, append_only=append_only,
+              raw_storage=raw_storage)
     finally:
         served.close()

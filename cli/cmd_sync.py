@@ -215,9 +215,12 @@ def clone(ctx: Ctx, url: str, path: Path | None, description: str | None,
 @click.option("--restrict-to", metavar="DIR", multiple=True,
               help="Serve only stores under DIR (repeatable); for a forced command in "
                    "authorized_keys, where PATH comes from SSH_ORIGINAL_COMMAND.")
+@click.option("--raw-storage", is_flag=True,
+              help="Also answer the storage verbs (read, write, swap, delete of raw bytes "
+                   "under PATH) for cas.storage.remote: unchecked bytes, trusted clients only.")
 def serve(path: str | None, stdio: bool, http_addr: str | None, tls_cert: str | None,
           tls_key: str | None, read_only: bool, append_only: bool,
-          restrict_to: tuple[str, ...]) -> None:
+          restrict_to: tuple[str, ...], raw_storage: bool) -> None:
     """Offer the store at PATH to other hosts' push, pull, fetch and clone.
 
     --stdio is what an ssh remote runs on the far side. --http serves a fleet: every
@@ -237,14 +240,16 @@ def serve(path: str | None, stdio: bool, http_addr: str | None, tls_cert: str | 
     if (tls_cert is None) != (tls_key is None) or (tls_cert and not http_addr):
         raise ArgsError("--tls-cert and --tls-key go together, with --http")
     if stdio:
-        serve_stdio(path, restrict_to, read_only=read_only, append_only=append_only)
+        serve_stdio(path, restrict_to, read_only=read_only, append_only=append_only,
+                    raw_storage=raw_storage)
         return
     from cas.http import make_server
 
     target = resolve_path(path, restrict_to)
     Store.open(target).close()  # refuse a path that is not a store before listening
     server = make_server(http_addr, target, read_only=read_only,  # type: ignore[arg-type]
-                         append_only=append_only, tls_cert=tls_cert, tls_key=tls_key)
+                         append_only=append_only, tls_cert=tls_cert, tls_key=tls_key,
+                         raw_storage=raw_storage)
     host, port = server.server_address[:2]
     scheme = "https" if tls_cert else "http"
     sys.stderr.write(f"cas: serving {target} on {scheme}://{host}:{port}/\n")
@@ -309,7 +314,7 @@ def token_list(ctx: Ctx) -> None:
 @click.argument("name")
 @pass_ctx
 def token_remove(ctx: Ctx, name: str) -> None:
-    """Stop accepting token NAME (a running server notices within a second).
+    """Stop accepting token NAME (a running server refuses it from its next request on).
 
     \b
     Examples:

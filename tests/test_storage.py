@@ -6,6 +6,8 @@ fixture."""
 from __future__ import annotations
 
 import errno
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -17,13 +19,62 @@ from cas.storage.local import LocalBackend
 from cas.storage.memory import MemoryBackend
 
 
-@pytest.fixture(params=["local", "memory", "faulty-local"])
+@pytest.fixture(params=["local", "memory", "faulty-local", "remote-stdio", "remote-http"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path):
     if request.param == "local":
         return LocalBackend(tmp_path)
     if request.param == "memory":
         return MemoryBackend()
+    if request.param == "remote-stdio":
+        return _remote_stdio(request, tmp_path)
+    if request.param == "remote-http":
+        return _remote_http(request, tmp_path)
     return FaultyBackend(LocalBackend(tmp_path))
+
+
+def _remote_stdio(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A store's bytes behind ``cas serve --stdio --raw-storage`` (what ssh runs)."""
+    from cas.rpc import Framed, RemotePeer
+    from cas.storage.remote import RemoteBackend
+
+    proc = subprocess.Popen([sys.executable, "-m", "cas.cli.main", "serve", "--stdio",
+                             "--raw-storage", str(tmp_path / "served")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    peer = RemotePeer(Framed(proc.stdout, proc.stdin, "serve"), "serve")
+
+    def stop() -> None:
+        peer.close()
+        proc.stdin.close()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+
+    request.addfinalizer(stop)
+    return RemoteBackend(peer)
+
+
+def _remote_http(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A store's bytes behind ``cas serve --http --raw-storage`` with a write token."""
+    from cas import tokens
+    from cas.http import connect, make_server
+    from cas.remotes import parse_url
+    from cas.storage.remote import RemoteBackend
+    from cas.store import Store
+
+    served = tmp_path / "served"
+    Store.init(served).close()
+    token = tokens.add(served, "t", "write")
+    server = make_server("127.0.0.1:0", served, raw_storage=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = parse_url(f"http://127.0.0.1:{server.server_address[1]}/")
+    peer = connect(url, None, token)
+
+    def stop() -> None:
+        peer.close()
+        server.shutdown()
+        server.server_close()
+
+    request.addfinalizer(stop)
+    return RemoteBackend(peer)
 
 
 # -- the generic suite ---------------------------------------------------------------------------
@@ -142,6 +193,8 @@ def test_local_sweep_removes_temps_and_stale_swap_locks(tmp_path: Path) -> None:
     b = LocalBackend(tmp_path)
     w = b.open_write("pack")
     w.write(b"half")  # the writer is "killed" here: its temp stays
+    assert b.sweep() == 0  # while its writer has it open, a temp of this process is live
+    w._release()  # noqa: SLF001 - what the writer's process dying means for its temps
     b.swap("registry/refs/models/m", None, b"1")
     (tmp_path / "registry/refs/models/m.lock").write_bytes(b"2")  # a killed swap's lock
     with pytest.raises(FileExistsError):  # a held (or stale) lock refuses other swaps
