@@ -110,11 +110,25 @@ def _held(store: Store) -> dict[str, list[str]]:
     return out
 
 
+def damage(store: Store) -> str | None:
+    """Why the log cannot be read (a missing or damaged object), or None."""
+    try:
+        store.registry.read_ref_files(REF)
+    except CasError as exc:
+        return exc.message
+    return None
+
+
 def _commit(store: Store, entries: dict[str, Entry], subject: str) -> None:
-    """Write ``entries`` as the new tip of the log (the caller holds the write lock)."""
+    """Write ``entries`` as the new tip of the log (the caller holds the write lock). A log
+    whose tip cannot be read is written over, on top of that tip: entries of other stores
+    come back with the next syncs."""
     reg = store.registry
-    found = reg.read_ref_files(REF)
-    tip = found[0] if found else None
+    try:
+        found = reg.read_ref_files(REF)
+    except CasError:
+        found = None
+    tip = found[0] if found else reg.refs_under(b"refs/cas/").get(REF)
     files = {f"{u}.json".encode(): e.encode() for u, e in sorted(entries.items())}
     if found is not None and found[1] == files:
         return
@@ -127,14 +141,20 @@ def refresh(store: Store) -> Entry | None:
     uuid = store.uuid
     if not uuid:
         return None
+    held = _held(store)
+    desc = str(store.settings.get("description") or "")
+    mine = read(store).get(uuid)
+    if mine is not None and mine.versions == held and mine.description == desc:
+        return mine  # nothing changed: no lock taken, nothing written
     with store.writing():
         entries = read(store)
         held = _held(store)
-        desc = str(store.settings.get("description") or "")
         mine = entries.get(uuid)
         if mine is not None and mine.versions == held and mine.description == desc:
             return mine
-        serial = (mine.serial + 1) if mine else 1
+        # Above the last serial, and at least the time in seconds: a store whose log was lost
+        # or damaged still outranks the entries of itself that others kept.
+        serial = max((mine.serial + 1) if mine else 1, int(time.time()))
         entries[uuid] = Entry(uuid, serial, iso_utc(time.time()), held, desc)
         _commit(store, entries, f"locations: {uuid} holds "
                                 f"{sum(len(v) for v in held.values())} versions")
@@ -153,6 +173,10 @@ def merge(store: Store, incoming: list[bytes]) -> int:
             theirs.append(decode(raw))
         except SchemaError:
             continue
+    known = read(store)
+    if not any(e.uuid != store.uuid and (e.uuid not in known
+                                         or e.serial > known[e.uuid].serial) for e in theirs):
+        return 0  # nothing newer: no lock taken
     with store.writing():
         entries = read(store)
         changed = 0
@@ -213,17 +237,23 @@ def whereis(store: Store, spec: str, verify: bool = False) -> WhereisResult:
         versions = st.live_versions()
     else:
         versions = [store.resolve(spec)]
+    result = WhereisResult([])
+    why = damage(store)
+    if why is not None:
+        result.warnings.append(CasWarning(
+            "W_LOCATIONS_DAMAGED", f"the location log could not be read ({why}); it is "
+            "rewritten with this store's entry, and the next syncs bring the others back"))
     try:
         refresh(store)
-    except CasError:
-        pass
+    except CasError as exc:
+        result.warnings.append(CasWarning("W_LOCATIONS_NOT_SAVED",
+                                          f"this store's location entry: {exc.message}"))
     entries = read(store)
     configured = rem.load(store.backend)
     by_uuid: dict[str, list[str]] = {}
     for name, r in sorted(configured.items()):
         if r.uuid:
             by_uuid.setdefault(r.uuid, []).append(name)
-    result = WhereisResult([])
     for v in versions:
         holders = []
         for uuid, e in sorted(entries.items()):

@@ -68,6 +68,7 @@ class LocalPeer:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._lease = None
+        self._lacking_memo: dict[bytes, list[str]] | None = None
 
     # -- session -----------------------------------------------------------------------------
 
@@ -156,6 +157,12 @@ class LocalPeer:
         f = io.BufferedReader(transfer.IterReader(pieces), 1 << 20)
         return transfer.receive(self.store, f, self._lease)
 
+    def absent(self) -> list[str]:
+        """Ids of the versions registered here without their content (:mod:`cas.presence`)."""
+        from cas import presence
+
+        return sorted(presence.load(self.store.backend))
+
     def present(self, blobs: list[str]) -> list[str]:
         """The manifest blobs among ``blobs`` whose versions' content this store keeps: a
         version of one of its models that keeps data here (live, tagged, pinned, or removed
@@ -164,12 +171,15 @@ class LocalPeer:
         import time
 
         from cas import graph, presence
+        from cas.rootcache import RootCache
 
         absent = presence.load(self.store.backend)
         reg = self.store.registry
         kept: dict[str, set[str]] = {}
         since = graph.restore_cutoff(self.store, time.time())
         pinned = graph.pinned_here(self.store, [])
+        cache = RootCache(self.store)
+        tags = reg.tags()
         out = []
         for b in blobs:
             try:
@@ -178,13 +188,17 @@ class LocalPeer:
                 continue
             if m.name not in kept:
                 try:
-                    st = reg.state(m.name)
-                    roots = graph.model_roots(reg, st, reg.tags(m.name), since, pinned, [])
+                    summary = cache.summary(reg, m.name)
+                    roots = graph.model_roots(reg, summary, tags, since, pinned, [])
                     kept[m.name] = {r.blob.decode() for r in roots if r.id not in absent}
                 except CasError:
                     kept[m.name] = set()
             if b in kept[m.name]:
                 out.append(b)
+        try:
+            cache.save()
+        except CasError:
+            pass
         return out
 
     def update_refs(self, updates: list[RefUpdate], force: bool = False,
@@ -198,13 +212,22 @@ class LocalPeer:
         content is recorded absent (:mod:`cas.presence`); a version in ``content`` that was
         absent here and is now complete becomes present. A tag or pin is created, or moved
         with ``force``. Refused updates are reported, not raised; the others still apply."""
+        order = sorted(updates, key=lambda u: (not u.ref.startswith("refs/models/"), u.ref))
+        sent = None if content is None else set(content)
+        self._lacking_memo = {}
+        try:
+            return self._apply(force, sent, order)
+        finally:
+            self._lacking_memo = None
+
+    def _apply(self, force: bool, sent: set[str] | None,
+               order: list[RefUpdate]) -> list[RefResult]:
         from cas import presence
 
         store = self.store
-        order = sorted(updates, key=lambda u: (not u.ref.startswith("refs/models/"), u.ref))
-        out = []
-        sent = None if content is None else set(content)
+        out: list[RefResult] = []
         with store.writing():
+            store.maintain_midx()  # what just arrived is looked up through one index
             reg = store.registry
             absent: dict[str, presence.Absent] = {}
             for u in order:
@@ -357,13 +380,22 @@ class LocalPeer:
         return without
 
     def _lacking(self, manifests: list[Manifest]) -> list[str]:
-        """Ids (hex) of objects ``manifests`` need that are not usable here."""
+        """Ids (hex) of objects ``manifests`` need that are not usable here (remembered per
+        manifest for the rest of one :meth:`update_refs`)."""
         from cas import graph
 
+        memo = getattr(self, "_lacking_memo", None)
+        key = b"".join(sorted(m.encode() for m in manifests)) if memo is not None else b""
+        if memo is not None and key in memo:
+            return memo[key]
         c = graph.needs(self.store, manifests)
         if c.unreadable:
-            return [oid.hex() for oid in c.unreadable]
-        return [oid.hex() for oid in transfer.missing(self.store, c.ids)]
+            found = [oid.hex() for oid in c.unreadable]
+        else:
+            found = [oid.hex() for oid in transfer.missing(self.store, c.ids)]
+        if memo is not None:
+            memo[key] = found
+        return found
 
 
 def check_ref_name(ref: str) -> tuple[str, str]:

@@ -224,6 +224,9 @@ class RemotePeer:
     def locations(self) -> list[bytes]:
         return _typed(self._call("locations"), list[bytes], self.name)
 
+    def absent(self) -> list[str]:
+        return _typed(self._call("absent"), list[str], self.name)
+
     def merge_locations(self, entries: list[bytes]) -> int:
         return _typed(self._call("merge_locations", entries=entries), int, self.name)
 
@@ -468,6 +471,8 @@ def _dispatch(peer: Any, op: Any, args: _Args, append_only: bool) -> Any:
         return peer.put_registry_objects(args.objects)
     if op == "locations":
         return peer.locations()
+    if op == "absent":
+        return peer.absent()
     if op == "merge_locations":
         return peer.merge_locations(args.entries)
     if op == "present":

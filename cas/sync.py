@@ -124,8 +124,10 @@ def _hello(store: Store, remote: str, peer: Any, result: SyncResult) -> None:
     hello = peer.hello()
     result.warnings += _chunker_warning(store, hello)
     if remote and hello.uuid:
-        with store.writing():
-            rem.record_uuid(store.backend, remote, hello.uuid)
+        known = rem.load(store.backend).get(remote)
+        if known is not None and known.uuid != hello.uuid:
+            with store.writing():
+                rem.record_uuid(store.backend, remote, hello.uuid)
 
 
 def _share_locations(store: Store, peer: Any, result: SyncResult, send: bool) -> None:
@@ -214,48 +216,78 @@ def _resolve_at(reg: Registry, model: str, tip: str, selector: str,
     raise NotFoundError(f"{model}@{selector}: no such live version")
 
 
-def _content(reg: Registry, sender: Any, receiver: Any, model: str,
-             selectors: set[str] | None, old: str | None, new: str,
-             refs: dict[str, str], cutoff: float) -> list[str]:
-    """The manifest blobs of ``model`` whose content to move: the selected versions (without
-    selectors, every version at ``new`` whose data a store keeps: live, tagged, pinned, and
-    removed at or after ``cutoff``, still restorable), those of them the sender holds, less
-    those the receiver already holds."""
-    if selectors is None:
-        cand = _root_blobs(reg, model, new, refs, cutoff)
-    else:
-        cand = sorted({_resolve_at(reg, model, new, v, refs) for v in selectors})
-    cand = sender.present(cand) if cand else []
+class _Job(msgspec.Struct):
+    """One model whose content may move: its selectors (None: every version that keeps
+    data), the receiver's tip (``old``) and the sender's (``new``)."""
+
+    model: str
+    selectors: set[str] | None
+    old: str | None
+    new: str
+
+
+def _content(reg: Registry, sender: Any, receiver: Any, jobs: list[_Job],
+             refs: dict[str, str], cutoff: float, receiver_absent: set[str]) -> list[str]:
+    """The manifest blobs whose content to move, asked of both sides in one call each: the
+    selected versions; for a model whose ref moves, every version at ``new`` that keeps data
+    (live, tagged, pinned, removed at or after ``cutoff``: still restorable); for a model
+    already in step, those the receiver registered without their content
+    (``receiver_absent``: version ids). Only those the sender holds, less those the
+    receiver holds."""
+    by_model = _labels(refs)
+    cand: list[str] = []
+    for job in jobs:
+        if job.selectors is not None:
+            cand += sorted({_resolve_at(reg, job.model, job.new, v, refs)
+                            for v in job.selectors})
+            continue
+        if job.old == job.new and not receiver_absent:
+            continue  # in step, and the receiver lacks no content: nothing to ask
+        roots = _roots_at(reg, job.model, job.new, by_model.get(job.model, ({}, set())),
+                          cutoff)
+        if job.old == job.new:
+            roots = [r for r in roots if r.id in receiver_absent]
+        cand += sorted({r.blob.decode() for r in roots})
+    if not cand:
+        return []
+    cand = sender.present(cand)
     there = set(receiver.present(cand)) if cand else set()
-    del old
     return [b for b in cand if b not in there]
 
 
-def _root_blobs(reg: Registry, model: str, commit: str, refs: dict[str, str],
-                cutoff: float) -> list[str]:
-    """Manifest blobs of the versions of ``model`` at ``commit`` that keep data: live,
-    tagged or pinned (by ``refs``), removed at or after ``cutoff``."""
-    from cas import graph
-
-    tags: dict[tuple[str, str], str] = {}
-    pinned: set[tuple[str, str]] = set()
+def _labels(refs: dict[str, str]) -> dict[str, tuple[dict[str, bytes], set[str]]]:
+    """model -> (its tags: tag -> tag object id, its pinned version ids), in one pass."""
+    out: dict[str, tuple[dict[str, bytes], set[str]]] = {}
     for ref, sha in refs.items():
+        if ref.startswith(MODEL_REF_PREFIX.decode()):
+            continue
         try:
             kind, name = check_ref_name(ref)
         except CasError:
             continue
         owner, _, label = name.rpartition("@")
-        if owner != model or kind == "model":
-            continue
+        tags, pins = out.setdefault(owner, ({}, set()))
         if kind == "tag":
-            target = rt.tag_target(reg, sha.encode())
-            if target is not None:
-                tags[(model, label)] = target.decode()
+            tags[label] = sha.encode()
         else:
-            pinned.add((model, label))
+            pins.add(label)
+    return out
+
+
+def _roots_at(reg: Registry, model: str, commit: str,
+              labels: tuple[dict[str, bytes], set[str]], cutoff: float) -> list[Any]:
+    """The versions of ``model`` at ``commit`` that keep data: live, tagged or pinned (by
+    ``labels``), removed at or after ``cutoff``."""
+    from cas import graph
+
+    tags: dict[tuple[str, str], str] = {}
+    for label, sha in labels[0].items():
+        target = rt.tag_target(reg, sha)
+        if target is not None:
+            tags[(model, label)] = target.decode()
+    pinned = {(model, vid) for vid in labels[1]}
     st = reg.state(model, commit.encode())
-    roots = graph.model_roots(reg, st, tags, cutoff, pinned, [])
-    return sorted({r.blob.decode() for r in roots})
+    return graph.model_roots(reg, st, tags, cutoff, pinned, [])
 
 
 def _cutoff(store: Store) -> float:
@@ -300,6 +332,10 @@ def _track(store: Store, remote: str, theirs: dict[str, str], prune: bool) -> No
         return
     reg = store.registry
     base = f"{TRACKING_PREFIX}{remote}/"
+    have = {k.decode(): v.decode() for k, v in reg.refs_under(base.encode()).items()}
+    wanted = {base + r[len("refs/"):]: sha for r, sha in theirs.items()}
+    if have == wanted or (not prune and all(have.get(k) == v for k, v in wanted.items())):
+        return
     with store.writing():
         have = {k.decode(): v.decode() for k, v in reg.refs_under(base.encode()).items()}
         for ref, sha in theirs.items():
@@ -309,7 +345,6 @@ def _track(store: Store, remote: str, theirs: dict[str, str], prune: bool) -> No
                               have[local].encode() if local in have else b"0" * 40,
                               sha.encode())
         if prune:
-            wanted = {base + r[len("refs/"):] for r in theirs}
             for local in have:
                 if local not in wanted:
                     reg.delete_ref(local.encode())
@@ -349,7 +384,7 @@ def push(store: Store, spec: str, names: list[str] = (), *, force: bool = False,
         theirs = peer.refs()
         reg = store.registry
         cutoff = _cutoff(store)
-        updates, content = [], []
+        updates, jobs = [], []
         for ref, sha in sorted(ours.items()):
             old = theirs.get(ref)
             model_ref = ref.startswith(MODEL_REF_PREFIX.decode())
@@ -363,8 +398,8 @@ def push(store: Store, spec: str, names: list[str] = (), *, force: bool = False,
                 result.refs.append(RefResult(ref, "up-to-date"))
             if model_ref:
                 model = ref[len(MODEL_REF_PREFIX):]
-                content += _content(reg, local, peer, model, selection.get(model),
-                                    old, sha, ours, cutoff)
+                jobs.append(_Job(model, selection.get(model), old, sha))
+        content = _content(reg, local, peer, jobs, ours, cutoff, set(peer.absent()))
         if updates or content:
             with peer.session("push"):
                 if updates:
@@ -513,7 +548,7 @@ def pull(store: Store, spec: str, names: list[str] = (), *,  # type: ignore[assi
         ours = local.refs()
         reg = store.registry
         cutoff = _cutoff(store)
-        updates, blobs, diverged = [], [], []
+        updates, jobs, diverged = [], [], []
         for ref, sha in sorted(theirs.items()):
             old = ours.get(ref)
             model_ref = ref.startswith(MODEL_REF_PREFIX.decode())
@@ -533,8 +568,8 @@ def pull(store: Store, spec: str, names: list[str] = (), *,  # type: ignore[assi
                 updates.append(RefUpdate(ref, old, sha))
             if model_ref and content:
                 model = ref[len(MODEL_REF_PREFIX):]
-                blobs += _content(reg, peer, local, model, selection.get(model), old,
-                                  target, fetched, cutoff)
+                jobs.append(_Job(model, selection.get(model), old, target))
+        blobs = _content(reg, peer, local, jobs, fetched, cutoff, set(local.absent()))
         if updates or blobs or diverged:
             with local.session("pull"):
                 _move_content(peer, local, blobs, result, progress)
