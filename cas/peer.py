@@ -154,8 +154,9 @@ class LocalPeer:
 
     def receive(self, pieces: Iterable[bytes | memoryview]) -> transfer.TransferStats:
         """Receive the transfer packs in ``pieces`` (inside :meth:`session`)."""
-        f = io.BufferedReader(transfer.IterReader(pieces), 1 << 20)
-        return transfer.receive(self.store, f, self._lease)
+        with transfer.Prefetch(pieces) as ahead:
+            f = io.BufferedReader(transfer.IterReader(ahead), 1 << 20)
+            return transfer.receive(self.store, f, self._lease)
 
     def absent(self) -> list[str]:
         """Ids of the versions registered here without their content (:mod:`cas.presence`)."""

@@ -335,15 +335,17 @@ def serve(peer: Any, framed: Framed, *, read_only: bool | str = False,
                 _serve_storage(peer, framed, op, args, raw_storage, not read_only, append_only)
                 continue
             if op == "receive":
-                # The stream follows the request whatever the answer: read it first.
+                # The stream follows the request whatever the answer: what the receiver
+                # did not read of it is read (from the same place) before answering.
+                stream = framed.read_stream()
                 try:
                     if read_only:
                         raise error_of_code("E_PERM", why)
                     with _lease(peer, "receive", lease_each_write and session is None):
-                        result: Any = peer.receive(framed.read_stream())
+                        result: Any = peer.receive(stream)
                     framed.write_message({"ok": True, "result": _plain(result)})
                 except CasError as exc:
-                    _drain(framed)
+                    _drain(framed, stream)
                     framed.write_message({"ok": False, "code": exc.code,
                                           "message": exc.message})
                 continue
@@ -396,6 +398,7 @@ def _serve_storage(peer: Any, framed: Framed, op: str, args: Any, allowed: bool,
     whatever the answer."""
     from cas.storage.remote import serve_op
 
+    stream = framed.read_stream() if op == "st_put" else None
     try:
         if not allowed:
             raise error_of_code("E_PERM", "this server does not offer raw storage "
@@ -412,7 +415,7 @@ def _serve_storage(peer: Any, framed: Framed, op: str, args: Any, allowed: bool,
                 raise error_of_code("E_ARGS", f"raw storage: {exc}") from None
             writer = backend.open_write("put")
             try:
-                for piece in framed.read_stream():
+                for piece in stream:  # type: ignore[union-attr]
                     writer.write(piece)
                 writer.commit(args.name)
             except BaseException:
@@ -422,8 +425,8 @@ def _serve_storage(peer: Any, framed: Framed, op: str, args: Any, allowed: bool,
         else:
             result = serve_op(backend, op, args, write=write, append_only=append_only)
     except CasError as exc:
-        if op == "st_put":
-            _drain(framed)
+        if stream is not None:
+            _drain(framed, stream)
         framed.write_message({"ok": False, "code": exc.code, "message": exc.message})
         return
     except OSError as exc:
@@ -446,13 +449,14 @@ def _plain(result: Any) -> Any:
     return msgspec.to_builtins(result, builtin_types=(bytes,))
 
 
-def _drain(framed: Framed) -> None:
-    """Read the rest of a stream a failed ``receive`` did not consume."""
+def _drain(framed: Framed, stream: Iterator[bytes] | None = None) -> None:
+    """Read the rest of a stream a failed ``receive`` did not consume (``stream``: the
+    reader it was given, which knows whether the end was reached)."""
     try:
-        for _ in framed.read_stream():
+        for _ in (stream if stream is not None else framed.read_stream()):
             pass
-    except CasError:
-        pass
+    except (CasError, ValueError):
+        pass  # ValueError: the reader is still running elsewhere (it cannot be)
 
 
 def _dispatch(peer: Any, op: Any, args: _Args, append_only: bool) -> Any:

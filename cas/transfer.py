@@ -185,6 +185,69 @@ def stream(store: Store, generations: list[list[Located]],
             yield fmt.pack_trailer(count, hasher.digest())
 
 
+class Prefetch:
+    """Iterate ``pieces`` on a thread of its own, up to ``depth`` pieces ahead, so reading the
+    stream (a pipe, a socket, another store's packs) overlaps with verifying and writing what
+    came before. Use as a context manager: leaving it stops and joins the thread, after which
+    nothing more is read from ``pieces``' source."""
+
+    def __init__(self, pieces: Iterable[bytes | memoryview], depth: int = 8) -> None:
+        import queue
+        import threading
+
+        self._queue: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(iter(pieces),),
+                                        name="cas-prefetch", daemon=True)
+
+    def _run(self, it: Iterator[bytes | memoryview]) -> None:
+        import queue
+
+        try:
+            for piece in it:
+                while True:
+                    if self._stop.is_set():
+                        return
+                    try:
+                        self._queue.put(("piece", bytes(piece)), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+            item: tuple[str, object] = ("end", None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader
+            item = ("error", exc)
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __enter__(self) -> Iterator[bytes]:
+        self._thread.start()
+        return self._pieces()
+
+    def _pieces(self) -> Iterator[bytes]:
+        while True:
+            kind, value = self._queue.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value  # type: ignore[misc]
+            yield value  # type: ignore[misc]
+
+    def __exit__(self, *exc: object) -> None:
+        import queue
+
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+
 class IterReader(io.RawIOBase):
     """A readable file over an iterator of byte pieces (a stream produced in this process)."""
 
