@@ -49,6 +49,17 @@ class Rebased(msgspec.Struct):
     renumbered: list[tuple[int, int]] = []
 
 
+def both_added(reg: Registry, local: bytes, remote: bytes) -> list[int]:
+    """The versions this side added since the common commit, when the other side added
+    versions too (what only ``--rebase`` resolves); empty otherwise."""
+    base = rt.merge_base(reg, local, remote)
+    mine = [parse_trailers(c.message) for c in rt.first_parents(reg, local, base)]
+    theirs = [parse_trailers(c.message) for c in rt.first_parents(reg, remote, base)]
+    if not any(t.action == "add" for t in theirs):
+        return []
+    return sorted(s for t in mine if t.action == "add" for s in t.versions)
+
+
 def rebase(store: Store, model: str, local: bytes, remote: bytes, *, renumber: bool,
            force: bool = False) -> Rebased:
     """Replay ``local``'s commits since its common commit with ``remote`` on ``remote`` and

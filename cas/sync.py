@@ -559,6 +559,17 @@ def pull(store: Store, spec: str, names: list[str] = (), *,  # type: ignore[assi
                 result.refs.append(RefResult(ref, "up-to-date", "this store is ahead"))
                 target = old
             elif old and model_ref and not rt.is_ancestor(reg, old.encode(), sha.encode()):
+                from cas.rebase import both_added
+
+                mine = [] if rebase else both_added(reg, old.encode(), sha.encode())
+                if mine:  # refused before any content moves
+                    result.refs.append(RefResult(ref, "rejected", (
+                        f"E_CONFLICT: {ref[len(MODEL_REF_PREFIX):]}: both stores added "
+                        "versions since they last synced (here: "
+                        + ", ".join(f"v{s}" for s in mine)
+                        + "); 'cas pull --rebase' renumbers this store's after the "
+                          "remote's")))
+                    continue
                 diverged.append(RefUpdate(ref, old, sha))
             else:
                 reason = _refuse(reg, ref, old, sha, False)
