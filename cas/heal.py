@@ -159,7 +159,7 @@ def heal_from_remote(store: Store, spec: str, progress: Progress | None = None) 
 def _fetch_objects(local, peer, ids: list[bytes], result: HealResult,  # type: ignore[no-untyped-def]
                    progress: Progress | None, label: str) -> None:
     """Receive ``ids`` from ``peer`` into ``local``'s store (transfer packs, verified)."""
-    total, pieces = peer.send(ids)
+    total, pieces = peer.send(ids, not local.store.config.derives)
     done = 0
 
     def counted():  # type: ignore[no-untyped-def]

@@ -140,11 +140,14 @@ class LocalPeer:
     def missing(self, ids: list[bytes]) -> list[bytes]:
         return transfer.missing(self.store, ids)
 
-    def send(self, ids: list[bytes]) -> tuple[int, Iterator[bytes | memoryview]]:
-        """The size and the byte pieces of the transfer packs holding ``ids`` (all held
-        here)."""
-        generations = transfer.plan(self.store, ids)
-        return transfer.size(generations), transfer.stream(self.store, generations)
+    def send(self, ids: list[bytes], plain: bool = False
+             ) -> tuple[int, Iterator[bytes | memoryview]]:
+        """The size (about) and the byte pieces of the transfer packs holding ``ids`` (all
+        held here); ``plain``: derived chunks re-encoded plainly, for a receiver that keeps
+        none (a store made with ``--no-derive``)."""
+        generations = transfer.plan(self.store, ids, plain)
+        return (transfer.size(generations),
+                transfer.stream(self.store, generations, plain=plain))
 
     # -- writing -----------------------------------------------------------------------------
 

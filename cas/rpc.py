@@ -204,8 +204,8 @@ class RemotePeer:
             raise VerifyError(f"{self.name}: answered with ids it was not asked about")
         return out
 
-    def send(self, ids: list[bytes]) -> tuple[int, Iterator[bytes]]:
-        total = _typed(self._call("send", ids=pack_ids(ids)), int, self.name)
+    def send(self, ids: list[bytes], plain: bool = False) -> tuple[int, Iterator[bytes]]:
+        total = _typed(self._call("send", ids=pack_ids(ids), plain=plain), int, self.name)
 
         def stream() -> Iterator[bytes]:
             yield from self.framed.read_stream()
@@ -290,6 +290,7 @@ class _Args(msgspec.Struct, forbid_unknown_fields=False):
     updates: list[RefUpdate] = []
     content: list[str] | None = None
     entries: list[bytes] = []
+    plain: bool = False
     force: bool = False
     purpose: str = "serve"
     chunker: dict[str, Any] = {}
@@ -363,7 +364,7 @@ def serve(peer: Any, framed: Framed, *, read_only: bool | str = False,
                         s.__exit__(None, None, None)
                     result = None
                 elif op == "send":
-                    total, pieces = peer.send(unpack_ids(args.ids))
+                    total, pieces = peer.send(unpack_ids(args.ids), args.plain)
                     framed.write_message({"ok": True, "result": total})
                     failed: list[CasError] = []
 

@@ -318,7 +318,8 @@ def _move_content(src: Any, dst: Any, blobs: list[str], result: SyncResult,
     result.objects_skipped += len(ids) - len(lacking)
     if not lacking:
         return
-    total, pieces = src.send(lacking)
+    # A receiver that keeps no derived chunks (--no-derive) gets them re-encoded plainly.
+    total, pieces = src.send(lacking, not dst.hello().derives)
     stats = dst.receive(_counted(pieces, total, progress))
     result.objects_sent += stats.objects
     result.bytes_sent += stats.bytes

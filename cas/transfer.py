@@ -88,9 +88,11 @@ def missing(store: Store, ids: Iterable[bytes]) -> list[bytes]:
 # -- sending -------------------------------------------------------------------------------------
 
 
-def plan(store: Store, ids: Iterable[bytes]) -> list[list[Located]]:
+def plan(store: Store, ids: Iterable[bytes], plain: bool = False) -> list[list[Located]]:
     """Order ``ids`` (all held here) for sending: generations, each with chunk lists first,
-    then chunks, in pack order so neighbours are read together.
+    then chunks, in pack order so neighbours are read together. ``plain``: derived chunks
+    will be sent re-encoded plainly (for a receiver that stores none), so every object is
+    in one generation.
 
     Raises:
         NotFoundError | VerifyError: an object is not here, or its chunk list cannot be read.
@@ -115,7 +117,7 @@ def plan(store: Store, ids: Iterable[bytes]) -> list[list[Located]]:
                               f"{MAX_GENERATIONS} levels")
         loc = where[oid]
         g = 0
-        if loc.entry.codec == CODEC_DERIVED:
+        if loc.entry.codec == CODEC_DERIVED and not plain:
             base = loc.pack.derived_base(loc.entry)
             if base is not None:
                 needed = [base] if base in sending else []
@@ -155,11 +157,13 @@ def size(generations: list[list[Located]], target: int | None = None) -> int:
 
 
 def stream(store: Store, generations: list[list[Located]],
-           target: int | None = None) -> Iterator[bytes | memoryview]:
+           target: int | None = None, plain: bool = False) -> Iterator[bytes | memoryview]:
     """The transfer packs of ``generations`` (see the module docstring), as byte pieces, each
     closed once it holds ``target`` bytes (default: :data:`TRANSFER_PACK_BYTES`, read at the
-    call)."""
+    call). ``plain``: derived chunks go decoded and compressed on their own, as a store that
+    keeps no derived chunks writes them."""
     target = TRANSFER_PACK_BYTES if target is None else target
+    compressor = None
     for group in generations:
         i = 0
         while i < len(group):
@@ -167,10 +171,26 @@ def stream(store: Store, generations: list[list[Located]],
             hasher = fmt.PackIdHasher()
             count = size = 0
             while i < len(group) and (count == 0 or size < target):
+                if plain and group[i].entry.codec == CODEC_DERIVED:
+                    if compressor is None:
+                        from cas.compression import Compressor
+
+                        compressor = Compressor(store.config.compression.level)
+                    e = group[i].entry
+                    raw = store.packs.read(e.oid)
+                    codec, stored = compressor.compress(raw)
+                    yield fmt.encode_entry_header(e.oid, e.kind, codec, len(raw), len(stored))
+                    yield stored
+                    hasher.add(e.oid)
+                    count += 1
+                    size += fmt.ENTRY_HEADER_SIZE + len(stored)
+                    i += 1
+                    continue
                 run = [group[i]]
                 span = fmt.ENTRY_HEADER_SIZE + run[0].entry.stored_len
                 j = i + 1
                 while (j < len(group) and group[j].pack is run[-1].pack and span < RUN_BYTES
+                       and not (plain and group[j].entry.codec == CODEC_DERIVED)
                        and group[j].entry.offset == run[-1].entry.offset
                        + fmt.ENTRY_HEADER_SIZE + run[-1].entry.stored_len):
                     run.append(group[j])
