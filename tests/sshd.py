@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,8 +31,14 @@ def _free_port() -> int:
 
 
 class Sshd:
-    def __init__(self, root: Path, restrict_to: Path) -> None:
+    def __init__(self, root: Path, restrict_to: Path, address: str = "127.0.0.1",
+                 prefix: tuple[str, ...] = (), reachable: Callable[[int], bool] | None = None
+                 ) -> None:
+        """``address``: where to listen; ``prefix``: what to run sshd under (``ip netns exec
+        NS`` for a host of its own); ``reachable(port)``: whether it accepts connections yet
+        (default: a connection from here)."""
         self.root = root
+        self.address = address
         self.port = _free_port()
         self.user = getpass.getuser()
         self.cas = f"{shlex.quote(sys.executable)} -m cas.cli.main"
@@ -43,18 +50,22 @@ class Sshd:
         (root / "authorized_keys").write_text((root / "key.pub").read_text() + forced)
         config = root / "sshd_config"
         config.write_text(
-            f"ListenAddress 127.0.0.1\nPort {self.port}\nHostKey {root / 'hostkey'}\n"
+            f"ListenAddress {address}\nPort {self.port}\nHostKey {root / 'hostkey'}\n"
             f"PidFile {root / 'sshd.pid'}\nAuthorizedKeysFile {root / 'authorized_keys'}\n"
             "StrictModes no\nUsePAM no\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
             "LogLevel ERROR\n")
         self.log = open(root / "sshd.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],
+        self.proc = subprocess.Popen([*prefix, SSHD, "-D", "-e", "-f", str(config)],
                                      stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + 30
         while True:  # readiness: the port accepts connections
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                if reachable is not None:
+                    if not reachable(self.port):
+                        raise OSError("not yet")
+                else:
+                    socket.create_connection((address, self.port), timeout=1).close()
                 break
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -70,7 +81,7 @@ class Sshd:
                 f"-i {self.root / key}")
 
     def url(self, path: Path) -> str:
-        return f"ssh://{self.user}@127.0.0.1:{self.port}{path}"
+        return f"ssh://{self.user}@{self.address}:{self.port}{path}"
 
     def stop(self) -> None:
         self.proc.terminate()
