@@ -159,17 +159,9 @@ def heal_from_remote(store: Store, spec: str, progress: Progress | None = None) 
 def _fetch_objects(local, peer, ids: list[bytes], result: HealResult,  # type: ignore[no-untyped-def]
                    progress: Progress | None, label: str) -> None:
     """Receive ``ids`` from ``peer`` into ``local``'s store (transfer packs, verified)."""
+    from cas.transfer import counted
+
     total, pieces = peer.send(ids, not local.store.config.derives)
-    done = 0
-
-    def counted():  # type: ignore[no-untyped-def]
-        nonlocal done
-        for p in pieces:
-            done += len(p)
-            if progress is not None:
-                progress(done, total, label)
-            yield p
-
-    stats = local.receive(counted())
+    stats = local.receive(counted(pieces, total, progress, label))
     result.objects_stored += stats.objects - stats.already
     result.bytes_stored += stats.bytes

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import msgspec
 
 from cas import registry_transfer as rt
 from cas import remotes as rem
+from cas import transfer
 from cas.errors import ArgsError, CasError, CasWarning, ConflictError, NotFoundError
 from cas.peer import SYNCED_PREFIXES, LocalPeer, RefResult, RefUpdate, check_ref_name
 from cas.commits import parse_trailers
@@ -298,16 +299,6 @@ def _cutoff(store: Store) -> float:
     return graph.restore_cutoff(store, time.time())
 
 
-def _counted(pieces: Iterator[bytes | memoryview], total: int,
-             progress: Progress | None) -> Iterator[bytes | memoryview]:
-    done = 0
-    for p in pieces:
-        yield p
-        done += len(p)
-        if progress is not None:
-            progress(done, total, "")
-
-
 def _move_content(src: Any, dst: Any, blobs: list[str], result: SyncResult,
                   progress: Progress | None) -> None:
     """Send what ``dst`` lacks of the content of manifests ``blobs`` (held by ``src``)."""
@@ -320,7 +311,7 @@ def _move_content(src: Any, dst: Any, blobs: list[str], result: SyncResult,
         return
     # A receiver that keeps no derived chunks (--no-derive) gets them re-encoded plainly.
     total, pieces = src.send(lacking, not dst.hello().derives)
-    stats = dst.receive(_counted(pieces, total, progress))
+    stats = dst.receive(transfer.counted(pieces, total, progress))
     result.objects_sent += stats.objects
     result.bytes_sent += stats.bytes
     result.packs += stats.packs

@@ -38,7 +38,7 @@ from cas.packwriter import PackWriter
 if TYPE_CHECKING:
     from cas.derive import RangeReader
     from cas.leases import Lease
-    from cas.store import Store
+    from cas.store import Progress, Store
 
 #: A transfer pack is closed once it holds this many bytes (bounded memory on both sides,
 #: and the unit a re-run does not send again).
@@ -203,6 +203,17 @@ def stream(store: Store, generations: list[list[Located]],
                 size += span
                 i = j
             yield fmt.pack_trailer(count, hasher.digest())
+
+
+def counted(pieces: Iterable[bytes | memoryview], total: int, progress: Progress | None,
+            label: str = "") -> Iterator[bytes | memoryview]:
+    """``pieces`` as they are, reporting the bytes so far to ``progress``."""
+    done = 0
+    for p in pieces:
+        yield p
+        done += len(p)
+        if progress is not None:
+            progress(done, total, label)
 
 
 class Prefetch:
