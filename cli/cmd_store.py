@@ -176,7 +176,6 @@ def verify(ctx: Ctx, spec: str | None, all_: bool, files: bool, repair: bool,
 
     \b
     Examples:
-      cas verify org/model@prod
       cas verify --all --files
       cas verify --all --repair --from ./checkpoints/run-7
       cas verify --all --repair --from origin

@@ -223,15 +223,16 @@ def serve(path: str | None, stdio: bool, http_addr: str | None, tls_cert: str | 
           restrict_to: tuple[str, ...], raw_storage: bool) -> None:
     """Offer the store at PATH to other hosts' push, pull, fetch and clone.
 
-    --stdio is what an ssh remote runs on the far side. --http serves a fleet: every
-    request needs a bearer token made with 'cas --store PATH token add' (read or write),
-    and is refused without one.
+    --stdio is what an ssh remote runs on the far side; to confine a key to stores under
+    one folder, give it a forced command in authorized_keys:
+    command="cas serve --stdio --restrict-to /data/cas",restrict ssh-ed25519 AAAA...
+    --http serves a fleet: every request needs a bearer token made with
+    'cas --store PATH token add' (read or write), and is refused without one.
 
     \b
     Examples:
       cas serve --http 0.0.0.0:8750 /data/cas
-      # in ~/.ssh/authorized_keys of the serving account:
-      command="cas serve --stdio --restrict-to /data/cas",restrict ssh-ed25519 AAAA...
+      cas serve --stdio --restrict-to /data/cas
     """
     from cas.serve import resolve_path, serve_stdio
 
