@@ -126,10 +126,6 @@ class Framed:
 # -- client --------------------------------------------------------------------------------------
 
 
-class RemoteError(CasError):
-    """Carrier for an error the far side reported (re-raised with its own code)."""
-
-
 class RemotePeer:
     """The peer operations, asked of a ``cas serve`` at the far end of ``framed``."""
 
