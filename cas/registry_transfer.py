@@ -98,6 +98,20 @@ def store_objects(reg: Registry, objects: list[tuple[int, bytes]]) -> list[bytes
         VerifyError: too many, too large, an unknown type, or an object that does not parse
             as its type (the id is named).
     """
+    parsed = parse_objects(objects)
+    odb = reg.repo.object_store
+    for obj in _dependencies_first(parsed):
+        if not has(reg, obj.id):
+            odb.add_object(obj)
+    return [obj.id for obj in parsed]
+
+
+def parse_objects(objects: list[tuple[int, bytes]]) -> list[ShaFile]:
+    """Parse and check ``objects`` (see :func:`store_objects`), storing nothing.
+
+    Raises:
+        VerifyError: as :func:`store_objects`.
+    """
     if len(objects) > MAX_OBJECTS:
         raise VerifyError(f"the other side sent {len(objects)} registry objects, more than "
                           f"{MAX_OBJECTS}")
@@ -116,11 +130,7 @@ def store_objects(reg: Registry, objects: list[tuple[int, bytes]]) -> list[bytes
             raise VerifyError(f"registry object does not parse as a {kind.__name__.lower()}: "
                               f"{exc}") from None
         parsed.append(obj)
-    odb = reg.repo.object_store
-    for obj in _dependencies_first(parsed):
-        if not has(reg, obj.id):
-            odb.add_object(obj)
-    return [obj.id for obj in parsed]
+    return parsed
 
 
 def _names(obj: ShaFile) -> list[bytes]:
