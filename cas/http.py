@@ -128,8 +128,9 @@ class _HttpFramed(Framed):
 
 
 def connect(url: Any, remote: Any, token: str | None = None) -> RemotePeer:
-    if os.environ.get("CAS_OFFLINE") == "1":
-        raise NetError(f"{url.url}: CAS_OFFLINE=1 forbids network remotes")
+    from cas.rpc import check_online
+
+    check_online(url.url)
     framed = _HttpFramed(url, token)
     return RemotePeer(framed, url.url, framed.close)
 

@@ -504,18 +504,28 @@ def ssh_command(url: Any, remote: Any) -> list[str]:
     return [*base, "--", dest, f"{far} serve --stdio {shlex.quote(url.path)}"]
 
 
+def check_online(what: str) -> None:
+    """Refuse a network operation while offline (``--offline`` or ``CAS_OFFLINE=1``).
+
+    Raises:
+        NetError: naming the flag.
+    """
+    if os.environ.get("CAS_OFFLINE", "").strip() not in ("", "0"):
+        raise NetError(f"{what}: offline (--offline or CAS_OFFLINE=1): no network is used; "
+                       "folder remotes and bundles still work")
+
+
 def connect(url: Any, remote: Any, token: str | None = None) -> RemotePeer:
     """A peer for an ssh or http remote (``token``: the bearer token for http).
 
     Raises:
         NetError: the connection could not be made (the remote named).
     """
+    check_online(url.url)
     if url.kind == "http":
         from cas.http import connect as http_connect
 
         return http_connect(url, remote, token)
-    if os.environ.get("CAS_OFFLINE") == "1":
-        raise NetError(f"{url.url}: CAS_OFFLINE=1 forbids network remotes")
     cmd = ssh_command(url, remote)
     # ssh's own messages (and the far side's stderr) go to a file: read back to name the
     # cause when the connection fails, and never able to block the far side.

@@ -34,7 +34,7 @@ import msgspec
 from cas import registry_transfer as rt
 from cas import remotes as rem
 from cas import transfer
-from cas.errors import ArgsError, CasError, CasWarning, ConflictError, NotFoundError
+from cas.errors import ArgsError, CasError, CasWarning, ConflictError, NetError, NotFoundError
 from cas.peer import SYNCED_PREFIXES, LocalPeer, RefResult, RefUpdate, check_ref_name
 from cas.commits import parse_trailers
 from cas.format.manifest import Manifest
@@ -637,11 +637,14 @@ def get(store: Store, version: Any, spec: str | None = None,
     names = [spec] if spec else _holders(store, version.name, blob.decode())
     local = LocalPeer(store)
     reasons = []
+    offline: NetError | None = None
     for r in names:
         try:
             remote, url, peer = connect(store, r)
         except CasError as exc:
             reasons.append(f"{r}: {exc.message}")
+            if isinstance(exc, NetError):
+                offline = offline or exc
             continue
         with contextlib.closing(peer):
             if not peer.present([blob.decode()]):
@@ -654,9 +657,11 @@ def get(store: Store, version: Any, spec: str | None = None,
                 local.update_refs([], content=[blob.decode()])
             result.seconds = time.monotonic() - t0
             return result
-    raise NotFoundError(f"{version.ref}: its content is not in this store and no remote "
-                        "supplied it" + (f" ({'; '.join(reasons)})" if reasons else
-                                         " (no remote is configured)"))
+    message = (f"{version.ref}: its content is not in this store and no remote supplied it"
+               + (f" ({'; '.join(reasons)})" if reasons else " (no remote is configured)"))
+    if offline is not None:
+        raise NetError(message)  # the network was needed and not used (or not reachable)
+    raise NotFoundError(message)
 
 
 def _holders(store: Store, model: str, blob: str) -> list[str]:

@@ -59,10 +59,16 @@ def pass_ctx(f: Callable[..., None]) -> Callable[..., None]:
                   help="Store to use (same as the global option).")
     @click.option("--json", "json_", is_flag=True, help="Print one JSON document.")
     @click.option("-q", "--quiet", "quiet_", is_flag=True, help="Print nothing but errors.")
+    @click.option("--offline", "offline_", is_flag=True,
+                  help="Use no network (same as the global option).")
     @click.pass_obj
     @functools.wraps(f)
     def wrapper(obj: Ctx, *args: Any, store_: str | None, json_: bool, quiet_: bool,
-                **kwargs: Any) -> None:
+                offline_: bool, **kwargs: Any) -> None:
+        if offline_:
+            import os
+
+            os.environ["CAS_OFFLINE"] = "1"
         if store_:
             obj.store_arg = store_
         if json_:
@@ -136,10 +142,13 @@ class CasGroup(click.Group):
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--lock-timeout", type=float, default=60.0, show_default=True,
               help="Seconds to wait for another writer.")
+@click.option("--offline", is_flag=True,
+              help="Use no network: ssh and http remotes fail at once (E_NET); folders and "
+                   "bundles work. Same as CAS_OFFLINE=1.")
 @click.version_option(version=__version__, prog_name="cas")
 @click.pass_context
 def cli(click_ctx: click.Context, store: str | None, json_mode: bool, quiet: bool,
-        lock_timeout: float) -> None:
+        lock_timeout: float, offline: bool) -> None:
     """cas: a content-addressed, git-backed store for ML model files.
 
     \b
@@ -149,6 +158,10 @@ def cli(click_ctx: click.Context, store: str | None, json_mode: bool, quiet: boo
     """
     from cas.locking import check_timeout
 
+    if offline:
+        import os
+
+        os.environ["CAS_OFFLINE"] = "1"  # what every network path checks (cas.rpc.check_online)
     click_ctx.obj = Ctx(store, json_mode, quiet, check_timeout(lock_timeout))
 
 
