@@ -141,3 +141,17 @@ def test_bench_sync_smoke(tmp_path: Path) -> None:
     assert 0 < results["real_directory_bytes_sent"] <= 1.1 * results["real_added"]
     assert results["pull_bytes_sent"] < results["first_push_bytes_sent"] / 2
     assert all(passed for _, passed, correctness in results["checks"] if correctness)
+
+
+def test_bench_bundle_smoke(tmp_path: Path) -> None:
+    """bench_bundle with tiny data: a fine-tune's incremental bundle is about what its add
+    stored, the 5%-changed v2's bundle is far smaller than v1's, and every bundle imports into
+    a store that verifies (main asserts the correctness checks in --smoke)."""
+    bench_bundle = pytest.importorskip("bench_bundle")
+    results = bench_bundle.main(["--smoke", "--workdir", str(tmp_path)])
+    if "real_added" in results:  # the real model's package is installed
+        assert 0 < results["real_bundle_bytes"] <= 1.1 * results["real_added"]
+        assert results["real_bundle_share_of_file"] <= 0.10
+    assert 0 < results["changed_bundle_bytes"] < results["changed_file_bytes"] / 4
+    assert results["import_rss"] > 0 and results["create_rss"] > 0
+    assert all(passed for _, passed, correctness in results["checks"] if correctness)
