@@ -26,6 +26,7 @@ from cas import bundle as bd
 from cas import transfer
 from cas.chunking import ChunkerParams
 from cas.errors import error_of_code
+from cas.ingest import AddOptions
 from cas.peer import LocalPeer
 from cas.store import Store
 from conftest import CasCli, CasRun, pack_sizes, registry_git, write_files
@@ -59,9 +60,32 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def _store(tmp_path: Path, name: str) -> CasCli:
-    c = CasCli(tmp_path / name)
-    c("init", "-q")
-    return c
+    """A new store (made through the library: setup, not what is tested)."""
+    Store.init(tmp_path / name).close()
+    return CasCli(tmp_path / name)
+
+
+def _add(cli: CasCli, name: str, folder: Path, tag: str | None = None) -> None:
+    with Store.open(cli.store) as s:
+        s.add(name, folder, AddOptions(tags=[tag] if tag else []))
+
+
+def _create(cli: CasCli, out: Path, since: Path | None = None, since_site: str | None = None
+            ) -> None:
+    with Store.open(cli.store) as s:
+        bd.create(s, str(out), [], bd.read_state(since.read_bytes()) if since else None,
+                  since_site)
+
+
+def _export(cli: CasCli, state: Path) -> None:
+    with Store.open(cli.store) as s:
+        state.write_bytes(bd.export_state(s))
+
+
+def _import(cli: CasCli, path: Path) -> None:
+    with Store.open(cli.store) as s:
+        result = bd.import_bundle(s, str(path))
+    assert {r.status for r in result.refs} <= {"ok", "up-to-date"}, result
 
 
 def _refs(store: Path) -> dict[str, str]:
@@ -133,8 +157,8 @@ def _lacking(sender: Path, site: Path, blobs: list[str]) -> list[bytes]:
 def sender(tmp_path: Path) -> CasCli:
     """``org/a`` v1 and ``org/b`` v1."""
     c = _store(tmp_path, "sender")
-    c("add", A, str(_model(tmp_path / "a1", 1)), "-q")
-    c("add", B, str(_model(tmp_path / "b1", 2, 200_000)), "-q")
+    _add(c, A, _model(tmp_path / "a1", 1))
+    _add(c, B, _model(tmp_path / "b1", 2, 200_000))
     return c
 
 
@@ -194,7 +218,7 @@ def test_a_full_bundle_fills_an_empty_store(sender: CasCli, tmp_path: Path) -> N
 def test_a_bundle_can_be_imported_into_a_store_that_does_not_exist_yet(
         sender: CasCli, tmp_path: Path) -> None:
     full = tmp_path / "full.cbundle"
-    sender("bundle", "create", str(full), "-q")
+    _create(sender, full)
     site = CasCli(tmp_path / "new-site")
     assert _status(site("--json", "bundle", "import", str(full)).json)[REF_A] == "ok"
     _sound(site)
@@ -207,9 +231,9 @@ def test_a_bundle_can_be_imported_into_a_store_that_does_not_exist_yet(
 def test_an_incremental_bundle_carries_only_what_the_site_lacks(sender: CasCli, tmp_path: Path
                                                                 ) -> None:
     full = tmp_path / "full.cbundle"
-    sender("bundle", "create", str(full), "-q")
+    _create(sender, full)
     site = _store(tmp_path, "site")
-    site("bundle", "import", str(full), "-q")
+    _import(site, full)
     state = tmp_path / "site-state.json"
     exported = site("--json", "state", "export", str(state)).json
     assert exported["bytes"] == state.stat().st_size
@@ -219,8 +243,7 @@ def test_an_incremental_bundle_carries_only_what_the_site_lacks(sender: CasCli, 
     assert doc["tips"] == {r: v for r, v in _synced(site.store).items()
                            if r.startswith("refs/models/")}
 
-    sender("add", A, str(_edit(tmp_path / "a1", tmp_path / "a2", 500_000)), "--tag", "prod",
-           "-q")
+    _add(sender, A, _edit(tmp_path / "a1", tmp_path / "a2", 500_000), "prod")
     v2 = _blob(sender.store, A, 2)
     lacking = _lacking(sender.store, site.store, [v2])
     assert 0 < len(lacking) <= 4  # a chunk or two, the chunk list
@@ -249,7 +272,7 @@ def test_an_incremental_bundle_carries_only_what_the_site_lacks(sender: CasCli, 
     _checks_out(site, f"{A}@1", tmp_path / "a1", tmp_path / "out1")
 
     # v3 without a new state file: the sender remembers what the site holds now
-    sender("add", A, str(_edit(tmp_path / "a2", tmp_path / "a3", 900_000)), "-q")
+    _add(sender, A, _edit(tmp_path / "a2", tmp_path / "a3", 900_000))
     lacking = _lacking(sender.store, site.store, [_blob(sender.store, A, 3)])
     v3 = tmp_path / "v3.cbundle"
     made = sender("--json", "bundle", "create", str(v3), "--since-site", doc["uuid"][:8]).json
@@ -276,20 +299,22 @@ def _chain(sender: CasCli, tmp_path: Path) -> tuple[Path, list[Path], list[Path]
     """A full bundle of ``org/a`` v1 (with ``org/b``) and three incremental ones (v2, v3,
     v4), cut for a site that imported the full one; the folders of v1..v4."""
     full = tmp_path / "full.cbundle"
-    sender("bundle", "create", str(full), "-q")
+    _create(sender, full)
     first = _store(tmp_path, "first")
-    first("bundle", "import", str(full), "-q")
+    _import(first, full)
     state = tmp_path / "state.json"
-    first("state", "export", str(state), "-q")
+    _export(first, state)
     uuid = json.loads(state.read_bytes())["uuid"]
     folders = [tmp_path / "a1"]
     bundles = []
     for seq in (2, 3, 4):
         folders.append(_edit(folders[-1], tmp_path / f"a{seq}", 200_000 * seq))
-        sender("add", A, str(folders[-1]), "-q")
+        _add(sender, A, folders[-1])
         bundles.append(tmp_path / f"v{seq}.cbundle")
-        since = ["--since", str(state)] if seq == 2 else ["--since-site", uuid]
-        sender("bundle", "create", str(bundles[-1]), *since, "-q")
+        if seq == 2:
+            _create(sender, bundles[-1], since=state)
+        else:
+            _create(sender, bundles[-1], since_site=uuid)
     shutil.rmtree(first.store)
     return full, bundles, folders
 
@@ -298,7 +323,7 @@ def test_a_chain_of_incremental_bundles_imports_in_order(sender: CasCli, tmp_pat
                                                          ) -> None:
     full, bundles, folders = _chain(sender, tmp_path)
     site = _store(tmp_path, "site")
-    site("bundle", "import", str(full), "-q")
+    _import(site, full)
     for seq, b in zip((2, 3, 4), bundles):
         doc = site("--json", "bundle", "import", str(b)).json
         assert _status(doc) == {REF_A: "ok"}, seq
@@ -313,7 +338,7 @@ def test_a_bundle_imported_out_of_order_names_its_missing_prerequisite_and_write
         sender: CasCli, tmp_path: Path) -> None:
     full, bundles, folders = _chain(sender, tmp_path)
     site = _store(tmp_path, "site")
-    site("bundle", "import", str(full), "-q")
+    _import(site, full)
     v2 = sender("--json", "show", f"{A}@2").json
     v3 = sender("--json", "show", f"{A}@3").json
     for b, needed in ((bundles[1], v2), (bundles[2], v3)):  # v3 before v2; v4 before v3
@@ -330,7 +355,7 @@ def test_a_bundle_imported_out_of_order_names_its_missing_prerequisite_and_write
     _sound(site)
     # in order, the same bundles then import
     for b in bundles:
-        site("bundle", "import", str(b), "-q")
+        _import(site, b)
     _checks_out(site, A, folders[-1], tmp_path / "out")
     _sound(site)
 
@@ -338,9 +363,9 @@ def test_a_bundle_imported_out_of_order_names_its_missing_prerequisite_and_write
 def test_importing_the_same_bundle_again_stores_nothing_new(sender: CasCli, tmp_path: Path
                                                             ) -> None:
     full = tmp_path / "full.cbundle"
-    sender("bundle", "create", str(full), "-q")
+    _create(sender, full)
     site = _store(tmp_path, "site")
-    site("bundle", "import", str(full), "-q")
+    _import(site, full)
     before = _written(site.store)
     again = site("--json", "bundle", "import", str(full)).json
     assert set(_status(again).values()) == {"up-to-date"}
@@ -394,9 +419,9 @@ def test_a_bundle_from_a_store_with_other_chunker_parameters_imports_with_a_warn
     theirs = ChunkerParams(avg_size=32768, min_size=8192, max_size=131072)
     Store.init(tmp_path / "sender", chunker=theirs).close()
     sender = CasCli(tmp_path / "sender")
-    sender("add", A, str(_model(tmp_path / "a1", 1, 500_000)), "-q")
+    _add(sender, A, _model(tmp_path / "a1", 1, 500_000))
     full = tmp_path / "full.cbundle"
-    sender("bundle", "create", str(full), "-q")
+    _create(sender, full)
     heads = sender("--json", "bundle", "list-heads", str(full)).json
     assert heads["chunker"] == msgspec.to_builtins(theirs)
 
@@ -413,12 +438,12 @@ def test_a_bundle_from_a_store_with_other_chunker_parameters_imports_with_a_warn
 
     # the other way: the sender cuts against the state of a site with other parameters
     state = tmp_path / "state.json"
-    site("state", "export", str(state), "-q")
-    sender("add", A, str(_edit(tmp_path / "a1", tmp_path / "a2", 1000)), "-q")
+    _export(site, state)
+    _add(sender, A, _edit(tmp_path / "a1", tmp_path / "a2", 1000))
     made = sender("--json", "bundle", "create", str(tmp_path / "v2.cbundle"), "--since",
                   str(state)).json
     assert [w["code"] for w in made["warnings"]] == ["W_CHUNKER_DIFFERS"]
-    site("bundle", "import", str(tmp_path / "v2.cbundle"), "-q")
+    _import(site, tmp_path / "v2.cbundle")
     _checks_out(site, A, tmp_path / "a2", tmp_path / "out2")
     _sound(site)
 
@@ -435,7 +460,7 @@ def test_a_bundle_of_named_models_carries_only_them(sender: CasCli, tmp_path: Pa
     assert heads["content"] == [_blob(sender.store, B, 1)]
     assert only_b.stat().st_size < 400_000  # org/a's megabyte is not in it
     site = _store(tmp_path, "site")
-    site("bundle", "import", str(only_b), "-q")
+    _import(site, only_b)
     assert [m["name"] for m in site("--json", "ls").json["models"]] == [B]
     _sound(site)
     _checks_out(site, B, tmp_path / "b1", tmp_path / "out")
@@ -447,7 +472,7 @@ def test_a_bundle_of_named_models_carries_only_them(sender: CasCli, tmp_path: Pa
 def test_a_bundle_of_one_version_registers_the_others_without_content(
         sender: CasCli, tmp_path: Path) -> None:
     for seq in (2, 3):
-        sender("add", A, str(_model(tmp_path / f"a{seq}", 10 + seq, 400_000)), "-q")
+        _add(sender, A, _model(tmp_path / f"a{seq}", 10 + seq, 400_000))
     one = tmp_path / "one.cbundle"
     made = sender("--json", "bundle", "create", str(one), f"{A}@2").json
     assert _status(made) == {REF_A: "ok"}
@@ -477,19 +502,19 @@ def test_a_bundle_cut_against_a_state_brings_the_content_the_site_registered_wit
         tmp_path: Path) -> None:
     sender = _store(tmp_path, "sender")
     for seq in (1, 2, 3):
-        sender("add", A, str(_model(tmp_path / f"a{seq}", seq, 100_000)), "-q")
+        _add(sender, A, _model(tmp_path / f"a{seq}", seq, 100_000))
     one = tmp_path / "one.cbundle"
     sender("bundle", "create", str(one), f"{A}@2", "-q")
     site = _store(tmp_path, "site")
-    site("bundle", "import", str(one), "-q")
+    _import(site, one)
     state = tmp_path / "state.json"
-    site("state", "export", str(state), "-q")
+    _export(site, state)
     with Store.open(sender.store) as s:
         ids = {s.registry.state(A).version(seq).id for seq in (1, 3)}
     assert set(json.loads(state.read_bytes())["absent"]) == ids
     rest = tmp_path / "rest.cbundle"
     made = sender("--json", "bundle", "create", str(rest), "--since", str(state)).json
-    site("bundle", "import", str(rest), "-q")
+    _import(site, rest)
     versions = {v["seq"]: v["present"] for v in site("--json", "ls", "-l").json["versions"]}
     assert versions == {1: True, 2: True, 3: True}, made
     _checks_out(site, f"{A}@1", tmp_path / "a1", tmp_path / "out1")
@@ -503,15 +528,15 @@ def test_a_bundle_cut_against_a_state_brings_the_content_the_site_registered_wit
 def test_a_ref_the_site_moved_meanwhile_is_rejected_and_force_replaces_it(
         sender: CasCli, tmp_path: Path) -> None:
     full = tmp_path / "full.cbundle"
-    sender("bundle", "create", str(full), "-q")
+    _create(sender, full)
     site = _store(tmp_path, "site")
-    site("bundle", "import", str(full), "-q")
+    _import(site, full)
     state = tmp_path / "state.json"
-    site("state", "export", str(state), "-q")
-    site("add", A, str(_model(tmp_path / "site-a2", 20, 100_000)), "-q")  # the site's own v2
-    sender("add", A, str(_edit(tmp_path / "a1", tmp_path / "a2", 4000)), "-q")
+    _export(site, state)
+    _add(site, A, _model(tmp_path / "site-a2", 20, 100_000))  # the site's own v2
+    _add(sender, A, _edit(tmp_path / "a1", tmp_path / "a2", 4000))
     inc = tmp_path / "v2.cbundle"
-    sender("bundle", "create", str(inc), "--since", str(state), "-q")
+    _create(sender, inc, since=state)
 
     here = _synced(site.store)
     check = site("--json", "bundle", "verify", str(inc)).json
@@ -536,13 +561,13 @@ def test_a_ref_the_site_moved_meanwhile_is_rejected_and_force_replaces_it(
 def test_a_state_whose_tip_the_sender_never_saw_is_refused_at_create(
         sender: CasCli, tmp_path: Path) -> None:
     full = tmp_path / "full.cbundle"
-    sender("bundle", "create", str(full), "-q")
+    _create(sender, full)
     site = _store(tmp_path, "site")
-    site("bundle", "import", str(full), "-q")
-    site("add", A, str(_model(tmp_path / "site-a2", 20, 100_000)), "-q")
+    _import(site, full)
+    _add(site, A, _model(tmp_path / "site-a2", 20, 100_000))
     state = tmp_path / "state.json"
-    site("state", "export", str(state), "-q")
-    sender("add", A, str(_edit(tmp_path / "a1", tmp_path / "a2", 4000)), "-q")
+    _export(site, state)
+    _add(sender, A, _edit(tmp_path / "a1", tmp_path / "a2", 4000))
     out = tmp_path / "v2.cbundle"
     run = sender("--json", "bundle", "create", str(out), "--since", str(state), ok=False)
     doc = _failed(run, "E_CONFLICT")
@@ -562,7 +587,7 @@ def test_the_state_of_500_models_of_10_versions_fits_in_64_kib(
 
     t0 = time.monotonic()
     site = _store(tmp_path, "site")
-    site("add", "seed/tiny", str(write_files(tmp_path / "tiny", {"w.bin": b"tiny\n"})), "-q")
+    _add(site, "seed/tiny", write_files(tmp_path / "tiny", {"w.bin": b"tiny\n"}))
     with Store.open(site.store) as s:
         seed = s.manifest(s.resolve("seed/tiny"))
     commands = []
