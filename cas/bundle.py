@@ -216,6 +216,9 @@ def create(store: Store, out: str, names: list[str] = (),  # type: ignore[assign
                 if r.id not in absent:
                     held_blobs.add(r.blob.decode())
         if old == sha:
+            if model_ref and absent:  # in step: only content the site registered without
+                model = ref[len(MODEL_REF_PREFIX):]
+                jobs.append(sync._Job(model, selection.get(model), old, sha))  # noqa: SLF001
             continue
         if old is not None and model_ref and not (
                 rt.has(reg, old.encode()) and rt.is_ancestor(reg, old.encode(), sha.encode())):
@@ -227,7 +230,7 @@ def create(store: Store, out: str, names: list[str] = (),  # type: ignore[assign
             jobs.append(sync._Job(ref[len(MODEL_REF_PREFIX):], selection.get(  # noqa: SLF001
                 ref[len(MODEL_REF_PREFIX):]), old, sha))
     site = _SiteView(held_blobs)
-    content = sync._content(reg, local, site, jobs, ours, cutoff, set())  # noqa: SLF001
+    content = sync._content(reg, local, site, jobs, ours, cutoff, absent)  # noqa: SLF001
     held = sorted(local.present(sorted(held_blobs)))
     have_ids = set(local.closure(held)) if held else set()
     ids = [oid for oid in (local.closure(content) if content else []) if oid not in have_ids]
