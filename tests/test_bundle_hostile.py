@@ -12,9 +12,12 @@ the real bundle completes.
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -225,10 +228,9 @@ class Dst:
         assert not list(self.path.rglob("*.tmp"))
 
     def refused(self, data: bytes, codes: tuple[str, ...] = ("E_VERIFY",), match: str = "",
-                writes: bool = True, verify: bool = True) -> CasError:
+                writes: bool = True) -> CasError:
         """Importing ``data`` fails with one of ``codes`` and a one-line message; no ref
-        moves; with ``writes`` False nothing at all is written; the store verifies clean
-        (unless not ``verify``: the caller samples)."""
+        moves; with ``writes`` False nothing at all is written; the store verifies clean."""
         path = self.path.parent / "hostile.cbundle"
         path.write_bytes(data)
         refs, written = self.refs(), self.written()
@@ -241,10 +243,7 @@ class Dst:
         assert self.refs() == refs
         if not writes:
             assert self.written() == written
-        if verify:
-            self.sound()
-        else:
-            assert not list(self.path.rglob("*.tmp"))
+        self.sound()
         return err
 
     def imports(self, data: bytes, force: bool = False) -> bd.BundleResult:
@@ -366,6 +365,19 @@ def test_an_object_whose_bytes_do_not_match_its_id_is_refused(made: dict, dst: D
     err = dst.refused(assemble(p), match=oid.hex())
     assert err.object_id == oid.hex()
     assert not dst.store.has_object(oid)
+
+
+def test_a_bundle_that_claims_content_it_does_not_carry_moves_no_ref(made: dict, dst: Dst
+                                                                     ) -> None:
+    p = parts(made["tiny"])
+    assert p.header["content"]
+    p.stream = b""
+    result = dst.imports(assemble(p))
+    assert [(r.status, r.reason.split(":")[0]) for r in result.refs] == [("rejected",
+                                                                          "E_VERIFY")]
+    assert "not here" in result.refs[0].reason
+    assert dst.refs() == {}
+    dst.sound()
 
 
 @pytest.mark.xfail(strict=True, reason="BUG: bundle import accepts and stores objects that no "
@@ -585,6 +597,11 @@ def test_the_cli_reports_damage_in_one_line_with_its_code(made: dict, tmp_path: 
             code, doc = run_json(store, "bundle", *verb, str(path))
             assert code == 4 and doc["error"]["code"] == "E_VERIFY", (name, verb, doc)
             assert "\n" not in doc["error"]["message"]
+    proc = subprocess.run([sys.executable, "-m", "cas.cli.main", "--store", str(store),
+                           "--json", "bundle", "import", "-"], input=data[: len(data) // 2],
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 4 and b"Traceback" not in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout)["error"]["code"] == "E_VERIFY"
     code, doc = run_json(store, "verify", "--all")
     assert code == 0 and doc["ok"], doc
     code, doc = run_json(store, "ls")
