@@ -608,8 +608,8 @@ def test_the_cli_reports_damage_in_one_line_with_its_code(made: dict, tmp_path: 
     assert doc["models"] == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a bundle path that cannot be opened is an internal "
-                   "error (E_BUG, traceback) instead of E_NOT_FOUND / E_ARGS")
+@pytest.mark.xfail(strict=True, reason="BUG: a bundle path that cannot be opened (read, or "
+                   "written by create) is an internal error (E_BUG, traceback)")
 def test_a_bundle_that_is_not_there_is_a_clean_error(tmp_path: Path) -> None:
     store = tmp_path / "site"
     Store.init(store).close()
@@ -618,3 +618,5 @@ def test_a_bundle_that_is_not_there_is_a_clean_error(tmp_path: Path) -> None:
             status, doc = run_json(store, "bundle", *verb, str(path))
             assert doc["error"]["code"] in ("E_NOT_FOUND", "E_ARGS", "E_PERM"), (verb, doc)
             assert status not in (0, 70)
+    status, doc = run_json(store, "bundle", "create", str(tmp_path / "no-such-dir" / "x"))
+    assert doc["error"]["code"] in ("E_NOT_FOUND", "E_ARGS", "E_PERM") and status != 70, doc
