@@ -34,7 +34,15 @@ import msgspec
 
 from cas import registry_transfer as rt
 from cas import sync, transfer
-from cas.errors import CasError, CasWarning, FormatError, NotFoundError, VerifyError
+from cas.errors import (
+    ArgsError,
+    CasError,
+    CasWarning,
+    FormatError,
+    NotFoundError,
+    VerifyError,
+    from_os_error,
+)
 from cas.peer import LocalPeer, RefResult, RefUpdate
 from cas.registry import MODEL_REF_PREFIX
 from cas.rpc import Framed
@@ -248,7 +256,12 @@ def create(store: Store, out: str, names: list[str] = (),  # type: ignore[assign
                     sorted(set(commits)), prereqs, updates, content, site_uuid,
                     time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     total, pieces = local.send(ids, not derives) if ids else (0, iter(()))
-    target: IO[bytes] = sys.stdout.buffer if out == "-" else open(out, "wb")  # noqa: SIM115
+    try:
+        target: IO[bytes] = sys.stdout.buffer if out == "-" else open(out, "wb")  # noqa: SIM115
+    except IsADirectoryError:
+        raise ArgsError(f"{out} is a folder: name the bundle file to write") from None
+    except OSError as exc:
+        raise from_os_error(exc, f"writing {out}") from None
     try:
         w = _HashingWriter(target)
         w.write(MAGIC + VERSION.to_bytes(4, "big"))
@@ -347,11 +360,18 @@ class Reader:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.file: IO[bytes] = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+        try:
+            self.file: IO[bytes] = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+        except IsADirectoryError:
+            raise ArgsError(f"{path} is a folder, not a bundle file") from None
+        except OSError as exc:
+            raise from_os_error(exc, f"reading {path}") from None
         self.src = _Consumed(self.file)
         head = self.src.read(len(MAGIC) + 4)
-        if head[: len(MAGIC)] != MAGIC:
+        if head[: len(MAGIC)] != MAGIC[: len(head)] or len(head) < len(MAGIC):
             raise VerifyError(f"{path} is not a cas bundle")
+        if len(head) < len(MAGIC) + 4:
+            raise VerifyError(f"{path} is truncated (in its version field)")
         version = int.from_bytes(head[len(MAGIC):], "big")
         if version != VERSION:
             raise FormatError(f"{path}: bundle version {version}; this build reads {VERSION}")
@@ -365,6 +385,7 @@ class Reader:
         if unknown:
             raise FormatError(f"{path} needs capabilities this build lacks: "
                               f"{', '.join(unknown)}")
+        _check_header(self.header, path)
         self._pending: tuple[bytes, bytes] | None = None
 
     def _frame(self) -> tuple[bytes, bytes]:
@@ -430,6 +451,52 @@ class Reader:
             self.file.close()
 
 
+def _check_header(h: Header, path: str) -> None:
+    """Refuse a header whose refs or ids could not be a bundle's (before anything is written).
+
+    Raises:
+        VerifyError: naming the first bad ref or id.
+    """
+    from cas.peer import check_ref_name
+
+    def hex40(v: str | None) -> bool:
+        return v is None or (len(v) == 40 and all(c in "0123456789abcdef" for c in v))
+
+    for u in h.refs:
+        try:
+            check_ref_name(u.ref)
+        except CasError as exc:
+            raise VerifyError(f"{path}: {exc.message}") from None
+        if not (hex40(u.old) and hex40(u.new) and u.new):
+            raise VerifyError(f"{path}: ref {u.ref!r} has a value that is not a commit id")
+    for c in [*h.commits, *h.content, *(v.blob for v in h.versions)]:
+        if not hex40(c):
+            raise VerifyError(f"{path}: {c!r} is not an object id")
+
+
+def _reachable_only(store: Store, objects: list[tuple[int, bytes]], header: Header,
+                    path: str) -> None:
+    """Refuse registry objects that neither the bundle's refs nor its manifests reach (an
+    extra object is not carried: nothing is written).
+
+    Raises:
+        VerifyError: naming one such object.
+    """
+    parsed = {o.id: o for o in rt.parse_objects(objects)}
+    seen: set[bytes] = set()
+    todo = [u.new.encode() for u in header.refs] + [c.encode() for c in header.content]
+    while todo:
+        sha = todo.pop()
+        if sha in seen or sha not in parsed:
+            continue
+        seen.add(sha)
+        todo += rt.names(parsed[sha])
+    extra = sorted(set(parsed) - seen)
+    if extra:
+        raise VerifyError(f"{path} carries {len(extra)} registry objects no ref of it reaches "
+                          f"(first {extra[0].decode()})")
+
+
 # -- import --------------------------------------------------------------------------------------
 
 
@@ -471,10 +538,14 @@ def import_bundle(store: Store, path: str, *, force: bool = False,
                                      "parameters: what moves is correct, but later files "
                                      "dedupe less"))
         local = LocalPeer(store)
+        objects = [o for chunk in reader.objects() for o in chunk]
+        _reachable_only(store, objects, h, path)
         with local.session("bundle import"):
-            for chunk in reader.objects():
-                result.registry_objects += local.put_registry_objects(chunk)
-            stats = local.receive(transfer.counted(reader.stream(), 0, progress))
+            if objects:
+                result.registry_objects = local.put_registry_objects(objects)
+            expected = _expected(store, h)
+            stats = local.receive(transfer.counted(reader.stream(), 0, progress),
+                                  expect=expected)
             reader.trailer()
             result.refs = local.update_refs(h.refs, force, h.content)
     finally:
@@ -482,6 +553,32 @@ def import_bundle(store: Store, path: str, *, force: bool = False,
     result.objects, result.bytes, result.packs = stats.objects, stats.bytes, stats.packs
     result.seconds = time.monotonic() - t0
     return result
+
+
+def _expected(store: Store, h: Header) -> transfer.Expected:
+    """What the bundle's pack stream may carry: the chunk lists of the files of its content
+    manifests and the base chunk lists they record, and the chunks of any of those lists
+    (as they arrive, or as this store holds them)."""
+    from cas.format.manifest import Manifest
+
+    reg = store.registry
+    lists: set[bytes] = set()
+    open_bases = False
+    for blob in h.content:
+        m = Manifest.decode(reg.blob(blob.encode()))
+        for f in m.files:
+            lists.add(bytes.fromhex(f.chunks))
+            if f.bases is None:
+                open_bases = True  # written before bases were recorded: any list may be one
+            else:
+                lists.update(bytes.fromhex(b) for b in f.bases)
+    expected = transfer.Expected(lists, any_list=open_bases)
+    for cl in lists:
+        try:
+            expected.allow_chunks_of(store.packs.read_chunk_list(cl))
+        except CasError:
+            continue  # not here: it comes in the bundle, and its chunks with it
+    return expected
 
 
 # -- verify and list-heads -----------------------------------------------------------------------

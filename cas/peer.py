@@ -155,11 +155,13 @@ class LocalPeer:
         with self.store.writing():
             return len(rt.store_objects(self.store.registry, objects))
 
-    def receive(self, pieces: Iterable[bytes | memoryview]) -> transfer.TransferStats:
-        """Receive the transfer packs in ``pieces`` (inside :meth:`session`)."""
+    def receive(self, pieces: Iterable[bytes | memoryview],
+                expect: transfer.Expected | None = None) -> transfer.TransferStats:
+        """Receive the transfer packs in ``pieces`` (inside :meth:`session`); ``expect``:
+        what they may carry (a bundle's declared content)."""
         with transfer.Prefetch(pieces) as ahead:
             f = io.BufferedReader(transfer.IterReader(ahead), 1 << 20)
-            return transfer.receive(self.store, f, self._lease)
+            return transfer.receive(self.store, f, self._lease, expect)
 
     def absent(self) -> list[str]:
         """Ids of the versions registered here without their content (:mod:`cas.presence`)."""
@@ -324,15 +326,22 @@ class LocalPeer:
             if current is not None and not force:
                 raise ConflictError(f"{u.ref} exists here with another value; --force "
                                     "replaces it")
-        reg._move_ref(ref, current or ZERO, new)  # noqa: SLF001 - compare-and-swap
         if kind == "model":
+            # Versions that arrive without their content are recorded absent before the ref
+            # names them: a crash between the two leaves an entry for a version not (yet)
+            # registered, which nothing reads, never a version that looks whole and is not.
             from cas import presence
 
-            st = reg.state(name)
+            st = reg.state(name, new)
+            mine: dict[str, presence.Absent] = {}
             for seq in missing_content:
-                absent[st.version(seq).id] = presence.Absent(name, seq)
+                mine[st.version(seq).id] = presence.Absent(name, seq)
             for root in self._kept_without_content(reg, st):
-                absent[root.id] = presence.Absent(name, root.seq)
+                mine[root.id] = presence.Absent(name, root.seq)
+            if mine:
+                presence.update(self.store.backend, mine)
+                absent.update(mine)
+        reg._move_ref(ref, current or ZERO, new)  # noqa: SLF001 - compare-and-swap
         return "ok"
 
     def _kept_without_content(self, reg: Registry, st: object) -> list[object]:

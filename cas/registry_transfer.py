@@ -133,6 +133,12 @@ def parse_objects(objects: list[tuple[int, bytes]]) -> list[ShaFile]:
     return parsed
 
 
+def names(obj: ShaFile) -> list[bytes]:
+    """The ids of the objects ``obj`` names (a commit's tree and parents, a tree's entries,
+    a tag's target)."""
+    return _names(obj)
+
+
 def _names(obj: ShaFile) -> list[bytes]:
     """The ids of the objects ``obj`` names."""
     if isinstance(obj, Commit):

@@ -316,8 +316,8 @@ def read_exact(f: io.RawIOBase | io.BufferedIOBase, n: int) -> bytes:
 # -- receiving -----------------------------------------------------------------------------------
 
 
-def receive(store: Store, f: io.RawIOBase | io.BufferedIOBase, lease: Lease | None = None
-            ) -> TransferStats:
+def receive(store: Store, f: io.RawIOBase | io.BufferedIOBase, lease: Lease | None = None,
+            expect: Expected | None = None) -> TransferStats:
     """Receive transfer packs from ``f`` until its end (see the module docstring). Each pack
     is verified whole before it becomes visible; ``lease`` (the store's shared lease for this
     transfer) is checked before each pack is made visible. The caller holds that lease.
@@ -333,7 +333,33 @@ def receive(store: Store, f: io.RawIOBase | io.BufferedIOBase, lease: Lease | No
         if not head:
             return stats
         fmt.check_pack_header(head, "sent by the other side")
-        _receive_pack(store, f, stats, lease)
+        _receive_pack(store, f, stats, lease, expect)
+
+
+class Expected:
+    """What a stream may carry (a bundle's, whose content is declared up front): chunk lists
+    among ``lists`` (any, with ``any_list``), and chunks of a list that arrived or is here."""
+
+    def __init__(self, lists: set[bytes], any_list: bool = False) -> None:
+        self.lists = set(lists)
+        self.any_list = any_list
+        self.chunks: set[bytes] = set()
+
+    def allow_chunks_of(self, clist: ChunkList) -> None:
+        self.chunks.update(clist.ids())
+
+    def check(self, entry: fmt.Entry, raw: bytes | memoryview, where: str) -> None:
+        """Refuse ``entry`` unless it was expected; a chunk list lets its chunks in."""
+        oid = entry.oid
+        if entry.kind == fmt.KIND_CHUNK_LIST:
+            if not self.any_list and oid not in self.lists:
+                raise VerifyError(f"object {oid.hex()}: {where} carries a chunk list none of "
+                                  "its versions needs", object_id=oid.hex())
+            self.lists.add(oid)
+            self.allow_chunks_of(ChunkList.decode(bytes(raw)))
+        elif oid not in self.chunks:
+            raise VerifyError(f"object {oid.hex()}: {where} carries a chunk none of its "
+                              "versions needs", object_id=oid.hex())
 
 
 def _entries(f: io.RawIOBase | io.BufferedIOBase, where: str
@@ -376,7 +402,7 @@ def _entries(f: io.RawIOBase | io.BufferedIOBase, where: str
 
 
 def _receive_pack(store: Store, f: io.RawIOBase | io.BufferedIOBase, stats: TransferStats,
-                  lease: Lease | None) -> None:
+                  lease: Lease | None, expect: Expected | None = None) -> None:
     where = "a transfer pack"
     store.packs.refresh()
     test = lacks(store)
@@ -384,7 +410,9 @@ def _receive_pack(store: Store, f: io.RawIOBase | io.BufferedIOBase, stats: Tran
     writer = PackWriter(store.backend, fmt.MAX_PACK_BYTES)
     try:
         for entry, stored in _entries(f, where):
-            _check_entry(entry, stored, ranges, where)
+            raw = _check_entry(entry, stored, ranges, where)
+            if expect is not None:
+                expect.check(entry, raw, where)
             if test(entry.oid):
                 writer.add(entry.oid, entry.kind, entry.codec, entry.raw_len, stored)
             else:
@@ -437,9 +465,11 @@ def check(f: io.RawIOBase | io.BufferedIOBase, store: Store | None = None
             size += fmt.ENTRY_HEADER_SIZE + entry.stored_len
 
 
-def _check_entry(entry: fmt.Entry, stored: bytes, ranges: RangeReader, where: str) -> None:
+def _check_entry(entry: fmt.Entry, stored: bytes, ranges: RangeReader, where: str
+                 ) -> bytes | memoryview:
     """Decode a received entry and check it against its id; a chunk list must also parse.
-    Refusals are ``VerifyError``: the sender is at fault, whatever the cause."""
+    Returns the decoded bytes. Refusals are ``VerifyError``: the sender is at fault, whatever
+    the cause."""
     oid = entry.oid.hex()
     try:
         raw = decode_verified(entry, stored, ranges, where)
@@ -454,6 +484,7 @@ def _check_entry(entry: fmt.Entry, stored: bytes, ranges: RangeReader, where: st
         except SchemaError as exc:
             raise VerifyError(f"object {oid}: {where} holds a chunk list that does not "
                               f"parse ({exc.message})", object_id=oid) from None
+    return raw
 
 
 def _check_lengths(entry: fmt.Entry, where: str) -> None:

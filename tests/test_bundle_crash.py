@@ -258,9 +258,6 @@ def test_a_crash_at_every_write_step_of_a_full_import_into_a_new_store(prepared:
     assert not failures, "\n".join(failures)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a crash after a model ref moved and before "
-                   "presence.json records the versions that came without content leaves them "
-                   "broken, and the re-run (ref up to date) never records them")
 def test_a_crash_at_every_write_step_of_an_import_that_registers_a_version_without_content(
         prepared: dict) -> None:
     _, failures = crash_everywhere(prepared, "incremental")
