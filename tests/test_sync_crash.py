@@ -23,13 +23,11 @@ never reached, or if no crash fell between two transfer packs.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,18 +35,14 @@ import pytest
 from dulwich.objects import ShaFile
 from safetensors.numpy import save_file
 
-import cas.cli.main as cli_main
 import cas.store
 import cas.transfer
 from cas.packs import scan_pack
 from cas.peer import LocalPeer
-from cas.storage.faults import CRASH_STATUS, FaultyBackend
-from cas.storage.local import LocalBackend
+from cas.storage.faults import CRASH_STATUS
 from cas.store import Store
-
-#: Storage verbs that change something.
-WRITE_VERBS = {"write", "open_write", "append", "commit", "swap", "delete", "sweep"}
-
+import crashrun
+from crashrun import WRITE_VERBS
 
 def write_steps(receiver: str, sender: str) -> dict[str, str]:
     """The write steps a sync must reach, by name: label patterns (``STORE VERB NAME``)."""
@@ -67,56 +61,14 @@ def write_steps(receiver: str, sender: str) -> dict[str, str]:
     }
 
 
-class StoreSteps(FaultyBackend):
-    """A fault wrapper whose step counter is shared with the other stores' wrappers, and
-    whose labels name its store (the folder's name)."""
-
-    def __init__(self, inner: LocalBackend, plan: dict[int, str] | None, steps: list[str]
-                 ) -> None:
-        super().__init__(inner, plan)
-        self.steps = steps
-        self.store_name = Path(inner.root).name
-
-    def _step(self, label: str) -> str | None:
-        return super()._step(f"{self.store_name} {label}")
+def _tiny_packs() -> None:
+    cas.transfer.TRANSFER_PACK_BYTES = 1  # a pack per run of neighbouring objects
 
 
 def run_cas(store: Path, args: list[str], plan: dict[int, str] | None = None
             ) -> tuple[int, str, str, list[str]]:
-    """Run ``cas ARGS`` in a forked child with tiny transfer packs, every store's backend
-    wrapped with ``plan``; return (exit status, stdout, stderr, steps; none after a
-    crash)."""
-    top = store.parent
-    out, err, steps_file = top / "child.out", top / "child.err", top / "child.steps"
-    steps_file.unlink(missing_ok=True)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        status = 70
-        try:
-            os.dup2(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 1)
-            os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
-            sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", closefd=False))
-            sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", closefd=False))
-            steps: list[str] = []
-
-            def backend(root: Path) -> StoreSteps:
-                return StoreSteps(LocalBackend(root), plan, steps)
-
-            cas.store.LocalBackend = backend  # type: ignore[assignment,misc]
-            cas.transfer.TRANSFER_PACK_BYTES = 1  # a pack per run of neighbouring objects
-            try:
-                cli_main.main(["--store", str(store), "--json", *args])
-            except SystemExit as exc:
-                status = exc.code if isinstance(exc.code, int) else 1
-            steps_file.write_text(json.dumps(steps))
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(status)
-    _, wait_status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(wait_status)
-    steps = json.loads(steps_file.read_text()) if steps_file.exists() else []
-    return code, out.read_text(), err.read_text(), steps
+    """:func:`crashrun.run_cas` with tiny transfer packs."""
+    return crashrun.run_cas(store, args, plan, _tiny_packs)
 
 
 def ok(store: Path, *args: str) -> dict:
