@@ -128,6 +128,30 @@ def write_files(folder: Path, files: dict[str, bytes]) -> Path:
     return folder
 
 
+def model_folder(folder: Path, seed: int, size: int) -> Path:
+    """A small model folder: ``size`` bytes of incompressible weights (``model.bin``, from
+    ``seed``) and a config."""
+    import random
+
+    return write_files(folder, {"model.bin": random.Random(seed).randbytes(size),
+                                "config.json": b'{"seed": %d}\n' % seed})
+
+
+def edit_model(src: Path, dst: Path, at: int, patch: bytes = b"fine-tuned") -> Path:
+    """A copy of model folder ``src`` with a few bytes of its weights changed at ``at``."""
+    shutil.copytree(src, dst)
+    with open(dst / "model.bin", "r+b") as f:
+        f.seek(at)
+        f.write(patch)
+    return dst
+
+
+def read_files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder``: relative path -> bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def pack_sizes(store: Path) -> dict[str, int]:
     """Pack id -> size of every ``.pack`` file of a store."""
     return {p.name[5:-5]: p.stat().st_size for p in (store / "packs").glob("pack-*.pack")}

@@ -12,7 +12,6 @@ file of a large site stays small.
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import subprocess
 import sys
@@ -29,34 +28,21 @@ from cas.errors import error_of_code
 from cas.ingest import AddOptions
 from cas.peer import LocalPeer
 from cas.store import Store
-from conftest import CasCli, CasRun, pack_sizes, registry_git, write_files
+from conftest import (CasCli, CasRun, edit_model, model_folder, pack_sizes, read_files,
+                      registry_git, write_files)
 
 A, B = "org/a", "org/b"
 REF_A, REF_B = f"refs/models/{A}", f"refs/models/{B}"
 TAG = f"refs/tags/{A}@prod"
 
 
+def _model(folder: Path, seed: int = 0, size: int = 1 << 20) -> Path:
+    return model_folder(folder, seed, size)
+
+
+_edit, _files = edit_model, read_files
+
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def _model(folder: Path, seed: int, size: int = 1 << 20) -> Path:
-    """A small model folder: incompressible weights and a config."""
-    return write_files(folder, {"model.bin": random.Random(seed).randbytes(size),
-                                "config.json": b'{"seed": %d}\n' % seed})
-
-
-def _edit(src: Path, dst: Path, at: int, patch: bytes = b"fine-tuned") -> Path:
-    """A copy of model folder ``src`` with a few bytes of its weights changed at ``at``."""
-    shutil.copytree(src, dst)
-    with open(dst / "model.bin", "r+b") as f:
-        f.seek(at)
-        f.write(patch)
-    return dst
-
-
-def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _store(tmp_path: Path, name: str) -> CasCli:

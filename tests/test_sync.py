@@ -8,7 +8,6 @@ exits ``E_CONFLICT``; what arrives verifies and checks out byte-exact.
 
 from __future__ import annotations
 
-import random
 import shutil
 import threading
 from pathlib import Path
@@ -19,37 +18,20 @@ from cas.demo import finetune_copy
 from cas.errors import ConflictError
 from cas.peer import LocalPeer
 from cas.store import Store
-from conftest import CasCli, damage_chunk, pack_sizes, registry_git, write_files
+from conftest import (CasCli, damage_chunk, edit_model, model_folder, pack_sizes, read_files,
+                      registry_git, write_files)
 
 NAME = "org/m"
 MODEL_REF = f"refs/models/{NAME}"
 
 
-# -- helpers -------------------------------------------------------------------------------------
-
-
-def _data(seed: int, n: int) -> bytes:
-    return random.Random(seed).randbytes(n)
-
-
 def _model(folder: Path, seed: int = 0, size: int = 3 << 20) -> Path:
-    """A small model folder: one incompressible weights file and a config."""
-    return write_files(folder, {"model.bin": _data(seed, size),
-                                "config.json": b'{"hidden": %d}\n' % seed})
+    return model_folder(folder, seed, size)
 
 
-def _edit(src: Path, dst: Path, at: int, patch: bytes = b"fine-tuned") -> Path:
-    """A copy of model folder ``src`` with a few bytes of its weights changed at ``at``."""
-    shutil.copytree(src, dst)
-    with open(dst / "model.bin", "r+b") as f:
-        f.seek(at)
-        f.write(patch)
-    return dst
+_edit, _files = edit_model, read_files
 
-
-def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+# -- helpers -------------------------------------------------------------------------------------
 
 
 def _status(doc: dict) -> dict[str, str]:

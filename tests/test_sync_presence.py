@@ -13,31 +13,25 @@ turn into a failure.
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 from pathlib import Path
 
 
 from cas.errors import NotFoundError
 from cas.store import Store
-from conftest import CasCli, write_files
+from conftest import CasCli, model_folder, read_files
 
 NAME = "org/m"
 SIZE = 200_000
 
 
-# -- helpers -------------------------------------------------------------------------------------
-
-
 def _model(folder: Path, seed: int) -> Path:
-    """A small model folder: incompressible weights (``SIZE`` bytes) and a config."""
-    return write_files(folder, {"model.bin": random.Random(seed).randbytes(SIZE),
-                                "config.json": b'{"seed": %d}\n' % seed})
+    return model_folder(folder, seed, SIZE)
 
 
-def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+_files = read_files
+
+# -- helpers -------------------------------------------------------------------------------------
 
 
 def _origin(tmp_path: Path, versions: int, name: str = "origin") -> tuple[Path, list[Path]]:

@@ -10,7 +10,6 @@ refused, naming it, and a refusal leaves the model as it was.
 
 from __future__ import annotations
 
-import random
 import subprocess
 from pathlib import Path
 
@@ -20,24 +19,20 @@ from cas import sync
 from cas.errors import ArgsError, ConflictError
 from cas.ingest import AddOptions
 from cas.store import Store
-from conftest import CasCli, registry_git, write_files
+from conftest import CasCli, registry_git, model_folder, read_files
 
 NAME = "org/m"
 MODEL_REF = f"refs/models/{NAME}"
 SIZE = 100_000
 
 
-# -- helpers -------------------------------------------------------------------------------------
-
-
 def _model(folder: Path, seed: int) -> Path:
-    return write_files(folder, {"model.bin": random.Random(seed).randbytes(SIZE),
-                                "config.json": b'{"seed": %d}\n' % seed})
+    return model_folder(folder, seed, SIZE)
 
 
-def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+_files = read_files
+
+# -- helpers -------------------------------------------------------------------------------------
 
 
 def _add(store_path: Path, seed: int, tmp_path: Path, tags: tuple[str, ...] = ()) -> str:
