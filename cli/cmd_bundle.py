@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from cas.cli.app import Ctx, ReportedFailure, cli, pass_ctx, progress_for
 from cas.cli.render import count, human_bytes
 
-from cas import bundle as bd
 from cas.errors import ArgsError, error_of_code, from_os_error
+
+if TYPE_CHECKING:
+    from cas import bundle as bd
 
 
 @cli.group("state", invoke_without_command=False)
@@ -34,6 +37,8 @@ def state_export(ctx: Ctx, file: str) -> None:
     Examples:
       cas state export /media/usb/site-state.json
     """
+    from cas import bundle as bd
+
     with ctx.open() as store:
         data = bd.export_state(store)
     if file == "-":
@@ -58,6 +63,8 @@ def bundle_group() -> None:
 
 
 def _state(path: str) -> bd.SiteState:
+    from cas import bundle as bd
+
     try:
         data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as exc:
@@ -106,6 +113,8 @@ def bundle_create(ctx: Ctx, file: str, names: tuple[str, ...], since: str | None
       cas bundle create /media/usb/models.cbundle --since /media/usb/site-state.json
       cas bundle create - org/bert --since-site 0cfc7f60 > bert.cbundle
     """
+    from cas import bundle as bd
+
     if since and since_site:
         raise ArgsError("give --since or --since-site, not both")
     state = _state(since) if since else None
@@ -135,6 +144,8 @@ def bundle_import(ctx: Ctx, file: str, force: bool) -> None:
     Examples:
       cas bundle import /media/usb/models.cbundle
     """
+    from cas import bundle as bd
+
     with ctx.open(create=True) as store, progress_for(ctx) as bar:
         r = bd.import_bundle(store, file, force=force, progress=bar)
     lines = _lines(r, "imported")
@@ -156,6 +167,8 @@ def bundle_verify(ctx: Ctx, file: str, no_store: bool) -> None:
       cas bundle verify /media/usb/models.cbundle
       cas bundle verify models.cbundle --no-store --json
     """
+    from cas import bundle as bd
+
     store = None
     path = ctx.store_path
     if not no_store and (path / "config.json").exists():
@@ -193,6 +206,8 @@ def bundle_list_heads(ctx: Ctx, file: str) -> None:
     Examples:
       cas bundle list-heads /media/usb/models.cbundle
     """
+    from cas import bundle as bd
+
     h = bd.list_heads(file)
     lines = [f"{u.new}  {u.ref}" + (f"  (from {u.old[:12]})" if u.old else "")
              for u in h.refs]

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from cas.cli.app import Ctx, NonEmptyPath, ReportedFailure, cli, pass_ctx, progress_for
 from cas.cli.render import count, human_bytes
 
 from cas import remotes as rem
-from cas import sync
 from cas.errors import ArgsError, ConflictError, error_of_code
 from cas.store import Store
+
+if TYPE_CHECKING:
+    from cas import sync
 
 
 def default_remote(store: Store, spec: str | None) -> str:
@@ -83,6 +86,8 @@ def push(ctx: Ctx, remote: str | None, names: tuple[str, ...], force: bool) -> N
       cas push /media/usb/cas org/bert
       cas push origin org/bert --json
     """
+    from cas import sync
+
     with ctx.open() as store, progress_for(ctx) as bar:
         r = sync.push(store, default_remote(store, remote), list(names), force=force,
                       progress=bar)
@@ -135,6 +140,8 @@ def fetch(ctx: Ctx, remote: str | None) -> None:
     Examples:
       cas fetch origin
     """
+    from cas import sync
+
     with ctx.open() as store:
         r = sync.fetch(store, default_remote(store, remote))
     _report(ctx, r, "fetched from")
@@ -167,6 +174,8 @@ def pull(ctx: Ctx, remote: str | None, names: tuple[str, ...], rebase: bool,
       cas pull origin
       cas pull train-03 org/bert --rebase
     """
+    from cas import sync
+
     with ctx.open() as store, progress_for(ctx) as bar:
         if force and not rebase:
             raise ArgsError("--force goes with --rebase")
@@ -194,6 +203,8 @@ def clone(ctx: Ctx, url: str, path: Path | None, description: str | None,
       cas clone --no-content ssh://ml@train-03/data/cas ./catalog
       cas --store ~/cas clone ssh://ml@train-03/data/cas
     """
+    from cas import sync
+
     target = path or ctx.store_path
     with progress_for(ctx) as bar:
         store, r = sync.clone(url, target, bar, description, content=not no_content)
