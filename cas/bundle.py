@@ -43,6 +43,7 @@ from cas.errors import (
     VerifyError,
     from_os_error,
 )
+from cas.format.manifest import Manifest
 from cas.peer import LocalPeer, RefResult, RefUpdate
 from cas.registry import MODEL_REF_PREFIX
 from cas.rpc import Framed
@@ -246,8 +247,6 @@ def create(store: Store, out: str, names: list[str] = (),  # type: ignore[assign
                               [c.encode() for c in commits]) if updates else []
     prereqs = []
     for b in held:
-        from cas.format.manifest import Manifest
-
         m = Manifest.decode(reg.blob(b.encode()))
         if m.id is not None:
             prereqs.append(Prereq(m.name, m.id, b))
@@ -559,8 +558,6 @@ def _expected(store: Store, h: Header) -> transfer.Expected:
     """What the bundle's pack stream may carry: the chunk lists of the files of its content
     manifests and the base chunk lists they record, and the chunks of any of those lists
     (as they arrive, or as this store holds them)."""
-    from cas.format.manifest import Manifest
-
     reg = store.registry
     lists: set[bytes] = set()
     open_bases = False

@@ -397,7 +397,7 @@ class LocalPeer:
         manifest for the rest of one :meth:`update_refs`)."""
         from cas import graph
 
-        memo = getattr(self, "_lacking_memo", None)
+        memo = self._lacking_memo
         key = b"".join(sorted(m.encode() for m in manifests)) if memo is not None else b""
         if memo is not None and key in memo:
             return memo[key]

@@ -88,7 +88,7 @@ def rebase(store: Store, model: str, local: bytes, remote: bytes, *, renumber: b
     # What the remote side changed, by seq (to detect both sides touching one version).
     base_versions = rt.tree_versions(reg, rt.commit_info(reg, base).tree) if base else {}
     theirs_touched: dict[int, str] = {}
-    for c, t in zip(theirs, their_adds):
+    for t in their_adds:
         for seq in t.versions:
             theirs_touched.setdefault(seq, t.action)
     next_seq = max([*_ever_added(reg, remote), *base_versions, 0]) + 1

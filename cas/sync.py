@@ -35,6 +35,7 @@ from cas import registry_transfer as rt
 from cas import remotes as rem
 from cas import transfer
 from cas.errors import ArgsError, CasError, CasWarning, ConflictError, NetError, NotFoundError
+from cas.rebase import both_added
 from cas.peer import SYNCED_PREFIXES, LocalPeer, RefResult, RefUpdate, check_ref_name
 from cas.commits import parse_trailers
 from cas.format.manifest import Manifest
@@ -551,8 +552,6 @@ def pull(store: Store, spec: str, names: list[str] = (), *,  # type: ignore[assi
                 result.refs.append(RefResult(ref, "up-to-date", "this store is ahead"))
                 target = old
             elif old and model_ref and not rt.is_ancestor(reg, old.encode(), sha.encode()):
-                from cas.rebase import both_added
-
                 mine = [] if rebase else both_added(reg, old.encode(), sha.encode())
                 if mine:  # refused before any content moves
                     result.refs.append(RefResult(ref, "rejected", (
