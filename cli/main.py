@@ -14,6 +14,7 @@ from cas.cli import cmd_remote  # noqa: F401  (registers commands)
 from cas.cli import cmd_pins  # noqa: F401  (registers commands)
 from cas.cli import cmd_sync  # noqa: F401  (registers commands)
 from cas.cli import cmd_bundle  # noqa: F401  (registers commands)
+from cas.cli import cmd_codelock, cmd_hub, cmd_lfs  # noqa: F401  (registers commands)
 from cas.cli.app import ReportedFailure, cli
 from cas.cli.render import PipeClosed, fail
 
