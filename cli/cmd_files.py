@@ -15,8 +15,13 @@ from cas.errors import ArgsError
 
 
 @cli.command()
-@click.argument("spec", metavar="NAME[@V]", shell_complete=complete_spec)
-@click.argument("dest", type=click.Path(path_type=Path))
+@click.argument("spec", metavar="NAME[@V]", required=False, shell_complete=complete_spec)
+@click.argument("dest", type=click.Path(path_type=Path), required=False)
+@click.option("--lock", "from_lock", is_flag=True,
+              help="Instead of NAME[@V] DEST: write every model of the repository's cas.lock "
+                   "at its path (the root is the top of the git work tree, else the current "
+                   "folder), after checking the version's sizes and SHA-256 against the lock; "
+                   "a version not here is pulled from the cas remote.")
 @click.option("-f", "--force", is_flag=True,
               help="Overwrite files in DEST that cas did not write; with --clean, delete "
                    "them too.")
@@ -31,8 +36,8 @@ from cas.errors import ArgsError
               help="Write through the page cache, leaving the files in memory for a program "
                    "that loads them next (slower; default: direct writes).")
 @pass_ctx
-def checkout(ctx: Ctx, spec: str, dest: Path, force: bool, clean: bool,
-             include: tuple[str, ...], cached: bool) -> None:
+def checkout(ctx: Ctx, spec: str | None, dest: Path | None, force: bool, clean: bool,
+             include: tuple[str, ...], cached: bool, from_lock: bool) -> None:
     """Write the files of NAME[@V] under DEST, byte-identical and SHA-256 verified.
 
     Files appear under their names only once complete and durable. Files cas wrote in DEST
@@ -43,7 +48,15 @@ def checkout(ctx: Ctx, spec: str, dest: Path, force: bool, clean: bool,
     Examples:
       cas checkout org/model@prod ./serve --clean
       cas checkout org/model ./tok --include 'tokenizer*' --include '/*.json'
+      cas checkout --lock
     """
+    if from_lock:
+        if spec is not None or dest is not None or include or cached:
+            raise ArgsError("--lock takes no NAME, DEST, --include or --cached")
+        checkout_lock(ctx, force, clean)
+        return
+    if spec is None or dest is None:
+        raise ArgsError("checkout needs NAME[@V] DEST (or --lock)")
     with ctx.open() as store, progress_for(ctx) as bar:
         from cas import presence
 
@@ -62,6 +75,18 @@ def checkout(ctx: Ctx, spec: str, dest: Path, force: bool, clean: bool,
         text += (f"; removed {count(r.removed_files, 'file')} and "
                  f"{count(r.removed_dirs, 'folder')} not in the version")
     ctx.out.result(r, text)
+
+
+def checkout_lock(ctx: Ctx, force: bool, clean: bool) -> None:
+    """``cas checkout --lock``: every model of cas.lock at its path."""
+    from cas.codelock import checkout_locked, find_root
+
+    with ctx.open() as store, progress_for(ctx) as bar:
+        r = checkout_locked(store, find_root(), force=force, clean=clean, progress=bar)
+    lines = [f"checked out {m.name}@{m.seq} to {m.path}: {m.files} files, "
+             f"{human_bytes(m.bytes_written)}, SHA-256 verified"
+             + (" (fetched from the cas remote)" if m.fetched else "") for m in r.models]
+    ctx.out.result(r, lines or ["cas.lock locks no models"])
 
 
 @cli.command()

@@ -1,0 +1,186 @@
+"""Checking a working tree against its cas.lock, fast: what ``cas-verify-files`` runs.
+
+A commit hook runs on every commit, so the common case (nothing changed) must cost about what
+``git status`` costs: stat each locked file, compare with a cache, read nothing. The cache
+(``<git dir>/cas/verify-files.cache``, never in the working tree; layout in
+``docs/format.md``, "verify-files cache") keeps, like git's index and
+:mod:`cas.statcache`:
+
+- the SHA-256 of the cas.lock it was built from, and the list of locked files parsed from it,
+  so an unchanged lock is not parsed again (this module then imports only the standard
+  library: no msgspec, no dulwich);
+- per locked file, its stat key (size, mtime ns, inode, ctime ns) and the SHA-256 its bytes
+  had. A key that differs in any field means the file is read again. A file whose mtime was
+  within ``RACY_MARGIN_NS`` of the moment it was read is not recorded (git's "racily clean"
+  rule: a write in the same timestamp tick could keep the mtime).
+
+The cache ends with the SHA-256 of what precedes it; a damaged, foreign or unreadable cache
+is ignored and rewritten (it costs a re-read, never a wrong answer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import marshal
+import os
+import time
+from pathlib import Path
+
+CACHE_NAME = "cas/verify-files.cache"
+MAGIC = b"CASVFC1\n"
+RACY_MARGIN_NS = 1_000_000_000
+LOCK_NAME = "cas.lock"
+
+#: ``(display path, root-relative path, size, sha256)`` of one locked file.
+Expected = tuple[str, str, int, str]
+
+
+def find_repo(cwd: Path) -> tuple[Path, Path | None]:
+    """``(work tree root, git dir)`` for ``cwd`` without running git: the nearest parent with
+    a ``.git`` folder or ``.git`` file (``gitdir: ...``, as worktrees and submodules have).
+    Not in a repository: ``(cwd, None)``."""
+    here = cwd.absolute()
+    for d in (here, *here.parents):
+        dot = d / ".git"
+        if dot.is_dir():
+            return d, dot
+        if dot.is_file():
+            try:
+                text = dot.read_text(encoding="utf-8", errors="replace").strip()
+            except OSError:
+                return d, None
+            if text.startswith("gitdir:"):
+                g = Path(text[len("gitdir:"):].strip())
+                return d, (g if g.is_absolute() else d / g)
+            return d, None
+    return here, None
+
+
+class Cache:
+    """The verify-files cache of one work tree (see the module docstring)."""
+
+    def __init__(self, git_dir: Path | None) -> None:
+        self.path = git_dir / CACHE_NAME if git_dir is not None else None
+        self.lock_digest = ""
+        self.expected: list[Expected] = []
+        self.entries: dict[str, tuple[int, int, int, int, str]] = {}
+        self.dirty = False
+        if self.path is None:
+            return
+        try:
+            data = self.path.read_bytes()
+        except OSError:
+            return
+        body = data[len(MAGIC):-32]
+        if not data.startswith(MAGIC) or hashlib.sha256(body).digest() != data[-32:]:
+            return
+        try:
+            digest, expected, entries = marshal.loads(body)
+            if not (isinstance(digest, str) and isinstance(expected, list)
+                    and isinstance(entries, dict)):
+                return
+        except (ValueError, EOFError, TypeError):
+            return
+        self.lock_digest, self.expected, self.entries = digest, expected, entries
+
+    def save(self) -> None:
+        """Write the cache if it changed (temp file and rename; no fsync: losing it costs
+        a re-read). A cache that cannot be written is skipped."""
+        if self.path is None or not self.dirty:
+            return
+        body = marshal.dumps((self.lock_digest, self.expected, self.entries))
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(exist_ok=True)
+            tmp.write_bytes(MAGIC + body + hashlib.sha256(body).digest())
+            os.replace(tmp, self.path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+
+
+def _expected_from(data: bytes) -> list[Expected]:
+    """Parse cas.lock (strictly, with :mod:`cas.codelock`) into the list of locked files."""
+    from cas.codelock import decode
+
+    lock = decode(data, LOCK_NAME)
+    return [(f"{m.path}/{f.path}", f"{m.path}/{f.path}", f.size, f.sha256)
+            for m in sorted(lock.models, key=lambda m: m.path)
+            for f in sorted(m.files, key=lambda f: f.path)]
+
+
+def _sha256_of(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def verify_files(root: Path, git_dir: Path | None) -> tuple[int, list[str]]:
+    """Check every file that ``root``/cas.lock records against its size and SHA-256.
+
+    Returns ``(files checked, problems)``: one line per file that is missing, not a regular
+    file, of another size or of other content, or one line for a cas.lock that cannot be read
+    (its code in brackets). No cas.lock: ``(0, [])``. Never raises for a user's mistake.
+    """
+    try:
+        data = (root / LOCK_NAME).read_bytes()
+    except FileNotFoundError:
+        return 0, []
+    except OSError as exc:
+        return 0, [f"{LOCK_NAME}: cannot be read: {exc.strerror} [E_PERM]"]
+    cache = Cache(git_dir)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != cache.lock_digest:
+        from cas.errors import CasError
+
+        try:
+            cache.expected = _expected_from(data)
+        except CasError as exc:
+            return 0, [f"{exc.message} [{exc.code}]"]
+        cache.lock_digest = digest
+        cache.dirty = True
+    problems = []
+    seen = set()
+    for display, rel, size, sha in cache.expected:
+        seen.add(rel)
+        path = root / rel
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            problems.append(f"{display}: missing (run `cas checkout --lock`)")
+            continue
+        except OSError as exc:
+            problems.append(f"{display}: cannot be read: {exc.strerror}")
+            continue
+        if not (st.st_mode & 0o170000 == 0o100000):
+            problems.append(f"{display}: not a regular file")
+            continue
+        if st.st_size != size:
+            hint = " (truncated?)" if st.st_size < size else ""
+            problems.append(f"{display}: {st.st_size} bytes, cas.lock records {size}{hint}")
+            continue
+        key = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+        entry = cache.entries.get(rel)
+        if entry is not None and entry[:4] == key:
+            got = entry[4]
+        else:
+            started = time.time_ns()
+            try:
+                got = _sha256_of(path)
+            except OSError as exc:
+                problems.append(f"{display}: cannot be read: {exc.strerror}")
+                continue
+            if st.st_mtime_ns + RACY_MARGIN_NS < started:
+                cache.entries[rel] = (*key, got)
+            else:
+                cache.entries.pop(rel, None)
+            cache.dirty = True
+        if got != sha:
+            problems.append(f"{display}: SHA-256 {got[:12]}..., cas.lock records "
+                            f"{sha[:12]}... (edited or damaged; `cas checkout --lock` "
+                            "restores it)")
+    stale = cache.entries.keys() - seen
+    if stale:
+        for rel in stale:
+            del cache.entries[rel]
+        cache.dirty = True
+    cache.save()
+    return len(cache.expected), problems
