@@ -351,3 +351,13 @@ def small_model(real_model: Path, seed: int, size: int = 1 << 20) -> dict[str, b
     files["model.safetensors"] = safetensors_bytes(
         {"w": random.Random(seed).randbytes(size // 4 * 4)})
     return files
+
+
+def finetuned(files: dict[str, bytes]) -> dict[str, bytes]:
+    """``files`` with a few KiB in the middle of the weights changed, and a new config."""
+    w = bytearray(files["model.safetensors"])
+    mid = len(w) // 2
+    w[mid : mid + 4096] = bytes(4096)
+    cfg = json.loads(files["config.json"])
+    cfg["fine_tuned"] = True
+    return {**files, "model.safetensors": bytes(w), "config.json": json.dumps(cfg).encode()}

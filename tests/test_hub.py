@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hubserver import HubFile, Olah, RangeHub, mirror_repo, small_model
+from hubserver import HubFile, Olah, RangeHub, finetuned, mirror_repo, small_model
 
 REPO = "org/mini"
 
@@ -24,16 +24,6 @@ def hub_env(cas, endpoint: str, home: Path) -> None:
                     "HF_HUB_DISABLE_TELEMETRY": "1"})
     for k in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "CAS_OFFLINE"):
         cas.env.pop(k, None)
-
-
-def finetuned(files: dict[str, bytes]) -> dict[str, bytes]:
-    """``files`` with a few KiB in the middle of the weights changed, and a new config."""
-    w = bytearray(files["model.safetensors"])
-    mid = len(w) // 2
-    w[mid : mid + 4096] = bytes(4096)
-    cfg = json.loads(files["config.json"])
-    cfg["fine_tuned"] = True
-    return {**files, "model.safetensors": bytes(w), "config.json": json.dumps(cfg).encode()}
 
 
 @pytest.fixture(scope="module")
