@@ -451,6 +451,7 @@ class InstallResult(msgspec.Struct):
     """The git configuration ``cas lfs install`` wrote."""
 
     scope: str
+    #: "" for the global scope: the agent then names the model after each repository.
     model: str
     remote: str
     store: str
@@ -501,13 +502,18 @@ def install(repo: Path, command: list[str], *, store: Path, model: str | None,
         raise ArgsError(f"scope {scope!r}: local or global")
     if scope == "local":
         _git(["rev-parse", "--git-dir"], repo)
-    model = validate_model_name(model) if model else default_model(repo)
+    if model:
+        model = validate_model_name(model)
+    elif scope == "local":
+        model = default_model(repo)
     if remote:
         configured = remotes.load(Store.open(store).backend) if (store / "config.json"
                                                                  ).exists() else {}
         if remote not in configured:
             remote = remotes.parse_url(remote, repo).url
-    args = [*command[1:], "lfs-agent", "--store", str(store), "--model", model]
+    # Without a model (global scope), the agent names it after the repository it runs in.
+    args = [*command[1:], "lfs-agent", "--store", str(store)] + (["--model", model]
+                                                                  if model else [])
     if remote:
         args += ["--remote", remote]
     config = {
@@ -519,13 +525,15 @@ def install(repo: Path, command: list[str], *, store: Path, model: str | None,
         f"lfs.customtransfer.{AGENT_NAME}.concurrent": "false",
     }
     try:
-        proc = subprocess.run(["git", "lfs", "install", f"--{scope}"], cwd=repo,
-                              capture_output=True, text=True)
+        # git-lfs's own default scope is the user's (it has no --global flag).
+        proc = subprocess.run(["git", "lfs", "install"] + (["--local"] if scope == "local"
+                                                           else []),
+                              cwd=repo, capture_output=True, text=True)
     except FileNotFoundError:
         raise NotFoundError("git is not installed (cas lfs needs git and git-lfs)") from None
     if proc.returncode != 0:
-        raise NotFoundError(f"git lfs install --{scope} failed (is git-lfs installed?): "
+        raise NotFoundError(f"git lfs install failed (is git-lfs installed?): "
                             f"{proc.stderr.strip()}")
     for key, value in config.items():
         _git(["config", f"--{scope}", key, value], repo)
-    return InstallResult(scope, model, remote or "", str(store), config)
+    return InstallResult(scope, model or "", remote or "", str(store), config)

@@ -53,15 +53,17 @@ def lfs_install(ctx: Ctx, remote: str | None, model: str | None, scope: str) -> 
     r = install(Path.cwd(), cas_command(), store=store_path, model=model, remote=remote,
                 scope=scope)
     where = f" with remote {r.remote}" if r.remote else " (no remote: objects stay here)"
-    ctx.out.result(r, f"git-lfs ({r.scope}) stores its objects as versions of {r.model} "
+    model_text = r.model or "lfs/<repository>"
+    ctx.out.result(r, f"git-lfs ({r.scope}) stores its objects as versions of {model_text} "
                       f"in {r.store}{where}")
 
 
 @cli.command("lfs-agent")
 @click.option("--remote", metavar="REMOTE", help="Remote for uploads and missing objects.")
-@click.option("--model", metavar="NAME", required=True, help="Model that holds the objects.")
+@click.option("--model", metavar="NAME",
+              help="Model that holds the objects (default: lfs/<repository>, as install).")
 @pass_ctx
-def lfs_agent(ctx: Ctx, remote: str | None, model: str) -> None:
+def lfs_agent(ctx: Ctx, remote: str | None, model: str | None) -> None:
     """git-lfs standalone custom transfer agent: JSON lines on stdin and stdout (git-lfs runs
     it; set up by 'cas lfs install'). Uploads are stored chunked and pushed to the remote;
     downloads come from this store, else the remote, and are verified against their oid.
@@ -71,14 +73,15 @@ def lfs_agent(ctx: Ctx, remote: str | None, model: str) -> None:
     Examples:
       git config lfs.customtransfer.cas.args "lfs-agent --model lfs/repo --remote nas"
     """
-    from cas.lfs import LfsObjects, lfs_tmp_dir, run_agent
+    from cas.lfs import LfsObjects, default_model, lfs_tmp_dir, run_agent
 
     stores = []
 
     def open_objects() -> LfsObjects:
+        name = model or default_model(Path.cwd())
         store = ctx.open()
         stores.append(store)
-        return LfsObjects(store, model, remote)
+        return LfsObjects(store, name, remote)
 
     tmp: list[Path] = []
 

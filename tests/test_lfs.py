@@ -140,6 +140,27 @@ def test_install_points_git_lfs_at_the_running_cas(tmp_path: Path, env: dict[str
     assert bad.returncode == 2 and json.loads(bad.stdout)["error"]["code"] == "E_ARGS"
 
 
+def test_global_install_names_the_model_after_each_repository(
+        tmp_path: Path, env: dict[str, str], origin: Path) -> None:
+    store, remote = tmp_path / "store", tmp_path / "remote"
+    repo = Repo(tmp_path / "work", env)
+    repo.path.mkdir()
+    repo.git("init", "-q", "-b", "main")
+    doc = json.loads(repo.cas(store, "--json", "lfs", "install", "--global", "--remote",
+                              str(remote)).stdout)
+    assert doc["scope"] == "global" and doc["model"] == ""
+    assert "--model" not in repo.git("config", "--global",
+                                     "lfs.customtransfer.cas.args").stdout
+    assert repo.git("config", "--local", "--list").stdout.count("customtransfer") == 0
+    repo.git("remote", "add", "origin", str(origin))
+    repo.git("lfs", "track", "*.safetensors")
+    oid = repo.write("m.safetensors", weights(4, 4096))
+    repo.git("add", ".")
+    repo.git("commit", "-qm", "m")
+    repo.git("push", "-q", "origin", "main")
+    repo.cas(remote, "show", f"lfs/models@sha256-{oid}")
+
+
 def test_push_clone_byte_exact_and_versions_share_chunks(tmp_path: Path, env: dict[str, str],
                                                          origin: Path) -> None:
     remote = tmp_path / "remote"
