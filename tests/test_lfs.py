@@ -320,3 +320,32 @@ def test_agent_protocol(tmp_path: Path, env: dict[str, str], origin: Path) -> No
     gone = repo.cas(store, "show", f"lfs/models@sha256-{hashlib.sha256(b'x').hexdigest()}",
                     ok=False)
     assert gone.returncode == 3
+
+
+def test_retention_and_gc_keep_every_object(tmp_path: Path, env: dict[str, str],
+                                            origin: Path) -> None:
+    """The oid tags keep objects: a keep-last-1 rule, gc --now and rm leave them all."""
+    store = tmp_path / "store"
+    repo = new_repo(tmp_path, env, origin, store, tmp_path / "remote")
+    blobs = {}
+    for i in range(3):
+        data = weights(10 + i, 64 * 1024)
+        blobs[repo.write("m.safetensors", data)] = data
+        repo.git("add", ".")
+        repo.git("commit", "-qm", f"v{i}")
+    repo.git("push", "-q", "origin", "main")
+    repo.cas(store, "retain", "lfs/models", "--keep-last", "1")
+    repo.cas(store, "gc", "--now")
+    first = next(iter(blobs))
+    refused = repo.cas(store, "--json", "rm", f"lfs/models@sha256-{first}", ok=False)
+    assert refused.returncode != 0
+    assert json.loads(refused.stdout)["error"]["code"] == "E_CONFLICT"
+    shutil.rmtree(repo.path / ".git" / "lfs" / "objects")
+    shutil.rmtree(tmp_path / "remote")  # so what comes back can only come from the store
+    for f in repo.path.glob("*.safetensors"):
+        f.unlink()
+    repo.git("checkout", "-q", "HEAD~2")
+    repo.env = {k: v for k, v in env.items() if k != "GIT_LFS_SKIP_SMUDGE"}
+    repo.git("lfs", "fetch", "--all")  # every version
+    for oid, data in blobs.items():
+        assert lfs_object(repo, oid).read_bytes() == data
