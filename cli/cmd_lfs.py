@@ -71,7 +71,7 @@ def lfs_agent(ctx: Ctx, remote: str | None, model: str | None) -> None:
 
     \b
     Examples:
-      git config lfs.customtransfer.cas.args "lfs-agent --model lfs/repo --remote nas"
+      cas lfs-agent --model lfs/my-repo --remote nas    (git-lfs runs it so)
     """
     from cas.lfs import LfsObjects, default_model, lfs_tmp_dir, run_agent
 
