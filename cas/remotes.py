@@ -169,6 +169,15 @@ def remove(backend: Backend, name: str) -> Remote:
     return gone
 
 
+def default_name(configured: dict[str, Remote], spec: str | None) -> str | None:
+    """``spec``, else ``origin`` if configured, else the only configured remote, else None."""
+    if spec:
+        return spec
+    if "origin" in configured:
+        return "origin"
+    return next(iter(configured)) if len(configured) == 1 else None
+
+
 def resolve(backend: Backend, spec: str, cwd: Path | None = None) -> tuple[str, RemoteUrl,
                                                                            Remote]:
     """A configured remote by name, else ``spec`` as a URL: ``(name or "", parsed, remote)``.

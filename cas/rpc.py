@@ -18,15 +18,13 @@ decode into fixed types, object streams are verified by :mod:`cas.transfer`.
 from __future__ import annotations
 
 import os
-import shlex
 import struct
-import subprocess
-import tempfile
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 import msgspec
 
+from cas import carrier
 from cas.errors import CasError, NetError, NotFoundError, VerifyError, error_of_code
 from cas.peer import Hello, RefResult, RefUpdate
 from cas.transfer import TransferStats
@@ -492,18 +490,6 @@ def _dispatch(peer: Any, op: Any, args: _Args, append_only: bool) -> Any:
 # -- carriers ------------------------------------------------------------------------------------
 
 
-def ssh_command(url: Any, remote: Any) -> list[str]:
-    """The command that runs ``cas serve --stdio PATH`` on the far side of an ssh URL:
-    ``CAS_SSH`` (split as a shell would) or ``ssh``, then the host, then the remote's
-    ``cas_command`` (default ``cas``)."""
-    base = shlex.split(os.environ.get("CAS_SSH") or "ssh")
-    if url.port:
-        base += ["-p", str(url.port)]
-    dest = f"{url.user}@{url.host}" if url.user else url.host
-    far = remote.cas_command or "cas"
-    return [*base, "--", dest, f"{far} serve --stdio {shlex.quote(url.path)}"]
-
-
 def check_online(what: str) -> None:
     """Refuse a network operation while offline (``--offline`` or ``CAS_OFFLINE=1``).
 
@@ -526,29 +512,15 @@ def connect(url: Any, remote: Any, token: str | None = None) -> RemotePeer:
         from cas.http import connect as http_connect
 
         return http_connect(url, remote, token)
-    cmd = ssh_command(url, remote)
-    # ssh's own messages (and the far side's stderr) go to a file: read back to name the
-    # cause when the connection fails, and never able to block the far side.
-    errors = tempfile.TemporaryFile()
+    cmd = carrier.ssh_command(url, remote)
     try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=errors)
+        proc, errors = carrier.start(cmd)
     except OSError as exc:
-        errors.close()
         raise NetError(f"{url.url}: cannot run {cmd[0]}: {exc}") from None
     framed = Framed(proc.stdout, proc.stdin, url.url)  # type: ignore[arg-type]
 
     def close() -> None:
-        for f in (proc.stdin, proc.stdout):
-            try:
-                f.close()  # type: ignore[union-attr]
-            except OSError:
-                pass
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        carrier.stop(proc)
 
     def close_all() -> None:
         close()

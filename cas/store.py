@@ -16,7 +16,6 @@ Layout (``docs/format.md`` has the details)::
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -43,7 +42,7 @@ from cas.locking import DEFAULT_TIMEOUT, WriteLock
 from cas.names import VersionSpec, parse_version_spec
 from cas.packs import PackSet, pack_path, scan_pack
 from cas.storage import Backend
-from cas.storage.local import LocalBackend
+from cas.storage.local import LocalBackend, default_store_path
 from cas.registry import Registry, Version
 from cas.settings import FILE as SETTINGS_FILE
 from cas.settings import Settings
@@ -84,19 +83,6 @@ CONFIG = "config.json"
 _GIT_SKELETON = frozenset({"branches", "config", "description", "hooks", "info", "objects",
                            "refs"})
 _INIT_PARTS = frozenset({"packs", "tmp", "cache", "registry", "lock", "settings.json"})
-
-
-def default_store_path() -> Path:
-    """``$CAS_HOME``, else ``$XDG_DATA_HOME/cas``, else ``~/.local/share/cas``.
-
-    Read at call time, never at import time.
-    """
-    home = os.environ.get("CAS_HOME")
-    if home:
-        return Path(home).expanduser()
-    xdg = os.environ.get("XDG_DATA_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
-    return base / "cas"
 
 
 class Store:

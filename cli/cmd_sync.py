@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,13 +25,11 @@ def default_remote(store: Store, spec: str | None) -> str:
     Raises:
         ArgsError: no remote given and none (or several, without ``origin``) configured.
     """
-    if spec:
-        return spec
-    names = sorted(rem.load(store.backend))
-    if "origin" in names:
-        return "origin"
-    if len(names) == 1:
-        return names[0]
+    configured = rem.load(store.backend)
+    name = rem.default_name(configured, spec)
+    if name is not None:
+        return name
+    names = sorted(configured)
     raise ArgsError("name a remote: " + ("none is configured ('cas remote add NAME URL')"
                                          if not names else f"configured: {', '.join(names)}"))
 
@@ -254,7 +253,11 @@ def serve(path: str | None, stdio: bool, http_addr: str | None, tls_cert: str | 
     if stdio:
         serve_stdio(path, restrict_to, read_only=read_only, append_only=append_only,
                     raw_storage=raw_storage)
-        return
+        # The client waits for this process to exit; the store is closed and every lease
+        # released, so skip the interpreter's teardown (tens of milliseconds of a no-op push).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     from cas.http import make_server
 
     target = resolve_path(path, restrict_to)

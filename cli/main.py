@@ -1,30 +1,36 @@
 """``cas`` console entry point: runs a command and maps every failure to one line and an exit
-code. Importing this module registers every command family on the click group."""
+code. The command families register on the click group in :mod:`cas.cli.commands`, imported
+after :func:`cas.cli.prestart.prestart` has had its chance to start an ssh connection."""
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
-import click
-from cas.cli import cmd_add, cmd_completion, cmd_diff, cmd_files, cmd_models, cmd_store  # noqa: E501, F401  (registers commands)
-from cas.cli import cmd_retain  # noqa: F401  (registers commands)
-from cas.cli import cmd_gc  # noqa: F401  (registers commands)
-from cas.cli import cmd_remote  # noqa: F401  (registers commands)
-from cas.cli import cmd_pins  # noqa: F401  (registers commands)
-from cas.cli import cmd_sync  # noqa: F401  (registers commands)
-from cas.cli import cmd_bundle  # noqa: F401  (registers commands)
-from cas.cli import cmd_codelock, cmd_hub, cmd_lfs  # noqa: F401  (registers commands)
-from cas.cli.app import ReportedFailure, cli
-from cas.cli.render import PipeClosed, fail
 
-from cas.errors import ArgsError, CasError, Interrupted
+def __getattr__(name: str) -> Any:
+    if name == "cli":  # ``from cas.cli.main import cli``: the group with every command
+        from cas.cli.commands import cli
+
+        return cli
+    raise AttributeError(name)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run a command, map every failure to one line and an exit code."""
     args = sys.argv[1:] if argv is None else argv
     json_mode = "--json" in args
+    from cas.cli.prestart import prestart
+
+    prestart(args)
+    import click
+    from cas.cli.app import ReportedFailure
+    from cas.cli.commands import cli
+    from cas.cli.render import PipeClosed, fail
+
+    from cas.errors import ArgsError, CasError, Interrupted
+
     try:
         code = cli.main(args=args, prog_name="cas", standalone_mode=False)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit

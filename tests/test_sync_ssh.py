@@ -200,3 +200,65 @@ def test_repair_over_ssh_from_a_remote_damaged_elsewhere(tmp_path: Path, sshd: S
     assert doc["healed_objects"] == 1
     assert [b["version"] for b in doc["broken_versions"]] == ["org/m@1"]
     assert len(doc["bad_objects"]) == 1  # chunk 1 healed; chunk 3 is bad on both sides
+
+
+def _logging_ssh(tmp_path: Path, sshd: Sshd) -> tuple[str, Path]:
+    """A CAS_SSH that records each connection it makes (one line each) and then runs ssh."""
+    log = tmp_path / "ssh.log"
+    wrapper = tmp_path / "logging-ssh"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {sshd.ssh_command()} "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper), log
+
+
+@pytest.mark.parametrize("verb", ["push", "fetch", "pull"])
+def test_the_connection_started_early_is_the_one_used(tmp_path: Path, sshd: Sshd,
+                                                      verb: str) -> None:
+    """push, pull and fetch start ssh before the CLI's imports and then use that connection:
+    one ssh per command, never a second one."""
+    a = _cli(tmp_path / "a", sshd)
+    a("init")
+    a("add", "org/m", str(_model(tmp_path)))
+    a("remote", "add", "origin", sshd.url(tmp_path / "far"), "--cas-command", sshd.cas)
+    a("push")
+    a.env["CAS_SSH"], log = _logging_ssh(tmp_path, sshd)
+    r = a("--store", str(tmp_path / "a"), verb, "--json")
+    assert r.json["remote"] == "origin"
+    assert len(log.read_text().splitlines()) == 1
+    a(verb, "origin", "--quiet")  # named, after the verb
+    assert len(log.read_text().splitlines()) == 2
+    a("--offline", "fetch", ok=False)  # offline: nothing started at all
+    a("push", "--help")
+    assert len(log.read_text().splitlines()) == 2
+
+
+def test_an_early_connection_nobody_takes_ends_with_the_command(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    script = (
+        "import os, sys\n"
+        "from cas import carrier\n"
+        f"carrier.prestart(['sh', '-c', 'echo $$ > {pid_file}.tmp && mv {pid_file}.tmp "
+        f"{pid_file} && exec cat'])\n"
+        f"while not os.path.exists({str(pid_file)!r}): pass\n")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["push"], (None, None)),
+    (["--store", "S", "push", "origin", "m@1"], ("S", "origin")),
+    (["pull", "--rebase", "--store=S", "r"], ("S", "r")),
+    (["--json", "-q", "--lock-timeout", "5", "fetch"], (None, None)),
+    (["push", "--offline"], None),
+    (["push", "--help"], None),
+    (["push", "--unknown", "r"], None),
+    (["--store"], None),
+    (["ls"], None),
+    ([], None),
+])
+def test_which_command_lines_start_ssh_early(args: list[str], expected: object) -> None:
+    from cas.cli.prestart import _sniff
+
+    assert _sniff(args) == expected

@@ -96,6 +96,19 @@ class LocalWriter:
             _OPEN_TEMPS.discard(self.tmp.name)
 
 
+def default_store_path() -> Path:
+    """``$CAS_HOME``, else ``$XDG_DATA_HOME/cas``, else ``~/.local/share/cas``.
+
+    Read at call time, never at import time.
+    """
+    home = os.environ.get("CAS_HOME")
+    if home:
+        return Path(home).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
+    return base / "cas"
+
+
 class LocalBackend:
     """A store's bytes as files under ``root`` (temps in ``root/tmp``)."""
 
