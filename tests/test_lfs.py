@@ -349,3 +349,17 @@ def test_retention_and_gc_keep_every_object(tmp_path: Path, env: dict[str, str],
     repo.git("lfs", "fetch", "--all")  # every version
     for oid, data in blobs.items():
         assert lfs_object(repo, oid).read_bytes() == data
+
+
+def test_a_remote_that_cannot_take_the_object_stops_git_push(
+        tmp_path: Path, env: dict[str, str], origin: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"a file where the cas remote should be\n")
+    repo = new_repo(tmp_path, env, origin, tmp_path / "store", blocker)
+    repo.write("m.safetensors", weights(20, 4096))
+    repo.git("add", ".")
+    repo.git("commit", "-qm", "m")
+    push = repo.git("push", "origin", "main", ok=False)
+    assert push.returncode != 0
+    assert "E_" in push.stderr, push.stderr
+    assert repo.git("ls-remote", str(origin), ok=False).stdout == ""  # no ref went out
