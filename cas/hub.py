@@ -18,9 +18,10 @@ Steps of :func:`import_repo`:
 5. Download each file with huggingface_hub's HTTP client (its URL rules, token headers and
    retries) into ``partial/<etag>`` of the staging folder; a part that an interrupted run
    left is resumed with ``Range`` (huggingface_hub's own downloads restart from zero in a new
-   process). Each file is verified (LFS files by SHA-256, small files by git blob id) and only
-   then moved to ``files/<path>``; one that does not match is deleted and the import fails
-   with ``E_VERIFY`` before anything is registered.
+   process). Each file is verified (LFS files by SHA-256, small files by git blob id; hashed
+   as it is written, so a download is not read back) and only then moved to
+   ``files/<path>``; one that does not match is deleted and the import fails with
+   ``E_VERIFY`` before anything is registered.
 6. Register the folder with :meth:`cas.store.Store.add` (chunking, dedupe against every
    earlier revision, metadata from headers), recording the source, the licence from the model
    card (``license:`` in ``README.md``'s front matter) and ``hf.*`` metadata; then delete the
@@ -441,6 +442,53 @@ def _tqdm_class(progress: Progress | None, state: _Bytes) -> type:
     return Reporter
 
 
+class _HashingWriter:
+    """A part file that hashes what is written to it, so that a download is verified without
+    reading it back. The bytes a resumed part already holds are hashed first. If the writer
+    seeks or truncates (a server that ignored ``Range``: the download restarts), ``whole`` is
+    False and the caller hashes the file instead."""
+
+    def __init__(self, raw: Any, expected: HubFile, have: int) -> None:
+        self.raw = raw
+        self.expected = expected
+        self.size = 0
+        self.hash = hashlib.sha256() if expected.sha256 is not None else \
+            hashlib.sha1(b"blob %d\0" % expected.size)
+        self.whole = True
+        raw.seek(0)
+        while self.size < have and (block := raw.read(min(8 << 20, have - self.size))):
+            self.write(block, hashed_only=True)
+        raw.seek(have)
+
+    def write(self, data: bytes, hashed_only: bool = False) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return len(data) if hashed_only else self.raw.write(data)  # type: ignore[no-any-return]
+
+    def seek(self, *args: Any) -> int:
+        self.whole = False
+        return self.raw.seek(*args)  # type: ignore[no-any-return]
+
+    def truncate(self, *args: Any) -> int:
+        self.whole = False
+        return self.raw.truncate(*args)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+    def check(self, what: str) -> None:
+        """Raise VerifyError unless the bytes written are the expected file."""
+        f = self.expected
+        if self.size != f.size:
+            raise VerifyError(f"{what}: {f.path}: {self.size} bytes, the Hub lists {f.size}",
+                              expected=str(f.size), actual=str(self.size))
+        actual = self.hash.hexdigest()
+        if actual != f.etag:
+            kind = "SHA-256" if f.sha256 is not None else "git blob id"
+            raise VerifyError(f"{what}: {f.path}: its {kind} is {actual}, the Hub lists "
+                              f"{f.etag}", expected=f.etag, actual=actual)
+
+
 def download(repo_id: str, commit: str, files: Sequence[HubFile], folder: Path,
              progress: Progress | None = None) -> int:
     """Download ``files`` of ``commit`` into ``folder/files/`` and verify each; return the
@@ -489,21 +537,21 @@ def download(repo_id: str, commit: str, files: Sequence[HubFile], folder: Path,
                 if meta.size is not None and meta.size != f.size:
                     raise VerifyError(f"{what}: {f.path}: the Hub serves {meta.size} bytes "
                                       f"but lists {f.size}")
-                with open(part, "r+b" if have else "wb") as out:
-                    out.truncate(have)
-                    out.seek(have)
-                    http_get(meta.location or url, out, resume_size=have, headers=headers,
-                             expected_size=f.size, displayed_filename=f.path,
-                             tqdm_class=reporter)
-                    out.flush()
-                    os.fsync(out.fileno())
+                with open(part, "r+b" if have else "wb") as raw:
+                    raw.truncate(have)
+                    out = _HashingWriter(raw, f, have)
+                    http_get(meta.location or url, out, resume_size=have,  # type: ignore[arg-type]
+                             headers=headers, expected_size=f.size,
+                             displayed_filename=f.path, tqdm_class=reporter)
+                    raw.flush()
+                    os.fsync(raw.fileno())
             received += state.done - before
         except CasError:
             raise
         except OSError as exc:
             raise from_os_error(exc, f"downloading {f.path} into {folder}") from None
         try:
-            verify_file(part, f, what)
+            out.check(what) if out.whole else verify_file(part, f, what)
         except VerifyError:
             part.unlink(missing_ok=True)
             raise

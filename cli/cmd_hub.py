@@ -139,7 +139,7 @@ def export_cmd(ctx: Ctx, spec: str, hf_cache: str | None, repo: str | None) -> N
     \b
     Examples:
       cas export org/model@prod --hf-cache
-      HF_HUB_OFFLINE=1 python -c 'import transformers; transformers.AutoConfig.from_pretrained("org/model")'
+      cas export team/bert@3 --hf-cache /srv/hf/hub --repo team/bert-serving
     """
     if hf_cache is None:
         raise ArgsError("give a target: --hf-cache [PATH]")

@@ -177,6 +177,8 @@ class RangeHub:
     gets: list[tuple[str, str | None]] = field(default_factory=list)
     #: The Authorization header of every request (None when absent).
     auth: list[str | None] = field(default_factory=list)
+    #: False: answer every GET with the whole file (200), as a server that ignores Range.
+    honour_range: bool = True
     stalled: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
 
@@ -278,7 +280,7 @@ def _handler(hub: RangeHub) -> type[BaseHTTPRequestHandler]:
             rng = self.headers.get("Range")
             if not head:
                 hub.gets.append((rel, rng))
-            if rng and rng.startswith("bytes=") and not head:
+            if rng and rng.startswith("bytes=") and not head and hub.honour_range:
                 start = int(rng[6:].split("-")[0])
                 self.send_response(206)
                 self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
