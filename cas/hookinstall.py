@@ -122,10 +122,23 @@ def _norm(name: str) -> str:
 
 
 def _requirement_names(reqs: list[str] | None) -> list[str]:
-    """Names of the requirements that apply without extras (markers other than ``extra``
-    are taken as true: a wheelhouse with one wheel too many does no harm)."""
+    """Names of the requirements that apply here without extras (their environment markers
+    evaluated with ``packaging`` when it is installed; taken as true otherwise: a wheelhouse
+    with one wheel too many does no harm)."""
+    try:
+        from packaging.requirements import InvalidRequirement, Requirement
+    except ImportError:  # pragma: no cover - packaging comes with pip's usual companions
+        Requirement = None  # type: ignore[assignment,misc]
     out = []
     for r in reqs or []:
+        if Requirement is not None:
+            try:
+                req = Requirement(r)
+            except InvalidRequirement:
+                continue
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                out.append(req.name)
+            continue
         if "extra ==" in r.replace("extra==", "extra =="):
             continue
         m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", r)
@@ -183,9 +196,12 @@ def repack(dist: object, folder: Path) -> Path | None:
             rel = str(f)
             if rel.startswith("..") or "__pycache__" in rel or rel.endswith(".pyc"):
                 continue
-            if rel.endswith(".dist-info/RECORD"):
-                dist_info = rel.rsplit("/", 1)[0]
-                continue
+            top, _, leaf = rel.partition("/")
+            if top.endswith(".dist-info") and "/" not in leaf:
+                if leaf == "RECORD":
+                    dist_info = top
+                if leaf in ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json"):
+                    continue  # the installer writes these
             src = Path(dist.locate_file(f))  # type: ignore[attr-defined]
             if not src.is_file():
                 continue
