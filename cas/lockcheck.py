@@ -6,28 +6,29 @@ A commit hook runs on every commit, so the common case (nothing changed) must co
 ``docs/format.md``, "verify-files cache") keeps, like git's index and
 :mod:`cas.statcache`:
 
-- the SHA-256 of the cas.lock it was built from, and the list of locked files parsed from it,
-  so an unchanged lock is not parsed again (this module then imports only the standard
-  library: no msgspec, no dulwich);
+- the bytes of the cas.lock it was built from, and the list of locked files parsed from it,
+  so an unchanged lock is not parsed again (this module then imports only a few built-in
+  modules: no msgspec, no dulwich, not even hashlib unless a file must be read);
 - per locked file, its stat key (size, mtime ns, inode, ctime ns) and the SHA-256 its bytes
   had. A key that differs in any field means the file is read again. A file whose mtime was
   within ``RACY_MARGIN_NS`` of the moment it was read is not recorded (git's "racily clean"
   rule: a write in the same timestamp tick could keep the mtime).
 
-The cache ends with the SHA-256 of what precedes it; a damaged, foreign or unreadable cache
-is ignored and rewritten (it costs a re-read, never a wrong answer).
+The cache ends with the CRC-32 of what precedes it (it guards against damage, not against
+someone who can write to .git); a damaged, foreign or unreadable cache is ignored and rewritten
+(it costs a re-read, never a wrong answer).
 """
 
 from __future__ import annotations
 
-import hashlib
 import marshal
 import os
 import time
+import zlib
 from pathlib import Path
 
 CACHE_NAME = "cas/verify-files.cache"
-MAGIC = b"CASVFC1\n"
+MAGIC = b"CASVFC2\n"
 RACY_MARGIN_NS = 1_000_000_000
 LOCK_NAME = "cas.lock"
 
@@ -61,7 +62,7 @@ class Cache:
 
     def __init__(self, git_dir: Path | None) -> None:
         self.path = git_dir / CACHE_NAME if git_dir is not None else None
-        self.lock_digest = ""
+        self.lock_bytes = b""
         self.expected: list[Expected] = []
         self.entries: dict[str, tuple[int, int, int, int, str]] = {}
         self.dirty = False
@@ -71,28 +72,29 @@ class Cache:
             data = self.path.read_bytes()
         except OSError:
             return
-        body = data[len(MAGIC):-32]
-        if not data.startswith(MAGIC) or hashlib.sha256(body).digest() != data[-32:]:
+        body = data[len(MAGIC):-4]
+        if (not data.startswith(MAGIC) or len(data) < len(MAGIC) + 4
+                or zlib.crc32(body).to_bytes(4, "little") != data[-4:]):
             return
         try:
-            digest, expected, entries = marshal.loads(body)
-            if not (isinstance(digest, str) and isinstance(expected, list)
+            lock_bytes, expected, entries = marshal.loads(body)
+            if not (isinstance(lock_bytes, bytes) and isinstance(expected, list)
                     and isinstance(entries, dict)):
                 return
         except (ValueError, EOFError, TypeError):
             return
-        self.lock_digest, self.expected, self.entries = digest, expected, entries
+        self.lock_bytes, self.expected, self.entries = lock_bytes, expected, entries
 
     def save(self) -> None:
         """Write the cache if it changed (temp file and rename; no fsync: losing it costs
         a re-read). A cache that cannot be written is skipped."""
         if self.path is None or not self.dirty:
             return
-        body = marshal.dumps((self.lock_digest, self.expected, self.entries))
+        body = marshal.dumps((self.lock_bytes, self.expected, self.entries))
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         try:
             self.path.parent.mkdir(exist_ok=True)
-            tmp.write_bytes(MAGIC + body + hashlib.sha256(body).digest())
+            tmp.write_bytes(MAGIC + body + zlib.crc32(body).to_bytes(4, "little"))
             os.replace(tmp, self.path)
         except OSError:
             tmp.unlink(missing_ok=True)
@@ -109,6 +111,8 @@ def _expected_from(data: bytes) -> list[Expected]:
 
 
 def _sha256_of(path: Path) -> str:
+    import hashlib
+
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
@@ -127,15 +131,14 @@ def verify_files(root: Path, git_dir: Path | None) -> tuple[int, list[str]]:
     except OSError as exc:
         return 0, [f"{LOCK_NAME}: cannot be read: {exc.strerror} [E_PERM]"]
     cache = Cache(git_dir)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != cache.lock_digest:
+    if data != cache.lock_bytes:
         from cas.errors import CasError
 
         try:
             cache.expected = _expected_from(data)
         except CasError as exc:
             return 0, [f"{exc.message} [{exc.code}]"]
-        cache.lock_digest = digest
+        cache.lock_bytes = data
         cache.dirty = True
     problems = []
     seen = set()
