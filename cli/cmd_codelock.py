@@ -98,7 +98,6 @@ def hooks_install(ctx: Ctx) -> None:
     \b
     Examples:
       cas hooks install
-      git config cas.remote origin && cas hooks install
     """
     from cas import codelock, hookinstall
 
@@ -120,7 +119,6 @@ def hooks_wheelhouse(ctx: Ctx, folder: Path) -> None:
     \b
     Examples:
       cas hooks wheelhouse ~/.cache/cas-wheels
-      PIP_NO_INDEX=1 PIP_FIND_LINKS=~/.cache/cas-wheels pre-commit install-hooks
     """
     from cas import hookinstall
 
