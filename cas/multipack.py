@@ -39,12 +39,12 @@ BATCH = 8
 class OpenMidx:
     """A midx file mapped read-only."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, name: str | None = None) -> None:
         self.path = path
         with open(path, "rb") as f:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            self.midx = fmt.Midx(self._map, path.name)
+            self.midx = fmt.Midx(self._map, name or path.name)
         except CasError:
             self._map.close()
             raise

@@ -22,6 +22,7 @@ from cas.compression import CODEC_DERIVED, CODECS, decompress
 from cas.errors import (
     CasError,
     DiskError,
+    FormatError,
     NotFoundError,
     PermError,
     SchemaError,
@@ -31,6 +32,7 @@ from cas.errors import (
 from cas.format import pack as fmt
 from cas.format.chunklist import ChunkList, max_encoded_size
 from cas.ids import blake3_id
+from cas.indexcache import IndexCache, check_index, check_midx
 from cas.multipack import PREFIX as MIDX_PREFIX
 from cas.multipack import SUFFIX as MIDX_SUFFIX
 from cas.multipack import OpenMidx
@@ -71,9 +73,10 @@ class _IdView:
 class Pack:
     """One pack with its index, opened read-only. The index is mmapped, never read whole."""
 
-    def __init__(self, packs_dir: Path, pack_id: str) -> None:
+    def __init__(self, packs_dir: Path, pack_id: str, idx_path: Path | None = None) -> None:
         self.id = pack_id
-        self.idx_path = pack_path(packs_dir, pack_id, "idx")
+        #: The index read: the pack's own, or a local copy of it (:mod:`cas.indexcache`).
+        self.idx_path = idx_path or pack_path(packs_dir, pack_id, "idx")
         self.pack_path = pack_path(packs_dir, pack_id, "pack")
         try:
             with open(self.idx_path, "rb") as f:
@@ -307,8 +310,11 @@ class PackSet:
     the packs no midx covers. A midx that names a pack which is not here is not used.
     """
 
-    def __init__(self, packs_dir: Path) -> None:
+    def __init__(self, packs_dir: Path, index_cache: IndexCache | None = None) -> None:
         self.packs_dir = packs_dir
+        #: Local copies of the index files to read instead of those in ``packs_dir`` (a
+        #: folder remote's packs, read from another store).
+        self.index_cache = index_cache
         self.packs: dict[str, Pack] = {}
         self.broken: dict[str, str] = {}  # pack id -> why its index could not be opened
         self.midxs: list[OpenMidx] = []
@@ -354,8 +360,11 @@ class PackSet:
             if pack_id in self.packs or pack_id in self.broken:
                 continue
             try:
-                pack = Pack(self.packs_dir, pack_id)
-            except (VerifyError, SchemaError, NotFoundError, DiskError, PermError) as exc:
+                cache = self.index_cache
+                pack = Pack(self.packs_dir, pack_id,
+                            cache.local(name, check_index) if cache is not None else None)
+            except (VerifyError, SchemaError, FormatError, NotFoundError, DiskError,
+                    PermError) as exc:
                 # One unreadable index must not hide every other pack.
                 self.broken[pack_id] = exc.message
                 continue
@@ -371,7 +380,9 @@ class PackSet:
         for name in sorted(names):
             if name.startswith(MIDX_PREFIX) and name.endswith(MIDX_SUFFIX) and name not in known:
                 try:
-                    opened = OpenMidx(self.packs_dir / name)
+                    cache = self.index_cache
+                    opened = OpenMidx(cache.local(name, check_midx) if cache is not None
+                                      else self.packs_dir / name)
                 except (CasError, OSError) as exc:
                     self.broken_midx[name] = str(exc)
                     continue
@@ -383,6 +394,8 @@ class PackSet:
                 self.midxs.append(opened)
         self._covered = {h for m in self.midxs for h in m.pack_hexes}
         self._uncovered = [p for h, p in self.packs.items() if h not in self._covered]
+        if self.index_cache is not None:
+            self.index_cache.prune(present)
 
     def uncovered(self) -> list[str]:
         """Ids of the packs no usable midx covers."""

@@ -42,6 +42,8 @@ from cas.locking import DEFAULT_TIMEOUT, WriteLock
 from cas.names import VersionSpec, parse_version_spec
 from cas.packs import PackSet, pack_path, scan_pack
 from cas.storage import Backend
+from cas.indexcache import FOLDER as INDEX_CACHE_FOLDER
+from cas.indexcache import IndexCache
 from cas.storage.local import LocalBackend, default_store_path
 from cas.registry import Registry, Version
 from cas.settings import FILE as SETTINGS_FILE
@@ -91,7 +93,8 @@ class Store:
     Use :meth:`init` to create one and :meth:`open` to open one.
     """
 
-    def __init__(self, path: Path, config: StoreConfig, backend: Backend | None = None) -> None:
+    def __init__(self, path: Path, config: StoreConfig, backend: Backend | None = None,
+                 index_cache: IndexCache | None = None) -> None:
         self.path = path
         self.config = config
         #: Where the store's bytes live; everything a writer changes goes through it.
@@ -99,7 +102,7 @@ class Store:
         self.packs_dir = path / "packs"
         self.tmp_dir = path / "tmp"
         self.cache_dir = path / "cache"
-        self.packs = PackSet(self.packs_dir)
+        self.packs = PackSet(self.packs_dir, index_cache)
         self.registry = Registry(path / "registry", self.backend)
         self.lock_timeout = DEFAULT_TIMEOUT
         #: True if :meth:`init` created this store just now.
@@ -181,8 +184,10 @@ class Store:
         return store
 
     @classmethod
-    def open(cls, path: Path | str) -> Store:
-        """Open the store at ``path``.
+    def open(cls, path: Path | str, *, cache_for: Store | None = None) -> Store:
+        """Open the store at ``path``. ``cache_for``: the store opening this one as a folder
+        remote, which keeps verified copies of this store's index files in its own cache
+        (:mod:`cas.indexcache`) and reads those rather than this store's.
 
         Raises:
             NotFoundError: ``path`` is not a cas store (missing, a file, a folder without a
@@ -212,7 +217,11 @@ class Store:
         except VerifyError as exc:
             raise VerifyError(f"{path}: {exc.message}", expected=exc.expected,
                               actual=exc.actual) from None
-        return cls(path, config)
+        cache = None
+        if cache_for is not None and config.uuid:
+            cache = IndexCache(path / "packs",
+                               cache_for.cache_dir / INDEX_CACHE_FOLDER / config.uuid)
+        return cls(path, config, index_cache=cache)
 
     def upgrade(self) -> tuple[int, int, bool]:
         """Bring the store's format to the current version (write lock taken here).

@@ -89,10 +89,9 @@ def connect(store: Store | None, spec: str, *, create: bool = False,
             raise ArgsError(f"remote {spec!r} is this store")
         if create and not (path / "config.json").exists():
             src = like or store
-            target = Store.init(path, derive=src.config.derives if src else None,
-                                chunker=src.config.chunker if src else None)
-        else:
-            target = Store.open(path)
+            Store.init(path, derive=src.config.derives if src else None,
+                       chunker=src.config.chunker if src else None).close()
+        target = Store.open(path, cache_for=store)
         return name, url, LocalPeer(target)
     from cas.rpc import connect as rpc_connect
     from cas.tokens import credential
