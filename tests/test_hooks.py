@@ -104,6 +104,7 @@ def try_repo(repo: Path, env: dict[str, str], hook_repo: Path, hook: str, *args:
               *args, env=env, ok=False)
 
 
+@pytest.mark.slow  # builds two hook environments (try-repo's own, and the config's): ~30 s
 def test_verify_files_blocks_a_truncated_weight_file(user_repo, hook_repo):
     repo, env = user_repo
     r = pc_run(repo, env, "cas-verify-files")
