@@ -132,7 +132,9 @@ def connect(url: Any, remote: Any, token: str | None = None) -> RemotePeer:
 
     check_online(url.url)
     framed = _HttpFramed(url, token)
-    return RemotePeer(framed, url.url, framed.close)
+    peer = RemotePeer(framed, url.url, framed.close)
+    peer.reconnect = lambda: connect(url, remote, token)
+    return peer
 
 
 # -- server --------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ class RefResult(msgspec.Struct, frozen=True):
     reason: str = ""
 
 
-CAPS = ["transfer-packs-1", "registry-objects-1"]
+CAPS = ["transfer-packs-1", "registry-objects-1", "send-parts-1"]
 
 
 class LocalPeer:
@@ -85,6 +85,13 @@ class LocalPeer:
 
     def close(self) -> None:
         self.store.close()
+
+    def twin(self) -> LocalPeer:
+        """Another peer on the same store, with a store object of its own (for a transfer
+        stream in another thread)."""
+        from cas.store import Store
+
+        return LocalPeer(Store.open(self.store.path))
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -140,12 +147,13 @@ class LocalPeer:
     def missing(self, ids: list[bytes]) -> list[bytes]:
         return transfer.missing(self.store, ids)
 
-    def send(self, ids: list[bytes], plain: bool = False
+    def send(self, ids: list[bytes], plain: bool = False, part: tuple[int, int] | None = None
              ) -> tuple[int, Iterator[bytes | memoryview]]:
         """The size (about) and the byte pieces of the transfer packs holding ``ids`` (all
         held here); ``plain``: derived chunks re-encoded plainly, for a receiver that keeps
-        none (a store made with ``--no-derive``)."""
-        generations = transfer.plan(self.store, ids, plain)
+        none (a store made with ``--no-derive``); ``part``: only that share of them, for
+        parallel streams (:func:`cas.transfer.select`)."""
+        generations = transfer.select(transfer.plan(self.store, ids, plain), part)
         return (transfer.size(generations),
                 transfer.stream(self.store, generations, plain=plain))
 

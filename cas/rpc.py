@@ -131,6 +131,8 @@ class RemotePeer:
         self.framed = framed
         self.name = name
         self._closer = closer
+        #: Makes another connection to the same server (set by the carrier's connect).
+        self.reconnect: Any = None
         self._hello: Hello | None = None
         self._stream: Iterator[bytes] | None = None
 
@@ -198,8 +200,12 @@ class RemotePeer:
             raise VerifyError(f"{self.name}: answered with ids it was not asked about")
         return out
 
-    def send(self, ids: list[bytes], plain: bool = False) -> tuple[int, Iterator[bytes]]:
-        total = _typed(self._call("send", ids=pack_ids(ids), plain=plain), int, self.name)
+    def send(self, ids: list[bytes], plain: bool = False, part: tuple[int, int] | None = None
+             ) -> tuple[int, Iterator[bytes]]:
+        args: dict[str, Any] = {"ids": pack_ids(ids), "plain": plain}
+        if part is not None:
+            args["part"] = list(part)
+        total = _typed(self._call("send", **args), int, self.name)
 
         def stream() -> Iterator[bytes]:
             yield from self.framed.read_stream()
@@ -208,6 +214,16 @@ class RemotePeer:
 
         self._stream = stream()
         return total, self._stream
+
+    def twin(self) -> RemotePeer:
+        """Another connection to the same server (for a parallel transfer stream).
+
+        Raises:
+            NetError: it could not be made.
+        """
+        if self.reconnect is None:
+            raise NetError(f"{self.name}: cannot open another connection")
+        return self.reconnect()
 
     def receive(self, pieces: Iterable[bytes | memoryview]) -> TransferStats:
         self._drain()
@@ -285,6 +301,7 @@ class _Args(msgspec.Struct, forbid_unknown_fields=False):
     content: list[str] | None = None
     entries: list[bytes] = []
     plain: bool = False
+    part: tuple[int, int] | None = None
     force: bool = False
     purpose: str = "serve"
     chunker: dict[str, Any] = {}
@@ -358,7 +375,7 @@ def serve(peer: Any, framed: Framed, *, read_only: bool | str = False,
                         s.__exit__(None, None, None)
                     result = None
                 elif op == "send":
-                    total, pieces = peer.send(unpack_ids(args.ids), args.plain)
+                    total, pieces = peer.send(unpack_ids(args.ids), args.plain, args.part)
                     framed.write_message({"ok": True, "result": total})
                     failed: list[CasError] = []
 
@@ -527,6 +544,7 @@ def connect(url: Any, remote: Any, token: str | None = None) -> RemotePeer:
         errors.close()
 
     peer = RemotePeer(framed, url.url, close_all)
+    peer.reconnect = lambda: connect(url, remote, token)
     try:
         peer.hello()
     except NotFoundError:

@@ -72,6 +72,22 @@ def _duration(value: str) -> str:
     return format_duration(parse_duration(value))
 
 
+def _streams(value: str) -> str:
+    text = str(value).strip().lower()
+    if text == "auto":
+        return text
+    if not text.isdigit() or not 1 <= int(text) <= 16:
+        raise ArgsError(f"{value!r}: give a number of streams from 1 to 16, or auto")
+    return str(int(text))
+
+
+def transfer_streams(value: str) -> int:
+    """The number of parallel streams a ``transfer_streams`` value means here."""
+    import os
+
+    return min(4, os.cpu_count() or 1) if value == "auto" else int(value)
+
+
 @dataclass(frozen=True)
 class Setting:
     """One known setting: its default and the function that validates and normalises a value
@@ -89,6 +105,9 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("restore_window", "14d", _duration,
             "how long removed versions can be brought back with 'cas restore' "
             "(garbage collection keeps their data that long)"),
+    Setting("transfer_streams", "auto", _streams,
+            "parallel connections a large push, pull or clone over ssh or http uses (1-16; "
+            "auto: the number of CPUs, at most 4)"),
 )}
 
 

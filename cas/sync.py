@@ -24,8 +24,9 @@ from the other. Accepted with the warning ``W_CHUNKER_DIFFERS`` (the same rule f
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -299,9 +300,17 @@ def _cutoff(store: Store) -> float:
     return graph.restore_cutoff(store, time.time())
 
 
+#: A transfer estimated (at the chunker's average chunk size) above this many bytes uses
+#: parallel streams over ssh and http (``transfer_streams``); smaller ones are not worth the
+#: extra connections.
+PARALLEL_MIN_BYTES = 64 << 20
+
+
 def _move_content(src: Any, dst: Any, blobs: list[str], result: SyncResult,
-                  progress: Progress | None) -> None:
-    """Send what ``dst`` lacks of the content of manifests ``blobs`` (held by ``src``)."""
+                  progress: Progress | None, streams: int = 1) -> None:
+    """Send what ``dst`` lacks of the content of manifests ``blobs`` (held by ``src``), over
+    ``streams`` parallel connections when the transfer is large and one side is a server
+    that takes parts."""
     if not blobs:
         return
     ids = src.closure(blobs)
@@ -310,11 +319,76 @@ def _move_content(src: Any, dst: Any, blobs: list[str], result: SyncResult,
     if not lacking:
         return
     # A receiver that keeps no derived chunks (--no-derive) gets them re-encoded plainly.
-    total, pieces = src.send(lacking, not dst.hello().derives)
-    stats = dst.receive(transfer.counted(pieces, total, progress))
+    plain = not dst.hello().derives
+    remote = dst if isinstance(src, LocalPeer) else src
+    estimate = len(lacking) * remote.hello().chunker.get("avg_size", 65536)
+    if (streams > 1 and estimate >= PARALLEL_MIN_BYTES and not isinstance(remote, LocalPeer)
+            and "send-parts-1" in remote.hello().caps):
+        _parallel(src, dst, lacking, plain, streams, result, progress)
+        return
+    total, pieces = src.send(lacking, plain)
+    _add(result, dst.receive(transfer.counted(pieces, total, progress)))
+
+
+def _streams(store: Store) -> int:
+    from cas.settings import transfer_streams
+
+    return transfer_streams(store.settings.get("transfer_streams"))
+
+
+def _add(result: SyncResult, stats: transfer.TransferStats) -> None:
     result.objects_sent += stats.objects
     result.bytes_sent += stats.bytes
     result.packs += stats.packs
+
+
+def _parallel(src: Any, dst: Any, ids: list[bytes], plain: bool, n: int, result: SyncResult,
+              progress: Progress | None) -> None:
+    """Move ``ids`` in ``n`` parts at once, each over its own pair of peers (the given pair
+    carries part 0; the others are twins: a new connection, a store object of their own),
+    then the objects that need others sent with them, over the given pair. Every part is a
+    transfer of its own: its packs are checkpoints whatever happens to the others."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    lock = threading.Lock()
+    totals = [0] * (n + 1)
+    done = [0] * (n + 1)
+
+    def report(i: int) -> Callable[[int, int, str], None] | None:
+        if progress is None:
+            return None
+
+        def update(sent: int, total: int, label: str) -> None:
+            with lock:
+                done[i], totals[i] = sent, total
+                progress(sum(done), sum(totals), label)
+        return update
+
+    def part(i: int) -> transfer.TransferStats:
+        twins = 0 < i < n
+        pair = (src.twin(), dst.twin()) if twins else (src, dst)
+        try:
+            with contextlib.ExitStack() as stack:
+                if twins:  # what arrives is kept from a gc, as on the given pair
+                    stack.enter_context(pair[1].session("transfer"))
+                total, pieces = pair[0].send(ids, plain, (i, n))
+                return pair[1].receive(transfer.counted(pieces, total, report(i)))
+        finally:
+            if twins:
+                for peer in pair:
+                    peer.close()
+
+    with ThreadPoolExecutor(n, thread_name_prefix="cas-stream") as pool:
+        futures = [pool.submit(part, i) for i in range(n)]
+        failures = []
+        for f in futures:
+            try:
+                _add(result, f.result())
+            except BaseException as exc:  # noqa: BLE001 - the first is raised below
+                failures.append(exc)
+    if failures:
+        raise failures[0]
+    _add(result, part(n))
 
 
 def _track(store: Store, remote: str, theirs: dict[str, str], prune: bool) -> None:
@@ -400,7 +474,7 @@ def push(store: Store, spec: str, names: list[str] = (), *, force: bool = False,
                     if objs:
                         peer.put_registry_objects(objs)
                     result.registry_objects = len(objs)
-                _move_content(local, peer, content, result, progress)
+                _move_content(local, peer, content, result, progress, _streams(store))
                 result.refs += peer.update_refs(updates, force, content)
             theirs = peer.refs()
         _track(store, remote, theirs, prune=not selection)
@@ -573,7 +647,7 @@ def pull(store: Store, spec: str, names: list[str] = (), *,  # type: ignore[assi
         blobs = _content(reg, peer, local, jobs, fetched, cutoff, set(local.absent()))
         if updates or blobs or diverged:
             with local.session("pull"):
-                _move_content(peer, local, blobs, result, progress)
+                _move_content(peer, local, blobs, result, progress, _streams(store))
                 # Models first (rebased ones too), then tags and pins, which may name
                 # commits a rebase just wrote.
                 result.refs += local.update_refs(
@@ -651,7 +725,7 @@ def get(store: Store, version: Any, spec: str | None = None,
             result = SyncResult(remote, url.url)
             t0 = time.monotonic()
             with local.session("get"):
-                _move_content(peer, local, [blob.decode()], result, progress)
+                _move_content(peer, local, [blob.decode()], result, progress, _streams(store))
                 local.update_refs([], content=[blob.decode()])
             result.seconds = time.monotonic() - t0
             return result

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from cas.compression import CODEC_DERIVED
-from cas.errors import NotFoundError, SchemaError, VerifyError
+from cas.errors import ArgsError, NotFoundError, SchemaError, VerifyError
 from cas.format import pack as fmt
 from cas.format.chunklist import ChunkList
 from cas.packs import MAX_CHUNK_BYTES, Located, decode_verified
@@ -137,6 +137,39 @@ def plan(store: Store, ids: Iterable[bytes], plain: bool = False) -> list[list[L
         group.sort(key=lambda loc: (loc.entry.kind != fmt.KIND_CHUNK_LIST, loc.pack.id,
                                     loc.entry.offset))
     return out
+
+
+#: The most parallel parts a send may be split into.
+MAX_PARTS = 64
+
+
+def select(generations: list[list[Located]], part: tuple[int, int] | None
+           ) -> list[list[Located]]:
+    """The share of ``generations`` that part ``(i, n)`` of a parallel send carries: for
+    ``i < n``, the ``i``-th of ``n`` contiguous slices of the first generation (objects that
+    need no other object sent with them), cut by stored bytes; for ``i == n``, every later
+    generation, sent once the slices are in. ``None``: everything.
+
+    Raises:
+        ArgsError: a part outside ``0 <= i <= n``, ``1 <= n <= MAX_PARTS``.
+    """
+    if part is None:
+        return generations
+    i, n = part
+    if not (1 <= n <= MAX_PARTS and 0 <= i <= n):
+        raise ArgsError(f"send part {i} of {n}: out of range")
+    if i == n:
+        return generations[1:]
+    first = generations[0] if generations else []
+    total = sum(fmt.ENTRY_HEADER_SIZE + loc.entry.stored_len for loc in first)
+    out: list[Located] = []
+    start = 0
+    for loc in first:
+        # A slice holds the objects whose first byte falls in its share of the total.
+        if start * n // max(total, 1) == i:
+            out.append(loc)
+        start += fmt.ENTRY_HEADER_SIZE + loc.entry.stored_len
+    return [out]
 
 
 def size(generations: list[list[Located]], target: int | None = None) -> int:
