@@ -126,6 +126,14 @@ class FormatError(CasError):
     exit_code = 11
 
 
+class LicenseError(CasError):
+    """The version's licence requires an acceptance that is not recorded (``cas license
+    NAME@V --accept``, or ``--accept-license`` on the command)."""
+
+    code = "E_LICENSE"
+    exit_code = 12
+
+
 class Interrupted(CasError):
     """The user interrupted the command (Ctrl-C); nothing half-written is visible."""
 
@@ -160,6 +168,7 @@ ALL_ERRORS: tuple[type[CasError], ...] = (
     LockError,
     ConflictError,
     FormatError,
+    LicenseError,
     Interrupted,
 )
 

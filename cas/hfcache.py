@@ -28,7 +28,6 @@ This module does not import ``huggingface_hub``: the layout is read and written 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import secrets
@@ -47,6 +46,7 @@ from cas.errors import (
     VerifyError,
     from_os_error,
 )
+from cas.exportfile import real_dirs
 from cas.fsutil import atomic_write, fsync_dir
 from cas.hub import (
     META_COMMIT,
@@ -63,7 +63,9 @@ from cas.hub import (
 from cas.names import validate_rel_path
 
 if TYPE_CHECKING:
+    from cas.exportfile import ShareSources
     from cas.format.manifest import FileEntry, Manifest
+    from cas.registry import Version
     from cas.store import Progress, Store
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -237,7 +239,7 @@ def import_cache(store: Store, cache: Path | None = None, repos: list[str] | Non
     plan: list[tuple[_Snapshot, list[tuple[HubFile, Path]]]] = []
     done: list[CachedVersion] = []
     for repo in chosen:
-        recorded = _recorded_sources(store, repo)
+        recorded = recorded_sources(store, repo)
         for snap in _snapshots(cache, repo):
             source = f"{SCHEME}{repo}@{snap.commit}"
             if source in recorded:
@@ -287,7 +289,7 @@ def import_cache(store: Store, cache: Path | None = None, repos: list[str] | Non
     return CacheImportResult(str(cache), done, warnings)
 
 
-def _recorded_sources(store: Store, name: str) -> dict[str, tuple[int, str]]:
+def recorded_sources(store: Store, name: str) -> dict[str, tuple[int, str]]:
     """Source -> (seq, commit) of the live versions of model ``name``."""
     registry = store.registry
     try:
@@ -349,7 +351,8 @@ def export_target(manifest: Manifest, commit: str, repo: str | None) -> tuple[st
 
 
 def export_version(store: Store, spec: str, cache: Path | None = None,
-                   repo: str | None = None, progress: Progress | None = None) -> ExportResult:
+                   repo: str | None = None, progress: Progress | None = None, *,
+                   share: bool = False, accept_license: bool = False) -> ExportResult:
     """Write version ``spec`` into the Hugging Face cache at ``cache`` (see the module
     docstring): afterwards huggingface_hub with ``HF_HUB_OFFLINE=1`` finds it. Idempotent.
 
@@ -358,12 +361,20 @@ def export_version(store: Store, spec: str, cache: Path | None = None,
         ConflictError: a folder of the snapshot is a symlink or a file.
         VerifyError: a stored chunk or the whole file does not match (nothing named).
         DiskError: not enough free disk for the blobs missing (before writing).
+        LicenseError: the version's licence needs an acceptance that is not recorded (and
+            ``accept_license`` is False).
+
+    ``share``: clone or hard-link files that ``cas checkout`` wrote (see
+    :mod:`cas.exportfile`).
     """
-    from cas.cat import iter_file
+    from cas.exportfile import share_sources
+    from cas.licenses import require_accepted
 
     cache = (cache or default_cache_dir()).expanduser()
     version = store.resolve(spec)
     manifest = store.manifest(version)
+    require_accepted(store, version, manifest, accept_license)
+    sources = share_sources(store, manifest.files) if share else None
     repo_id, snapshot = export_target(manifest, version.commit, repo)
     lfs = lfs_paths(manifest)
     top = cache / repo_folder(repo_id)
@@ -376,14 +387,13 @@ def export_version(store: Store, spec: str, cache: Path | None = None,
     done = 0
     try:
         for d in (blobs, snap_dir, top / "refs"):
-            _real_dirs(cache, d)
+            real_dirs(cache, d)
         for f in manifest.files:
             name = f.sha256 if f.path in lfs else None
             if name is not None and _good_blob(blobs / name, f, True):
                 reused += 1
             else:
-                name, fresh = _write_blob(blobs, f, iter_file(store, version, f.path),
-                                          f.path in lfs)
+                name, fresh = _write_blob(store, version, blobs, f, f.path in lfs, sources)
                 written += fresh
                 reused += not fresh
                 nbytes += f.size if fresh else 0
@@ -399,23 +409,6 @@ def export_version(store: Store, spec: str, cache: Path | None = None,
     return ExportResult(version.name, version.seq, version.commit, "hf-cache", repo_id,
                         snapshot, str(snap_dir), len(manifest.files), total, written, reused,
                         nbytes)
-
-
-def _real_dirs(root: Path, path: Path) -> None:
-    """Create ``path`` under ``root``; a component that is a symlink or a file is refused,
-    so that nothing is ever written outside the cache through a planted link."""
-    root.mkdir(parents=True, exist_ok=True)
-    cur = root
-    for part in path.relative_to(root).parts:
-        cur = cur / part
-        try:
-            st = os.lstat(cur)
-        except FileNotFoundError:
-            os.mkdir(cur)
-            continue
-        if not stat_mod.S_ISDIR(st.st_mode):
-            raise ConflictError(f"{cur} is not a folder (a symlink or a file): refusing to "
-                                "write through it")
 
 
 def _good_blob(path: Path, entry: FileEntry, lfs: bool) -> bool:
@@ -434,43 +427,30 @@ def _good_blob(path: Path, entry: FileEntry, lfs: bool) -> bool:
     return True
 
 
-def _write_blob(blobs: Path, entry: FileEntry, blocks: object, lfs: bool) -> tuple[str, bool]:
-    """Stream a file into ``blobs/`` under its Hub name; ``(name, True if written)``.
+def _write_blob(store: Store, version: Version, blobs: Path, entry: FileEntry, lfs: bool,
+                sources: ShareSources | None) -> tuple[str, bool]:
+    """Put a file into ``blobs/`` under its Hub name; ``(name, True if written)``.
 
-    The bytes go to a temp name, hashed on the way (SHA-256 against the manifest, the git
-    blob id for a small file's name), are fsynced, and only then renamed to their name.
+    The bytes are staged and verified by :func:`cas.exportfile.stage` (a temp in ``blobs/``,
+    hashed as written, fsynced) and only then renamed to their name: the SHA-256 for an LFS
+    file, the git blob id (known once written) for a small one.
     """
-    tmp = blobs / f".cas-{os.getpid()}-{secrets.token_hex(4)}.incomplete"
-    sha256 = hashlib.sha256()
-    sha1 = hashlib.sha1(b"blob %d\0" % entry.size)
-    try:
-        with open(tmp, "xb") as out:
-            for block in blocks:  # type: ignore[attr-defined]
-                sha256.update(block)
-                sha1.update(block)
-                out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
-        if sha256.hexdigest() != entry.sha256:
-            raise VerifyError(f"{entry.path}: written bytes have SHA-256 {sha256.hexdigest()},"
-                              f" the manifest records {entry.sha256}",
-                              expected=entry.sha256, actual=sha256.hexdigest())
-        name = entry.sha256 if lfs else sha1.hexdigest()
-        if _good_blob(blobs / name, entry, lfs):
-            tmp.unlink()
-            return name, False
-        os.replace(tmp, blobs / name)
-        return name, True
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    from cas.exportfile import stage
+
+    staged = stage(store, version, entry, blobs, prefix=".cas-", sources=sources)
+    name = entry.sha256 if lfs else staged.git_sha1
+    if _good_blob(blobs / name, entry, lfs):
+        staged.discard()
+        return name, False
+    staged.publish(blobs / name)
+    return name, True
 
 
 def _link(snap_dir: Path, rel: str, blob: Path, cache: Path) -> None:
     """Make ``snap_dir/rel`` a relative symlink to ``blob`` (temp link, then rename)."""
     validate_rel_path(rel)
     link = snap_dir / rel
-    _real_dirs(cache, link.parent)
+    real_dirs(cache, link.parent)
     target = os.path.relpath(blob, link.parent)
     try:
         if os.readlink(link) == target:

@@ -6,7 +6,8 @@ from cas.errors import ALL_ERRORS, BUG_EXIT_CODE, CasError
 
 STABLE = {  # never change or reuse these: scripts depend on them (README, "Errors")
     "E_ARGS": 2, "E_NOT_FOUND": 3, "E_VERIFY": 4, "E_SCHEMA": 5, "E_DISK": 6, "E_NET": 7,
-    "E_PERM": 8, "E_LOCK": 9, "E_CONFLICT": 10, "E_FORMAT": 11, "E_INTERRUPTED": 130,
+    "E_PERM": 8, "E_LOCK": 9, "E_CONFLICT": 10, "E_FORMAT": 11, "E_LICENSE": 12,
+    "E_INTERRUPTED": 130,
 }
 
 
