@@ -41,7 +41,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, BinaryIO
 
 import msgspec
 
@@ -232,7 +233,10 @@ class _Ingester:
         Raises:
             ConflictError: the file changed between the scan and the read.
         """
-        data = _read_whole(path, st)
+        return self.ingest_small_bytes(rel, _read_whole(path, st))
+
+    def ingest_small_bytes(self, rel: str, data: bytes) -> FileDigest | None:
+        """:meth:`ingest_small` of bytes already in memory."""
         kind = format_of(data[:16], len(data), rel)
         if kind in ("safetensors", "gguf"):
             return None
@@ -371,9 +375,28 @@ class _Ingester:
 
         The caller flushes the small-file batch first: the writer thread owns the pack writer
         while this runs."""
-        sha = hashlib.sha256()
+        try:
+            with open(path, "rb", buffering=0) as f:
+                return self.ingest_stream(f, label, plan, float_ranges(path), str(path))
+        except OSError as exc:
+            raise from_os_error(exc, f"reading {path}") from None
 
-        chunks: list[tuple[bytes, int]] = []
+    def ingest_stream(self, stream: BinaryIO, label: str,
+                      plan: Future[derive.Plan | None] | None,
+                      ranges: list[tuple[int, int, int]], what: str, *,
+                      start: int = 0, sha: hashlib._Hash | None = None,
+                      chunks: list[tuple[bytes, int]] | None = None,
+                      after_block: Callable[[list[tuple[bytes, int]]], None] | None = None
+                      ) -> FileDigest:
+        """:meth:`ingest` of a readable (``readinto``) holding the file's bytes from offset
+        ``start``; ``ranges``: the file's float ranges (:func:`cas.metadata.float_ranges`).
+
+        A resumed file passes the ``chunks`` of its first ``start`` bytes and ``sha`` fed with
+        them (FastCDC cuts from a chunk boundary as it would have cut the whole file).
+        ``after_block(chunks so far)`` runs on the writer thread after each block is appended
+        to the pack (the only time another caller may use the pack writer)."""
+        sha = sha if sha is not None else hashlib.sha256()
+        chunks = chunks if chunks is not None else []
         # Blocks travel from this thread (read, cut, submit) to a writer thread (collect
         # results in order, append to the pack, recycle the buffer), so that reading and
         # writing overlap. The bounded queue and the buffer pool bound memory.
@@ -387,6 +410,8 @@ class _Ingester:
                     try:
                         self._write_block(groups, chunks)
                         hashed.result()
+                        if after_block is not None:
+                            after_block(chunks)
                     except BaseException as exc:  # noqa: BLE001 - re-raised by ingest()
                         failed.append(exc)
                 for fut in (hashed, *groups):  # never recycle a buffer still being read
@@ -395,29 +420,29 @@ class _Ingester:
                 if self.progress is not None and not failed:
                     self.progress(self.done, self.total, label)
 
-        ranges = float_ranges(path)
         if ranges:
             from cas.bytegroup import FloatRanges
 
             floats: FloatRanges | None = FloatRanges(ranges)
         else:
             floats = None
-        offset = 0
+        offset = start
         drain = self.drainer.submit(write_blocks)
         try:
-            with open(path, "rb", buffering=0) as f:
-                for region, views in self.chunker.cut_blocks(f, BLOCK_SIZE, self.buffers):
-                    placed = []
-                    for view in views:
-                        placed.append((offset, view))
-                        offset += len(view)
-                    groups = [self.pool.submit(self._work_group, placed[i : i + GROUP], floats,
-                                               plan) for i in range(0, len(placed), GROUP)]
-                    blocks.put((region, self.hasher.submit(sha.update, region), groups))
-                    if failed:
-                        break
+            for region, views in self.chunker.cut_blocks(stream, BLOCK_SIZE, self.buffers):
+                placed = []
+                for view in views:
+                    placed.append((offset, view))
+                    offset += len(view)
+                groups = [self.pool.submit(self._work_group, placed[i : i + GROUP], floats,
+                                           plan) for i in range(0, len(placed), GROUP)]
+                blocks.put((region, self.hasher.submit(sha.update, region), groups))
+                if failed:
+                    break
         except OSError as exc:
-            failed.append(from_os_error(exc, f"reading {path}"))
+            failed.append(from_os_error(exc, f"reading {what}"))
+        except BaseException as exc:  # noqa: BLE001 - a stream's own error, after the drain
+            failed.append(exc)
         finally:
             blocks.put(None)
             drain.result()
