@@ -549,7 +549,14 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
             where a file goes, or a file or symlink where a folder goes; a folder was swapped
             while checkout ran.
         VerifyError: stored bytes are damaged; the damaged file is not written.
+        LicenseError: the version's licence needs an acceptance that is not recorded
+            (:mod:`cas.licenses`); nothing is written.
+        DiskError: ``dest``'s filesystem has not the room for the files (checked before
+            anything is written, :func:`cas.compat.require_disk_for_files`).
     """
+    from cas.compat import require_disk_for_files
+    from cas.licenses import require_accepted
+
     if clean and include:
         raise ArgsError("--clean cannot be combined with --include: check out the whole "
                         "version with --clean, or select files without --clean")
@@ -560,6 +567,8 @@ def checkout(store: Store, version: Version, dest: Path, *, force: bool = False,
     where = Path(checkouts.shown(dest))  # for messages: JSON cannot hold non-UTF-8 bytes
     checkouts.refuse_store(store.path, dest)
     _check_name_lengths(dest, all_paths if clean else [f.path for f in chosen], version.ref)
+    require_accepted(store, version, manifest, False)
+    require_disk_for_files(dest, chosen, f"checking out {version.ref}")
     made = checkouts.make_dest(dest)
     pause = pause_hook_from_env()
     warnings: list[CasWarning] = []

@@ -35,9 +35,13 @@ from cas.errors import ArgsError
 @click.option("--cached", is_flag=True,
               help="Write through the page cache, leaving the files in memory for a program "
                    "that loads them next (slower; default: direct writes).")
+@click.option("--accept-license", is_flag=True,
+              help="Accept the version's licence where it requires acceptance (recorded "
+                   "as 'cas license --accept' does).")
 @pass_ctx
 def checkout(ctx: Ctx, spec: str | None, dest: Path | None, force: bool, clean: bool,
-             include: tuple[str, ...], cached: bool, from_lock: bool) -> None:
+             include: tuple[str, ...], cached: bool, from_lock: bool,
+             accept_license: bool) -> None:
     """Write the files of NAME[@V] under DEST, byte-identical and SHA-256 verified.
 
     Files appear under their names only once complete and durable. Files cas wrote in DEST
@@ -67,6 +71,10 @@ def checkout(ctx: Ctx, spec: str | None, dest: Path | None, force: bool, clean: 
             got = get(store, version, progress=bar)
             ctx.out.note(f"fetched the content of {version.ref} from {got.remote or got.url} "
                          f"({human_bytes(got.bytes_sent)})")
+        if accept_license:
+            from cas.licenses import require_accepted
+
+            require_accepted(store, version, store.manifest(version), True)
         r = store.checkout(spec, dest, force=force, clean=clean, include=include,
                            progress=bar, cached=cached)
     text = (f"checked out {r.name}@{r.seq} to {r.dest}: {r.files} files, "
