@@ -12,34 +12,33 @@ Steps of :func:`import_repo`:
 3. List the commit's files with their Hub ids (the SHA-256 of an LFS file, the git blob id of
    a small one) and sizes; apply ``--include``/``--exclude``; validate every path (a path
    that would leave the folder is refused before anything is written).
-4. Check free disk: the staging folder must hold what is left to download, and the store
-   what it may add (the whole size, the worst case of incompressible new content); ``E_DISK``
-   before anything is written.
-5. Download each file with huggingface_hub's HTTP client (its URL rules, token headers and
-   retries) into ``partial/<etag>`` of the staging folder; a part that an interrupted run
-   left is resumed with ``Range`` (huggingface_hub's own downloads restart from zero in a new
-   process). Each file is verified (LFS files by SHA-256, small files by git blob id; hashed
-   as it is written, so a download is not read back) and only then moved to
-   ``files/<path>``; one that does not match is deleted and the import fails with
-   ``E_VERIFY`` before anything is registered.
-6. Register the folder with :meth:`cas.store.Store.add` (chunking, dedupe against every
-   earlier revision, metadata from headers), recording the source, the licence from the model
-   card (``license:`` in ``README.md``'s front matter) and ``hf.*`` metadata; then delete the
-   staging folder.
+4. Check free disk: the store must hold what the import may add (the whole size, the worst
+   case of incompressible new content); ``E_DISK`` before anything is written.
+5. Register the files with :func:`cas.ingest_stream.add_streams`, each opened as a stream: a
+   thread downloads it with huggingface_hub's HTTP client (its URL rules, token headers and
+   retries) into a bounded pipe while the ingest chunks, hashes, dedupes (against every
+   earlier revision) and packs what arrives, so downloading and chunking overlap and no
+   file is ever written outside the store. Each file is checked when its last byte is
+   packed (LFS files by SHA-256, small files by git blob id); one that does not match fails
+   the import with ``E_VERIFY`` before anything is registered. The version records the
+   source, the licence from the model card (``license:`` in ``README.md``'s front matter,
+   fetched first and held in memory) and ``hf.*`` metadata.
 
-Staging: files are downloaded whole into one folder and registered together, because
-:func:`cas.ingest.add` registers a folder in one pass (metadata, dedupe, derivation against
-the previous version all need the set). The folder is removed as soon as the add commits, so
-the disk keeps one compressed copy; while the import runs it holds the download as well. The
-folder is a sibling of the store (``<store>.hub/``): ``add`` refuses paths inside the store.
+Resume: the ingest's resume record (``cache/resume/hub-<ORG>--<NAME>--<commit>.json``)
+names the files, and the prefixes of files, already durable in the store; a run after an
+interruption downloads none of the former and asks for the rest of the latter with ``Range``.
+The disk holds one compressed copy throughout.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import io
 import os
 import re
 import shutil
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -381,26 +380,6 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
-def staging_root(store: Store) -> Path:
-    """Where imports download before registering: beside the store (see the module doc)."""
-    return store.path.parent / f"{store.path.name}.hub"
-
-
-def staging_dir(store: Store, repo_id: str, commit: str) -> Path:
-    """The staging folder of one repository commit: the same for every run, so that a run
-    after an interruption finds (and resumes) what the last one downloaded."""
-    return staging_root(store) / f"{repo_id.replace('/', '--')}--{commit}"
-
-
-def remove_staging(folder: Path) -> None:
-    """Delete a staging folder (and the staging root once empty)."""
-    shutil.rmtree(folder, ignore_errors=True)
-    try:
-        folder.parent.rmdir()
-    except OSError:
-        pass
-
-
 def latest_matches(store: Store, name: str, source: str, paths: Sequence[str]
                    ) -> tuple[Any, Manifest] | None:
     """The model's latest version if it records ``source`` and holds exactly ``paths``."""
@@ -442,134 +421,166 @@ def _tqdm_class(progress: Progress | None, state: _Bytes) -> type:
     return Reporter
 
 
-class _HashingWriter:
-    """A part file that hashes what is written to it, so that a download is verified without
-    reading it back. The bytes a resumed part already holds are hashed first. If the writer
-    seeks or truncates (a server that ignored ``Range``: the download restarts), ``whole`` is
-    False and the caller hashes the file instead."""
-
-    def __init__(self, raw: Any, expected: HubFile, have: int) -> None:
-        self.raw = raw
-        self.expected = expected
-        self.size = 0
-        self.hash = hashlib.sha256() if expected.sha256 is not None else \
-            hashlib.sha1(b"blob %d\0" % expected.size)
-        self.whole = True
-        raw.seek(0)
-        while self.size < have and (block := raw.read(min(8 << 20, have - self.size))):
-            self.write(block, hashed_only=True)
-        raw.seek(have)
-
-    def write(self, data: bytes, hashed_only: bool = False) -> int:
-        self.hash.update(data)
-        self.size += len(data)
-        return len(data) if hashed_only else self.raw.write(data)  # type: ignore[no-any-return]
-
-    def seek(self, *args: Any) -> int:
-        self.whole = False
-        return self.raw.seek(*args)  # type: ignore[no-any-return]
-
-    def truncate(self, *args: Any) -> int:
-        self.whole = False
-        return self.raw.truncate(*args)  # type: ignore[no-any-return]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.raw, name)
-
-    def check(self, what: str) -> None:
-        """Raise VerifyError unless the bytes written are the expected file."""
-        f = self.expected
-        if self.size != f.size:
-            raise VerifyError(f"{what}: {f.path}: {self.size} bytes, the Hub lists {f.size}",
-                              expected=str(f.size), actual=str(self.size))
-        actual = self.hash.hexdigest()
-        if actual != f.etag:
-            kind = "SHA-256" if f.sha256 is not None else "git blob id"
-            raise VerifyError(f"{what}: {f.path}: its {kind} is {actual}, the Hub lists "
-                              f"{f.etag}", expected=f.etag, actual=actual)
+class _Abandoned(Exception):
+    """The ingest stopped reading a download (another error): the download thread ends."""
 
 
-def download(repo_id: str, commit: str, files: Sequence[HubFile], folder: Path,
-             progress: Progress | None = None) -> int:
-    """Download ``files`` of ``commit`` into ``folder/files/`` and verify each; return the
-    bytes received.
+class _Pipe:
+    """Bytes handed from a download thread to the ingest: huggingface_hub's ``http_get``
+    writes into it as into a file, the ingest reads it with ``readinto``. At most
+    ``PIPE_BYTES`` wait in it, so a download runs ahead of chunking by that much.
 
-    A file is received into ``folder/partial/<etag>`` and renamed to its path once verified.
-    A part an earlier (interrupted) run left is resumed with an HTTP ``Range`` request; a
-    finished file an earlier run left is verified again, not downloaded.
+    ``start``: the file offset of the first byte asked for. When a server ignores ``Range``,
+    ``http_get`` seeks back to where the download started; the bytes it then writes again are
+    dropped until the pipe is back at the position it had reached."""
 
-    Raises:
-        VerifyError: a file does not match the Hub's id (it is deleted, so a retry fetches
-            it again).
-        NetError | NotFoundError | PermError: the Hub refused or the transfer failed.
-    """
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.file_download import http_get
-    from huggingface_hub.utils import build_hf_headers
+    def __init__(self, start: int, limit: int) -> None:
+        self._cond = threading.Condition()
+        self._parts: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._limit = limit
+        self._pos = start
+        self._skip = 0
+        self._done = False
+        self._closed = False
+        self._error: BaseException | None = None
+        self._head = memoryview(b"")
+        #: Bytes received and passed on (not those dropped after a restart).
+        self.received = 0
 
-    what = f"{SCHEME}{repo_id}@{commit}"
-    state = _Bytes(total=sum(f.size for f in files))
-    reporter = _tqdm_class(progress, state)
-    endpoint = os.environ.get("HF_ENDPOINT") or None
-    partial = folder / PARTIAL
-    received = 0
-    for f in files:
-        state.label = f.path
-        target = folder / FILES / f.path
-        if target.exists():
-            try:
-                verify_file(target, f, what)
-                state.done += f.size
-                continue
-            except VerifyError:
-                target.unlink(missing_ok=True)
-        part = partial / f.etag
+    # -- the download thread's side (a file to http_get) ----------------------------------
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence != 0 or pos > self._pos:
+            raise OSError("a download pipe only seeks back")
+        self._skip += self._pos - pos
+        self._pos = pos
+        return pos
+
+    def truncate(self, size: int | None = None) -> int:
+        return self._pos
+
+    def flush(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> int:
+        n = len(data)
+        self._pos += n
+        if self._skip:
+            dropped = min(self._skip, n)
+            self._skip -= dropped
+            data = data[dropped:]
+        if data:
+            with self._cond:
+                while self._buffered >= self._limit and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    raise _Abandoned()
+                self._parts.append(data)
+                self._buffered += len(data)
+                self.received += len(data)
+                self._cond.notify_all()
+        return n
+
+    def finish(self, error: BaseException | None) -> None:
+        with self._cond:
+            self._done, self._error = True, error
+            self._cond.notify_all()
+
+    # -- the ingest's side ----------------------------------------------------------------
+    def readinto(self, buf: Any) -> int:
+        if not self._head:
+            with self._cond:
+                while not self._parts and not self._done:
+                    self._cond.wait()
+                if not self._parts:
+                    if self._error is not None:
+                        raise self._error
+                    return 0
+                part = self._parts.popleft()
+                self._buffered -= len(part)
+                self._cond.notify_all()
+            self._head = memoryview(part)
+        n = min(len(buf), len(self._head))
+        buf[:n] = self._head[:n]
+        self._head = self._head[n:]
+        return n
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._parts.clear()
+            self._cond.notify_all()
+
+
+#: Bytes a download may run ahead of the ingest (huggingface_hub writes 10 MiB pieces).
+PIPE_BYTES = 32 << 20
+
+
+class _Downloads:
+    """Opens Hub files as streams (:data:`cas.ingest_stream.Opener`): each open starts a
+    thread that downloads the file from an offset (``Range``) with huggingface_hub's HTTP
+    client (its URL rules, token headers, retries) into a :class:`_Pipe`."""
+
+    def __init__(self, repo_id: str, commit: str, progress: Progress | None,
+                 total: int) -> None:
+        from huggingface_hub.utils import build_hf_headers
+
+        self.repo_id, self.commit = repo_id, commit
+        self.what = f"{SCHEME}{repo_id}@{commit}"
+        self.state = _Bytes(total=total)
+        self.reporter = _tqdm_class(progress, self.state)
+        self.endpoint = os.environ.get("HF_ENDPOINT") or None
+        self.headers = build_hf_headers()  # HF_TOKEN, else the token file
+        self.pipes: list[_Pipe] = []
+
+    @property
+    def received(self) -> int:
+        return sum(p.received for p in self.pipes)
+
+    def fetch(self, f: HubFile) -> bytes:
+        """A small file whole, in memory."""
+        out = bytearray()
+        stream = self.opener(f)(0)
+        buf = bytearray(1 << 20)
+        while n := stream.readinto(buf):
+            out += buf[:n]
+        return bytes(out)
+
+    def opener(self, f: HubFile) -> Callable[[int], Any]:
+        def open_at(offset: int) -> _Pipe:
+            pipe = _Pipe(offset, PIPE_BYTES)
+            self.pipes.append(pipe)
+            self.state.label = f.path
+            threading.Thread(target=self._download, args=(f, offset, pipe), daemon=True,
+                             name="cas-hub-download").start()
+            return pipe
+
+        return open_at
+
+    def _download(self, f: HubFile, offset: int, pipe: _Pipe) -> None:
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+        from huggingface_hub.file_download import http_get
+
+        error: BaseException | None = None
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial.mkdir(parents=True, exist_ok=True)
-            have = min(part.stat().st_size, f.size) if part.exists() else 0
-            state.done += have
-            before = state.done
-            with hub_errors(f"{what}: {f.path}"):
-                url = hf_hub_url(repo_id, f.path, revision=commit, endpoint=endpoint)
-                headers = build_hf_headers()  # HF_TOKEN, else the token file
-                meta = get_hf_file_metadata(url, headers=headers, endpoint=endpoint)
+            with hub_errors(f"{self.what}: {f.path}"):
+                url = hf_hub_url(self.repo_id, f.path, revision=self.commit,
+                                 endpoint=self.endpoint)
+                meta = get_hf_file_metadata(url, headers=self.headers, endpoint=self.endpoint)
                 if meta.size is not None and meta.size != f.size:
-                    raise VerifyError(f"{what}: {f.path}: the Hub serves {meta.size} bytes "
-                                      f"but lists {f.size}")
-                with open(part, "r+b" if have else "wb") as raw:
-                    raw.truncate(have)
-                    out = _HashingWriter(raw, f, have)
-                    http_get(meta.location or url, out, resume_size=have,  # type: ignore[arg-type]
-                             headers=headers, expected_size=f.size,
-                             displayed_filename=f.path, tqdm_class=reporter)
-                    raw.flush()
-                    os.fsync(raw.fileno())
-            received += state.done - before
-        except CasError:
-            raise
-        except OSError as exc:
-            raise from_os_error(exc, f"downloading {f.path} into {folder}") from None
-        try:
-            out.check(what) if out.whole else verify_file(part, f, what)
-        except VerifyError:
-            part.unlink(missing_ok=True)
-            raise
-        os.replace(part, target)
-    return received
-
-
-def already_staged(folder: Path, files: Sequence[HubFile]) -> int:
-    """Bytes of ``files`` already in ``folder``, whole or as resumable parts."""
-    n = 0
-    for f in files:
-        for p in (folder / FILES / f.path, folder / PARTIAL / f.etag):
-            try:
-                n += min(p.stat().st_size, f.size)
-                break
-            except OSError:
-                pass
-    return n
+                    raise VerifyError(f"{self.what}: {f.path}: the Hub serves {meta.size} "
+                                      f"bytes but lists {f.size}")
+                http_get(meta.location or url, pipe, resume_size=offset,  # type: ignore[arg-type]
+                         headers=self.headers, expected_size=f.size,
+                         displayed_filename=f.path, tqdm_class=self.reporter)
+        except _Abandoned:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - raised again by the ingest's read
+            error = exc
+        pipe.finish(error)
 
 
 def import_repo(store: Store, source: HubSource, name: str | None = None, *,
@@ -589,6 +600,7 @@ def import_repo(store: Store, source: HubSource, name: str | None = None, *,
         VerifyError: a downloaded file does not match the Hub's id (nothing registered).
     """
     from cas.ingest import AddOptions
+    from cas.ingest_stream import StreamFile, add_streams
 
     name = validate_model_name(name or source.repo_id)
     shown = f"{SCHEME}{source.repo_id}" + (f"@{source.revision}" if source.revision else "")
@@ -604,31 +616,44 @@ def import_repo(store: Store, source: HubSource, name: str | None = None, *,
         return ImportResult(name, recorded, source.repo_id, revision, commit, version.seq,
                             version.commit, False, len(manifest.files), manifest.total_size,
                             0, 0, manifest.metadata.license, len(files) - len(chosen))
-    folder = staging_dir(store, source.repo_id, commit)
-    total = sum(f.size for f in chosen)
-    require_free([(folder, total - already_staged(folder, chosen)), (store.path, total)],
-                 f"importing {shown}")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise from_os_error(exc, f"creating {folder}") from None
-    received = download(source.repo_id, commit, chosen, folder, progress)
-    readme = folder / FILES / "README.md"
+    # The worst case: every byte new and incompressible. Nothing is staged outside the store.
+    require_free([(store.path, sum(f.size for f in chosen))], f"importing {shown}")
+    downloads = _Downloads(source.repo_id, commit, progress, sum(f.size for f in chosen))
+    streams = []
     licence = None
-    if any(f.path == "README.md" for f in chosen):
-        try:
-            licence = card_license(readme.read_bytes())
-        except OSError as exc:
-            raise from_os_error(exc, f"reading {readme}") from None
+    for f in chosen:
+        opener = downloads.opener(f)
+        if f.path == "README.md" and f.size <= MAX_CARD:
+            # The card is read for its licence before the version is made: fetched once,
+            # whole, and handed to the ingest from memory.
+            card = downloads.fetch(f)
+            licence = card_license(card)
+            opener = _from_memory(card)
+        streams.append(StreamFile(f.path, f.size, opener, sha256=f.sha256,
+                                  git_blob_id=None if f.sha256 is not None else f.blob_id))
     lfs = [f.path for f in chosen if f.sha256 is not None]
     options = AddOptions(
         message=message or f"import {recorded}", tags=list(tags), license=licence,
         source=recorded,
         extra={META_REPO: source.repo_id, META_REVISION: revision, META_COMMIT: commit,
                META_LFS: msgspec.json.encode(lfs).decode()})
-    added = store.add(name, folder / FILES, options, progress)
-    remove_staging(folder)
+    added = add_streams(store, name, streams, options, progress,
+                        resume=resume_key(source.repo_id, commit))
     return ImportResult(name, recorded, source.repo_id, revision, commit, added.seq,
-                        added.commit, added.created, added.files, added.total_size, received,
-                        added.new_stored_bytes, licence, len(files) - len(chosen),
-                        list(added.warnings))
+                        added.commit, added.created, added.files, added.total_size,
+                        downloads.received, added.new_stored_bytes, licence,
+                        len(files) - len(chosen), list(added.warnings))
+
+
+def resume_key(repo_id: str, commit: str) -> str:
+    """The resume record of an import of one repository commit (``cache/resume/<key>.json``,
+    see :mod:`cas.ingest_stream`): the same for every run, so a run after an interruption
+    finds what the last one stored."""
+    return f"hub-{repo_id.replace('/', '--')}--{commit}"
+
+
+def _from_memory(data: bytes) -> Callable[[int], Any]:
+    def open_at(offset: int) -> io.BytesIO:
+        return io.BytesIO(data[offset:])
+
+    return open_at

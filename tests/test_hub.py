@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -154,34 +155,46 @@ def test_small_file_checked_by_git_blob_id(cas, range_hub):
 
 
 @pytest.mark.parametrize("honour_range", [True, False])
-def test_interrupted_download_resumes(cas, tmp_path, real_model, honour_range):
+def test_interrupted_download_resumes(cas, tmp_path, real_model, store_path, honour_range):
     hub = RangeHub(REPO)
     files = small_model(real_model, seed=4, size=24 << 20)
     hub.add_revision({p: HubFile(b, lfs=p == "model.safetensors") for p, b in files.items()})
-    # huggingface_hub writes 10 MiB pieces: stall after 16 MiB, so that one reached the disk.
-    hub.faults["model.safetensors"] = ("stall", 16 << 20)
     with hub:
         hub_env(cas, hub.url, tmp_path / "hfhome")
+        # Killed at the first checkpoint: a prefix of the weights is durable in the store.
+        report_r, report_w = os.pipe()
+        resume_r, resume_w = os.pipe()
+        env = {**cas.env, "CAS_TEST_PAUSE": "stream-checkpoint",
+               "CAS_TEST_PAUSE_FDS": f"{report_w},{resume_r}"}
         proc = subprocess.Popen([sys.executable, "-m", "cas.cli.main", "--store",
                                  str(cas.store), "--json", "import", f"hf://{REPO}"],
-                                env=cas.env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+                                env=env, pass_fds=(report_w, resume_r),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(report_w)
+        os.close(resume_r)
         try:
-            assert hub.stalled.wait(120), "the download never reached the stall"
-            os.kill(proc.pid, signal.SIGKILL)
+            ready, _, _ = select.select([report_r], [], [], 120)
+            assert ready and os.read(report_r, 100).strip() == b"stream-checkpoint"
         finally:
+            os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-            hub.release.set()
+            os.close(report_r)
+            os.close(resume_w)
         assert cas("--json", "ls").json["models"] == []
+        assert list((store_path / "cache" / "resume").glob("hub-*.json"))
+        hub.gets.clear()
         hub.honour_range = honour_range
         r = cas("--json", "import", f"hf://{REPO}").json
     assert r["created"]
     ranges = [rng for path, rng in hub.gets if path == "model.safetensors" and rng]
-    assert ranges and int(ranges[-1].split("=")[1].split("-")[0]) >= 10 << 20, hub.gets
+    assert ranges and int(ranges[-1].split("=")[1].split("-")[0]) >= 8 << 20, hub.gets
+    # Files finished before the kill are not downloaded again.
+    assert "config.json" not in {path for path, _ in hub.gets}, hub.gets
     if honour_range:
-        assert r["downloaded_bytes"] < sum(len(b) for b in files.values())
-    # Else the server sent the whole file again: the part restarted and is still verified.
+        assert r["downloaded_bytes"] <= sum(len(b) for b in files.values()) - (8 << 20)
+    # Else the server sent the whole file again: the bytes the store holds are dropped.
     assert checked_out(cas, REPO, tmp_path / "co") == files
+    assert not list((store_path / "cache" / "resume").glob("*.json"))
 
 
 def test_unsafe_path_in_repository_is_refused(cas, tmp_path):
