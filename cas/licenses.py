@@ -239,7 +239,7 @@ def accept_version(store: Store, version: Version, author: str | None = None
 def set_required(store: Store, licence: str, required: bool, author: str | None = None
                  ) -> RequireResult:
     """Mark (or unmark) the licence identifier ``licence`` (compared without case) as needing
-    acceptance. Idempotent.
+    acceptance. Marking is idempotent.
 
     Raises:
         ArgsError: an empty or multi-line identifier.
@@ -253,11 +253,11 @@ def set_required(store: Store, licence: str, required: bool, author: str | None 
         reg = store.registry
         records = load(reg)
         have = [r for r in records.required if r.license.lower() == licence.lower()]
+        if not required and not have:
+            raise NotFoundError(f"licence {licence!r} is not marked as required")
         if bool(have) == required:
             return RequireResult(licence, required, False,
                                  sorted(r.license for r in records.required))
-        if not required and not have:
-            raise NotFoundError(f"licence {licence!r} is not marked as required")
         if required:
             records.required = [*records.required, Requirement(licence, f"{user} <{email}>",
                                                                iso_utc())]
