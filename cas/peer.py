@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import msgspec
 
@@ -69,6 +70,8 @@ class LocalPeer:
         self.store = store
         self._lease = None
         self._lacking_memo: dict[bytes, list[str]] | None = None
+        self._holds: list[Any] = []
+        self._dropping: tuple[Any, Any] | None = None
 
     # -- session -----------------------------------------------------------------------------
 
@@ -84,7 +87,45 @@ class LocalPeer:
                 self._lease = None
 
     def close(self) -> None:
+        self.release_holds()
+        self.drop_end()
         self.store.close()
+
+    # -- holds and drops (:mod:`cas.drop`) ---------------------------------------------------
+
+    def hold(self, blobs: list[str]) -> None:
+        """Verify this store keeps the versions ``blobs`` whole and hold them (no drop here)
+        until :meth:`release_holds`."""
+        from cas import drop
+
+        self._holds.append(drop.hold(self.store, blobs))
+
+    def release_holds(self) -> None:
+        holds, self._holds = self._holds, []
+        for lease in holds:
+            lease.release()
+
+    def drop_begin(self, blob: str) -> Any:
+        """Start dropping the version of ``blob`` here; returns its :class:`cas.drop.Target`."""
+        from cas import drop
+
+        self.drop_end()
+        self._dropping = drop.begin(self.store, blob)
+        return self._dropping[1]
+
+    def drop_commit(self) -> None:
+        from cas import drop
+        from cas.errors import ArgsError
+
+        if self._dropping is None:
+            raise ArgsError("drop_commit without drop_begin")
+        lease, target = self._dropping
+        drop.commit(self.store, target, lease)
+
+    def drop_end(self) -> None:
+        dropping, self._dropping = self._dropping, None
+        if dropping is not None:
+            dropping[0].release()
 
     def twin(self) -> LocalPeer:
         """Another peer on the same store, with a store object of its own (for a transfer
@@ -261,6 +302,10 @@ class LocalPeer:
                     arrived.add(m.id)
             if absent or arrived:
                 presence.update(store.backend, absent, arrived - set(absent))
+            if arrived - set(absent):  # content that arrives counts as a use (eviction order)
+                from cas import access
+
+                access.record(store.path, sorted(arrived - set(absent)))
         return out
 
     def rebase_model(self, u: RefUpdate, *, renumber: bool, force: bool = False,

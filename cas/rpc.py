@@ -215,6 +215,23 @@ class RemotePeer:
         self._stream = stream()
         return total, self._stream
 
+    def hold(self, blobs: list[str]) -> None:
+        self._call("hold", blobs=blobs)
+
+    def release_holds(self) -> None:
+        self._call("release_holds")
+
+    def drop_begin(self, blob: str) -> Any:
+        from cas.drop import Target
+
+        return _typed(self._call("drop_begin", blobs=[blob]), Target, self.name)
+
+    def drop_commit(self) -> None:
+        self._call("drop_commit")
+
+    def drop_end(self) -> None:
+        self._call("drop_end")
+
     def twin(self) -> RemotePeer:
         """Another connection to the same server (for a parallel transfer stream).
 
@@ -315,7 +332,8 @@ class _Args(msgspec.Struct, forbid_unknown_fields=False):
     new: bytes | None = None
 
 
-WRITE_OPS = {"put_registry_objects", "receive", "update_refs", "init", "merge_locations"}
+WRITE_OPS = {"put_registry_objects", "receive", "update_refs", "init", "merge_locations",
+             "drop_begin", "drop_commit"}
 
 
 def serve(peer: Any, framed: Framed, *, read_only: bool | str = False,
@@ -497,6 +515,22 @@ def _dispatch(peer: Any, op: Any, args: _Args, append_only: bool) -> Any:
         return pack_ids(peer.closure(args.blobs))
     if op == "missing":
         return pack_ids(peer.missing(unpack_ids(args.ids)))
+    if op == "hold":
+        peer.hold(args.blobs)
+        return None
+    if op == "release_holds":
+        peer.release_holds()
+        return None
+    if op == "drop_begin":
+        if len(args.blobs) != 1:
+            raise error_of_code("E_ARGS", "drop_begin takes one manifest blob")
+        return peer.drop_begin(args.blobs[0])
+    if op == "drop_commit":
+        peer.drop_commit()
+        return None
+    if op == "drop_end":
+        peer.drop_end()
+        return None
     if op == "update_refs":
         if append_only and args.force:
             raise error_of_code("E_PERM", "this server is append-only: no --force")

@@ -81,6 +81,20 @@ def _streams(value: str) -> str:
     return str(int(text))
 
 
+def _quota(value: str) -> str:
+    text = str(value).strip()
+    if text.lower() in ("", "none", "off"):
+        return "none"
+    from cas.evict import parse_size
+
+    return str(parse_size(text))
+
+
+def quota_bytes(value: str) -> int | None:
+    """The ``quota`` setting in bytes (None: no quota)."""
+    return None if value == "none" else int(value)
+
+
 def transfer_streams(value: str) -> int:
     """The number of parallel streams a ``transfer_streams`` value means here."""
     import os
@@ -105,6 +119,9 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("restore_window", "14d", _duration,
             "how long removed versions can be brought back with 'cas restore' "
             "(garbage collection keeps their data that long)"),
+    Setting("quota", "none", _quota,
+            "the most bytes the store folder may hold: every gc drops the least recently "
+            "used versions that have copies elsewhere to stay under it (e.g. 200G; none)"),
     Setting("transfer_streams", "auto", _streams,
             "parallel connections a large push, pull or clone over ssh or http uses (1-16; "
             "auto: the number of CPUs, at most 4)"),

@@ -29,8 +29,10 @@ from cas.errors import (
     CasError,
     CasWarning,
     ConflictError,
+    DiskError,
     FormatError,
     NotFoundError,
+    PermError,
     SchemaError,
     VerifyError,
     from_os_error,
@@ -424,9 +426,15 @@ class Store:
     def add(self, name: str, path: Path | str, options: AddOptions | None = None,
             progress: Progress | None = None) -> AddResult:
         """Register ``path`` (a file or a directory) as a new version of ``name``."""
+        from cas import access
         from cas.ingest import AddOptions, add
 
-        return add(self, name, Path(path), options or AddOptions(), progress)
+        result = add(self, name, Path(path), options or AddOptions(), progress)
+        try:  # a new version is as recently used as anything (eviction order)
+            access.record(self.path, [self.resolve(f"{result.name}@{result.seq}").id])
+        except CasError:
+            pass
+        return result
 
     def checkout(self, spec: str, dest: Path | str, *, force: bool = False,
                  clean: bool = False, include: Sequence[str] = (),
@@ -442,8 +450,10 @@ class Store:
         """
         from cas.checkout import checkout
 
-        return checkout(self, self.resolve(spec), Path(dest), force=force, clean=clean,
-                        include=include, progress=progress, cached=cached)
+        version = self.resolve(spec)
+        with self.using(version.id):
+            return checkout(self, version, Path(dest), force=force, clean=clean,
+                            include=include, progress=progress, cached=cached)
 
     def cat(self, spec: str, path: str, out: BinaryIO | Path) -> CatResult:
         """Write the file ``path`` of ``spec`` to ``out``, streaming: every chunk is verified
@@ -452,9 +462,30 @@ class Store:
         written atomically (temp, verify, fsync, rename; see :func:`cas.cat.cat_to_file`)."""
         from cas.cat import cat, cat_to_file
 
-        if isinstance(out, Path):
-            return cat_to_file(self, self.resolve(spec), path, out)
-        return cat(self, self.resolve(spec), path, out)
+        version = self.resolve(spec)
+        with self.using(version.id):
+            if isinstance(out, Path):
+                return cat_to_file(self, version, path, out)
+            return cat(self, version, path, out)
+
+    @contextmanager
+    def using(self, version_id: str) -> Iterator[None]:
+        """Mark ``version_id`` in use while the block runs (a shared lease ``use <id>``:
+        eviction never drops a version a running checkout or cat reads), then record the use
+        in the access log (:mod:`cas.access`). A store this process cannot write is read
+        without the mark."""
+        from cas import access
+
+        try:
+            lease = self.leases.acquire_shared(f"use {version_id}")
+        except (DiskError, PermError):
+            lease = None
+        try:
+            yield
+        finally:
+            if lease is not None:
+                lease.release()
+        access.record(self.path, [version_id])
 
     def checkouts(self) -> CheckoutList:
         """The destinations cas checked versions out into, from the records in the store."""

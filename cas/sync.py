@@ -706,7 +706,7 @@ def get(store: Store, version: Any, spec: str | None = None,
     blob = reg.commit_versions(reg.head(version.name).decode()).get(version.seq)  # type: ignore[union-attr]
     if blob is None:
         raise NotFoundError(f"{version.ref} is not live here")
-    names = [spec] if spec else _holders(store, version.name, blob.decode())
+    names = [spec] if spec else holders_first(store, version.name, blob.decode())
     local = LocalPeer(store)
     reasons = []
     offline: NetError | None = None
@@ -728,6 +728,9 @@ def get(store: Store, version: Any, spec: str | None = None,
                 _move_content(peer, local, [blob.decode()], result, progress, _streams(store))
                 local.update_refs([], content=[blob.decode()])
             result.seconds = time.monotonic() - t0
+            from cas import access
+
+            access.record(store.path, [version.id])  # a get is a use (eviction order)
             return result
     message = (f"{version.ref}: its content is not in this store and no remote supplied it"
                + (f" ({'; '.join(reasons)})" if reasons else " (no remote is configured)"))
@@ -736,7 +739,7 @@ def get(store: Store, version: Any, spec: str | None = None,
     raise NotFoundError(message)
 
 
-def _holders(store: Store, model: str, blob: str) -> list[str]:
+def holders_first(store: Store, model: str, blob: str) -> list[str]:
     """Configured remotes, those whose tracking ref of ``model`` has ``blob`` live first."""
     configured = sorted(rem.load(store.backend))
     reg = store.registry

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 import msgspec
-from cas.cli.app import Ctx, cli, pass_ctx, progress_for
+from cas.cli.app import Ctx, ReportedFailure, cli, pass_ctx, progress_for
 from cas.cli.render import human_bytes
 
 from cas.errors import ArgsError
@@ -34,9 +34,13 @@ def _duration(value: str | None, flag: str) -> float | None:
 @click.option("--repack-threshold", type=click.FloatRange(0.0, 1.0), metavar="FRACTION",
               default=DEFAULT_REPACK_THRESHOLD, show_default=True,
               help="Rewrite a pack whose dead share of bytes is above this.")
+@click.option("--quota", metavar="SIZE",
+              help="Keep the store folder under SIZE (bytes, or 20G, 1.5TiB, 800MB): drop the "
+                   "content of the least recently used versions that have copies elsewhere "
+                   "first (default: the quota setting).")
 @pass_ctx
 def gc(ctx: Ctx, dry_run: bool, grace: str | None, expire_removed: str | None, now_: bool,
-       repack_threshold: float) -> None:
+       repack_threshold: float, quota: str | None) -> None:
     """Delete packs that hold nothing a version needs, and rewrite mostly-dead ones.
 
     Live: every live, tagged or pinned version and every version removed within the restore
@@ -45,10 +49,17 @@ def gc(ctx: Ctx, dry_run: bool, grace: str | None, expire_removed: str | None, n
     collection". Nothing is deleted if any of it cannot be read (run 'cas verify --all').
     Retention rules stored with 'cas retain --set' are applied first.
 
+    With a quota (--quota, or 'cas config set quota 200G'), versions are dropped first,
+    least recently used first (checkout, cat, get and arrival count as uses), each only if
+    numcopies/mincopies copies exist elsewhere ('cas copies'), never a version pinned for this
+    store or in use; then every pack holding a dead byte is rewritten. Exits E_DISK, naming
+    what it could not drop and why, if the store is still over the quota.
+
     \b
     Examples:
       cas gc --dry-run
       cas gc --now
+      cas gc --quota 200G --dry-run
     """
     g = _duration(grace, "--grace")
     e = _duration(expire_removed, "--expire-removed")
@@ -59,6 +70,11 @@ def gc(ctx: Ctx, dry_run: bool, grace: str | None, expire_removed: str | None, n
         g = e = 0.0
     options = GcOptions(dry_run=dry_run, grace=g, expire_removed=e,
                         repack_threshold=repack_threshold)
+    with ctx.open() as store:
+        limit = _quota(store, quota)
+    if limit is not None:
+        _gc_quota(ctx, limit, options)
+        return
     with ctx.open() as store, progress_for(ctx) as bar:
         options = msgspec.structs.replace(options, wait=store.lock_timeout)
         r = collect(store, options, bar)
@@ -86,3 +102,56 @@ def gc(ctx: Ctx, dry_run: bool, grace: str | None, expire_removed: str | None, n
         lines.append(f"  dead bytes left in packs kept (young or below the repack "
                      f"threshold): {human_bytes(r.dead_kept)}")
     ctx.out.result(r, lines)
+
+
+def _quota(store, flag: str | None) -> int | None:  # type: ignore[no-untyped-def]
+    from cas.evict import parse_size
+    from cas.settings import quota_bytes
+
+    if flag is not None:
+        try:
+            return parse_size(flag)
+        except ArgsError as exc:
+            raise ArgsError(f"--quota: {exc.message}") from None
+    return quota_bytes(store.settings.get("quota"))
+
+
+def _gc_quota(ctx: Ctx, quota: int, options: GcOptions) -> None:
+    from cas import evict
+    from cas.errors import error_of_code
+    from cas.gc import DEFAULT_GRACE
+
+    grace = options.grace if options.grace is not None else float(
+        parse_duration(DEFAULT_GRACE))
+    with ctx.open() as store, progress_for(ctx) as bar:
+        if options.dry_run:
+            p = evict.plan(store, quota, grace=grace, progress=bar)
+            result: object = p
+            over = max(0, p.size - p.predicted - quota)
+        else:
+            r = evict.run(store, quota, grace=grace, wait=store.lock_timeout, progress=bar)
+            p, result, over = r.plan, r, r.over_by
+    lines = [f"store {human_bytes(p.size)}, quota {human_bytes(quota)}; gc alone frees "
+             f"{human_bytes(p.garbage)}"]
+    for c in p.drops:
+        lines.append(f"  {'would drop' if options.dry_run else 'drop'} {c.version}: frees "
+                     f"{human_bytes(c.frees)}")
+    for c in p.skipped:
+        lines.append(f"  kept {c.version}: {c.skip}")
+    if options.dry_run:
+        lines.append(f"would free {human_bytes(p.predicted)} ({p.predicted} bytes)")
+    else:
+        for c in r.refused:
+            lines.append(f"  refused {c.version}: {c.skip}")
+        lines.append(f"freed {human_bytes(r.freed)} ({r.freed} bytes; predicted "
+                     f"{p.predicted}); store now {human_bytes(r.size_after)}")
+    if over:
+        if not (ctx.out.json or ctx.out.quiet):
+            for line in lines:
+                click.echo(line)
+        why = [f"{c.version}: {c.skip}" for c in
+               [*p.skipped, *([] if options.dry_run else r.refused)]]
+        raise ReportedFailure(error_of_code("E_DISK", (
+            f"{'would stay' if options.dry_run else 'still'} {over} bytes over the quota"
+            + (f"; not dropped: {'; '.join(why[:5])}" if why else ""))), {"result": result})
+    ctx.out.result(result, lines)

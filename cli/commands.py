@@ -10,6 +10,7 @@ from cas.cli import cmd_pins  # noqa: F401  (registers commands)
 from cas.cli import cmd_sync  # noqa: F401  (registers commands)
 from cas.cli import cmd_bundle  # noqa: F401  (registers commands)
 from cas.cli import cmd_codelock, cmd_hub, cmd_lfs  # noqa: F401  (registers commands)
+from cas.cli import cmd_evict  # noqa: F401  (registers commands)
 from cas.cli.app import cli
 
 __all__ = ["cli"]

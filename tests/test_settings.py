@@ -53,12 +53,12 @@ def test_config_set_get_validates_and_writes_atomically(cas):
 def test_settings_keep_keys_of_a_newer_cas(cas):
     """A newer cas seals what it writes: its keys are listed, and kept by 'config set'."""
     (cas.store / "settings.json").write_bytes(
-        encode_settings({"quota": "50G", "description": "x"}))
+        encode_settings({"lru_grace": "50G", "description": "x"}))
     listing = cas("--json", "config", "list").json["settings"]
-    assert listing["quota"] == {"value": "50G", "default": None, "set": True, "known": False}
+    assert listing["lru_grace"] == {"value": "50G", "default": None, "set": True, "known": False}
     cas("config", "set", "description", "y")
     doc = json.loads((cas.store / "settings.json").read_text())
-    assert doc == {"quota": "50G", "description": "y", "checksum": checksum(doc)}
+    assert doc == {"lru_grace": "50G", "description": "y", "checksum": checksum(doc)}
 
 
 def test_damaged_settings_named_in_a_clear_error(cas):

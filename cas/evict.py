@@ -1,0 +1,314 @@
+"""Keeping a store under a quota: which versions' content to drop, least recently used first,
+and what each drop frees.
+
+:func:`plan` counts, for every version whose data the store keeps (the roots of
+:mod:`cas.graph`), the chunk lists it needs (its files' lists and their bases), and for every
+chunk list the objects in it, so that dropping a version frees exactly the objects no
+remaining version needs: shared chunks are counted once, by the last version to go. Objects
+no version needs at all are freed by the gc that follows whatever is dropped. Only objects in
+packs gc may touch count (not in a pack younger than the grace), with their stored bytes,
+entry header and index record: what a gc that rewrites every pack holding a dead byte frees.
+
+Candidates, in the order of :func:`cas.access.lru_order`: versions that are live, tagged or
+the latest (those protect registry entries, not local bytes), not pinned for this store, not
+in use by a running checkout or cat (a ``use`` lease), and with enough copies elsewhere by
+the location log (:mod:`cas.copies`). :func:`run` drops them one by one through
+:func:`cas.drop.drop` (which verifies copies live, under holds) until the predicted size is
+under the quota, then runs gc; a candidate whose drop is refused is passed over, named with
+its reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from cas import access, graph
+from cas.errors import ArgsError, CasError, CasWarning
+from cas.format import pack as fmt
+
+if TYPE_CHECKING:
+    from cas.store import Store
+
+#: Bytes an object costs in a pack besides its stored bytes: its entry header and its index
+#: record.
+INDEX_RECORD = 48
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*\Z", re.I)
+_POW = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
+
+
+def parse_size(text: str) -> int:
+    """``500000000``, ``20G``, ``1.5TiB``, ``800MB`` -> bytes (K, M, G, T, P and KiB... are
+    powers of 1024; KB, MB, ... of 1000).
+
+    Raises:
+        ArgsError: anything else.
+    """
+    m = _SIZE.match(str(text))
+    if not m:
+        raise ArgsError(f"{text!r} is not a size (e.g. 500000000, 20G, 1.5TiB, 800MB)")
+    number, unit, suffix = float(m.group(1)), m.group(2).lower(), m.group(3).lower()
+    base = 1000 if suffix == "b" and unit else 1024
+    return int(number * base ** _POW[unit])
+
+
+def store_bytes(root: Path) -> int:
+    """The sizes of every file under ``root`` (what a quota counts)."""
+    total = 0
+    for folder, _dirs, files in os.walk(root):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(folder, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+class Candidate(msgspec.Struct):
+    version: str
+    id: str
+    #: Bytes dropping it frees, after the candidates before it in the plan.
+    frees: int
+    #: Why it is not dropped ("" when it is in the plan).
+    skip: str = ""
+    #: Seconds since the epoch of its last recorded use (0: none recorded).
+    last_used: int = 0
+
+
+class Plan(msgspec.Struct):
+    quota: int
+    size: int
+    #: Freed by gc whatever is dropped (objects no version needs).
+    garbage: int
+    #: The drops, in order, and the candidates passed over, with why.
+    drops: list[Candidate] = []
+    skipped: list[Candidate] = []
+    predicted: int = 0
+    warnings: list[CasWarning] = []
+
+
+class _Counts:
+    """Reference counts of chunk lists (by versions) and objects (by chunk lists)."""
+
+    def __init__(self, store: Store, grace: float, now: float) -> None:
+        self.store = store
+        self.lists: dict[str, list[str]] = {}  # version id -> chunk lists it needs
+        self.listref: dict[bytes, int] = {}
+        self.objects: dict[bytes, list[bytes]] = {}  # chunk list -> objects it holds
+        self.objref: dict[bytes, int] = {}
+        self.size: dict[bytes, int] = {}
+        packs = store.packs
+        packs.refresh()
+        for pack in packs.packs.values():
+            try:
+                young = now - os.stat(pack.pack_path).st_mtime < grace
+            except OSError:
+                young = True
+            for e in pack.entries():
+                cost = 0 if young else fmt.ENTRY_HEADER_SIZE + e.stored_len + INDEX_RECORD
+                self.size[e.oid] = max(self.size.get(e.oid, 0), cost)
+
+    def need(self, vid: str, lists: list[bytes]) -> None:
+        self.lists[vid] = [cl.hex() for cl in lists]
+        for cl in lists:
+            n = self.listref.get(cl, 0)
+            self.listref[cl] = n + 1
+            if n == 0:
+                try:
+                    ids = self.store.packs.read_chunk_list(cl).ids()
+                except CasError:
+                    ids = []
+                objs = [cl, *dict.fromkeys(ids)]
+                self.objects[cl] = objs
+                for oid in objs:
+                    self.objref[oid] = self.objref.get(oid, 0) + 1
+
+    def garbage(self) -> int:
+        return sum(s for oid, s in self.size.items() if not self.objref.get(oid))
+
+    def drop(self, vid: str) -> int:
+        freed = 0
+        for h in self.lists.pop(vid, []):
+            cl = bytes.fromhex(h)
+            self.listref[cl] -= 1
+            if self.listref[cl]:
+                continue
+            for oid in self.objects.pop(cl, []):
+                self.objref[oid] -= 1
+                if not self.objref[oid]:
+                    freed += self.size.get(oid, 0)
+        return freed
+
+
+def plan(store: Store, quota: int, *, grace: float, now: float | None = None,
+         refused: dict[str, str] | None = None,
+         progress: Callable[[int, int, str], None] | None = None) -> Plan:
+    """What to drop to bring ``store`` under ``quota`` bytes (nothing is changed).
+    ``refused``: version id -> why its drop was refused (passed over)."""
+    from cas import copies as cp
+    from cas import drop, locations, presence
+    from cas.rootcache import RootCache
+
+    now = time.time() if now is None else now
+    size = store_bytes(store.path)
+    counts = _Counts(store, grace, now)
+    cache = RootCache(store)
+    roots = graph.find_roots(store, now=now, cache=cache)
+    if roots.problems:
+        raise CasError(f"what is live cannot be told ({roots.problems[0]}); run "
+                       "'cas verify --all'")
+    edges = graph.EdgeMap(store)
+    errors: list[str] = []
+    done = 0
+    for root, m in graph.root_manifests(store, roots.roots, errors):
+        lists: set[bytes] = set()
+        for f in m.files:
+            cl = bytes.fromhex(f.chunks)
+            lists.add(cl)
+            bases = f.bases if f.bases is not None else graph.list_bases(store, cl, edges)
+            lists.update(bytes.fromhex(b) for b in bases)
+        counts.need(root.id, sorted(lists))
+        done += 1
+        if progress is not None:
+            progress(done, len(roots.roots), "planning")
+    if errors:
+        raise CasError(f"what is live cannot be told ({errors[0]}); run 'cas verify --all'")
+    result = Plan(quota, size, counts.garbage())
+    cfg = cp.load(store.registry)
+    entries = locations.read(store)
+    absent = presence.load(store.backend)
+    uses = access.read(store.path)
+    in_use = {w for h in store.leases.holders() if h.record is not None and not h.stale
+              for w in h.record.purpose.split()[1:] if h.record.purpose.startswith(drop.USE)}
+    by_id = {r.id: r for r in roots.roots}
+    order = access.lru_order(((r.id, r.name, r.seq) for r in roots.roots if r.id not in absent),
+                             uses)
+    freed = result.garbage
+    for vid, name, seq in order:
+        if size - freed <= quota:
+            break
+        r = by_id[vid]
+        c = Candidate(f"{name}@{seq}", vid, 0, last_used=uses.get(vid, (0, 0))[1])
+        known = sum(1 for u, e in entries.items()
+                    if u != store.uuid and vid in e.versions.get(name, []))
+        if r.why == graph.PINNED:
+            c.skip = "pinned for this store"
+        elif r.why == graph.REMOVED:
+            c.skip = "removed (its data is kept for the restore window; gc --expire-removed)"
+        elif vid in in_use:
+            c.skip = "in use by a running checkout or cat"
+        elif refused and vid in refused:
+            c.skip = refused[vid]
+        elif known < cfg.numcopies:
+            c.skip = (f"{known} known copies elsewhere, numcopies {cfg.numcopies} "
+                      "('cas push' it somewhere first)")
+        if c.skip:
+            result.skipped.append(c)
+            continue
+        c.frees = counts.drop(vid)
+        freed += c.frees
+        result.drops.append(c)
+    result.predicted = freed
+    cache.save()
+    return result
+
+
+class QuotaResult(msgspec.Struct):
+    #: The plan as it stood before anything was dropped (what ``--dry-run`` shows).
+    plan: Plan
+    dropped: list[str] = []
+    #: Candidates whose drop was refused, with why.
+    refused: list[Candidate] = []
+    size_after: int = 0
+    #: Bytes the store shrank by (measured), against ``plan.predicted``.
+    freed: int = 0
+    over_by: int = 0
+    warnings: list[CasWarning] = []
+
+
+def run(store: Store, quota: int, *, grace: float, wait: float = 60.0,
+        progress: Callable[[int, int, str], None] | None = None) -> QuotaResult:
+    """Drop versions as :func:`plan` says, each through :func:`cas.drop.drop` (copies verified
+    live, under holds), then gc every pack holding a dead byte. A refused drop is passed over
+    and the rest planned again without it. ``over_by`` > 0 in the result: still over the
+    quota (the plan's ``skipped`` and ``refused`` say why)."""
+    from cas import drop
+    from cas.gc import GcOptions, collect
+
+    refused: dict[str, Candidate] = {}
+    dropped: list[str] = []
+    first: Plan | None = None
+    while True:
+        p = plan(store, quota, grace=grace, progress=progress,
+                 refused={k: c.skip for k, c in refused.items()})
+        first = first or p
+        again = False
+        for c in p.drops:
+            try:
+                drop.drop(store, c.version)
+                dropped.append(c.version)
+            except CasError as exc:
+                c.skip = f"{exc.code}: {exc.message}"
+                refused[c.id] = c
+                again = True
+                break
+        if not again:
+            break
+    collect(store, GcOptions(grace=grace, repack_threshold=0.0, wait=wait), progress)
+    after = store_bytes(store.path)
+    return QuotaResult(first, dropped, list(refused.values()), after, first.size - after,
+                       max(0, after - quota))
+
+
+class Archived(msgspec.Struct):
+    version: str
+    age_days: float
+    status: str  # "archived", "would archive", or the error that stopped it
+    bytes_sent: int = 0
+
+
+class ArchiveResult(msgspec.Struct):
+    remote: str
+    older_than: float
+    dry_run: bool
+    versions: list[Archived] = []
+    warnings: list[CasWarning] = []
+
+
+def archive(store: Store, remote: str, older_than: float, *, dry_run: bool = False,
+            now: float | None = None) -> ArchiveResult:
+    """Tiering: push the content of every version here registered more than ``older_than``
+    seconds ago (by its add commit's time) to ``remote``, then drop it here (the copy there
+    verified under a hold, as every drop). Pinned versions stay; a version whose time is in
+    the future (a skewed clock where it was added) counts as new. A version that fails moves
+    on to the next, named with its error."""
+    from cas import drop, presence, sync
+
+    now = time.time() if now is None else now
+    reg = store.registry
+    absent = presence.load(store.backend)
+    pinned = graph.pinned_here(store, [])
+    result = ArchiveResult(remote, older_than, dry_run)
+    for name in reg.model_names():
+        for v in reg.state(name).live_versions():
+            age = now - v.timestamp
+            if age <= older_than or v.id in absent or (name, v.id) in pinned:
+                continue
+            a = Archived(v.ref, round(age / 86400, 2), "would archive")
+            result.versions.append(a)
+            if dry_run:
+                continue
+            try:
+                pushed = sync.push(store, remote, [v.ref])
+                a.bytes_sent = pushed.bytes_sent
+                drop.drop(store, v.ref, ask_first=(remote,))
+                a.status = "archived"
+            except CasError as exc:
+                a.status = f"{exc.code}: {exc.message}"
+    return result
