@@ -8,9 +8,11 @@ as one known copy (never as a verified one).
 
 Kept in the registry, so that every host sharing it agrees: the ref ``refs/cas/copies`` names
 a commit whose tree holds ``copies.json``; every change is a commit on it (the audit trail,
-``git log refs/cas/copies``), made under the store write lock with compare-and-swap; a pull
-or push brings the other side's setting along when it descends from this one (sync,
-:func:`adopt`). Byte layout in ``docs/format.md``, "Copies".
+``git log refs/cas/copies``), made under the store write lock with compare-and-swap; the setting
+carries a ``serial`` that each change increases, and every push, pull and fetch exchanges it
+with the other store: the higher serial wins (equal serials: the greater canonical encoding,
+so two stores always end with the same setting), adopted as a commit of its own
+(:func:`adopt`). Byte layout in ``docs/format.md``, "Copies".
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class Copies(msgspec.Struct, frozen=True):
     numcopies: int = 1
     mincopies: int = 1
     trust_source: bool = False
+    #: Increased by each change; the higher wins when two stores' settings meet.
+    serial: int = 0
     #: The commit of ``refs/cas/copies`` these came from ("": the defaults, nothing stored).
     commit: str = ""
 
@@ -51,6 +55,7 @@ class _Doc(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     numcopies: int
     mincopies: int
     trust_source: bool = False
+    serial: int = 0
 
 
 def load(reg: Registry) -> Copies:
@@ -67,7 +72,7 @@ def load(reg: Registry) -> Copies:
     if data is None:
         raise SchemaError(f"{REF.decode()}: commit {tip.decode()[:12]} has no copies.json")
     doc = decode(data)
-    return Copies(doc.numcopies, doc.mincopies, doc.trust_source, tip.decode())
+    return Copies(doc.numcopies, doc.mincopies, doc.trust_source, doc.serial, tip.decode())
 
 
 def decode(data: bytes) -> _Doc:
@@ -90,6 +95,8 @@ def decode(data: bytes) -> _Doc:
     except msgspec.ValidationError as exc:
         raise SchemaError(f"copies.json: {exc}") from None
     check(doc.numcopies, doc.mincopies)
+    if doc.serial < 0:
+        raise SchemaError("copies.json: negative serial")
     return doc
 
 
@@ -106,7 +113,8 @@ def check(numcopies: int, mincopies: int) -> None:
 
 def encode(c: Copies) -> bytes:
     return canonical_json({"schema": SCHEMA, "version": VERSION, "numcopies": c.numcopies,
-                           "mincopies": c.mincopies, "trust_source": c.trust_source}) + b"\n"
+                           "mincopies": c.mincopies, "trust_source": c.trust_source,
+                           "serial": c.serial}) + b"\n"
 
 
 def set_copies(store: Store, numcopies: int | None = None, mincopies: int | None = None,
@@ -122,7 +130,8 @@ def set_copies(store: Store, numcopies: int | None = None, mincopies: int | None
         cur = load(reg)
         new = Copies(cur.numcopies if numcopies is None else numcopies,
                      cur.mincopies if mincopies is None else mincopies,
-                     cur.trust_source if trust_source is None else trust_source)
+                     cur.trust_source if trust_source is None else trust_source,
+                     cur.serial + 1)
         check(new.numcopies, new.mincopies)
         if (new.numcopies, new.mincopies, new.trust_source) == (
                 cur.numcopies, cur.mincopies, cur.trust_source) and cur.commit:
@@ -133,6 +142,39 @@ def set_copies(store: Store, numcopies: int | None = None, mincopies: int | None
         commit = reg.commit_ref_file(REF, cur.commit.encode() or None, FILE, encode(new),
                                      subject, identity)
     return msgspec.structs.replace(new, commit=commit.decode())
+
+
+def encoded(reg: Registry) -> bytes:
+    """This store's ``copies.json`` as stored (``b""`` when none is), for another store."""
+    found = reg.read_ref_file(REF, FILE)
+    return b"" if found is None or found[1] is None else found[1]
+
+
+def adopt(store: Store, data: bytes, author: str | None = None) -> bool:
+    """Take another store's setting (``data``, its ``copies.json``) if it wins over this
+    one's (higher serial; equal serials: greater bytes); returns whether it did.
+
+    Raises:
+        SchemaError | FormatError | ArgsError: ``data`` is not a valid setting.
+    """
+    if not data:
+        return False
+    theirs = decode(data)
+    mine = encoded(store.registry)
+    mine_serial = decode(mine).serial if mine else -1
+    if (theirs.serial, data) <= (mine_serial, mine):
+        return False
+    identity = resolve_identity(author)
+    with store.writing():
+        reg = store.registry
+        cur = load(reg)
+        if encoded(reg) != mine:
+            return False  # changed meanwhile: the next sync compares again
+        reg.commit_ref_file(REF, cur.commit.encode() or None, FILE, data,
+                            check_message(f"copies: numcopies {theirs.numcopies}, mincopies "
+                                          f"{theirs.mincopies} (serial {theirs.serial}, from "
+                                          "another store)"), identity)
+    return True
 
 
 def source_copy(c: Copies, source: str | None) -> bool:

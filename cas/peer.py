@@ -105,6 +105,17 @@ class LocalPeer:
         for lease in holds:
             lease.release()
 
+    def copies(self) -> bytes:
+        """This store's numcopies setting document (:mod:`cas.copies`; ``b""``: none)."""
+        from cas import copies
+
+        return copies.encoded(self.store.registry)
+
+    def merge_copies(self, data: bytes) -> bool:
+        from cas import copies
+
+        return copies.adopt(self.store, data)
+
     def drop_begin(self, blob: str) -> Any:
         """Start dropping the version of ``blob`` here; returns its :class:`cas.drop.Target`."""
         from cas import drop

@@ -215,6 +215,12 @@ class RemotePeer:
         self._stream = stream()
         return total, self._stream
 
+    def copies(self) -> bytes:
+        return _typed(self._call("copies"), bytes, self.name)
+
+    def merge_copies(self, data: bytes) -> bool:
+        return _typed(self._call("merge_copies", data=data), bool, self.name)
+
     def hold(self, blobs: list[str]) -> None:
         self._call("hold", blobs=blobs)
 
@@ -319,6 +325,7 @@ class _Args(msgspec.Struct, forbid_unknown_fields=False):
     entries: list[bytes] = []
     plain: bool = False
     part: tuple[int, int] | None = None
+    data: bytes = b""
     force: bool = False
     purpose: str = "serve"
     chunker: dict[str, Any] = {}
@@ -333,7 +340,7 @@ class _Args(msgspec.Struct, forbid_unknown_fields=False):
 
 
 WRITE_OPS = {"put_registry_objects", "receive", "update_refs", "init", "merge_locations",
-             "drop_begin", "drop_commit"}
+             "drop_begin", "drop_commit", "merge_copies"}
 
 
 def serve(peer: Any, framed: Framed, *, read_only: bool | str = False,
@@ -515,6 +522,10 @@ def _dispatch(peer: Any, op: Any, args: _Args, append_only: bool) -> Any:
         return pack_ids(peer.closure(args.blobs))
     if op == "missing":
         return pack_ids(peer.missing(unpack_ids(args.ids)))
+    if op == "copies":
+        return peer.copies()
+    if op == "merge_copies":
+        return peer.merge_copies(args.data)
     if op == "hold":
         peer.hold(args.blobs)
         return None

@@ -145,6 +145,16 @@ def _share_locations(store: Store, peer: Any, result: SyncResult, send: bool) ->
     except CasError as exc:
         result.warnings.append(CasWarning("W_LOCATIONS_NOT_SHARED",
                                           f"the location log was not shared: {exc.message}"))
+    from cas import copies
+
+    try:  # numcopies/mincopies: the higher serial wins on both sides
+        copies.adopt(store, peer.copies())
+        if send:
+            peer.merge_copies(copies.encoded(store.registry))
+    except CasError as exc:
+        result.warnings.append(CasWarning("W_COPIES_NOT_SHARED",
+                                          f"the numcopies setting was not shared: "
+                                          f"{exc.message}"))
 
 
 def _model_of(ref: str) -> str:
