@@ -28,6 +28,9 @@ import zlib
 from pathlib import Path
 
 CACHE_NAME = "cas/verify-files.cache"
+#: The shell fast path's record (hooks/cas-verify-files): the paths, and their stat lines.
+FAST_PATHS = "cas/verify-files.paths"
+FAST_STAT = "cas/verify-files.stat"
 MAGIC = b"CASVFC2\n"
 RACY_MARGIN_NS = 1_000_000_000
 LOCK_NAME = "cas.lock"
@@ -117,7 +120,8 @@ def _sha256_of(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def verify_files(root: Path, git_dir: Path | None) -> tuple[int, list[str]]:
+def verify_files(root: Path, git_dir: Path | None, now: float | None = None
+                 ) -> tuple[int, list[str]]:
     """Check every file that ``root``/cas.lock records against its size and SHA-256.
 
     Returns ``(files checked, problems)``: one line per file that is missing, not a regular
@@ -186,4 +190,51 @@ def verify_files(root: Path, git_dir: Path | None) -> tuple[int, list[str]]:
             del cache.entries[rel]
         cache.dirty = True
     cache.save()
+    _fast_path(root, git_dir, [LOCK_NAME, *(rel for _, rel, _, _ in cache.expected)],
+               not problems, time.time() if now is None else now)
     return len(cache.expected), problems
+
+
+def _fast_path(root: Path, git_dir: Path | None, rels: list[str], good: bool,
+               now: float) -> None:
+    """Write (all files good) or remove the record the shell fast path of
+    ``cas-verify-files`` compares with one ``stat``: the paths, and the line GNU ``stat -c
+    '%s %Y %Z %i %n'`` prints for each. Written only when every time is more than a second
+    old (whole seconds can tell nothing newer apart), for a work tree whose git dir is
+    ``.git`` at its root, and paths the shell can split (no newline)."""
+    if git_dir is None:
+        return
+    paths, lines = git_dir / FAST_PATHS, git_dir / FAST_STAT
+    ok = good and git_dir == root / ".git" and not any("\n" in r for r in rels)
+    text = []
+    if ok:
+        limit = now - 2
+        for rel in rels:
+            try:
+                st = os.stat(root / rel)
+            except OSError:
+                ok = False
+                break
+            if st.st_mtime >= limit or st.st_ctime >= limit:
+                ok = False
+                break
+            text.append(f"{st.st_size} {int(st.st_mtime)} {int(st.st_ctime)} {st.st_ino} {rel}")
+    try:
+        if not ok:
+            paths.unlink(missing_ok=True)
+            lines.unlink(missing_ok=True)
+            return
+        want = "\n".join(text) + "\n"
+        try:
+            if lines.read_text(encoding="utf-8") == want:
+                return
+        except OSError:
+            pass
+        lines.parent.mkdir(parents=True, exist_ok=True)
+        paths.unlink(missing_ok=True)  # never a path list newer than its lines
+        for f, data in ((lines, want), (paths, "\n".join(rels) + "\n")):
+            tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
+            tmp.write_text(data, encoding="utf-8")
+            os.replace(tmp, f)
+    except OSError:
+        pass  # the full check runs next time

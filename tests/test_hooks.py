@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -249,3 +250,44 @@ def test_no_large_weights_options(tmp_path):
     assert hook("--max-any-size", "8KiB", *files) == ["c.dat"]
     r = run_hook(tmp_path, env, "no_large_weights", "--max-size", "lots", "a.safetensors")
     assert r.returncode == 2 and "not a size" in r.stderr
+
+
+def test_the_shell_fast_path_runs_no_python_until_something_changes(tmp_path, cas):
+    """hooks/cas-verify-files: with the record the last good full check left, one `stat`
+    decides; any change (size, content with its ctime, a new lock) runs the full check."""
+    if shutil.which("stat") is None or sh(tmp_path, "stat", "-c", "%Y", ".", ok=False
+                                          ).returncode:
+        pytest.skip("no GNU stat here: the fast path always hands over to the full check")
+    model = write_files(tmp_path / "m", {"w.bin": os.urandom(50_000)})
+    cas("add", "org/m", str(model), "-q")
+    repo = tmp_path / "repo"
+    sh(tmp_path, "git", "init", "-q", str(repo))
+    env = {**os.environ, "CAS_HOME": str(cas.store)}
+    sh(repo, sys.executable, "-m", "cas.cli.main", "lock", "org/m", env=env)
+    sh(repo, sys.executable, "-m", "cas.cli.main", "checkout", "--lock", env=env)
+    # The launcher next to a stand-in for the full check that says when it ran.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shutil.copy2(PROJECT / "hooks" / "cas-verify-files", bin_dir / "cas-verify-files")
+    ran = tmp_path / "full-ran"
+    full = bin_dir / "cas-verify-files-full"
+    full.write_text(f"#!/bin/sh\necho ran >> {ran}\nexit 3\n")
+    full.chmod(0o755)
+
+    def hook() -> int:
+        return subprocess.run([str(bin_dir / "cas-verify-files")], cwd=repo).returncode
+
+    assert hook() == 3 and ran.exists()  # no record yet: the full check runs
+    ran.unlink()
+    # A good full check whose files are old enough leaves the record ("now" moved on
+    # rather than waiting: whole-second times need a second before they tell changes apart).
+    assert lockcheck.verify_files(repo, repo / ".git", now=time.time() + 10) == (1, [])
+    assert hook() == 0 and not ran.exists()
+    target = next((repo / "models").rglob("w.bin"))
+    with open(target, "ab") as f:
+        f.write(b"x")
+    assert hook() == 3 and ran.exists()  # changed: handed over
+    ran.unlink()
+    n, problems = lockcheck.verify_files(repo, repo / ".git", now=time.time() + 10)
+    assert problems and not (repo / ".git" / lockcheck.FAST_STAT).exists()
+    assert hook() == 3 and ran.exists()  # a bad check leaves no record
