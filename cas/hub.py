@@ -227,15 +227,18 @@ def _api() -> Any:
     return HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
 
 
-def resolve_commit(source: HubSource) -> str:
-    """The commit id that ``source``'s revision (default: the main branch) names."""
+def resolve_commit(source: HubSource) -> tuple[str, str]:
+    """The commit id that ``source``'s revision (default: the main branch) names, and whether
+    the repository is gated (``"false"``, or the Hub's ``auto``/``manual``), recorded as
+    ``hf.gated`` so that checkout asks for the licence to be accepted (:mod:`cas.licenses`)."""
     with hub_errors(f"{SCHEME}{source.repo_id}"):
         info = _api().model_info(source.repo_id, revision=source.revision or "main")
     commit = getattr(info, "sha", None)
     if not isinstance(commit, str) or not _COMMIT.match(commit):
         raise NetError(f"{SCHEME}{source.repo_id}: the Hub named no commit for revision "
                        f"{source.revision or 'main'}")
-    return commit
+    gated = getattr(info, "gated", None)
+    return commit, (str(gated).lower() if gated not in (None, False) else "false")
 
 
 def list_files(repo_id: str, commit: str) -> list[HubFile]:
@@ -601,11 +604,12 @@ def import_repo(store: Store, source: HubSource, name: str | None = None, *,
     """
     from cas.ingest import AddOptions
     from cas.ingest_stream import StreamFile, add_streams
+    from cas.licenses import META_GATED
 
     name = validate_model_name(name or source.repo_id)
     shown = f"{SCHEME}{source.repo_id}" + (f"@{source.revision}" if source.revision else "")
     check_online(shown)
-    commit = resolve_commit(source)
+    commit, gated = resolve_commit(source)
     files = list_files(source.repo_id, commit)
     chosen = select(files, include, exclude)
     recorded = source.at(commit)
@@ -636,7 +640,7 @@ def import_repo(store: Store, source: HubSource, name: str | None = None, *,
         message=message or f"import {recorded}", tags=list(tags), license=licence,
         source=recorded,
         extra={META_REPO: source.repo_id, META_REVISION: revision, META_COMMIT: commit,
-               META_LFS: msgspec.json.encode(lfs).decode()})
+               META_LFS: msgspec.json.encode(lfs).decode(), META_GATED: gated})
     added = add_streams(store, name, streams, options, progress,
                         resume=resume_key(source.repo_id, commit))
     return ImportResult(name, recorded, source.repo_id, revision, commit, added.seq,

@@ -179,6 +179,8 @@ class RangeHub:
     auth: list[str | None] = field(default_factory=list)
     #: False: answer every GET with the whole file (200), as a server that ignores Range.
     honour_range: bool = True
+    #: What the model info says of gating (False, "auto", "manual").
+    gated: object = False
     stalled: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
 
@@ -257,6 +259,7 @@ def _handler(hub: RangeHub) -> type[BaseHTTPRequestHandler]:
                 files = hub.revisions[commit]
                 if kind == "revision":
                     return self._json({"id": hub.repo_id, "sha": commit, "private": False,
+                                       "gated": hub.gated,
                                        "siblings": [{"rfilename": p} for p in sorted(files)]})
                 if kind == "tree":
                     return self._json([_tree_entry(p, f) for p, f in sorted(files.items())

@@ -226,6 +226,22 @@ def test_token_from_environment_is_sent(cas, range_hub):
     assert "Bearer hf_testtoken" in hub.auth
 
 
+def test_a_gated_repository_needs_its_licence_accepted(cas, range_hub, tmp_path):
+    hub, _ = range_hub
+    hub.gated = "manual"
+    doc = cas("--json", "import", f"hf://{REPO}", "gated/m").json
+    assert cas("--json", "show", "gated/m").json["manifest"]["metadata"]["extra"]["hf.gated"] == "manual"
+    r = cas("--json", "checkout", "gated/m", str(tmp_path / "out"), ok=False)
+    assert r.json["error"]["code"] == "E_LICENSE", doc
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    cas("license", "gated/m", "--accept")
+    cas("checkout", "gated/m", str(tmp_path / "out"))
+    hub.gated = False
+    cas("--json", "import", f"hf://{REPO}", "open/m")
+    assert cas("--json", "show", "open/m").json["manifest"]["metadata"]["extra"]["hf.gated"] == "false"
+    cas("checkout", "open/m", str(tmp_path / "out2"))
+
+
 @pytest.mark.slow
 def test_real_model_through_olah(cas, tmp_path, real_model):
     """The real all-MiniLM-L6-v2 snapshot, weights in git-lfs, through olah."""
