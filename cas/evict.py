@@ -184,6 +184,12 @@ def plan(store: Store, quota: int, *, grace: float, now: float | None = None,
     entries = locations.read(store)
     absent = presence.load(store.backend)
     uses = access.read(store.path)
+    # A live or tagged version pinned here is a root for another reason (its ``why`` names
+    # the strongest one), so pins are asked for themselves.
+    pin_problems: list[str] = []
+    pinned = graph.pinned_here(store, pin_problems)
+    if pin_problems:
+        raise CasError(f"pins cannot be read ({pin_problems[0]}); run 'cas verify --all'")
     in_use = {w for h in store.leases.holders() if h.record is not None and not h.stale
               for w in h.record.purpose.split()[1:] if h.record.purpose.startswith(drop.USE)}
     by_id = {r.id: r for r in roots.roots}
@@ -197,7 +203,7 @@ def plan(store: Store, quota: int, *, grace: float, now: float | None = None,
         c = Candidate(f"{name}@{seq}", vid, 0, last_used=uses.get(vid, (0, 0))[1])
         known = sum(1 for u, e in entries.items()
                     if u != store.uuid and vid in e.versions.get(name, []))
-        if r.why == graph.PINNED:
+        if r.why == graph.PINNED or (name, vid) in pinned:
             c.skip = "pinned for this store"
         elif r.why == graph.REMOVED:
             c.skip = "removed (its data is kept for the restore window; gc --expire-removed)"
