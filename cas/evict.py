@@ -266,6 +266,8 @@ def run(store: Store, quota: int, *, grace: float, wait: float = 60.0,
                 break
         if not again:
             break
+    with store.writing():  # the log keeps the last use of each version, in order
+        access.compact(store.path)
     collect(store, GcOptions(grace=grace, repack_threshold=0.0, wait=wait), progress)
     after = store_bytes(store.path)
     return QuotaResult(first, dropped, list(refused.values()), after, first.size - after,
