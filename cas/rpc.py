@@ -339,6 +339,8 @@ class _Args(msgspec.Struct, forbid_unknown_fields=False):
     new: bytes | None = None
 
 
+#: Operations whose effect lasts until a later request on the same connection (cas.drop).
+HELD_OPS = {"hold", "drop_begin", "drop_commit"}
 WRITE_OPS = {"put_registry_objects", "receive", "update_refs", "init", "merge_locations",
              "drop_begin", "drop_commit", "merge_copies"}
 
@@ -416,6 +418,11 @@ def serve(peer: Any, framed: Framed, *, read_only: bool | str = False,
                         {"ok": True} if not failed else
                         {"ok": False, "code": failed[0].code, "message": failed[0].message})
                     continue
+                elif lease_each_write and op in HELD_OPS:
+                    # Over HTTP every request is an exchange of its own: a hold or a drop
+                    # lease would end with it, and must outlive it.
+                    raise error_of_code("E_ARGS", f"{op} needs a connection that lasts the "
+                                        "whole drop: use an ssh or folder remote")
                 else:
                     with _lease(peer, str(op), lease_each_write and session is None
                                 and op in WRITE_OPS):
