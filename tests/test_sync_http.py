@@ -169,3 +169,20 @@ def test_https_checks_the_certificate(tmp_path: Path, far: CasCli) -> None:
         assert out["refs"][0]["status"] == "ok"
     finally:
         server.stop()
+
+
+def test_an_http_remote_is_never_a_verified_copy_for_a_drop(tmp_path: Path, far: CasCli,
+                                                           server: Server) -> None:
+    """A hold must last the whole drop; an HTTP request cannot, so the server refuses it and
+    the drop, with only that copy, is refused too: the content stays."""
+    a = CasCli(tmp_path / "a")
+    a("init")
+    a("add", "org/m", str(_model(tmp_path)))
+    a.env["CAS_TOKEN"] = _token(far, "ci", "--write")
+    a("remote", "add", "fleet", server.url)
+    a("push", "fleet")
+    r = a("drop", "org/m@1", "--json", ok=False)
+    assert r.json["error"]["code"] == "E_CONFLICT"
+    assert "ssh or folder remote" in r.json["error"]["message"]
+    assert a("verify", "--all", "--json").json["ok"]
+    a("checkout", "org/m@1", str(tmp_path / "out"))
