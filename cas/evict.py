@@ -23,15 +23,18 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
+import numpy as np
 
 from cas import access, graph
 from cas.errors import ArgsError, CasError, CasWarning
 from cas.format import pack as fmt
+from cas.format.chunklist import HEADER_SIZE, ITEM_SIZE
 
 if TYPE_CHECKING:
     from cas.store import Store
@@ -94,56 +97,94 @@ class Plan(msgspec.Struct):
 
 
 class _Counts:
-    """Reference counts of chunk lists (by versions) and objects (by chunk lists)."""
+    """Reference counts of chunk lists (by versions) and objects (by chunk lists), in arrays.
+
+    An object is keyed by the first 8 bytes of its id (BLAKE3: two ids sharing them among a
+    store's objects would only merge two predictions, never decide a drop). The chunk lists'
+    ids are read into one array (:meth:`need`), counted once (:meth:`finish`), and a drop
+    subtracts its lists' slices: memory and time stay close to gc's mark, which reads the
+    same lists, whatever the lists' lengths."""
 
     def __init__(self, store: Store, grace: float, now: float) -> None:
         self.store = store
-        self.lists: dict[str, list[str]] = {}  # version id -> chunk lists it needs
-        self.listref: dict[bytes, int] = {}
-        self.objects: dict[bytes, list[bytes]] = {}  # chunk list -> objects it holds
-        self.objref: dict[bytes, int] = {}
-        self.size: dict[bytes, int] = {}
+        self.lists: dict[str, list[bytes]] = {}  # version id -> chunk lists it needs
+        self.listref: Counter[bytes] = Counter()
+        self._parts: list[np.ndarray] = []
+        self._span: dict[bytes, tuple[int, int]] = {}
+        self._at = 0
+        oids: list[bytes] = []
+        costs: list[int] = []
         packs = store.packs
         packs.refresh()
+        extra = fmt.ENTRY_HEADER_SIZE + INDEX_RECORD
         for pack in packs.packs.values():
             try:
                 young = now - os.stat(pack.pack_path).st_mtime < grace
             except OSError:
                 young = True
-            for e in pack.entries():
-                cost = 0 if young else fmt.ENTRY_HEADER_SIZE + e.stored_len + INDEX_RECORD
-                self.size[e.oid] = max(self.size.get(e.oid, 0), cost)
+            for oid, _off, stored, *_rest in pack.records():
+                oids.append(oid)
+                costs.append(0 if young else extra + stored)
+        self._rec_keys = _keys(b"".join(oids), len(oids), 0, 32)
+        self._rec_costs = np.array(costs, dtype=np.int64)
 
     def need(self, vid: str, lists: list[bytes]) -> None:
-        self.lists[vid] = [cl.hex() for cl in lists]
+        self.lists[vid] = lists
         for cl in lists:
-            n = self.listref.get(cl, 0)
-            self.listref[cl] = n + 1
-            if n == 0:
+            if not self.listref[cl]:
                 try:
-                    ids = self.store.packs.read_chunk_list(cl).ids()
+                    clist = self.store.packs.read_chunk_list(cl)
+                    ids = _keys(clist.encode(), len(clist), HEADER_SIZE, ITEM_SIZE)
                 except CasError:
-                    ids = []
-                objs = [cl, *dict.fromkeys(ids)]
-                self.objects[cl] = objs
-                for oid in objs:
-                    self.objref[oid] = self.objref.get(oid, 0) + 1
+                    ids = np.zeros(0, dtype=np.uint64)
+                part = np.concatenate((_keys(cl, 1, 0, 32), ids))
+                self._parts.append(part)
+                self._span[cl] = (self._at, len(part))
+                self._at += len(part)
+            self.listref[cl] += 1
+
+    def finish(self) -> None:
+        """Count what :meth:`need` read; price every needed object."""
+        self.every = (np.concatenate(self._parts) if self._parts
+                      else np.zeros(0, dtype=np.uint64))
+        self._parts = []
+        self.keys, counts = np.unique(self.every, return_counts=True)
+        self.objref = counts.astype(np.int32)
+        self.cost = np.zeros(len(self.keys), dtype=np.int64)
+        pos = np.searchsorted(self.keys, self._rec_keys)
+        found = pos < len(self.keys)
+        found[found] = self.keys[pos[found]] == self._rec_keys[found]
+        np.maximum.at(self.cost, pos[found], self._rec_costs[found])
+        garbage: dict[int, int] = {}
+        for k, c in zip(self._rec_keys[~found].tolist(), self._rec_costs[~found].tolist()):
+            garbage[k] = max(garbage.get(k, 0), c)
+        self._garbage = sum(garbage.values())
+        del self._rec_keys, self._rec_costs
 
     def garbage(self) -> int:
-        return sum(s for oid, s in self.size.items() if not self.objref.get(oid))
+        return self._garbage
 
     def drop(self, vid: str) -> int:
         freed = 0
-        for h in self.lists.pop(vid, []):
-            cl = bytes.fromhex(h)
+        for cl in self.lists.pop(vid, []):
             self.listref[cl] -= 1
             if self.listref[cl]:
                 continue
-            for oid in self.objects.pop(cl, []):
-                self.objref[oid] -= 1
-                if not self.objref[oid]:
-                    freed += self.size.get(oid, 0)
+            start, n = self._span[cl]
+            idx = np.searchsorted(self.keys, self.every[start : start + n])
+            np.subtract.at(self.objref, idx, 1)
+            gone = np.unique(idx[self.objref[idx] == 0])
+            freed += int(self.cost[gone].sum())
         return freed
+
+
+def _keys(data: bytes, count: int, offset: int, stride: int) -> np.ndarray:
+    """The first 8 bytes (as u64) of ``count`` ids laid ``stride`` bytes apart in ``data``
+    from ``offset``."""
+    if not count:
+        return np.zeros(0, dtype=np.uint64)
+    return np.ndarray((count,), dtype="<u8", buffer=data, offset=offset,
+                      strides=(stride,)).astype(np.uint64)
 
 
 def plan(store: Store, quota: int, *, grace: float, now: float | None = None,
@@ -166,12 +207,18 @@ def plan(store: Store, quota: int, *, grace: float, now: float | None = None,
     edges = graph.EdgeMap(store)
     errors: list[str] = []
     done = 0
-    for root, m in graph.root_manifests(store, roots.roots, errors):
+    for root in roots.roots:
+        try:
+            files = cache.manifest_files(store.registry, root.blob)
+        except CasError as exc:
+            errors.append(f"{root.ref}: {exc.message}")
+            continue
         lists: set[bytes] = set()
-        for f in m.files:
-            cl = bytes.fromhex(f.chunks)
+        for chunks, bases in files:
+            cl = bytes.fromhex(chunks)
             lists.add(cl)
-            bases = f.bases if f.bases is not None else graph.list_bases(store, cl, edges)
+            if bases is None:
+                bases = graph.list_bases(store, cl, edges)
             lists.update(bytes.fromhex(b) for b in bases)
         counts.need(root.id, sorted(lists))
         done += 1
@@ -179,6 +226,7 @@ def plan(store: Store, quota: int, *, grace: float, now: float | None = None,
             progress(done, len(roots.roots), "planning")
     if errors:
         raise CasError(f"what is live cannot be told ({errors[0]}); run 'cas verify --all'")
+    counts.finish()
     result = Plan(quota, size, counts.garbage())
     cfg = cp.load(store.registry)
     entries = locations.read(store)
