@@ -138,14 +138,17 @@ def begin(store: Store, blob: str) -> tuple[Lease, Target]:
     return lease, Target(vid, m.name, m.seq, blob, store.uuid or "")
 
 
-def commit(store: Store, target: Target, lease: Lease) -> None:
-    """Record the version absent in ``store`` (its content goes at the next gc) and bring the
-    store's location entry up to date."""
+def commit(store: Store, target: Target, lease: Lease, refresh: bool = True) -> None:
+    """Record the version absent in ``store`` (its content goes at the next gc) and, with
+    ``refresh``, bring the store's location entry up to date (a caller dropping many versions
+    refreshes once at the end: each refresh commits the whole entry)."""
     from cas import locations, presence
 
     lease.check()
     with store.writing():
         presence.update(store.backend, {target.id: presence.Absent(target.model, target.seq)})
+    if not refresh:
+        return
     try:
         locations.refresh(store)
     except CasError:
@@ -188,11 +191,12 @@ def _blob(store: Store, version: Any) -> str:
 
 def drop(store: Store, spec: str, *, remote: str | None = None, force: bool = False,
          dry_run: bool = False, avoid: frozenset[str] = frozenset(),
-         ask_first: tuple[str, ...] = ()) -> DropResult:
+         ask_first: tuple[str, ...] = (), refresh: bool = True) -> DropResult:
     """Drop the content of ``spec`` here (or from ``remote``) if enough other stores hold it
     (see the module docstring); ``dry_run``: verify and report, drop nothing. ``avoid``:
     remotes not to ask (a caller that knows them unreachable); ``ask_first``: remotes (names
-    or URLs) to ask before the configured ones.
+    or URLs) to ask before the configured ones; ``refresh``: False leaves the location entry
+    of a drop here to the caller (:func:`cas.locations.refresh` once after many drops).
 
     Raises:
         NotFoundError: no such version, or its content is not in the target.
@@ -257,13 +261,16 @@ def drop(store: Store, spec: str, *, remote: str | None = None, force: bool = Fa
             result.copies.append(Copy(u, "", False, "known from the location log"))
         if not enough():
             need = (f"{cfg.mincopies} verified" if force else
-                    f"{cfg.numcopies} known, {cfg.mincopies} of them verified")
+                    f"{cfg.numcopies} known ({cfg.mincopies} of them verified)")
             asked = "; ".join(f"{c.remote}: {c.note}" for c in result.copies if c.note
                               and c.remote) or "no other store could be asked"
             raise ConflictError(
                 f"{version.ref}: dropping it from {where} needs {need} copies elsewhere; "
                 f"found {result.known} known, {result.verified} verified ({asked})")
         if not dry_run:
-            target.drop_commit()
+            if remote is None:
+                target.drop_commit(refresh)
+            else:
+                target.drop_commit()
             result.dropped = True
     return result

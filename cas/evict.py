@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 #: Bytes an object costs in a pack besides its stored bytes: its entry header and its index
 #: record.
 INDEX_RECORD = 48
+#: Bytes an object costs in a multi-pack index that covers its pack, and a pack's own entry.
+MIDX_RECORD = 36
+MIDX_PACK = 32
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*\Z", re.I)
 _POW = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
 
@@ -114,19 +117,35 @@ class _Counts:
         self._at = 0
         oids: list[bytes] = []
         costs: list[int] = []
+        rec_pack: list[int] = []
+        #: What deleting each pack frees besides its records: the pack's header and trailer,
+        #: the index's header, fanout and trailer, its entry in a midx (0: a young pack).
+        self.pack_cost: list[int] = []
         packs = store.packs
         packs.refresh()
-        extra = fmt.ENTRY_HEADER_SIZE + INDEX_RECORD
+        covered = set(packs.packs) - set(packs.uncovered())
         for pack in packs.packs.values():
             try:
                 young = now - os.stat(pack.pack_path).st_mtime < grace
+                sizes = os.stat(pack.pack_path).st_size + os.stat(pack.idx_path).st_size
             except OSError:
-                young = True
+                young, sizes = True, 0
+            # A record costs its entry header and stored bytes, its index record and, in a
+            # pack a midx covers, its midx record.
+            extra = fmt.ENTRY_HEADER_SIZE + INDEX_RECORD + (MIDX_RECORD if pack.id in covered
+                                                           else 0)
+            n = len(self.pack_cost)
+            body = 0
             for oid, _off, stored, *_rest in pack.records():
                 oids.append(oid)
                 costs.append(0 if young else extra + stored)
+                rec_pack.append(n)
+                body += fmt.ENTRY_HEADER_SIZE + stored + INDEX_RECORD
+            fixed = max(0, sizes - body) + (MIDX_PACK if pack.id in covered else 0)
+            self.pack_cost.append(0 if young else fixed)
         self._rec_keys = _keys(b"".join(oids), len(oids), 0, 32)
         self._rec_costs = np.array(costs, dtype=np.int64)
+        self._rec_pack = np.array(rec_pack, dtype=np.int64)
 
     def need(self, vid: str, lists: list[bytes]) -> None:
         self.lists[vid] = lists
@@ -144,7 +163,8 @@ class _Counts:
             self.listref[cl] += 1
 
     def finish(self) -> None:
-        """Count what :meth:`need` read; price every needed object."""
+        """Count what :meth:`need` read; price every needed object (all its copies) and
+        every pack (freed with its last needed record)."""
         self.every = (np.concatenate(self._parts) if self._parts
                       else np.zeros(0, dtype=np.uint64))
         self._parts = []
@@ -154,12 +174,17 @@ class _Counts:
         pos = np.searchsorted(self.keys, self._rec_keys)
         found = pos < len(self.keys)
         found[found] = self.keys[pos[found]] == self._rec_keys[found]
-        np.maximum.at(self.cost, pos[found], self._rec_costs[found])
-        garbage: dict[int, int] = {}
-        for k, c in zip(self._rec_keys[~found].tolist(), self._rec_costs[~found].tolist()):
-            garbage[k] = max(garbage.get(k, 0), c)
-        self._garbage = sum(garbage.values())
-        del self._rec_keys, self._rec_costs
+        np.add.at(self.cost, pos[found], self._rec_costs[found])
+        # Records of each needed key, for the packs a drop empties.
+        order = np.argsort(pos[found], kind="stable")
+        self._rec_of_key = pos[found][order]
+        self._rec_pack_sorted = self._rec_pack[found][order]
+        self.pack_live = np.bincount(self._rec_pack[found], minlength=len(self.pack_cost))
+        pack_cost = np.array(self.pack_cost, dtype=np.int64)
+        self._pack_cost = pack_cost
+        self._garbage = int(self._rec_costs[~found].sum()) + int(
+            pack_cost[self.pack_live == 0].sum())
+        del self._rec_keys, self._rec_costs, self._rec_pack
 
     def garbage(self) -> int:
         return self._garbage
@@ -174,7 +199,17 @@ class _Counts:
             idx = np.searchsorted(self.keys, self.every[start : start + n])
             np.subtract.at(self.objref, idx, 1)
             gone = np.unique(idx[self.objref[idx] == 0])
+            if not len(gone):
+                continue
             freed += int(self.cost[gone].sum())
+            lo = np.searchsorted(self._rec_of_key, gone, side="left")
+            hi = np.searchsorted(self._rec_of_key, gone, side="right")
+            packs = np.concatenate([self._rec_pack_sorted[a:b] for a, b in zip(lo, hi)]
+                                   ) if len(gone) else np.zeros(0, dtype=np.int64)
+            if len(packs):
+                np.subtract.at(self.pack_live, packs, 1)
+                emptied = np.unique(packs[self.pack_live[packs] == 0])
+                freed += int(self._pack_cost[emptied].sum())
         return freed
 
 
@@ -251,6 +286,8 @@ def plan(store: Store, quota: int, *, grace: float, now: float | None = None,
         c = Candidate(f"{name}@{seq}", vid, 0, last_used=uses.get(vid, (0, 0))[1])
         known = sum(1 for u, e in entries.items()
                     if u != store.uuid and vid in e.versions.get(name, []))
+        if cfg.trust_source and known < cfg.numcopies:
+            known += _source_counts(store, cfg, r.blob)
         if r.why == graph.PINNED or (name, vid) in pinned:
             c.skip = "pinned for this store"
         elif r.why == graph.REMOVED:
@@ -271,6 +308,18 @@ def plan(store: Store, quota: int, *, grace: float, now: float | None = None,
     result.predicted = freed
     cache.save()
     return result
+
+
+def _source_counts(store: Store, cfg: object, blob: bytes) -> int:
+    """1 if the version's source counts as a copy (``trust_source``, :mod:`cas.copies`)."""
+    from cas import copies as cp
+    from cas.format.manifest import Manifest
+
+    try:
+        m = Manifest.decode(store.registry.blob(blob))
+    except CasError:
+        return 0
+    return 1 if cp.source_copy(cfg, m.metadata.source) else 0  # type: ignore[arg-type]
 
 
 class QuotaResult(msgspec.Struct):
@@ -305,7 +354,7 @@ def run(store: Store, quota: int, *, grace: float, wait: float = 60.0,
         again = False
         for c in p.drops:
             try:
-                drop.drop(store, c.version)
+                drop.drop(store, c.version, refresh=False)
                 dropped.append(c.version)
             except CasError as exc:
                 c.skip = f"{exc.code}: {exc.message}"
@@ -314,6 +363,13 @@ def run(store: Store, quota: int, *, grace: float, wait: float = 60.0,
                 break
         if not again:
             break
+    if dropped:
+        from cas import locations
+
+        try:  # once for every drop: each refresh commits this store's whole entry
+            locations.refresh(store)
+        except CasError:
+            pass  # the entry catches up at the next sync
     with store.writing():  # the log keeps the last use of each version, in order
         access.compact(store.path)
     collect(store, GcOptions(grace=grace, repack_threshold=0.0, wait=wait), progress)

@@ -269,6 +269,13 @@ def collect(store, options: GcOptions | None = None, progress: Progress | None =
             warnings.append(CasWarning(
                 "W_REGISTRY_NOT_PRUNED", f"registry objects were not pruned ({exc.message}); "
                                          "the next gc prunes them"))
+        from cas import access
+
+        try:
+            with store.writing():  # the last use of each version, in order (cas.access)
+                access.compact(store.path)
+        except (DiskError, PermError, LockError):
+            pass  # the log stays longer until the next gc
     after = sum(_size(store.packs_dir / n) for n in os.listdir(store.packs_dir)
                 if n.endswith(".pack"))
     result.packs_deleted = len(deleted)

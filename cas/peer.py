@@ -124,14 +124,14 @@ class LocalPeer:
         self._dropping = drop.begin(self.store, blob)
         return self._dropping[1]
 
-    def drop_commit(self) -> None:
+    def drop_commit(self, refresh: bool = True) -> None:
         from cas import drop
         from cas.errors import ArgsError
 
         if self._dropping is None:
             raise ArgsError("drop_commit without drop_begin")
         lease, target = self._dropping
-        drop.commit(self.store, target, lease)
+        drop.commit(self.store, target, lease, refresh)
 
     def drop_end(self) -> None:
         dropping, self._dropping = self._dropping, None

@@ -123,9 +123,6 @@ def test_gc_quota_compacts_a_long_access_log_keeping_the_order(tmp_path: Path) -
     assert _drops(c, _size(c) - SIZE // 2) == ["org/a@1"]
 
 
-@pytest.mark.xfail(strict=True, reason="cas/gc.py never calls access.compact: a plain gc "
-                   "(no quota) leaves access.log growing past COMPACT_AT records, though "
-                   "docs/format.md says gc rewrites it")
 def test_a_plain_gc_compacts_a_long_access_log(tmp_path: Path) -> None:
     c = _store(tmp_path, ("org/a",), push=False)
     with Store.open(c.store) as s:
