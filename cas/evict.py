@@ -115,9 +115,9 @@ class _Counts:
         self._parts: list[np.ndarray] = []
         self._span: dict[bytes, tuple[int, int]] = {}
         self._at = 0
-        oids: list[bytes] = []
-        costs: list[int] = []
-        rec_pack: list[int] = []
+        keys: list[np.ndarray] = []
+        costs: list[np.ndarray] = []
+        rec_pack: list[np.ndarray] = []
         #: What deleting each pack frees besides its records: the pack's header and trailer,
         #: the index's header, fanout and trailer, its entry in a midx (0: a young pack).
         self.pack_cost: list[int] = []
@@ -134,18 +134,18 @@ class _Counts:
             # pack a midx covers, its midx record.
             extra = fmt.ENTRY_HEADER_SIZE + INDEX_RECORD + (MIDX_RECORD if pack.id in covered
                                                            else 0)
-            n = len(self.pack_cost)
-            body = 0
-            for oid, _off, stored, *_rest in pack.records():
-                oids.append(oid)
-                costs.append(0 if young else extra + stored)
-                rec_pack.append(n)
-                body += fmt.ENTRY_HEADER_SIZE + stored + INDEX_RECORD
+            k, stored = pack.record_sizes()
+            body = int(stored.sum()) + len(stored) * (fmt.ENTRY_HEADER_SIZE + INDEX_RECORD)
+            keys.append(k)
+            costs.append(np.zeros(len(k), dtype=np.int64) if young else stored + extra)
+            rec_pack.append(np.full(len(k), len(self.pack_cost), dtype=np.int64))
             fixed = max(0, sizes - body) + (MIDX_PACK if pack.id in covered else 0)
             self.pack_cost.append(0 if young else fixed)
-        self._rec_keys = _keys(b"".join(oids), len(oids), 0, 32)
-        self._rec_costs = np.array(costs, dtype=np.int64)
-        self._rec_pack = np.array(rec_pack, dtype=np.int64)
+        empty_u = np.zeros(0, dtype=np.uint64)
+        empty_i = np.zeros(0, dtype=np.int64)
+        self._rec_keys = np.concatenate(keys) if keys else empty_u
+        self._rec_costs = np.concatenate(costs) if costs else empty_i
+        self._rec_pack = np.concatenate(rec_pack) if rec_pack else empty_i
 
     def need(self, vid: str, lists: list[bytes]) -> None:
         self.lists[vid] = lists

@@ -16,7 +16,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cas.compression import CODEC_DERIVED, CODECS, decompress
 from cas.errors import (
@@ -41,6 +41,10 @@ if TYPE_CHECKING:
     from cas.derive import RangeReader
 
 PACK_PREFIX = "pack-"
+#: An index record as numpy reads it (docs/format.md, "Index file"): the id's first 8 bytes
+#: as a key, the rest of the id, offset, stored and raw lengths, kind, codec, reserved.
+_RECORD_DTYPE = [("key", "<u8"), ("id_rest", "V24"), ("offset", "<u4"), ("stored", "<u4"),
+                 ("raw", "<u4"), ("kind", "u1"), ("codec", "u1"), ("reserved", "<u2")]
 #: The largest chunk any valid chunker configuration cuts (``ChunkerParams.validate`` caps
 #: ``max_size`` here). A chunk record claiming more is damage, refused before any byte of it is
 #: decompressed: the claimed length is what decompression would allocate.
@@ -113,6 +117,16 @@ class Pack:
         """The index's records in id order, as tuples ``(id, offset, stored_len, raw_len,
         kind, codec, reserved)``: cheaper than :meth:`entries` for a pass over all of them."""
         return fmt.index_records(self._idx, self.count)
+
+    def record_sizes(self) -> tuple[Any, Any]:
+        """Two numpy arrays (copies, in id order): the first 8 bytes of each record's id as a
+        little-endian u64, and its stored length. For passes over millions of records
+        (eviction planning); numpy is imported here only."""
+        import numpy as np
+
+        table = np.frombuffer(self._idx, dtype=_RECORD_DTYPE, count=self.count,
+                              offset=fmt.IDX_RECORDS_START)
+        return table["key"].astype(np.uint64), table["stored"].astype(np.int64)
 
     def read_run_raw(self, entries: list[fmt.Entry]) -> memoryview:
         """The bytes of ``entries`` (headers and stored data), which lie back to back in this
