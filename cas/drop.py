@@ -86,7 +86,7 @@ def hold(store: Store, blobs: list[str]) -> Lease:
     from cas.peer import LocalPeer
 
     ids = [_manifest(store, b).id or b for b in blobs]
-    lease = store.leases.acquire_shared(" ".join([KEEP, *ids]))
+    lease = store.leases.acquire_shared(" ".join([KEEP, *ids]), reader=True)
     try:
         dropping = leased(store, DROP, ids)
         if dropping:
@@ -126,7 +126,7 @@ def begin(store: Store, blob: str) -> tuple[Lease, Target]:
     if (m.name, vid) in graph.pinned_here(store, []):
         raise ConflictError(f"{m.name}@{m.seq} is pinned for store {store.uuid}: unpin it "
                             "there first ('cas unpin')")
-    lease = store.leases.acquire_shared(f"{DROP} {vid}")
+    lease = store.leases.acquire_shared(f"{DROP} {vid}", reader=True)
     try:
         why = leased(store, KEEP, [vid]) or leased(store, USE, [vid])
         if why:

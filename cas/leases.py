@@ -51,6 +51,10 @@ LOCKS = "locks"
 #: The exclusive lease of gc and repack.
 GC_LEASE = f"{LOCKS}/gc.json"
 SHARED_PREFIX = f"{LOCKS}/shared-"
+#: Shared leases of readers (a checkout's ``use``, a hold's ``keep``, a drop's ``drop``):
+#: listed like any lease, but gc does not wait for them, since they write nothing it could
+#: miss (cas.drop).
+READER_PREFIX = f"{LOCKS}/reader-"
 #: Seconds a lease lasts without renewal.
 DEFAULT_TTL = 60.0
 #: Seconds past a lease's expiry (by the reader's clock) before it is stale and may be broken.
@@ -174,7 +178,7 @@ class Leases:
                            purpose=purpose, host=self.host, pid=os.getpid(), acquired_at=now,
                            renewed_at=now, expires_at=now + self.ttl)
 
-    def acquire_shared(self, purpose: str) -> Lease:
+    def acquire_shared(self, purpose: str, *, reader: bool = False) -> Lease:
         """Take a new shared lease (never waits: shared leases do not exclude each other).
 
         A writer reads :meth:`doomed_packs` *after* this returns: then either gc sees the
@@ -184,7 +188,7 @@ class Leases:
             DiskError | PermError: the record could not be written.
         """
         record = self._new_record("shared", purpose)
-        name = f"{SHARED_PREFIX}{record.token}.json"
+        name = f"{READER_PREFIX if reader else SHARED_PREFIX}{record.token}.json"
         raw = record.encode()
         try:
             self.backend.write(name, raw)
@@ -310,13 +314,15 @@ class Leases:
         return broken
 
     def others(self, exclude: str) -> frozenset[str]:
-        """Names of every lease under ``locks/`` except ``exclude`` and ``gc.json``."""
+        """Names of every writer's lease under ``locks/``: not ``exclude``, ``gc.json`` or a
+        reader's lease."""
         try:
             names = self.backend.list(LOCKS)
         except OSError as exc:
             raise from_os_error(exc, f"listing {LOCKS}/") from None
         return frozenset(n for n in names
-                         if n.endswith(".json") and n not in (exclude, GC_LEASE))
+                         if n.endswith(".json") and n not in (exclude, GC_LEASE)
+                         and not n.startswith(READER_PREFIX))
 
     def wait_for_writers(self, names: Collection[str], timeout: float,
                          on_wait: OnWait | None = None,

@@ -477,7 +477,7 @@ class Store:
         from cas import access
 
         try:
-            lease = self.leases.acquire_shared(f"use {version_id}")
+            lease = self.leases.acquire_shared(f"use {version_id}", reader=True)
         except (DiskError, PermError):
             lease = None
         try:

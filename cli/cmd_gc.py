@@ -72,12 +72,12 @@ def gc(ctx: Ctx, dry_run: bool, grace: str | None, expire_removed: str | None, n
                         repack_threshold=repack_threshold)
     with ctx.open() as store:
         limit = _quota(store, quota)
-    if limit is not None:
-        _gc_quota(ctx, limit, options)
-        return
-    with ctx.open() as store, progress_for(ctx) as bar:
-        options = msgspec.structs.replace(options, wait=store.lock_timeout)
-        r = collect(store, options, bar)
+        if limit is not None:
+            _gc_quota(ctx, store, limit, options)
+            return
+        with progress_for(ctx) as bar:
+            options = msgspec.structs.replace(options, wait=store.lock_timeout)
+            r = collect(store, options, bar)
     verb = "would reclaim" if r.dry_run else "reclaimed"
     roots = ", ".join(f"{n} {why}" for why, n in sorted(r.roots.items())) or "none"
     lines = [
@@ -116,14 +116,14 @@ def _quota(store, flag: str | None) -> int | None:  # type: ignore[no-untyped-de
     return quota_bytes(store.settings.get("quota"))
 
 
-def _gc_quota(ctx: Ctx, quota: int, options: GcOptions) -> None:
+def _gc_quota(ctx: Ctx, store, quota: int, options: GcOptions) -> None:  # type: ignore[no-untyped-def]
     from cas import evict
     from cas.errors import error_of_code
     from cas.gc import DEFAULT_GRACE
 
     grace = options.grace if options.grace is not None else float(
         parse_duration(DEFAULT_GRACE))
-    with ctx.open() as store, progress_for(ctx) as bar:
+    with progress_for(ctx) as bar:
         if options.dry_run:
             p = evict.plan(store, quota, grace=grace, progress=bar)
             result: object = p
