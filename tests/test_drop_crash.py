@@ -107,19 +107,19 @@ def reads_back(prepared: dict, store: Path, label: str) -> None:
 #: scenario -> (snapshot, runner, args, the store that loses (or gains) org/m@1, step kinds)
 SCENARIOS = {
     "drop": ("both", "a", ["drop", "org/m@1"], "a", {
-        "drop lease": r"^a write locks/shared-",
-        "hold in the other store": r"^far write locks/shared-",
+        "drop lease": r"^a write locks/reader-",
+        "hold in the other store": r"^far write locks/reader-",
         "presence": r"^a swap presence\.json$",
         "location log": r"^a (write registry/objects/|swap registry/refs/cas/locations)",
-        "lease release": r"^(a|far) swap locks/shared-",
+        "lease release": r"^(a|far) swap locks/reader-",
         "gc lease": r"^a swap locks/gc\.json$",
     }),
     "drop-from": ("both", "a", ["drop", "org/m@1", "--from", "far"], "far", {
-        "drop lease": r"^far write locks/shared-",
-        "hold in the other store": r"^a write locks/shared-",
+        "drop lease": r"^far write locks/reader-",
+        "hold in the other store": r"^a write locks/reader-",
         "presence": r"^far swap presence\.json$",
         "location log": r"^far (write registry/objects/|swap registry/refs/cas/locations)",
-        "lease release": r"^(a|far) swap locks/shared-",
+        "lease release": r"^(a|far) swap locks/reader-",
     }),
     "reclaim": ("dropped-unreclaimed", "a", ["gc", "--now"], "a", {
         "gc lease": r"^a swap locks/gc\.json$",
