@@ -17,6 +17,7 @@ Layout (``docs/format.md`` has the details)::
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,7 +105,9 @@ class Store:
         self.packs_dir = path / "packs"
         self.tmp_dir = path / "tmp"
         self.cache_dir = path / "cache"
-        self.packs = PackSet(self.packs_dir, index_cache)
+        self._index_cache = index_cache
+        self._packs: PackSet | None = None
+        self._packs_lock = threading.Lock()
         self.registry = Registry(path / "registry", self.backend)
         self.lock_timeout = DEFAULT_TIMEOUT
         #: True if :meth:`init` created this store just now.
@@ -270,8 +273,19 @@ class Store:
             self._settings = Settings.load(self.path, self.backend)
             return self._settings.set(key, value, self.backend)
 
+    @property
+    def packs(self) -> PackSet:
+        """The store's packs, their indexes opened on first use: a command that moves no
+        object (a no-op sync, ls, show) never opens them."""
+        if self._packs is None:
+            with self._packs_lock:
+                if self._packs is None:
+                    self._packs = PackSet(self.packs_dir, self._index_cache)
+        return self._packs
+
     def close(self) -> None:
-        self.packs.close()
+        if self._packs is not None:
+            self._packs.close()
         self.registry.close()
 
     def __enter__(self) -> Store:

@@ -21,8 +21,10 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: run a command, map every failure to one line and an exit code."""
     args = sys.argv[1:] if argv is None else argv
     json_mode = "--json" in args
-    from cas.cli.prestart import prestart
+    from cas.cli.prestart import prestart, serve_stdio
 
+    if serve_stdio(args):  # what an ssh remote runs, started without the command line
+        sys.exit(0)
     prestart(args)
     import click
     from cas.cli.app import ReportedFailure
