@@ -101,7 +101,7 @@ def main() -> None:
         # it at the first check after that, as a user's next commit would.
         time.sleep(2.1)
         again = subprocess.run([str(hook)], cwd=repo, env=env, capture_output=True)
-        fast = (repo / ".git/cas/verify-files.stat").exists() and again.returncode == 0
+        fast = (repo / ".git/cas/verify-files.sh").exists() and again.returncode == 0
         hook_s = timed([str(hook)], repo, env, args.runs)
         full_s = timed([str(BIN / "cas-verify-files-full")], repo, env, args.runs)
         git_s = timed(["git", "status"], repo, env, args.runs)

@@ -28,9 +28,9 @@ import zlib
 from pathlib import Path
 
 CACHE_NAME = "cas/verify-files.cache"
-#: The shell fast path's record (hooks/cas-verify-files): the paths, and their stat lines.
-FAST_PATHS = "cas/verify-files.paths"
-FAST_STAT = "cas/verify-files.stat"
+#: The shell fast path's record (hooks/cas-verify-files), a file it sources: the paths, and
+#: their stat lines.
+FAST_SH = "cas/verify-files.sh"
 MAGIC = b"CASVFC2\n"
 RACY_MARGIN_NS = 1_000_000_000
 LOCK_NAME = "cas.lock"
@@ -198,15 +198,15 @@ def verify_files(root: Path, git_dir: Path | None, now: float | None = None
 def _fast_path(root: Path, git_dir: Path | None, rels: list[str], good: bool,
                now: float) -> None:
     """Write (all files good) or remove the record the shell fast path of
-    ``cas-verify-files`` compares with one ``stat``: the paths, and the line GNU ``stat -c
-    '%s %Y %Z %i %n'`` prints for each. Written only when every time is more than a second
-    old (whole seconds can tell nothing newer apart), for a work tree whose git dir is
-    ``.git`` at its root, and paths the shell can split (no newline)."""
+    ``cas-verify-files`` sources: the paths, and the lines GNU ``stat -c '%s %Y %Z %i %n'``
+    prints for them. Written only when every time is more than a second old (whole seconds
+    can tell nothing newer apart), for a work tree whose git dir is ``.git`` at its root, and
+    paths without a newline."""
     if git_dir is None:
         return
-    paths, lines = git_dir / FAST_PATHS, git_dir / FAST_STAT
+    record = git_dir / FAST_SH
     ok = good and git_dir == root / ".git" and not any("\n" in r for r in rels)
-    text = []
+    lines = []
     if ok:
         limit = now - 2
         for rel in rels:
@@ -218,23 +218,27 @@ def _fast_path(root: Path, git_dir: Path | None, rels: list[str], good: bool,
             if st.st_mtime >= limit or st.st_ctime >= limit:
                 ok = False
                 break
-            text.append(f"{st.st_size} {int(st.st_mtime)} {int(st.st_ctime)} {st.st_ino} {rel}")
+            lines.append(f"{st.st_size} {int(st.st_mtime)} {int(st.st_ctime)} {st.st_ino} {rel}")
     try:
         if not ok:
-            paths.unlink(missing_ok=True)
-            lines.unlink(missing_ok=True)
+            record.unlink(missing_ok=True)
             return
-        want = "\n".join(text) + "\n"
+        text = ("# cas-verify-files fast path: written by cas-verify-files-full\n"
+                f"set -- {' '.join(_sh_quote(r) for r in rels)}\n"
+                f"expect={_sh_quote(chr(10).join(lines))}\n")
         try:
-            if lines.read_text(encoding="utf-8") == want:
+            if record.read_text(encoding="utf-8") == text:
                 return
         except OSError:
             pass
-        lines.parent.mkdir(parents=True, exist_ok=True)
-        paths.unlink(missing_ok=True)  # never a path list newer than its lines
-        for f, data in ((lines, want), (paths, "\n".join(rels) + "\n")):
-            tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
-            tmp.write_text(data, encoding="utf-8")
-            os.replace(tmp, f)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, record)
     except OSError:
         pass  # the full check runs next time
+
+
+def _sh_quote(text: str) -> str:
+    """``text`` as one single-quoted shell word."""
+    return "'" + text.replace("'", "'\\''") + "'"

@@ -283,11 +283,19 @@ def test_the_shell_fast_path_runs_no_python_until_something_changes(tmp_path, ca
     # rather than waiting: whole-second times need a second before they tell changes apart).
     assert lockcheck.verify_files(repo, repo / ".git", now=time.time() + 10) == (1, [])
     assert hook() == 0 and not ran.exists()
+    # Paths with quotes and spaces are quoted for the shell: the record still matches.
+    odd = repo / "models" / "it's a $dir"
+    odd.mkdir(parents=True)
+    (odd / "w x.bin").write_bytes(b"odd")
+    rels = ["cas.lock", "models/it's a $dir/w x.bin"]
+    lockcheck._fast_path(repo, repo / ".git", rels, True, time.time() + 10)
+    assert hook() == 0 and not ran.exists()
+    assert lockcheck.verify_files(repo, repo / ".git", now=time.time() + 10) == (1, [])
     target = next((repo / "models").rglob("w.bin"))
     with open(target, "ab") as f:
         f.write(b"x")
     assert hook() == 3 and ran.exists()  # changed: handed over
     ran.unlink()
     n, problems = lockcheck.verify_files(repo, repo / ".git", now=time.time() + 10)
-    assert problems and not (repo / ".git" / lockcheck.FAST_STAT).exists()
+    assert problems and not (repo / ".git" / lockcheck.FAST_SH).exists()
     assert hook() == 3 and ran.exists()  # a bad check leaves no record
