@@ -181,14 +181,6 @@ class DropResult(msgspec.Struct):
     warnings: list[CasWarning] = []
 
 
-def _blob(store: Store, version: Any) -> str:
-    reg = store.registry
-    blob = reg.commit_versions(reg.head(version.name).decode()).get(version.seq)
-    if blob is None:
-        raise NotFoundError(f"{version.ref} is not live here")
-    return blob.decode()
-
-
 def drop(store: Store, spec: str, *, remote: str | None = None, force: bool = False,
          dry_run: bool = False, avoid: frozenset[str] = frozenset(),
          ask_first: tuple[str, ...] = (), refresh: bool = True) -> DropResult:
@@ -208,7 +200,7 @@ def drop(store: Store, spec: str, *, remote: str | None = None, force: bool = Fa
     from cas.peer import LocalPeer
 
     version = store.resolve(spec)
-    blob = _blob(store, version)
+    blob = sync.live_blob(store, version)
     cfg = cp.load(store.registry)
     with contextlib.ExitStack() as stack:
         if remote is None:

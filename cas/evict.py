@@ -21,7 +21,6 @@ its reason.
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -32,7 +31,7 @@ import msgspec
 import numpy as np
 
 from cas import access, graph
-from cas.errors import ArgsError, CasError, CasWarning
+from cas.errors import CasError, CasWarning
 from cas.format import pack as fmt
 from cas.format.chunklist import HEADER_SIZE, ITEM_SIZE
 
@@ -45,25 +44,6 @@ INDEX_RECORD = 48
 #: Bytes an object costs in a multi-pack index that covers its pack, and a pack's own entry.
 MIDX_RECORD = 36
 MIDX_PACK = 32
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*\Z", re.I)
-_POW = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
-
-
-def parse_size(text: str) -> int:
-    """``500000000``, ``20G``, ``1.5TiB``, ``800MB`` -> bytes (K, M, G, T, P and KiB... are
-    powers of 1024; KB, MB, ... of 1000).
-
-    Raises:
-        ArgsError: anything else.
-    """
-    m = _SIZE.match(str(text))
-    if not m:
-        raise ArgsError(f"{text!r} is not a size (e.g. 500000000, 20G, 1.5TiB, 800MB)")
-    number, unit, suffix = float(m.group(1)), m.group(2).lower(), m.group(3).lower()
-    base = 1000 if suffix == "b" and unit else 1024
-    return int(number * base ** _POW[unit])
-
-
 def store_bytes(root: Path) -> int:
     """The sizes of every file under ``root`` (what a quota counts)."""
     total = 0

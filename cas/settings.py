@@ -53,6 +53,25 @@ def parse_duration(text: str) -> int:
     return seconds
 
 
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*\Z", re.I)
+_POW = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
+
+
+def parse_size(text: str) -> int:
+    """``500000000``, ``20G``, ``1.5TiB``, ``800MB`` -> bytes (K, M, G, T, P and KiB... are
+    powers of 1024; KB, MB, ... of 1000).
+
+    Raises:
+        ArgsError: anything else.
+    """
+    m = _SIZE.match(str(text))
+    if not m:
+        raise ArgsError(f"{text!r} is not a size (e.g. 500000000, 20G, 1.5TiB, 800MB)")
+    number, unit, suffix = float(m.group(1)), m.group(2).lower(), m.group(3).lower()
+    base = 1000 if suffix == "b" and unit else 1024
+    return int(number * base ** _POW[unit])
+
+
 def format_duration(seconds: int) -> str:
     """The largest exact unit up to days: ``1209600`` -> ``14d``, ``5400`` -> ``90m``."""
     for unit in ("d", "h", "m"):
@@ -85,8 +104,6 @@ def _quota(value: str) -> str:
     text = str(value).strip()
     if text.lower() in ("", "none", "off"):
         return "none"
-    from cas.evict import parse_size
-
     return str(parse_size(text))
 
 

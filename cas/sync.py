@@ -712,10 +712,7 @@ def get(store: Store, version: Any, spec: str | None = None,
         NotFoundError: no remote could supply it (each one's reason named).
         NetError: ``CAS_OFFLINE=1`` and only network remotes hold it.
     """
-    reg = store.registry
-    blob = reg.commit_versions(reg.head(version.name).decode()).get(version.seq)  # type: ignore[union-attr]
-    if blob is None:
-        raise NotFoundError(f"{version.ref} is not live here")
+    blob = live_blob(store, version).encode()
     names = [spec] if spec else holders_first(store, version.name, blob.decode())
     local = LocalPeer(store)
     reasons = []
@@ -747,6 +744,20 @@ def get(store: Store, version: Any, spec: str | None = None,
     if offline is not None:
         raise NetError(message)  # the network was needed and not used (or not reachable)
     raise NotFoundError(message)
+
+
+def live_blob(store: Store, version: Any) -> str:
+    """The manifest blob (hex) of live ``version`` at its model's tip.
+
+    Raises:
+        NotFoundError: the version is not live here.
+    """
+    reg = store.registry
+    head = reg.head(version.name)
+    blob = reg.commit_versions(head.decode()).get(version.seq) if head is not None else None
+    if blob is None:
+        raise NotFoundError(f"{version.ref} is not live here")
+    return blob.decode()
 
 
 def holders_first(store: Store, model: str, blob: str) -> list[str]:

@@ -105,8 +105,7 @@ def gc(ctx: Ctx, dry_run: bool, grace: str | None, expire_removed: str | None, n
 
 
 def _quota(store, flag: str | None) -> int | None:  # type: ignore[no-untyped-def]
-    from cas.evict import parse_size
-    from cas.settings import quota_bytes
+    from cas.settings import parse_size, quota_bytes
 
     if flag is not None:
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -253,12 +252,9 @@ def serve(path: str | None, stdio: bool, http_addr: str | None, tls_cert: str | 
     if stdio:
         serve_stdio(path, restrict_to, read_only=read_only, append_only=append_only,
                     raw_storage=raw_storage)
-        # The client waits for this process to exit; the store is closed and every lease
-        # released, so skip the interpreter's teardown (tens of milliseconds of a no-op push).
-        sys.stdout.flush()
-        sys.stderr.flush()
-        if sys.getprofile() is None:  # a profiler writes its report at exit
-            os._exit(0)
+        from cas.cli.prestart import exit_after_serving
+
+        exit_after_serving()
         return
     from cas.http import make_server
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cas import access, evict, presence
+from cas import access, evict, presence, settings
 from cas.errors import ArgsError
 from cas.store import Store
 from conftest import CasCli, edit_model, model_folder, read_files
@@ -240,8 +240,8 @@ def test_the_quota_setting_applies_to_a_plain_gc(tmp_path: Path) -> None:
     assert "dropped" not in r
     assert _present(c) == {"org/b@1", "org/c@1"}
     with pytest.raises(ArgsError):
-        evict.parse_size("5 apples")
-    assert evict.parse_size("5M") == 5 << 20 and evict.parse_size("5MB") == 5_000_000
+        settings.parse_size("5 apples")
+    assert settings.parse_size("5M") == 5 << 20 and settings.parse_size("5MB") == 5_000_000
 
 
 def _old_clock(days: float):  # type: ignore[no-untyped-def]

@@ -230,7 +230,8 @@ def test_a_gated_repository_needs_its_licence_accepted(cas, range_hub, tmp_path)
     hub, _ = range_hub
     hub.gated = "manual"
     doc = cas("--json", "import", f"hf://{REPO}", "gated/m").json
-    assert cas("--json", "show", "gated/m").json["manifest"]["metadata"]["extra"]["hf.gated"] == "manual"
+    extra = cas("--json", "show", "gated/m").json["manifest"]["metadata"]["extra"]
+    assert extra["hf.gated"] == "manual"
     r = cas("--json", "checkout", "gated/m", str(tmp_path / "out"), ok=False)
     assert r.json["error"]["code"] == "E_LICENSE", doc
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
@@ -238,7 +239,8 @@ def test_a_gated_repository_needs_its_licence_accepted(cas, range_hub, tmp_path)
     cas("checkout", "gated/m", str(tmp_path / "out"))
     hub.gated = False
     cas("--json", "import", f"hf://{REPO}", "open/m")
-    assert cas("--json", "show", "open/m").json["manifest"]["metadata"]["extra"]["hf.gated"] == "false"
+    extra = cas("--json", "show", "open/m").json["manifest"]["metadata"]["extra"]
+    assert extra["hf.gated"] == "false"
     cas("checkout", "open/m", str(tmp_path / "out2"))
 
 
